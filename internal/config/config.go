@@ -1,0 +1,236 @@
+// Package config is the sidecar's configuration as data: parsed once from an
+// explicit environment map (never from os.Getenv) and validated as a whole,
+// so a bad configuration is reported with every problem at once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is the whole sidecar configuration. It is immutable after Load.
+type Config struct {
+	DB       DB
+	Listen   Listen
+	Pool     Pool
+	Admin    Admin
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat is "json" (default, for production) or "console".
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+	// ShutdownTimeout bounds how long running transactions may take to
+	// finish after SIGTERM before their clients get FATAL 57P01.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+}
+
+// SSL modes accepted for the upstream connection. Anything weaker than
+// require is refused: the sidecar authenticates with certificates only.
+const (
+	SSLRequire    = "require"
+	SSLVerifyCA   = "verify-ca"
+	SSLVerifyFull = "verify-full"
+)
+
+// DB describes the upstream database and the identity presented to it.
+type DB struct {
+	Host string `env:"DB_HOST" envDefault:"localhost"`
+	Port int    `env:"DB_PORT" envDefault:"5432"`
+	Name string `env:"DB_NAME" envDefault:"brownie_metadata"`
+	// User is the database role; it must equal the client certificate CN.
+	User    string `env:"DB_USER" envDefault:"brownie-fastapi-server"`
+	SSLMode string `env:"DB_SSL_MODE" envDefault:"verify-full"`
+	// ServerName overrides the host name checked by verify-full.
+	ServerName string `env:"DB_SSL_SERVER_NAME"`
+	// CertDir holds client.crt, client.key and ca.crt.
+	CertDir        string        `env:"LOCAL_CERT_DIR" envDefault:"dev-certs"`
+	ConnectTimeout time.Duration `env:"DB_CONNECT_TIMEOUT" envDefault:"5s"`
+}
+
+// Listen describes the client-facing side.
+type Listen struct {
+	Addr string `env:"LISTEN_ADDR" envDefault:"127.0.0.1:5432"`
+	// SocketDir, when set, also serves a Unix socket named
+	// .s.PGSQL.<port> in that directory, as Postgres does.
+	SocketDir string `env:"LISTEN_SOCKET_DIR"`
+	// TLSCert and TLSKey enable TLS for clients that send SSLRequest.
+	TLSCert string `env:"CLIENT_TLS_CERT"`
+	TLSKey  string `env:"CLIENT_TLS_KEY"`
+	// AuthFile is a PgBouncer-style userlist ("user" "secret" per line,
+	// secret plain or a SCRAM-SHA-256 verifier). Listed users must pass
+	// SCRAM-SHA-256; unlisted users are trusted only from loopback and
+	// Unix-socket peers.
+	AuthFile string `env:"CLIENT_AUTH_FILE"`
+	// AllowedCIDRs admits non-loopback TCP peers from these networks.
+	AllowedCIDRs   []string      `env:"CLIENT_ALLOWED_CIDRS" envSeparator:","`
+	StartupTimeout time.Duration `env:"CLIENT_STARTUP_TIMEOUT" envDefault:"15s"`
+	MaxClients     int           `env:"MAX_CLIENT_CONN" envDefault:"10000"`
+}
+
+// Pool modes.
+const (
+	PoolSession     = "session"
+	PoolTransaction = "transaction"
+)
+
+// Pool configures upstream connection pools (one per target).
+type Pool struct {
+	Mode           string        `env:"POOL_MODE" envDefault:"session"`
+	Size           int           `env:"POOL_SIZE" envDefault:"20"`
+	MinIdle        int           `env:"POOL_MIN_IDLE" envDefault:"0"`
+	IdleTimeout    time.Duration `env:"POOL_IDLE_TIMEOUT" envDefault:"10m"`
+	MaxLifetime    time.Duration `env:"POOL_MAX_LIFETIME" envDefault:"1h"`
+	LifetimeJitter time.Duration `env:"POOL_LIFETIME_JITTER" envDefault:"5m"`
+	AcquireTimeout time.Duration `env:"POOL_ACQUIRE_TIMEOUT" envDefault:"30s"`
+	// RetireInterval staggers the closing of idle connections made with a
+	// rotated-out certificate: at most one per interval.
+	RetireInterval time.Duration `env:"POOL_RETIRE_INTERVAL" envDefault:"1s"`
+	ResetQuery     string        `env:"POOL_RESET_QUERY" envDefault:"DISCARD ALL"`
+	ResetTimeout   time.Duration `env:"POOL_RESET_TIMEOUT" envDefault:"5s"`
+}
+
+// Admin configures the admin HTTP port.
+type Admin struct {
+	Addr string `env:"ADMIN_ADDR" envDefault:":8001"`
+}
+
+// Load parses and validates the configuration from environ, a map of
+// variable name to value. The error, if any, lists every problem.
+func Load(environ map[string]string) (Config, error) {
+	cfg, err := env.ParseAsWithOptions[Config](env.Options{Environment: environ})
+	var problems []error
+	if err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			problems = append(problems, agg.Errors...)
+		} else {
+			problems = append(problems, err)
+		}
+	}
+	if verr := cfg.Validate(); verr != nil {
+		problems = append(problems, verr)
+	}
+	if len(problems) > 0 {
+		return cfg, &Error{Problems: flatten(problems)}
+	}
+	return cfg, nil
+}
+
+// Error is an invalid configuration. Its message lists every problem, one
+// per line.
+type Error struct{ Problems []error }
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration:")
+	for _, p := range e.Problems {
+		b.WriteString("\n  - ")
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+func flatten(errs []error) []error {
+	var out []error
+	for _, e := range errs {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			out = append(out, flatten(j.Unwrap())...)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// Validate checks values that parsing alone cannot. It reports every
+// problem joined with errors.Join, or nil.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.DB.Host == "" {
+		add("DB_HOST must not be empty")
+	}
+	if c.DB.Port < 1 || c.DB.Port > 65535 {
+		add("DB_PORT %d is not a TCP port", c.DB.Port)
+	}
+	if c.DB.Name == "" {
+		add("DB_NAME must not be empty")
+	}
+	if c.DB.User == "" {
+		add("DB_USER must not be empty")
+	}
+	switch c.DB.SSLMode {
+	case SSLRequire, SSLVerifyCA, SSLVerifyFull:
+	default:
+		add("DB_SSL_MODE %q is not one of require, verify-ca, verify-full (certificate authentication needs TLS)", c.DB.SSLMode)
+	}
+	if c.DB.CertDir == "" {
+		add("LOCAL_CERT_DIR must name the directory holding client.crt, client.key and ca.crt")
+	}
+	if c.DB.ConnectTimeout <= 0 {
+		add("DB_CONNECT_TIMEOUT must be positive")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen.Addr); err != nil {
+		add("LISTEN_ADDR %q: %v", c.Listen.Addr, err)
+	}
+	if (c.Listen.TLSCert == "") != (c.Listen.TLSKey == "") {
+		add("CLIENT_TLS_CERT and CLIENT_TLS_KEY must be set together")
+	}
+	for _, s := range c.Listen.AllowedCIDRs {
+		if _, err := netip.ParsePrefix(strings.TrimSpace(s)); err != nil {
+			add("CLIENT_ALLOWED_CIDRS entry %q is not a CIDR prefix", s)
+		}
+	}
+	if c.Listen.StartupTimeout <= 0 {
+		add("CLIENT_STARTUP_TIMEOUT must be positive")
+	}
+	if c.Listen.MaxClients < 1 {
+		add("MAX_CLIENT_CONN must be at least 1")
+	}
+	switch c.Pool.Mode {
+	case PoolSession:
+	case PoolTransaction:
+		add("POOL_MODE transaction is not available yet; use session")
+	default:
+		add("POOL_MODE %q is not one of session, transaction", c.Pool.Mode)
+	}
+	if c.Pool.Size < 1 {
+		add("POOL_SIZE must be at least 1")
+	}
+	if c.Pool.MinIdle < 0 || c.Pool.MinIdle > c.Pool.Size {
+		add("POOL_MIN_IDLE must be between 0 and POOL_SIZE (%d)", c.Pool.Size)
+	}
+	if c.Pool.IdleTimeout < 0 || c.Pool.MaxLifetime < 0 || c.Pool.LifetimeJitter < 0 {
+		add("POOL_IDLE_TIMEOUT, POOL_MAX_LIFETIME and POOL_LIFETIME_JITTER must not be negative")
+	}
+	if c.Pool.AcquireTimeout <= 0 {
+		add("POOL_ACQUIRE_TIMEOUT must be positive")
+	}
+	if c.Pool.RetireInterval <= 0 || c.Pool.ResetTimeout <= 0 {
+		add("POOL_RETIRE_INTERVAL and POOL_RESET_TIMEOUT must be positive")
+	}
+	if c.Admin.Addr != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Addr); err != nil {
+			add("ADMIN_ADDR %q: %v", c.Admin.Addr, err)
+		}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		add("LOG_LEVEL %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "console":
+	default:
+		add("LOG_FORMAT %q is not one of json, console", c.LogFormat)
+	}
+	if c.ShutdownTimeout < 0 {
+		add("SHUTDOWN_TIMEOUT must not be negative")
+	}
+	return errors.Join(errs...)
+}

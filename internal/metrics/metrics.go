@@ -1,0 +1,69 @@
+// Package metrics defines the sidecar's Prometheus metrics on an injected
+// registry. Names use the brownie_sidecar_ prefix; labels are bounded
+// (shard, role, code class, direction, reason) and never carry a team_id.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the instruments components update directly. Values that
+// already live in a component (pool sizes, certificate state) are exported
+// by collectors reading them at scrape time instead. Safe for concurrent use.
+type Metrics struct {
+	ClientsAccepted prometheus.Counter
+	ClientsRejected *prometheus.CounterVec // reason
+	ClientsActive   prometheus.Gauge
+	PoolWait        *prometheus.HistogramVec // shard, role
+	UpstreamDials   *prometheus.CounterVec   // shard, role, result
+	BytesRelayed    *prometheus.CounterVec   // direction
+	Errors          *prometheus.CounterVec   // source, class
+	CancelRequests  *prometheus.CounterVec   // result
+
+	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
+	ToUpstream, ToClient prometheus.Counter
+}
+
+// New creates the metrics and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		ClientsAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_client_connections_accepted_total",
+			Help: "Client connections accepted on the listeners.",
+		}),
+		ClientsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_client_connections_rejected_total",
+			Help: "Client connections refused before a session started, by reason.",
+		}, []string{"reason"}),
+		ClientsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_client_connections",
+			Help: "Client connections currently open.",
+		}),
+		PoolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "brownie_sidecar_pool_wait_seconds",
+			Help:    "Time clients waited for an upstream connection.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 30},
+		}, []string{"shard", "role"}),
+		UpstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_upstream_dials_total",
+			Help: "Upstream connection attempts, by result (ok, or the SQLSTATE class of the failure).",
+		}, []string{"shard", "role", "result"}),
+		BytesRelayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_relayed_bytes_total",
+			Help: "Protocol bytes relayed, by direction.",
+		}, []string{"direction"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_errors_total",
+			Help: "ErrorResponses sent to clients, by source (sidecar or upstream) and SQLSTATE class.",
+		}, []string{"source", "class"}),
+		CancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_cancel_requests_total",
+			Help: "Cancel requests received from clients, by result.",
+		}, []string{"result"}),
+	}
+	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
+	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
+	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
+		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests)
+	return m
+}

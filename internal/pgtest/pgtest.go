@@ -1,0 +1,182 @@
+package pgtest
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/brownie/brownie-sidecar/internal/pgcluster"
+	bstls "github.com/brownie/brownie-sidecar/tls"
+)
+
+// Options selects what Start sets up.
+type Options struct {
+	// Replica also starts a streaming replica of the primary.
+	Replica bool
+	// Settings are extra postgresql.conf settings for every cluster.
+	Settings map[string]string
+	// Schema creates role brownie-fastapi-server and database
+	// brownie_metadata with the Brownie schema (deploy/sql) on the primary,
+	// before the replica is copied from it.
+	Schema bool
+}
+
+// Server is a running primary, and optionally a replica, for one test. It is
+// read-only after Start and safe for concurrent use; the clusters' own
+// methods (Exec, Kill, Promote...) may be used for failure scenarios.
+type Server struct {
+	// Primary is the read-write cluster.
+	Primary *pgcluster.Cluster
+	// Replica is the streaming replica, nil unless Options.Replica.
+	Replica *pgcluster.Cluster
+	// CertDir holds the development certificates: ca.crt and ca.key, the
+	// clusters' server.crt and server.key (SANs localhost, postgres,
+	// 127.0.0.1, ::1) and client.crt and client.key with
+	// CN brownie-fastapi-server.
+	CertDir string
+
+	ca *bstls.CA
+}
+
+// setupTimeout bounds Start; a primary, replica and schema take a few
+// seconds.
+const setupTimeout = 2 * time.Minute
+
+// Start creates and starts the clusters described by opts and registers
+// tb.Cleanup to stop them and remove their files. It never skips: when the
+// PostgreSQL binaries are missing or anything fails, it fails the test with
+// the reason and the commands' output.
+func Start(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), setupTimeout)
+	defer cancel()
+
+	if _, err := pgcluster.FindBinDir(); err != nil {
+		tb.Fatalf("pgtest: integration tests need PostgreSQL installed locally: %v", err)
+	}
+	// t.TempDir is 0700 under a 0700 parent, which the postgres OS user
+	// cannot traverse when tests run as root, so make our own 0755 base.
+	base, err := os.MkdirTemp("", "pgtest-")
+	if err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := os.RemoveAll(base); err != nil {
+			tb.Errorf("pgtest: remove %s: %v", base, err)
+		}
+	})
+	if err := os.Chmod(base, 0o755); err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+
+	s := &Server{CertDir: filepath.Join(base, "certs")}
+	if err := bstls.WriteDevCerts(s.CertDir, pgcluster.BrownieRole); err != nil {
+		tb.Fatalf("pgtest: write dev certificates: %v", err)
+	}
+	if s.ca, err = bstls.LoadCA(s.CertDir); err != nil {
+		tb.Fatalf("pgtest: load dev CA: %v", err)
+	}
+
+	log := new(syncBuffer)
+	start := func(name string, primary *pgcluster.Cluster) *pgcluster.Cluster {
+		tb.Helper()
+		c, err := pgcluster.Create(ctx, pgcluster.Config{
+			Dir:        filepath.Join(base, name),
+			ServerCert: filepath.Join(s.CertDir, "server.crt"),
+			ServerKey:  filepath.Join(s.CertDir, "server.key"),
+			CACert:     filepath.Join(s.CertDir, "ca.crt"),
+			PrimaryOf:  primary,
+			Settings:   opts.Settings,
+			Log:        log,
+		})
+		if err != nil {
+			tb.Fatalf("pgtest: create %s: %v\n%s", name, err, log)
+		}
+		if err := c.Start(ctx); err != nil {
+			tb.Fatalf("pgtest: start %s: %v", name, err)
+		}
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := c.Stop(ctx); err != nil {
+				tb.Errorf("pgtest: stop %s: %v", name, err)
+			}
+		})
+		return c
+	}
+
+	s.Primary = start("primary", nil)
+	if opts.Schema {
+		if err := s.Primary.EnsureBrownieDatabase(ctx); err != nil {
+			tb.Fatalf("pgtest: %v", err)
+		}
+	}
+	if opts.Replica {
+		s.Replica = start("replica", s.Primary)
+		if err := s.Replica.WaitReplayed(ctx, s.Primary); err != nil {
+			tb.Fatalf("pgtest: %v", err)
+		}
+	}
+	return s
+}
+
+// CA returns the development CA that signed the clusters' certificates and
+// that the clusters trust for client certificates; tests use it to issue
+// more certificates (another CN, expired, not yet valid...).
+func (s *Server) CA() *bstls.CA { return s.ca }
+
+// DSN returns a libpq keyword/value connection string for cluster c (the
+// primary or the replica) and database db, over TCP to localhost with
+// sslmode=verify-full, the CA from CertDir as root and client.crt/client.key
+// as the client certificate, as user brownie-fastapi-server.
+func (s *Server) DSN(c *pgcluster.Cluster, db string) string {
+	kv := []struct{ k, v string }{
+		{"host", "localhost"},
+		{"port", strconv.Itoa(c.Port())},
+		{"dbname", db},
+		{"user", pgcluster.BrownieRole},
+		{"sslmode", "verify-full"},
+		{"sslrootcert", filepath.Join(s.CertDir, "ca.crt")},
+		{"sslcert", filepath.Join(s.CertDir, "client.crt")},
+		{"sslkey", filepath.Join(s.CertDir, "client.key")},
+	}
+	parts := make([]string, len(kv))
+	for i, p := range kv {
+		parts[i] = p.k + "=" + quoteDSN(p.v)
+	}
+	return strings.Join(parts, " ")
+}
+
+// quoteDSN quotes a keyword/value connection-string value when it needs it.
+func quoteDSN(v string) string {
+	if v != "" && !strings.ContainsAny(v, ` '\`) {
+		return v
+	}
+	v = strings.ReplaceAll(v, `\`, `\\`)
+	v = strings.ReplaceAll(v, `'`, `\'`)
+	return "'" + v + "'"
+}
+
+// syncBuffer collects command output from the clusters for failure messages.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,150 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Request codes carried in the protocol-version field of untyped packets.
+const (
+	CodeCancel  = 80877102
+	CodeSSL     = 80877103
+	CodeGSSEnc  = 80877104
+	Version30   = 3 << 16
+	majorMask   = 0xFFFF0000
+	MaxStartLen = 10000 // same bound as Postgres (MAX_STARTUP_PACKET_LENGTH) and pgproto3
+)
+
+// StartupKind says which untyped packet a client sent.
+type StartupKind int
+
+// Kinds of untyped packets.
+const (
+	KindStartup StartupKind = iota
+	KindSSL
+	KindGSSEnc
+	KindCancel
+)
+
+// Startup is a decoded untyped packet.
+type Startup struct {
+	Kind StartupKind
+	// Version is the requested protocol version (KindStartup only).
+	Version uint32
+	// Params are the startup parameters in the order sent.
+	Params []Param
+	// ProtocolOptions are "_pq_."-prefixed options the client asked for;
+	// the sidecar supports none and reports them back as unrecognized.
+	ProtocolOptions []string
+	// CancelPID and CancelSecret identify the session to cancel.
+	CancelPID    uint32
+	CancelSecret []byte
+}
+
+// Param is one startup parameter.
+type Param struct{ Name, Value string }
+
+// Get returns the value of the named parameter and whether it was present.
+func (s *Startup) Get(name string) (string, bool) {
+	for _, p := range s.Params {
+		if p.Name == name {
+			return p.Value, true
+		}
+	}
+	return "", false
+}
+
+// ErrBadStartup marks a malformed untyped packet (SQLSTATE 08P01).
+var ErrBadStartup = errors.New("invalid startup packet")
+
+// ReadStartup reads one untyped packet (length-prefixed, no type byte) of at
+// most MaxStartLen bytes and decodes it.
+func ReadStartup(r io.Reader) (*Startup, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if n < 8 || n > MaxStartLen {
+		return nil, fmt.Errorf("%w: length %d", ErrBadStartup, n)
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	return ParseStartup(body)
+}
+
+// ParseStartup decodes the body of an untyped packet (everything after the
+// length word).
+func ParseStartup(body []byte) (*Startup, error) {
+	if len(body) < 4 {
+		return nil, fmt.Errorf("%w: too short", ErrBadStartup)
+	}
+	code := binary.BigEndian.Uint32(body)
+	rest := body[4:]
+	switch code {
+	case CodeSSL, CodeGSSEnc:
+		if len(rest) != 0 {
+			return nil, fmt.Errorf("%w: trailing bytes after request code", ErrBadStartup)
+		}
+		if code == CodeSSL {
+			return &Startup{Kind: KindSSL}, nil
+		}
+		return &Startup{Kind: KindGSSEnc}, nil
+	case CodeCancel:
+		// 4-byte PID, then a secret of 4 bytes (3.0) up to 256 bytes (3.2).
+		if len(rest) < 8 || len(rest) > 4+256 {
+			return nil, fmt.Errorf("%w: cancel request length", ErrBadStartup)
+		}
+		return &Startup{Kind: KindCancel, CancelPID: binary.BigEndian.Uint32(rest), CancelSecret: bytes.Clone(rest[4:])}, nil
+	}
+	if code&majorMask != Version30 {
+		return nil, fmt.Errorf("%w: unsupported protocol version %d.%d", ErrBadStartup, code>>16, code&0xFFFF)
+	}
+	s := &Startup{Kind: KindStartup, Version: code}
+	for len(rest) > 0 {
+		if rest[0] == 0 {
+			if len(rest) != 1 {
+				return nil, fmt.Errorf("%w: bytes after terminator", ErrBadStartup)
+			}
+			rest = rest[1:]
+			break
+		}
+		name, r2, ok := cstring(rest)
+		if !ok {
+			return nil, fmt.Errorf("%w: unterminated parameter name", ErrBadStartup)
+		}
+		val, r3, ok := cstring(r2)
+		if !ok {
+			return nil, fmt.Errorf("%w: unterminated value for %q", ErrBadStartup, name)
+		}
+		rest = r3
+		if len(name) > 5 && name[:5] == "_pq_." {
+			s.ProtocolOptions = append(s.ProtocolOptions, name)
+			continue
+		}
+		s.Params = append(s.Params, Param{Name: name, Value: val})
+		if len(rest) == 0 {
+			return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
+		}
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
+	}
+	if _, ok := s.Get("user"); !ok {
+		return nil, fmt.Errorf("%w: no user name", ErrBadStartup)
+	}
+	return s, nil
+}
+
+func cstring(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}

@@ -1,0 +1,418 @@
+package pool
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Resource is an upstream connection as the pool sees it.
+type Resource interface {
+	// Close releases the resource. It is called exactly once by the pool.
+	Close() error
+	// Generation is the credential generation (certificate) the resource
+	// was created with; resources from older generations are retired.
+	Generation() uint64
+}
+
+// Dialer creates a resource. It must honour ctx.
+type Dialer[R Resource] func(ctx context.Context) (R, error)
+
+// Config sets a pool's limits. Zero durations disable the matching rule.
+type Config struct {
+	// Size is the most resources open at once (idle plus in use).
+	Size int
+	// MinIdle resources are kept open by Run.
+	MinIdle int
+	// IdleTimeout closes resources idle longer than this (above MinIdle).
+	IdleTimeout time.Duration
+	// MaxLifetime closes resources older than this, minus a random part
+	// of LifetimeJitter so a cohort made together does not expire together.
+	MaxLifetime    time.Duration
+	LifetimeJitter time.Duration
+	// AcquireTimeout bounds the wait in Acquire.
+	AcquireTimeout time.Duration
+	// RetireInterval is the least time between two retirements of
+	// resources from an old generation, so rotation never closes them all
+	// at once.
+	RetireInterval time.Duration
+	// Generation returns the current credential generation; nil means
+	// generations are never compared.
+	Generation func() uint64
+}
+
+// Errors returned by Acquire.
+var (
+	// ErrTimeout means no resource became available within AcquireTimeout.
+	ErrTimeout = errors.New("timed out waiting for an upstream connection")
+	// ErrClosed means the pool was closed.
+	ErrClosed = errors.New("pool closed")
+)
+
+// Stats is a snapshot of a pool's counters.
+type Stats struct {
+	Size, Open, Idle, InUse, Waiting int
+	Dialing                          int
+	Acquires, Waits, Timeouts        uint64
+	WaitTime                         time.Duration
+	Dials, DialErrors                uint64
+	ClosedLifetime, ClosedIdle       uint64
+	ClosedRetired, ClosedDestroyed   uint64
+}
+
+// Pool hands out resources of one target. All methods are safe for
+// concurrent use.
+type Pool[R Resource] struct {
+	cfg  Config
+	dial Dialer[R]
+
+	mu      sync.Mutex
+	idle    []*Conn[R] // most recently released last
+	open    int        // idle + in use + being dialled
+	dialing int
+	waiters list.List // of *waiter[R], oldest first
+	closed  bool
+	stats   Stats
+	retired time.Time // last retirement of an old-generation resource
+	doomed  []R       // resources to close once mu is released
+}
+
+// Conn is one resource checked out of (or idle in) a pool. A checked-out
+// Conn belongs to the caller until it calls exactly one of Release or
+// Destroy.
+type Conn[R Resource] struct {
+	Value    R
+	pool     *Pool[R]
+	created  time.Time
+	expires  time.Time // zero: no lifetime limit
+	lastUsed time.Time
+}
+
+// Created returns when the resource was opened.
+func (c *Conn[R]) Created() time.Time { return c.created }
+
+type grant[R Resource] struct {
+	conn *Conn[R] // an idle resource handed over, or
+	dial bool     // permission to dial a new one (a slot is reserved)
+	err  error
+}
+
+type waiter[R Resource] struct{ ch chan grant[R] }
+
+// New returns an empty pool. Call Run to enforce idle and lifetime limits
+// and MinIdle, and Close when done.
+func New[R Resource](cfg Config, dial Dialer[R]) *Pool[R] {
+	if cfg.Size < 1 {
+		cfg.Size = 1
+	}
+	p := &Pool[R]{cfg: cfg, dial: dial}
+	p.stats.Size = cfg.Size
+	return p
+}
+
+// Acquire returns a resource, waiting in FIFO order up to AcquireTimeout
+// (or until ctx ends) when all are in use. It dials a new one when the pool
+// is below Size. Errors are ErrTimeout, ErrClosed, ctx's error or the
+// Dialer's error.
+func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
+	start := time.Now()
+	p.mu.Lock()
+	if p.closed {
+		p.unlock()
+		return nil, ErrClosed
+	}
+	p.stats.Acquires++
+	for len(p.idle) > 0 {
+		c := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if p.expiredLocked(c, start) {
+			p.discardLocked(c, &p.stats.ClosedLifetime)
+			continue
+		}
+		p.unlock()
+		return c, nil
+	}
+	if p.open < p.cfg.Size {
+		p.open++
+		p.unlock()
+		return p.dialConn(ctx)
+	}
+	w := &waiter[R]{ch: make(chan grant[R], 1)}
+	el := p.waiters.PushBack(w)
+	p.stats.Waits++
+	p.unlock()
+
+	var timeout <-chan time.Time
+	if p.cfg.AcquireTimeout > 0 {
+		t := time.NewTimer(p.cfg.AcquireTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var g grant[R]
+	select {
+	case g = <-w.ch:
+	case <-timeout:
+		g = p.abandon(el, w, ErrTimeout)
+	case <-ctx.Done():
+		g = p.abandon(el, w, ctx.Err())
+	}
+	p.mu.Lock()
+	p.stats.WaitTime += time.Since(start)
+	if errors.Is(g.err, ErrTimeout) {
+		p.stats.Timeouts++
+	}
+	p.unlock()
+	switch {
+	case g.err != nil:
+		return nil, g.err
+	case g.dial:
+		return p.dialConn(ctx)
+	default:
+		return g.conn, nil
+	}
+}
+
+// abandon removes a waiter that gave up. If a grant raced in, it is passed
+// on rather than lost.
+func (p *Pool[R]) abandon(el *list.Element, w *waiter[R], err error) grant[R] {
+	p.mu.Lock()
+	defer p.unlock()
+	if p.removeWaiterLocked(el) {
+		return grant[R]{err: err}
+	}
+	g := <-w.ch // already granted: hand the grant to the next waiter
+	switch {
+	case g.conn != nil && p.closed:
+		// Close ran after the hand-over and could not see this resource;
+		// parking it idle would leak it and its slot.
+		p.discardLocked(g.conn, &p.stats.ClosedDestroyed)
+	case g.conn != nil:
+		p.putLocked(g.conn)
+	case g.dial:
+		p.freeSlotLocked()
+	}
+	return grant[R]{err: err}
+}
+
+func (p *Pool[R]) removeWaiterLocked(el *list.Element) bool {
+	for e := p.waiters.Front(); e != nil; e = e.Next() {
+		if e == el {
+			p.waiters.Remove(e)
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Pool[R]) dialConn(ctx context.Context) (*Conn[R], error) {
+	p.mu.Lock()
+	p.dialing++
+	p.stats.Dials++
+	p.unlock()
+	r, err := p.dial(ctx)
+	now := time.Now()
+	p.mu.Lock()
+	defer p.unlock()
+	p.dialing--
+	if err != nil {
+		p.stats.DialErrors++
+		p.freeSlotLocked()
+		return nil, err
+	}
+	c := &Conn[R]{Value: r, pool: p, created: now, lastUsed: now}
+	if p.cfg.MaxLifetime > 0 {
+		life := p.cfg.MaxLifetime
+		if p.cfg.LifetimeJitter > 0 {
+			life -= rand.N(min(p.cfg.LifetimeJitter, life/2) + 1)
+		}
+		c.expires = now.Add(life)
+	}
+	if p.closed {
+		p.open--
+		p.doomed = append(p.doomed, r)
+		return nil, ErrClosed
+	}
+	return c, nil
+}
+
+// freeSlotLocked gives up one reserved slot: the oldest waiter, if any, may
+// dial in its place.
+func (p *Pool[R]) freeSlotLocked() {
+	if e := p.waiters.Front(); e != nil && !p.closed {
+		p.waiters.Remove(e)
+		e.Value.(*waiter[R]).ch <- grant[R]{dial: true}
+		return
+	}
+	p.open--
+}
+
+// Release returns a clean resource to the pool (or to the oldest waiter).
+// A resource past its lifetime or from an old generation is closed instead,
+// old generations at most one per RetireInterval. Release must be called at
+// most once per Acquire and only at a protocol-safe point.
+func (c *Conn[R]) Release() {
+	p := c.pool
+	now := time.Now()
+	p.mu.Lock()
+	defer p.unlock()
+	c.lastUsed = now
+	switch {
+	case p.closed:
+		p.discardLocked(c, &p.stats.ClosedDestroyed)
+	case p.expiredLocked(c, now):
+		p.discardLocked(c, &p.stats.ClosedLifetime)
+	case p.staleLocked(c) && p.retireTokenLocked(now):
+		p.discardLocked(c, &p.stats.ClosedRetired)
+	default:
+		p.putLocked(c)
+	}
+}
+
+// Destroy closes a resource whose state is unknown and frees its slot.
+func (c *Conn[R]) Destroy() {
+	p := c.pool
+	p.mu.Lock()
+	defer p.unlock()
+	p.discardLocked(c, &p.stats.ClosedDestroyed)
+}
+
+// putLocked hands c to the oldest waiter or makes it idle.
+func (p *Pool[R]) putLocked(c *Conn[R]) {
+	if e := p.waiters.Front(); e != nil {
+		p.waiters.Remove(e)
+		e.Value.(*waiter[R]).ch <- grant[R]{conn: c}
+		return
+	}
+	p.idle = append(p.idle, c)
+}
+
+// discardLocked schedules c for closing once the lock is released and frees
+// its slot.
+func (p *Pool[R]) discardLocked(c *Conn[R], counter *uint64) {
+	*counter++
+	p.doomed = append(p.doomed, c.Value)
+	p.freeSlotLocked()
+}
+
+// unlock releases mu, then closes the resources discarded while it was
+// held, so a slow Close never blocks other callers.
+func (p *Pool[R]) unlock() {
+	doomed := p.doomed
+	p.doomed = nil
+	p.mu.Unlock()
+	for _, r := range doomed {
+		r.Close()
+	}
+}
+
+func (p *Pool[R]) expiredLocked(c *Conn[R], now time.Time) bool {
+	return !c.expires.IsZero() && now.After(c.expires)
+}
+
+func (p *Pool[R]) staleLocked(c *Conn[R]) bool {
+	return p.cfg.Generation != nil && c.Value.Generation() < p.cfg.Generation()
+}
+
+func (p *Pool[R]) retireTokenLocked(now time.Time) bool {
+	if now.Sub(p.retired) < p.cfg.RetireInterval {
+		return false
+	}
+	p.retired = now
+	return true
+}
+
+// Run enforces idle timeout, lifetime, staggered retirement and MinIdle
+// until ctx ends. It returns nil when ctx ends.
+func (p *Pool[R]) Run(ctx context.Context) error {
+	tick := time.Second
+	if p.cfg.RetireInterval > 0 && p.cfg.RetireInterval < tick {
+		tick = p.cfg.RetireInterval
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		p.maintain(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Pool[R]) maintain(ctx context.Context) {
+	now := time.Now()
+	p.mu.Lock()
+	keep := p.idle[:0]
+	for i, c := range p.idle {
+		switch {
+		case p.expiredLocked(c, now):
+			p.discardLocked(c, &p.stats.ClosedLifetime)
+		case p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout && len(p.idle)-i+len(keep) > p.cfg.MinIdle:
+			p.discardLocked(c, &p.stats.ClosedIdle)
+		case p.staleLocked(c) && p.retireTokenLocked(now):
+			p.discardLocked(c, &p.stats.ClosedRetired)
+		default:
+			keep = append(keep, c)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	need := 0
+	if !p.closed {
+		need = min(p.cfg.MinIdle-len(p.idle)-p.dialing, p.cfg.Size-p.open)
+	}
+	need = max(need, 0)
+	p.open += need
+	p.unlock()
+	for i := range need {
+		c, err := p.dialConn(ctx)
+		if err != nil {
+			p.mu.Lock()
+			for range need - i - 1 {
+				p.freeSlotLocked()
+			}
+			p.unlock()
+			return // the next tick retries
+		}
+		c.Release()
+	}
+}
+
+// Stats returns a snapshot of the pool's counters.
+func (p *Pool[R]) Stats() Stats {
+	p.mu.Lock()
+	defer p.unlock()
+	s := p.stats
+	s.Open = p.open
+	s.Idle = len(p.idle)
+	s.Dialing = p.dialing
+	s.InUse = p.open - len(p.idle) - p.dialing
+	s.Waiting = p.waiters.Len()
+	return s
+}
+
+// Close closes idle resources, fails waiters with ErrClosed and makes later
+// Acquires fail. Resources in use are closed when released. Close is
+// idempotent.
+func (p *Pool[R]) Close() {
+	p.mu.Lock()
+	defer p.unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	for e := p.waiters.Front(); e != nil; e = p.waiters.Front() {
+		p.waiters.Remove(e)
+		e.Value.(*waiter[R]).ch <- grant[R]{err: ErrClosed}
+	}
+	for _, c := range p.idle {
+		p.stats.ClosedDestroyed++
+		p.open--
+		p.doomed = append(p.doomed, c.Value)
+	}
+	p.idle = nil
+}

@@ -1,0 +1,434 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	cryptotls "crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/internal/config"
+	"github.com/brownie/brownie-sidecar/internal/metrics"
+	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
+	brownietls "github.com/brownie/brownie-sidecar/tls"
+)
+
+var randRead = rand.Read
+
+// Config is what the proxy needs from the sidecar configuration.
+type Config struct {
+	Listen          config.Listen
+	Pool            config.Pool
+	Database        string // DB_NAME: the only database served
+	User            string // DB_USER: the upstream role, the certificate CN
+	SSLMode         string
+	ConnectTimeout  time.Duration
+	ShutdownTimeout time.Duration
+}
+
+// Deps are the proxy's collaborators.
+type Deps struct {
+	Log     *zap.Logger
+	Certs   brownietls.Source
+	Router  *router.Router
+	Metrics *metrics.Metrics
+}
+
+// Server accepts client connections and runs their sessions. Create it with
+// New, open its listeners with Listen, then call Run once.
+type Server struct {
+	cfg     Config
+	log     *zap.Logger
+	router  *router.Router
+	metrics *metrics.Metrics
+	dialer  *dialer
+	certs   brownietls.Source
+
+	clientTLS *cryptotls.Config
+	users     userList
+	allowed   []netip.Prefix
+
+	listeners []net.Listener
+
+	mu       sync.Mutex
+	sessions map[uint32]*session // by sidecar backend PID
+	pools    map[poolKey]*upstreamPool
+	draining bool
+
+	noSessions chan struct{} // closed when draining and the last session ends
+
+	wg        sync.WaitGroup // client connections
+	poolWG    sync.WaitGroup // pool maintenance
+	poolCtx   context.Context
+	poolStop  context.CancelFunc
+	connected atomic.Bool // an upstream connection has succeeded at least once
+}
+
+type poolKey struct {
+	target         router.Target
+	database, user string
+}
+
+type upstreamPool = pool.Pool[*upstream]
+
+// New validates the proxy configuration and loads client-side TLS and
+// credentials. It opens no sockets.
+func New(cfg Config, deps Deps) (*Server, error) {
+	s := &Server{
+		cfg: cfg, log: deps.Log, router: deps.Router, metrics: deps.Metrics, certs: deps.Certs,
+		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{},
+		dialer: &dialer{certs: deps.Certs, sslMode: cfg.SSLMode, database: cfg.Database, user: cfg.User,
+			timeout: cfg.ConnectTimeout, now: time.Now},
+	}
+	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
+	var errs []error
+	if cfg.Listen.TLSCert != "" {
+		cert, err := cryptotls.LoadX509KeyPair(cfg.Listen.TLSCert, cfg.Listen.TLSKey)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("client TLS certificate: %w", err))
+		}
+		s.clientTLS = &cryptotls.Config{Certificates: []cryptotls.Certificate{cert}, MinVersion: cryptotls.VersionTLS12}
+	}
+	if cfg.Listen.AuthFile != "" {
+		users, err := loadUserList(cfg.Listen.AuthFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.users = users
+	}
+	for _, c := range cfg.Listen.AllowedCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("CLIENT_ALLOWED_CIDRS: %w", err))
+			continue
+		}
+		s.allowed = append(s.allowed, p)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Listen opens the TCP listener and, when configured, the Unix socket
+// .s.PGSQL.<port> in LISTEN_SOCKET_DIR (a stale socket file is replaced).
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen.Addr, err)
+	}
+	s.listeners = append(s.listeners, ln)
+	if dir := s.cfg.Listen.SocketDir; dir != "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		path := filepath.Join(dir, ".s.PGSQL."+port)
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		uln, err := net.Listen("unix", path)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on unix socket %s: %w", path, err)
+		}
+		_ = os.Chmod(path, 0o777)
+		s.listeners = append(s.listeners, uln)
+	}
+	return nil
+}
+
+// Addrs returns the addresses being listened on (TCP first).
+func (s *Server) Addrs() []net.Addr {
+	out := make([]net.Addr, len(s.listeners))
+	for i, ln := range s.listeners {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// Ready returns nil when the proxy can serve: an upstream connection has
+// succeeded and the proxy is not draining.
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	switch {
+	case draining:
+		return errors.New("draining")
+	case !s.connected.Load():
+		return errors.New("no upstream connection has succeeded yet")
+	}
+	return nil
+}
+
+// Run serves the listeners until ctx ends, then drains: listeners close,
+// idle sessions get FATAL 57P01 at once, sessions inside a transaction get
+// up to ShutdownTimeout to reach an idle point, then the rest are
+// terminated. Run returns when every session has ended and every pool is
+// closed.
+func (s *Server) Run(ctx context.Context) error {
+	if len(s.listeners) == 0 {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	var acceptWG sync.WaitGroup
+	for _, ln := range s.listeners {
+		acceptWG.Add(1)
+		go func() {
+			defer acceptWG.Done()
+			s.accept(ln)
+		}()
+	}
+	warmCtx, stopWarm := context.WithCancel(ctx)
+	acceptWG.Add(1)
+	go func() {
+		defer acceptWG.Done()
+		s.warmUp(warmCtx)
+	}()
+
+	<-ctx.Done()
+	stopWarm()
+	s.log.Info("proxy draining", zap.Duration("shutdown_timeout", s.cfg.ShutdownTimeout))
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	acceptWG.Wait()
+	s.drain(s.cfg.ShutdownTimeout)
+	s.wg.Wait()
+	s.poolStop()
+	s.mu.Lock()
+	for _, p := range s.pools {
+		p.Close()
+	}
+	s.mu.Unlock()
+	s.poolWG.Wait()
+	s.log.Info("proxy stopped")
+	return nil
+}
+
+// warmUp opens one upstream connection to the default target so readiness
+// reflects the upstream before the first client arrives, retrying with
+// backoff until it succeeds or ctx ends.
+func (s *Server) warmUp(ctx context.Context) {
+	backoff := 250 * time.Millisecond
+	for !s.connected.Load() {
+		t, err := s.router.RouteSession(router.SessionFacts{Database: s.cfg.Database, User: s.cfg.User})
+		if err == nil {
+			var c *pool.Conn[*upstream]
+			c, err = s.pool(t).Acquire(ctx)
+			if err == nil {
+				c.Release()
+				return
+			}
+		}
+		s.log.Warn("upstream warm-up failed", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (s *Server) accept(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept failed", zap.Error(err))
+			time.Sleep(50 * time.Millisecond) // e.g. EMFILE: do not spin
+			continue
+		}
+		s.metrics.ClientsAccepted.Inc()
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+			_ = tc.SetKeepAlive(true)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve(conn)
+		}()
+	}
+}
+
+// pool returns the pool for target t, creating it (and its maintenance
+// goroutine) on first use.
+func (s *Server) pool(t router.Target) *upstreamPool {
+	key := poolKey{target: t, database: s.cfg.Database, user: s.cfg.User}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.pools[key]; ok {
+		return p
+	}
+	pc := s.cfg.Pool
+	p := pool.New(pool.Config{
+		Size: pc.Size, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout,
+		MaxLifetime: pc.MaxLifetime, LifetimeJitter: pc.LifetimeJitter,
+		AcquireTimeout: pc.AcquireTimeout, RetireInterval: pc.RetireInterval,
+		Generation: s.certGeneration,
+	}, func(ctx context.Context) (*upstream, error) { return s.dialUpstream(ctx, t) })
+	s.pools[key] = p
+	s.poolWG.Add(1)
+	go func() {
+		defer s.poolWG.Done()
+		_ = p.Run(s.poolCtx)
+	}()
+	return p
+}
+
+func (s *Server) certGeneration() uint64 {
+	b, err := s.certs.Current()
+	if err != nil {
+		return 0
+	}
+	return b.Generation
+}
+
+func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, error) {
+	u, err := s.dialer.dial(ctx, t)
+	if err != nil {
+		s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), errClass(err)).Inc()
+		s.log.Warn("upstream dial failed", zap.String("shard", t.Shard), zap.String("role", t.Role.String()),
+			zap.String("addr", t.Host.Addr), zap.Error(err))
+		return nil, err
+	}
+	s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), "ok").Inc()
+	if !s.connected.Swap(true) {
+		s.log.Info("upstream connected", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr))
+	}
+	s.log.Debug("upstream dialled", zap.String("shard", t.Shard), zap.String("role", t.Role.String()),
+		zap.Uint32("backend_pid", u.pid), zap.String("cert_serial", u.serial))
+	return u, nil
+}
+
+// register assigns the session a unique sidecar backend key. It fails when
+// the server is draining or full.
+func (s *Server) register(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return errDraining
+	}
+	if len(s.sessions) >= s.cfg.Listen.MaxClients {
+		return errTooManyClients
+	}
+	for {
+		var b [8]byte
+		if _, err := randRead(b[:]); err != nil {
+			return err
+		}
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7FFFFFFF
+		if pid == 0 || s.sessions[pid] != nil {
+			continue
+		}
+		ss.pid, ss.secret = pid, b[4:8]
+		s.sessions[pid] = ss
+		s.metrics.ClientsActive.Inc()
+		return nil
+	}
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[ss.pid] == ss {
+		delete(s.sessions, ss.pid)
+		s.metrics.ClientsActive.Dec()
+	}
+	if s.draining && len(s.sessions) == 0 && s.noSessions != nil {
+		close(s.noSessions)
+		s.noSessions = nil
+	}
+}
+
+// cancel handles a CancelRequest: it looks the session up by the sidecar
+// key and forwards the cancel to the upstream backend serving it, if a
+// query is running. Unknown keys are ignored, as Postgres does.
+func (s *Server) cancel(pid uint32, secret []byte) {
+	s.mu.Lock()
+	ss := s.sessions[pid]
+	s.mu.Unlock()
+	if ss == nil || subtle.ConstantTimeCompare(ss.secret, secret) != 1 {
+		s.metrics.CancelRequests.WithLabelValues("unknown").Inc()
+		return
+	}
+	t, upid, usecret, ok := ss.runningBackend()
+	if !ok {
+		s.metrics.CancelRequests.WithLabelValues("idle").Inc()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
+	defer cancel()
+	if err := s.dialer.cancel(ctx, t, upid, usecret); err != nil {
+		s.metrics.CancelRequests.WithLabelValues("failed").Inc()
+		s.log.Warn("cancel forward failed", zap.String("shard", t.Shard), zap.Error(err))
+		return
+	}
+	s.metrics.CancelRequests.WithLabelValues("forwarded").Inc()
+}
+
+// drain stops new sessions, terminates idle ones and waits up to timeout
+// for the rest to become idle before terminating them too. It returns when
+// no session is registered.
+func (s *Server) drain(timeout time.Duration) {
+	s.mu.Lock()
+	s.draining = true
+	done := make(chan struct{})
+	if len(s.sessions) == 0 {
+		close(done)
+	} else {
+		s.noSessions = done
+	}
+	all := s.sessionList()
+	s.mu.Unlock()
+	for _, ss := range all {
+		ss.drain()
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	rest := s.sessionList()
+	s.mu.Unlock()
+	s.log.Warn("shutdown timeout: terminating sessions", zap.Int("sessions", len(rest)))
+	for _, ss := range rest {
+		ss.terminate(errShutdown)
+	}
+	<-done
+}
+
+func (s *Server) sessionList() []*session {
+	out := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out
+}
+
+// Close closes the listeners of a server whose Run was never called.
+// Idempotent.
+func (s *Server) Close() {
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
+}

@@ -1,0 +1,409 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	cryptotls "crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
+	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+// Sidecar errors sent to clients at session level.
+var (
+	errDraining       = pgerr.Fatalf(pgerr.AdminShutdown, "the brownie sidecar is shutting down")
+	errShutdown       = pgerr.Fatalf(pgerr.AdminShutdown, "terminating connection due to sidecar shutdown")
+	errTooManyClients = pgerr.Fatalf(pgerr.TooManyConnections, "sorry, too many clients already")
+	errCancelHandled  = errors.New("cancel request handled")
+)
+
+const bufSize = 32 << 10
+
+// largeMessage is the size above which a message body is streamed rather
+// than buffered.
+const largeMessage = 64 << 10
+
+// session is one client connection. Its serve goroutine owns the client
+// reader and the upstream writer; the relay goroutine (upstreamToClient)
+// owns the upstream reader and the pool.Conn once started. Shared state is
+// guarded by mu.
+type session struct {
+	srv    *Server
+	log    *zap.Logger
+	client net.Conn
+	peer   string
+	pid    uint32 // sidecar backend key given to the client
+	secret []byte
+
+	user, database string
+	settings       [][2]string // GUCs from the startup packet, in order
+
+	cr *wire.Reader
+	cw clientWriter
+
+	mu          sync.Mutex
+	up          *pool.Conn[*upstream]
+	pending     int  // Query/Sync/FunctionCall messages awaiting ReadyForQuery
+	synced      bool // the last message sent upstream ends a request
+	copyIn      bool // upstream is in COPY FROM STDIN
+	txStatus    byte
+	resetting   bool // client gone: relay consumes reset replies, then releases
+	resetFailed bool // an error arrived while resetting: destroy, do not release
+	upGone      bool // the relay released or destroyed the upstream
+	draining    bool
+	ended       bool          // terminate was called
+	relayDone   chan struct{} // closed when the relay goroutine has let go of up
+
+	discard atomic.Bool // stop writing upstream output to the client
+}
+
+// clientWriter serialises writes to the client socket: relayed frames from
+// the relay goroutine and errors from the session goroutine or a drain.
+type clientWriter struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	conn net.Conn
+}
+
+func (w *clientWriter) sendError(e *pgerr.Error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_ = w.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	defer w.conn.SetWriteDeadline(time.Time{})
+	if _, err := w.w.Write(e.Encode(nil)); err != nil {
+		return err
+	}
+	return w.w.Flush()
+}
+
+// serve runs a client connection from accept to close.
+func (s *Server) serve(conn net.Conn) {
+	ss := &session{srv: s, client: conn, relayDone: make(chan struct{})}
+	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
+	ss.cw = clientWriter{w: bufio.NewWriterSize(conn, bufSize), conn: conn}
+	defer conn.Close()
+
+	err := ss.negotiateStartup()
+	if errors.Is(err, errCancelHandled) {
+		return
+	}
+	if err == nil {
+		err = ss.authenticate()
+	}
+	if err == nil {
+		err = s.register(ss)
+		if err == nil {
+			defer s.unregister(ss)
+			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
+		}
+	}
+	var t router.Target
+	if err == nil {
+		t, err = ss.route()
+	}
+	if err == nil {
+		err = ss.attach(t)
+	}
+	if err != nil {
+		ss.fail(err)
+		return
+	}
+	ss.log.Debug("session started", zap.String("user", ss.user), zap.String("shard", t.Shard))
+	ss.relay()
+}
+
+// fail reports a session-level failure to the client (when there is one to
+// tell) and logs it.
+func (ss *session) fail(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		ss.log.Debug("client left during startup", zap.Error(err))
+		return
+	}
+	pe := pgerr.From(err).AsFatal()
+	ss.srv.metrics.Errors.WithLabelValues("sidecar", pe.Code.Class()).Inc()
+	ss.srv.metrics.ClientsRejected.WithLabelValues(string(pe.Code)).Inc()
+	ss.log.Info("session refused", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
+	_ = ss.cw.sendError(pe)
+}
+
+// negotiateStartup handles SSLRequest, GSSENCRequest and CancelRequest and
+// reads the StartupMessage, within the startup timeout.
+func (ss *session) negotiateStartup() error {
+	_ = ss.client.SetDeadline(time.Now().Add(ss.srv.cfg.Listen.StartupTimeout))
+	defer ss.client.SetDeadline(time.Time{})
+	sslDone, gssDone := false, false
+	for {
+		st, err := wire.ReadStartup(ss.client)
+		switch {
+		case errors.Is(err, wire.ErrBadStartup):
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "%v", err)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "startup packet not received within %s", ss.srv.cfg.Listen.StartupTimeout)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return io.EOF
+		case err != nil:
+			return err
+		}
+		switch st.Kind {
+		case wire.KindCancel:
+			ss.srv.cancel(st.CancelPID, st.CancelSecret)
+			return errCancelHandled
+		case wire.KindGSSEnc:
+			if gssDone || sslDone {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected GSSENCRequest")
+			}
+			gssDone = true
+			if _, err := ss.client.Write([]byte{'N'}); err != nil {
+				return err
+			}
+		case wire.KindSSL:
+			if sslDone {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected second SSLRequest")
+			}
+			sslDone = true
+			if ss.srv.clientTLS == nil {
+				if _, err := ss.client.Write([]byte{'N'}); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := ss.client.Write([]byte{'S'}); err != nil {
+				return err
+			}
+			tc := cryptotls.Server(ss.client, ss.srv.clientTLS)
+			if err := tc.Handshake(); err != nil {
+				return fmt.Errorf("client TLS handshake: %w", io.EOF)
+			}
+			ss.client = tc
+			ss.cw.conn = tc
+			ss.cw.w.Reset(tc)
+		case wire.KindStartup:
+			return ss.acceptStartup(st)
+		}
+	}
+}
+
+// acceptStartup records user, database and settings and answers a newer
+// protocol version with NegotiateProtocolVersion (the sidecar speaks 3.0).
+func (ss *session) acceptStartup(st *wire.Startup) error {
+	if minor := st.Version & 0xFFFF; minor > 0 || len(st.ProtocolOptions) > 0 {
+		buf, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.ProtocolOptions}).Encode(nil)
+		if _, err := ss.cw.w.Write(buf); err != nil {
+			return err
+		}
+	}
+	ss.cr = wire.NewReader(ss.client, bufSize)
+	for _, p := range st.Params {
+		switch p.Name {
+		case "user":
+			ss.user = p.Value
+		case "database":
+			ss.database = p.Value
+		case "replication":
+			if p.Value != "false" && p.Value != "off" && p.Value != "0" {
+				return pgerr.Fatalf(pgerr.FeatureNotSupported, "replication connections are not supported by the brownie sidecar")
+			}
+		case "options":
+			opts, err := parseOptions(p.Value)
+			if err != nil {
+				return pgerr.Fatalf(pgerr.FeatureNotSupported, "invalid startup options: %v", err)
+			}
+			ss.settings = append(ss.settings, opts...)
+		default:
+			ss.settings = append(ss.settings, [2]string{p.Name, p.Value})
+		}
+	}
+	if ss.database == "" {
+		ss.database = ss.user
+	}
+	for _, kv := range ss.settings {
+		if !validGUCName(kv[0]) {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid startup parameter name %q", kv[0])
+		}
+	}
+	return nil
+}
+
+// authenticate applies the client access rules: peers outside loopback and
+// the allowed CIDRs are refused; users in the auth file must pass
+// SCRAM-SHA-256; other users must be DB_USER and are trusted only from
+// local peers.
+func (ss *session) authenticate() error {
+	kind, peer := classifyPeer(ss.client.RemoteAddr(), ss.srv.allowed)
+	ss.peer = peer
+	if kind == peerRefused {
+		return pgerr.Fatalf(pgerr.InvalidAuthorization, "connections from %s are not allowed", peer).
+			WithHint("add the client network to CLIENT_ALLOWED_CIDRS")
+	}
+	if ss.database != ss.srv.cfg.Database {
+		return pgerr.Fatalf(pgerr.InvalidCatalogName, "database %q does not exist", ss.database).
+			WithDetail(fmt.Sprintf("this sidecar serves database %q", ss.srv.cfg.Database))
+	}
+	if creds, ok := ss.srv.users[ss.user]; ok {
+		return ss.scramAuth(creds)
+	}
+	if kind != peerLocal {
+		return pgerr.Fatalf(pgerr.InvalidAuthorization, "user %q must authenticate with a password from %s", ss.user, peer).
+			WithHint("list the user in CLIENT_AUTH_FILE")
+	}
+	if ss.user != ss.srv.cfg.User {
+		return pgerr.Fatalf(pgerr.InvalidAuthorization, "role %q is not served by this sidecar", ss.user).
+			WithDetail(fmt.Sprintf("the sidecar connects upstream as %q; use that user name or list this one in CLIENT_AUTH_FILE", ss.srv.cfg.User))
+	}
+	return nil
+}
+
+func (ss *session) scramAuth(creds scram.StoredCredentials) error {
+	conv, err := newSCRAM(creds)
+	if err != nil {
+		return pgerr.From(err)
+	}
+	authFailed := pgerr.Fatalf(pgerr.InvalidPassword, "password authentication failed for user %q", ss.user)
+	if err := ss.sendFlush(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+		return err
+	}
+	_ = ss.client.SetDeadline(time.Now().Add(ss.srv.cfg.Listen.StartupTimeout))
+	defer ss.client.SetDeadline(time.Time{})
+	first := true
+	for !conv.Done() {
+		typ, _, err := ss.cr.Next()
+		if err != nil {
+			return err
+		}
+		if typ != 'p' {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "expected SASL response, got message type %q", typ)
+		}
+		body, err := ss.cr.Body()
+		if err != nil {
+			return err
+		}
+		var data []byte
+		if first {
+			var m pgproto3.SASLInitialResponse
+			if m.Decode(body) != nil || m.AuthMechanism != "SCRAM-SHA-256" {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "client selected an unsupported SASL mechanism")
+			}
+			data, first = m.Data, false
+		} else {
+			var m pgproto3.SASLResponse
+			if m.Decode(body) != nil {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "malformed SASL response")
+			}
+			data = m.Data
+		}
+		out, err := conv.Step(string(data))
+		if err != nil {
+			return authFailed.WithCause(err)
+		}
+		var msg pgproto3.BackendMessage = &pgproto3.AuthenticationSASLContinue{Data: []byte(out)}
+		if conv.Done() {
+			msg = &pgproto3.AuthenticationSASLFinal{Data: []byte(out)}
+		}
+		if err := ss.sendFlush(msg); err != nil {
+			return err
+		}
+	}
+	if !conv.Valid() {
+		return authFailed
+	}
+	return nil
+}
+
+func (ss *session) sendFlush(msgs ...pgproto3.BackendMessage) error {
+	ss.cw.mu.Lock()
+	defer ss.cw.mu.Unlock()
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	if _, err := ss.cw.w.Write(buf); err != nil {
+		return err
+	}
+	return ss.cw.w.Flush()
+}
+
+func (ss *session) route() (router.Target, error) {
+	return ss.srv.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user})
+}
+
+// attach acquires an upstream connection for the session, applies the
+// client's startup settings to it, and greets the client as Postgres
+// would: AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery.
+func (ss *session) attach(t router.Target) error {
+	p := ss.srv.pool(t)
+	start := time.Now()
+	c, err := p.Acquire(context.Background())
+	ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()).Observe(time.Since(start).Seconds())
+	switch {
+	case errors.Is(err, pool.ErrTimeout):
+		st := p.Stats()
+		e := pgerr.Fatalf(pgerr.TooManyConnections, "timed out after %s waiting for an upstream connection to %s", ss.srv.cfg.Pool.AcquireTimeout, t)
+		e.Detail = fmt.Sprintf("all %d connections of the pool are in use and %d clients are waiting", st.Size, st.Waiting)
+		e.Hint = "raise POOL_SIZE or POOL_ACQUIRE_TIMEOUT, or use fewer concurrent sessions"
+		e.Retryable = true
+		return e
+	case errors.Is(err, pool.ErrClosed):
+		return errDraining
+	case err != nil:
+		return err
+	}
+	u := c.Value
+	if len(ss.settings) > 0 {
+		if err := u.exec(setConfigQuery(ss.settings)); err != nil {
+			c.Destroy()
+			return err
+		}
+	}
+	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	names := make([]string, 0, len(u.params))
+	for name := range u.params {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+	for _, name := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: u.params[name]})
+	}
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if err := ss.sendFlush(msgs...); err != nil {
+		c.Release() // nothing was sent upstream on the client's behalf beyond settings
+		return err
+	}
+	ss.mu.Lock()
+	ss.up, ss.synced, ss.txStatus = c, true, 'I'
+	ss.mu.Unlock()
+	return nil
+}
+
+// setConfigQuery builds one statement applying the settings with
+// set_config, which parses values as a configuration file would (so lists
+// like search_path keep their commas).
+func setConfigQuery(settings [][2]string) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i, kv := range settings {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(kv[0]), quoteLiteral(kv[1]))
+	}
+	return b.String()
+}

@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	cryptotls "crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/brownie/brownie-sidecar/internal/config"
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
+	"github.com/brownie/brownie-sidecar/router"
+	brownietls "github.com/brownie/brownie-sidecar/tls"
+)
+
+// upstream is one authenticated connection to a Postgres server. It is
+// owned by whoever holds its pool.Conn; only that goroutine reads or writes
+// it, except Close, which may be called from any goroutine.
+type upstream struct {
+	conn   net.Conn
+	r      *wire.Reader
+	w      *bufio.Writer
+	target router.Target
+	// Backend key of the server process, for cancel requests.
+	pid    uint32
+	secret []byte
+	// params are the server's current ParameterStatus values.
+	params   map[string]string
+	txStatus byte
+	gen      uint64
+	serial   string
+}
+
+// Close sends Terminate (best effort, bounded) and closes the socket.
+// Safe to call more than once.
+func (u *upstream) Close() error {
+	_ = u.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = u.conn.Write([]byte{'X', 0, 0, 0, 4})
+	return u.conn.Close()
+}
+
+// Generation is the certificate generation this connection authenticated
+// with.
+func (u *upstream) Generation() uint64 { return u.gen }
+
+// dialer opens upstream connections presenting the current client
+// certificate. Safe for concurrent use.
+type dialer struct {
+	certs    brownietls.Source
+	sslMode  string
+	database string
+	user     string
+	timeout  time.Duration
+	now      func() time.Time
+}
+
+// dial connects to t and completes TLS and the startup handshake. Errors are
+// *pgerr.Error values suitable for the client.
+func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
+	b, err := d.bundle()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	raw, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", t.Host.Addr)
+	if err != nil {
+		return nil, unreachable(t, err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = raw.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	conn, err := d.startTLS(raw, t, b)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	u := &upstream{
+		conn: conn, r: wire.NewReader(conn, 32<<10), w: bufio.NewWriterSize(conn, 32<<10),
+		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
+	}
+	if err := u.startup(d.user, d.database); err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, unreachable(t, fmt.Errorf("startup handshake: %w", ctx.Err()))
+		}
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return u, nil
+}
+
+// bundle returns the current certificate if it is usable now.
+func (d *dialer) bundle() (*brownietls.Bundle, error) {
+	b, err := d.certs.Current()
+	if err != nil {
+		return nil, pgerr.Fatalf(pgerr.InvalidAuthorization, "no upstream client certificate is available").WithCause(err)
+	}
+	if err := b.ValidAt(d.now()); err != nil {
+		return nil, pgerr.Fatalf(pgerr.InvalidAuthorization, "upstream client certificate is not usable: %v", err).
+			WithHint("the sidecar keeps retrying; renew the certificate in LOCAL_CERT_DIR or fix the certificate source").WithCause(err)
+	}
+	return b, nil
+}
+
+func unreachable(t router.Target, err error) *pgerr.Error {
+	e := pgerr.Fatalf(pgerr.ConnectionFailure, "could not connect to upstream %s at %s", t, t.Host.Addr)
+	e.Detail = err.Error()
+	e.Retryable = true
+	return e.WithCause(err)
+}
+
+// startTLS sends SSLRequest and performs the TLS handshake according to the
+// SSL mode.
+func (d *dialer) startTLS(raw net.Conn, t router.Target, b *brownietls.Bundle) (net.Conn, error) {
+	var req [8]byte
+	binary.BigEndian.PutUint32(req[0:], 8)
+	binary.BigEndian.PutUint32(req[4:], wire.CodeSSL)
+	if _, err := raw.Write(req[:]); err != nil {
+		return nil, unreachable(t, err)
+	}
+	var resp [1]byte
+	if _, err := io.ReadFull(raw, resp[:]); err != nil {
+		return nil, unreachable(t, err)
+	}
+	if resp[0] != 'S' {
+		return nil, pgerr.Fatalf(pgerr.ConnectionFailure, "upstream %s at %s does not accept TLS connections", t, t.Host.Addr).
+			WithHint("set ssl = on on the server; the sidecar authenticates with client certificates only")
+	}
+	serverName := t.Host.ServerName
+	if serverName == "" {
+		serverName, _, _ = net.SplitHostPort(t.Host.Addr)
+	}
+	cfg := &cryptotls.Config{
+		MinVersion: cryptotls.VersionTLS12,
+		ServerName: serverName,
+		RootCAs:    b.Roots,
+		// Present exactly the bundle checked above, so the connection's
+		// generation is the certificate it authenticated with.
+		GetClientCertificate: func(*cryptotls.CertificateRequestInfo) (*cryptotls.Certificate, error) {
+			return &b.Certificate, nil
+		},
+	}
+	switch d.sslMode {
+	case config.SSLVerifyCA:
+		cfg.InsecureSkipVerify = true
+		cfg.VerifyConnection = func(cs cryptotls.ConnectionState) error { return verifyChain(cs, b.Roots) }
+	case config.SSLRequire:
+		cfg.InsecureSkipVerify = true
+		if b.Roots != nil { // as libpq: require with a root certificate verifies the chain
+			cfg.VerifyConnection = func(cs cryptotls.ConnectionState) error { return verifyChain(cs, b.Roots) }
+		}
+	}
+	conn := cryptotls.Client(raw, cfg)
+	if err := conn.Handshake(); err != nil {
+		e := pgerr.Fatalf(pgerr.ConnectionFailure, "TLS handshake with upstream %s at %s failed", t, t.Host.Addr)
+		e.Detail = err.Error()
+		var cv *cryptotls.CertificateVerificationError
+		if errors.As(err, &cv) {
+			e.Hint = "the server certificate does not verify against ca.crt for host " + serverName
+		}
+		return nil, e.WithCause(err)
+	}
+	return conn, nil
+}
+
+func verifyChain(cs cryptotls.ConnectionState, roots *x509.CertPool) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("server sent no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
+	return err
+}
+
+// startup sends the StartupMessage and reads until ReadyForQuery. Only
+// AuthenticationOk is acceptable: certificate authentication needs no
+// further exchange, and the sidecar holds no passwords.
+func (u *upstream) startup(user, database string) error {
+	msg := &pgproto3.StartupMessage{
+		ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters:      map[string]string{"user": user, "database": database},
+	}
+	buf, err := msg.Encode(nil)
+	if err != nil {
+		return pgerr.From(err)
+	}
+	if _, err := u.conn.Write(buf); err != nil {
+		return unreachable(u.target, err)
+	}
+	for {
+		typ, body, err := u.next()
+		if err != nil {
+			return unreachable(u.target, fmt.Errorf("reading startup response: %w", err))
+		}
+		switch typ {
+		case 'R':
+			if len(body) < 4 {
+				return protocolError(u.target, "short authentication message")
+			}
+			if code := binary.BigEndian.Uint32(body); code != pgproto3.AuthTypeOk {
+				return pgerr.Fatalf(pgerr.InvalidAuthorization,
+					"upstream %s asked for password authentication (method %d) for role %q", u.target, code, user).
+					WithHint("the sidecar authenticates with client certificates only: use \"hostssl ... cert\" in pg_hba.conf")
+			}
+		case 'S':
+			u.setParam(body)
+		case 'K':
+			var k pgproto3.BackendKeyData
+			if err := k.Decode(body); err != nil {
+				return protocolError(u.target, "bad BackendKeyData")
+			}
+			u.pid, u.secret = k.ProcessID, append([]byte(nil), k.SecretKey...)
+		case 'E':
+			return upstreamError(body)
+		case 'N', 'v':
+			// Notices and protocol negotiation need no action here.
+		case 'Z':
+			if len(body) != 1 {
+				return protocolError(u.target, "bad ReadyForQuery")
+			}
+			u.txStatus = body[0]
+			return nil
+		default:
+			return protocolError(u.target, fmt.Sprintf("unexpected message %q during startup", typ))
+		}
+	}
+}
+
+// next reads one whole message. The body is valid until the next call.
+func (u *upstream) next() (byte, []byte, error) {
+	typ, _, err := u.r.Next()
+	if err != nil {
+		return 0, nil, err
+	}
+	body, err := u.r.Body()
+	return typ, body, err
+}
+
+func (u *upstream) setParam(body []byte) {
+	var ps pgproto3.ParameterStatus
+	if ps.Decode(body) == nil {
+		u.params[ps.Name] = ps.Value
+	}
+}
+
+// exec runs one simple-protocol query to completion, discarding rows,
+// recording ParameterStatus changes, and returns the first upstream error
+// (as a FATAL-able *pgerr.Error) if any. Used for session setup and reset,
+// never for client statements.
+func (u *upstream) exec(sql string) error {
+	buf, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	if _, err := u.w.Write(buf); err != nil {
+		return err
+	}
+	if err := u.w.Flush(); err != nil {
+		return err
+	}
+	var first error
+	for {
+		typ, body, err := u.next()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'S':
+			u.setParam(body)
+		case 'E':
+			if first == nil {
+				first = upstreamError(body)
+			}
+		case 'Z':
+			if len(body) == 1 {
+				u.txStatus = body[0]
+			}
+			return first
+		}
+	}
+}
+
+// upstreamError turns an upstream ErrorResponse into an *pgerr.Error that
+// keeps its code and text.
+func upstreamError(body []byte) *pgerr.Error {
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(body); err != nil {
+		return pgerr.Fatalf(pgerr.ProtocolViolation, "malformed error response from upstream")
+	}
+	return &pgerr.Error{Severity: pgerr.SevFatal, Code: pgerr.Code(er.Code), Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}
+
+func protocolError(t router.Target, what string) *pgerr.Error {
+	return pgerr.Fatalf(pgerr.ProtocolViolation, "protocol violation from upstream %s: %s", t, what)
+}
+
+// cancel sends a CancelRequest for this connection's backend over a fresh
+// TLS connection. It is safe to call from any goroutine.
+func (d *dialer) cancel(ctx context.Context, t router.Target, pid uint32, secret []byte) error {
+	b, err := d.bundle()
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithTimeout(ctx, d.timeout)
+	defer stop()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", t.Host.Addr)
+	if err != nil {
+		return unreachable(t, err)
+	}
+	defer raw.Close()
+	deadline, _ := ctx.Deadline()
+	_ = raw.SetDeadline(deadline)
+	conn, err := d.startTLS(raw, t, b)
+	if err != nil {
+		return err
+	}
+	buf, _ := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: secret}).Encode(nil)
+	if _, err := conn.Write(buf); err != nil {
+		return err
+	}
+	// The server closes the connection when it has processed the request.
+	_, _ = io.Copy(io.Discard, conn)
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal, correct whatever the
+// setting of standard_conforming_strings.
+func quoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return "E'" + strings.ReplaceAll(s, `\`, `\\`) + "'"
+	}
+	return "'" + s + "'"
+}
