@@ -18,6 +18,14 @@ type Resource interface {
 	Generation() uint64
 }
 
+// Checker is implemented by resources that can tell cheaply, without
+// blocking, whether they are still usable. Acquire checks idle resources
+// that implement it and discards broken ones (for example a server
+// connection the server closed while it sat idle).
+type Checker interface {
+	Alive() bool
+}
+
 // Dialer creates a resource. It must honour ctx.
 type Dialer[R Resource] func(ctx context.Context) (R, error)
 
@@ -61,6 +69,7 @@ type Stats struct {
 	Dials, DialErrors                uint64
 	ClosedLifetime, ClosedIdle       uint64
 	ClosedRetired, ClosedDestroyed   uint64
+	ClosedBroken                     uint64
 }
 
 // Pool hands out resources of one target. All methods are safe for
@@ -130,6 +139,10 @@ func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
 		p.idle = p.idle[:len(p.idle)-1]
 		if p.expiredLocked(c, start) {
 			p.discardLocked(c, &p.stats.ClosedLifetime)
+			continue
+		}
+		if a, ok := any(c.Value).(Checker); ok && !a.Alive() {
+			p.discardLocked(c, &p.stats.ClosedBroken)
 			continue
 		}
 		p.unlock()

@@ -56,5 +56,6 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descClosed, st.ClosedIdle, "idle_timeout")
 		counter(descClosed, st.ClosedRetired, "certificate_rotated")
 		counter(descClosed, st.ClosedDestroyed, "destroyed")
+		counter(descClosed, st.ClosedBroken, "broken_while_idle")
 	}
 }

@@ -90,24 +90,25 @@ var errSessionEnded = errors.New("session ended")
 var errUpstreamWrite = errors.New("upstream write failed")
 
 func (ss *session) upstreamWriteFailed(err error) error {
-	ss.log.Debug("upstream write failed", zap.Error(err))
+	ss.log.Warn("upstream write failed", zap.Error(err))
 	_ = ss.up.Value.conn.Close()
 	return errUpstreamWrite
 }
 
 // upstreamToClient forwards upstream messages to the client. It owns the
-// upstream reader and, once the client has gone, decides between Release
-// (reset finished cleanly) and Destroy.
+// upstream reader. It returns when the upstream fails or, once the client
+// has gone, when the reset has completed (recording resetDone). It never
+// releases the pool connection itself: the session goroutine does, after
+// its own writes have returned, so the connection is never handed to
+// another session while this one still touches it.
 func (ss *session) upstreamToClient() {
-	c := ss.up
-	u := c.Value
+	u := ss.up.Value
 	m := ss.srv.metrics
 	defer close(ss.relayDone)
 	for {
 		typ, n, err := u.r.Next()
 		if err != nil {
 			ss.upstreamLost(err)
-			c.Destroy()
 			return
 		}
 		var body []byte
@@ -115,7 +116,6 @@ func (ss *session) upstreamToClient() {
 		if !stream {
 			if body, err = u.r.Body(); err != nil {
 				ss.upstreamLost(err)
-				c.Destroy()
 				return
 			}
 		}
@@ -133,12 +133,12 @@ func (ss *session) upstreamToClient() {
 			idle := ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'
 			release = ss.resetting && idle
 			terminate = ss.draining && idle && !ss.resetting
-			if release && ss.resetFailed {
-				release = false
-				ss.upGone = true
+			if release {
+				ss.resetDone = !ss.resetFailed
 				ss.mu.Unlock()
-				ss.log.Warn("upstream reset failed; destroying connection")
-				c.Destroy()
+				if !ss.resetDone {
+					ss.log.Warn("upstream reset failed; destroying connection")
+				}
 				return
 			}
 			ss.mu.Unlock()
@@ -161,23 +161,14 @@ func (ss *session) upstreamToClient() {
 				ss.discard.Store(true) // client gone; keep reading so the reset can finish
 				if stream {            // the upstream reader stopped mid-message
 					ss.upstreamLost(err)
-					c.Destroy()
 					return
 				}
 			}
 		} else if stream {
 			if err := u.r.CopyBody(discardWriter{}); err != nil {
 				ss.upstreamLost(err)
-				c.Destroy()
 				return
 			}
-		}
-		if release {
-			ss.mu.Lock()
-			ss.upGone = true
-			ss.mu.Unlock()
-			c.Release()
-			return
 		}
 		if terminate {
 			ss.terminate(errShutdown)
@@ -227,7 +218,7 @@ func (ss *session) upstreamLost(err error) {
 		return
 	}
 	t := ss.up.Value.target
-	ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Error(err))
+	ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", ss.up.Value.pid), zap.Error(err))
 	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", t)
 	e.Detail = err.Error()
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
@@ -237,12 +228,13 @@ func (ss *session) upstreamLost(err error) {
 	_ = ss.client.Close()
 }
 
-// finish runs when the client side has ended: it resets the upstream if it
-// is at a safe point and lets the relay goroutine release it, or destroys
-// it otherwise. It returns once the relay goroutine has let go.
+// finish runs when the client side has ended. It is the only place that
+// gives the pool connection back: after a clean reset (ROLLBACK if needed,
+// then the reset query) it is released; in any doubt it is destroyed.
 func (ss *session) finish(cause error) {
 	ss.discard.Store(true)
-	u := ss.up.Value
+	c := ss.up
+	u := c.Value
 	ss.mu.Lock()
 	lost := ss.upGone
 	safe := ss.pending == 0 && ss.synced && !ss.copyIn && !lost && !errors.Is(cause, errUpstreamWrite)
@@ -256,7 +248,7 @@ func (ss *session) finish(cause error) {
 			reset = append(reset, q)
 		}
 		if len(reset) == 0 {
-			reset = append(reset, "SELECT 1") // still round-trip so the relay releases at ReadyForQuery
+			reset = append(reset, "SELECT 1") // still round-trip so the relay stops at ReadyForQuery
 		}
 		ss.resetting = true
 		ss.pending += len(reset)
@@ -270,8 +262,6 @@ func (ss *session) finish(cause error) {
 		if err := u.sendQueries(reset); err == nil {
 			select {
 			case <-ss.relayDone:
-				ss.log.Debug("session ended", zap.Error(cause))
-				return
 			case <-time.After(ss.srv.cfg.Pool.ResetTimeout):
 				ss.log.Warn("upstream reset timed out; destroying connection")
 			}
@@ -282,8 +272,21 @@ func (ss *session) finish(cause error) {
 			ss.cancelBackend(u)
 		}
 	}
-	_ = u.conn.Close()
-	<-ss.relayDone
+	select {
+	case <-ss.relayDone:
+	default:
+		_ = u.conn.Close()
+		<-ss.relayDone
+	}
+	ss.mu.Lock()
+	clean := ss.resetDone
+	ss.mu.Unlock()
+	if clean {
+		c.Release()
+		ss.log.Debug("session ended", zap.Error(cause))
+		return
+	}
+	c.Destroy()
 }
 
 // cancelBackend asks the upstream to cancel what the departed client left

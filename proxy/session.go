@@ -65,7 +65,8 @@ type session struct {
 	txStatus    byte
 	resetting   bool // client gone: relay consumes reset replies, then releases
 	resetFailed bool // an error arrived while resetting: destroy, do not release
-	upGone      bool // the relay released or destroyed the upstream
+	upGone      bool // the relay stopped reading the upstream because it failed
+	resetDone   bool // the reset completed cleanly: the upstream may be released
 	draining    bool
 	ended       bool          // terminate was called
 	relayDone   chan struct{} // closed when the relay goroutine has let go of up

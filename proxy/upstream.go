@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -26,7 +27,8 @@ import (
 // owned by whoever holds its pool.Conn; only that goroutine reads or writes
 // it, except Close, which may be called from any goroutine.
 type upstream struct {
-	conn   net.Conn
+	conn   net.Conn // TLS
+	raw    net.Conn // the TCP connection under conn
 	r      *wire.Reader
 	w      *bufio.Writer
 	target router.Target
@@ -46,6 +48,39 @@ func (u *upstream) Close() error {
 	_ = u.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = u.conn.Write([]byte{'X', 0, 0, 0, 4})
 	return u.conn.Close()
+}
+
+// Alive reports whether an idle connection is still usable: nothing is
+// buffered and the socket has neither data nor EOF pending. An idle server
+// connection has nothing to say; data there is almost always a FATAL
+// before the server closed it (shutdown, pg_terminate_backend). It never
+// blocks. Call it only while no goroutine reads the connection.
+func (u *upstream) Alive() bool {
+	if u.r.Buffered() > 0 {
+		return false
+	}
+	sc, ok := u.raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := true
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case n > 0: // unsolicited data
+			alive = false
+		case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
+		default: // EOF (n == 0) or a socket error
+			alive = false
+		}
+		return true
+	})
+	return alive && err == nil
 }
 
 // Generation is the certificate generation this connection authenticated
@@ -87,7 +122,7 @@ func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 		return nil, err
 	}
 	u := &upstream{
-		conn: conn, r: wire.NewReader(conn, 32<<10), w: bufio.NewWriterSize(conn, 32<<10),
+		conn: conn, raw: raw, r: wire.NewReader(conn, 32<<10), w: bufio.NewWriterSize(conn, 32<<10),
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
 	}
 	if err := u.startup(d.user, d.database); err != nil {

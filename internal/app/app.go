@@ -163,7 +163,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 
 	var adminLn net.Listener
 	var adminSrv *http.Server
-	if cfg.Admin.Addr != "" {
+	if cfg.Admin.Enabled() {
 		adminLn, err = net.Listen("tcp", cfg.Admin.Addr)
 		if err != nil {
 			px.Close()

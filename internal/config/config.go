@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"time"
 
@@ -95,8 +96,16 @@ type Pool struct {
 
 // Admin configures the admin HTTP port.
 type Admin struct {
+	// Addr is host:port, or "off" for no admin port.
 	Addr string `env:"ADMIN_ADDR" envDefault:":8001"`
 }
+
+// AdminOff is the ADMIN_ADDR value that disables the admin port (an empty
+// value means the default, as for every variable).
+const AdminOff = "off"
+
+// Enabled reports whether the admin port is served.
+func (a Admin) Enabled() bool { return a.Addr != AdminOff && a.Addr != "" }
 
 // Load parses and validates the configuration from environ, a map of
 // variable name to value. The error, if any, lists every problem.
@@ -106,7 +115,9 @@ func Load(environ map[string]string) (Config, error) {
 	if err != nil {
 		var agg env.AggregateError
 		if errors.As(err, &agg) {
-			problems = append(problems, agg.Errors...)
+			for _, e := range agg.Errors {
+				problems = append(problems, nameVariable(e))
+			}
 		} else {
 			problems = append(problems, err)
 		}
@@ -118,6 +129,38 @@ func Load(environ map[string]string) (Config, error) {
 		return cfg, &Error{Problems: flatten(problems)}
 	}
 	return cfg, nil
+}
+
+// nameVariable rewrites a parse error, which names the Go field, to name
+// the environment variable instead.
+func nameVariable(err error) error {
+	var pe env.ParseError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	keys := envKeys(reflect.TypeFor[Config](), pe.Name)
+	if len(keys) == 0 {
+		return err
+	}
+	return fmt.Errorf("%s: %v", strings.Join(keys, " or "), pe.Err)
+}
+
+// envKeys returns the env tags of the fields named name anywhere in t.
+func envKeys(t reflect.Type, name string) []string {
+	var out []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Tag.Get("env") == "" {
+			out = append(out, envKeys(f.Type, name)...)
+			continue
+		}
+		if f.Name == name {
+			if key, _, _ := strings.Cut(f.Tag.Get("env"), ","); key != "" {
+				out = append(out, key)
+			}
+		}
+	}
+	return out
 }
 
 // Error is an invalid configuration. Its message lists every problem, one
@@ -214,7 +257,7 @@ func (c Config) Validate() error {
 	if c.Pool.RetireInterval <= 0 || c.Pool.ResetTimeout <= 0 {
 		add("POOL_RETIRE_INTERVAL and POOL_RESET_TIMEOUT must be positive")
 	}
-	if c.Admin.Addr != "" {
+	if c.Admin.Enabled() {
 		if _, _, err := net.SplitHostPort(c.Admin.Addr); err != nil {
 			add("ADMIN_ADDR %q: %v", c.Admin.Addr, err)
 		}

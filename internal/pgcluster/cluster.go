@@ -435,19 +435,22 @@ func (c *Cluster) Exec(ctx context.Context, dbname, sql string) (string, error) 
 	return strings.TrimSpace(stdout.String()), nil
 }
 
-// WaitReplayed waits until this replica has replayed all WAL the primary had
-// generated when the call began (pg_last_wal_replay_lsn() >= the primary's
-// pg_current_wal_insert_lsn()), so every transaction committed on the primary
-// before the call is visible on the replica. It polls until ctx ends.
+// WaitReplayed waits until this replica has replayed everything committed on
+// primary (which must be read-write) before the call, so those writes are
+// visible on the replica. It polls until ctx ends.
 //
-// The insert position is used rather than pg_current_wal_lsn(), the write
-// position: with synchronous_commit=off a commit record may still sit in WAL
-// buffers, before the write position, for up to wal_writer_delay.
+// It writes a transactional logical-decoding message on the primary with
+// synchronous_commit=on and waits for pg_last_wal_replay_lsn() to pass the
+// end of that record. Comparing with pg_current_wal_lsn() instead would miss
+// commits still in WAL buffers (synchronous_commit=off), and
+// pg_current_wal_insert_lsn() on an idle primary can point past a page header
+// that no record fills until the next background WAL record, 15 s later.
 func (c *Cluster) WaitReplayed(ctx context.Context, primary *Cluster) error {
 	if primary == nil {
 		return errors.New("pgcluster: WaitReplayed needs the primary")
 	}
-	lsn, err := primary.Exec(ctx, "postgres", "SELECT pg_current_wal_insert_lsn()")
+	lsn, err := primary.Exec(ctx, "postgres",
+		"SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgcluster', 'wait-replayed')")
 	if err != nil {
 		return err
 	}

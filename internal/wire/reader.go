@@ -60,24 +60,43 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 }
 
 // Body reads the whole body of the current message into an internal buffer
-// that is reused by later calls.
+// that is reused by later calls. After an error the Reader still knows its
+// position: the next Next skips what is left of the body.
 func (r *Reader) Body() ([]byte, error) {
 	if cap(r.buf) < r.remain {
 		r.buf = make([]byte, r.remain)
 	}
 	b := r.buf[:r.remain]
-	if _, err := io.ReadFull(r.r, b); err != nil {
+	n, err := io.ReadFull(r.r, b)
+	r.remain -= n
+	if err != nil {
 		return nil, err
 	}
-	r.remain = 0
 	return b, nil
 }
 
-// CopyBody streams the rest of the current message body to w.
+// CopyBody streams the rest of the current message body to w straight from
+// the read buffer. Only bytes w accepted are consumed, so after a failed
+// write the Reader still knows its position.
 func (r *Reader) CopyBody(w io.Writer) error {
-	n, err := io.CopyN(w, r.r, int64(r.remain))
-	r.remain -= int(n)
-	return err
+	for r.remain > 0 {
+		b, perr := r.r.Peek(min(r.remain, r.r.Size()))
+		if len(b) > 0 {
+			n, werr := w.Write(b)
+			_, _ = r.r.Discard(n)
+			r.remain -= n
+			if werr != nil {
+				return werr
+			}
+			if n < len(b) {
+				return io.ErrShortWrite
+			}
+		}
+		if perr != nil && r.remain > 0 {
+			return perr
+		}
+	}
+	return nil
 }
 
 // Buffered reports how many bytes can be read without touching the

@@ -123,14 +123,14 @@ func ParseStartup(body []byte) (*Startup, error) {
 			return nil, fmt.Errorf("%w: unterminated value for %q", ErrBadStartup, name)
 		}
 		rest = r3
+		if len(rest) == 0 {
+			return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
+		}
 		if len(name) > 5 && name[:5] == "_pq_." {
 			s.ProtocolOptions = append(s.ProtocolOptions, name)
 			continue
 		}
 		s.Params = append(s.Params, Param{Name: name, Value: val})
-		if len(rest) == 0 {
-			return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
-		}
 	}
 	if len(rest) != 0 {
 		return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
