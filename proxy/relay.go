@@ -2,31 +2,155 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
+	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-// relay runs the attached session: this goroutine forwards client messages
-// upstream while upstreamToClient forwards replies. When the client goes
-// away the upstream is reset and released if it is at a safe point, and
-// destroyed otherwise.
+// expKind says what the relay goroutine does with the upstream's answer to
+// one message the session goroutine sent. Only messages whose answers the
+// sidecar must recognise are queued: Parse, Close, Sync, Query and
+// FunctionCall.
+type expKind uint8
+
+const (
+	expParse         expKind = iota // client Parse: forward ParseComplete
+	expParseInjected                // sidecar Parse (re-prepare): swallow ParseComplete
+	expParseCached                  // client Parse already prepared: a Close stood in; CloseComplete → ParseComplete
+	expClose                        // client Close: forward CloseComplete
+	expCloseInjected                // sidecar Close (LRU eviction): swallow CloseComplete
+	expSync                         // Sync: forward ReadyForQuery
+	expQuery                        // Query or FunctionCall: forward ReadyForQuery
+)
+
+type expectation struct {
+	kind expKind
+	key  string // statement key for Parse kinds; "" for the unnamed statement
+}
+
+func (k expKind) isParse() bool { return k <= expParseCached }
+func (k expKind) ends() bool    { return k == expSync || k == expQuery }
+
+// nonexistent is a statement name no client or sidecar statement uses:
+// closing it is a cheap round trip the server always acknowledges.
+const nonexistent = "brw_none"
+
+// maxAnalyzed bounds the Query size the sidecar parses; larger statements
+// (bulk INSERTs) are relayed without looking at them.
+const maxAnalyzed = 1 << 20
+
+var errSessionEnded = errors.New("session ended")
+
+// errUpstreamWrite marks a failure writing to the upstream; the relay
+// goroutine reports the lost connection to the client.
+var errUpstreamWrite = errors.New("upstream write failed")
+
+func (ss *session) transactionMode() bool {
+	return ss.srv.cfg.Pool.Mode == config.PoolTransaction
+}
+
+// relay runs an attached (session mode) or detached (transaction mode)
+// session until the client leaves, then cleans up.
 func (ss *session) relay() {
-	u := ss.up.Value
-	go ss.upstreamToClient()
-	err := ss.clientToUpstream(u)
+	err := ss.clientToUpstream()
 	ss.finish(err)
 }
 
+// acquire takes an upstream connection for the session's target from its
+// pool and applies the client's settings to it. The relay goroutine is not
+// running; the caller owns the returned connection.
+func (ss *session) acquire() (*pool.Conn[*upstream], error) {
+	t, err := ss.srv.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user})
+	if err != nil {
+		return nil, err
+	}
+	p := ss.srv.pool(t)
+	start := time.Now()
+	c, err := p.Acquire(context.Background())
+	ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()).Observe(time.Since(start).Seconds())
+	switch {
+	case errors.Is(err, pool.ErrTimeout):
+		st := p.Stats()
+		e := pgerr.Fatalf(pgerr.TooManyConnections, "timed out after %s waiting for an upstream connection to %s", ss.srv.cfg.Pool.AcquireTimeout, t)
+		e.Detail = fmt.Sprintf("all %d connections of the pool are in use and %d clients are waiting", st.Size, st.Waiting)
+		e.Hint = "raise POOL_SIZE or POOL_ACQUIRE_TIMEOUT, or use fewer concurrent sessions"
+		e.Retryable = true
+		return nil, e
+	case errors.Is(err, pool.ErrClosed):
+		return nil, errDraining
+	case err != nil:
+		return nil, err
+	}
+	if err := ss.syncSettings(c.Value); err != nil {
+		c.Destroy()
+		return nil, err
+	}
+	ss.srv.metrics.Transactions.Inc()
+	return c, nil
+}
+
+// startRelay attaches c to the session and starts its relay goroutine.
+// Called with ss.mu held.
+func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
+	ss.up = c
+	ss.pending, ss.synced, ss.copyIn, ss.txStatus = 0, true, false, c.Value.txStatus
+	ss.expect = ss.expect[:0]
+	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
+	done := make(chan struct{})
+	ss.relayDone = done
+	ss.uw.Reset(c.Value.conn)
+	go ss.upstreamToClient(c, done)
+}
+
+// attachLocked makes sure the session holds an upstream connection,
+// acquiring one (with ss.mu released meanwhile) when it does not. It
+// returns with ss.mu held and no internal query running.
+func (ss *session) attachLocked() error {
+	for {
+		for ss.internal {
+			ss.cond.Wait()
+		}
+		if ss.ended {
+			return errSessionEnded
+		}
+		if ss.up != nil {
+			return nil
+		}
+		ss.mu.Unlock()
+		c, err := ss.acquire()
+		if err == nil {
+			err = ss.reportParams(c.Value, false)
+			if err != nil {
+				c.Release()
+			}
+		}
+		ss.mu.Lock()
+		if err != nil {
+			return err
+		}
+		if ss.ended {
+			ss.mu.Unlock()
+			c.Release()
+			ss.mu.Lock()
+			return errSessionEnded
+		}
+		ss.startRelayLocked(c)
+	}
+}
+
 // clientToUpstream forwards client messages until the client terminates,
-// fails, or the session is ended.
-func (ss *session) clientToUpstream(u *upstream) error {
-	m := ss.srv.metrics
+// fails, or the session is ended. It attaches an upstream connection when
+// a message arrives and none is held (transaction mode).
+func (ss *session) clientToUpstream() error {
 	for {
 		typ, n, err := ss.cr.Next()
 		if err != nil {
@@ -35,145 +159,560 @@ func (ss *session) clientToUpstream(u *upstream) error {
 		if typ == 'X' {
 			return nil
 		}
-		ss.mu.Lock()
-		if ss.ended {
-			ss.mu.Unlock()
-			return errSessionEnded
-		}
-		switch typ {
-		case 'Q', 'F':
-			ss.pending++
-			ss.synced = true
-		case 'S':
-			if !ss.copyIn { // Sync inside COPY IN gets no ReadyForQuery
-				ss.pending++
-			}
-			ss.synced = true
-		case 'c', 'f':
-			ss.copyIn = false
-			ss.synced = true
-		case 'H':
-			// Flush changes nothing.
-		default:
-			ss.synced = false
-		}
-		ss.mu.Unlock()
-
-		hdr := wire.AppendHeader(make([]byte, 0, 5), typ, n)
-		if _, err := u.w.Write(hdr); err != nil {
-			return ss.upstreamWriteFailed(err)
-		}
-		if n > largeMessage {
-			err = ss.cr.CopyBody(u.w)
-		} else {
-			var body []byte
-			if body, err = ss.cr.Body(); err == nil {
-				_, err = u.w.Write(body)
-			}
-		}
-		if err != nil {
-			return ss.upstreamWriteFailed(err)
-		}
-		m.ToUpstream.Add(float64(n + 5))
-		if ss.cr.Buffered() == 0 {
-			if err := u.w.Flush(); err != nil {
-				return ss.upstreamWriteFailed(err)
-			}
+		if err := ss.forwardMessage(typ, n); err != nil {
+			return err
 		}
 	}
 }
 
-var errSessionEnded = errors.New("session ended")
+// forwardMessage relays one client message, rewriting statement names and
+// injecting the Parse and Close messages that keep protocol-level prepared
+// statements working on whichever upstream serves the client.
+func (ss *session) forwardMessage(typ byte, n int) error {
+	var body []byte
+	var err error
+	switch typ {
+	case 'P', 'D', 'C':
+		body, err = ss.cr.Body()
+	case 'Q':
+		if n <= maxAnalyzed {
+			body, err = ss.cr.Body()
+		}
+	case 'B':
+		body, err = ss.cr.Peek(4096)
+	}
+	if err != nil {
+		return err
+	}
 
-// errUpstreamWrite marks a failure writing to the upstream; the relay
-// goroutine reports the lost connection to the client.
-var errUpstreamWrite = errors.New("upstream write failed")
+	var a *analysis
+	var pm parseMsg
+	switch typ {
+	case 'Q':
+		if body != nil && len(body) > 0 {
+			a = ss.srv.analyzer.analyze(string(body[:len(body)-1]))
+		}
+	case 'P':
+		if pm, err = decodeParse(body); err != nil {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		}
+		a = ss.srv.analyzer.analyze(pm.query)
+	}
+	refused := ""
+	if a != nil && a.pin != "" {
+		if refused = ss.pinOrRefuse(a.pin); refused != "" {
+			switch typ {
+			case 'Q':
+				q := refusalStatement(a.pin)
+				body = append([]byte(q), 0)
+				n = len(body)
+			case 'P':
+				pm.query, pm.oids = refusalStatement(a.pin), nil
+			}
+		}
+	}
+
+	ss.mu.Lock()
+	if typ == 'H' && (ss.up == nil || (ss.pending == 0 && ss.synced)) {
+		ss.mu.Unlock() // Flush with nothing in flight: nothing to do
+		return nil
+	}
+	if err := ss.attachLocked(); err != nil {
+		ss.mu.Unlock()
+		return ss.sessionError(err)
+	}
+	u := ss.up.Value
+	out, stream, skip, err := ss.rewriteLocked(typ, n, body, pm, a, refused, u)
+	ss.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return ss.writeUpstream(out, stream, skip)
+}
+
+// rewriteLocked builds the bytes to send for one client message and does
+// the bookkeeping for it. stream > 0 means that many bytes of the body
+// follow from the client reader after out (skip bytes of it dropped
+// first). Called with ss.mu held and the session attached.
+func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *analysis, refused string, u *upstream) (out []byte, stream, skip int, err error) {
+	m := ss.srv.metrics
+	switch typ {
+	case 'P':
+		def := newStmtDef(pm.query, pm.oids, a)
+		def.poison = refused != ""
+		ss.synced = false
+		if pm.name == "" {
+			ss.unnamed, u.unnamed = def, def
+			ss.expect = append(ss.expect, expectation{kind: expParse})
+			return appendParse(nil, "", pm.query, pm.oids), 0, 0, nil
+		}
+		ss.stmts[pm.name] = def
+		if _, ok := u.stmts.lookup(def.key); ok {
+			m.StmtCache.WithLabelValues("hit").Inc()
+			ss.expect = append(ss.expect, expectation{kind: expParseCached})
+			return appendClose(nil, 'S', nonexistent), 0, 0, nil
+		}
+		m.StmtCache.WithLabelValues("miss").Inc()
+		return ss.prepareLocked(nil, u, def, expParse), 0, 0, nil
+
+	case 'B', 'D':
+		var stmtName string
+		var rest int
+		if typ == 'B' {
+			_, stmtName, rest, err = bindHeader(body)
+		} else if len(body) > 0 && body[0] == 'S' {
+			stmtName, _, err = cstr(body[1:])
+			rest = 1 + len(stmtName) + 1
+		} else {
+			rest = -1 // Describe of a portal: unchanged
+		}
+		if err != nil {
+			return nil, 0, 0, pgerr.Fatalf(pgerr.ProtocolViolation, "invalid %q message", typ)
+		}
+		ss.synced = false
+		// passThrough sends the message unchanged: a Bind's body is still
+		// unread (only peeked), a Describe's was read.
+		passThrough := func() ([]byte, int, int, error) {
+			if typ == 'B' {
+				return wire.AppendHeader(nil, typ, n), n, 0, nil
+			}
+			return append(wire.AppendHeader(nil, typ, n), body...), 0, 0, nil
+		}
+		if rest < 0 {
+			return passThrough()
+		}
+		def := ss.unnamed
+		if stmtName != "" {
+			def = ss.stmts[stmtName]
+		}
+		if def == nil { // unknown: let the server say so, in its words
+			return passThrough()
+		}
+		if typ == 'B' && def.a != nil && def.a.touchesState() {
+			ss.dirty.note(def.a)
+		}
+		out, sname := ss.ensurePreparedLocked(u, def, stmtName == "")
+		if typ == 'D' {
+			out = wire.AppendHeader(out, 'D', 1+len(sname)+1)
+			out = append(append(append(out, 'S'), sname...), 0)
+			return out, 0, 0, nil
+		}
+		portal, _, _, _ := bindHeader(body)
+		if def.poison { // the statement was replaced by a refusal: it takes no parameters
+			out = wire.AppendHeader(out, 'B', len(portal)+1+len(sname)+1+6)
+			out = append(append(out, portal...), 0)
+			out = append(append(out, sname...), 0)
+			out = append(out, 0, 0, 0, 0, 0, 0)
+			return out, 0, n, nil
+		}
+		newLen := n - len(stmtName) + len(sname)
+		out = wire.AppendHeader(out, 'B', newLen)
+		out = append(append(out, portal...), 0)
+		out = append(append(out, sname...), 0)
+		return out, n - rest, rest, nil
+
+	case 'C':
+		ss.synced = false
+		if len(body) >= 2 && body[0] == 'S' {
+			name, _, cerr := cstr(body[1:])
+			if cerr != nil {
+				return nil, 0, 0, pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
+			}
+			ss.expect = append(ss.expect, expectation{kind: expClose})
+			if name == "" {
+				ss.unnamed, u.unnamed = nil, nil
+				return appendClose(nil, 'S', ""), 0, 0, nil
+			}
+			// The server-side statement may serve other clients: keep it.
+			delete(ss.stmts, name)
+			return appendClose(nil, 'S', nonexistent), 0, 0, nil
+		}
+		ss.expect = append(ss.expect, expectation{kind: expClose})
+		return append(wire.AppendHeader(nil, 'C', n), body...), 0, 0, nil
+
+	case 'Q':
+		ss.pending++
+		ss.synced = true
+		ss.expect = append(ss.expect, expectation{kind: expQuery})
+		if a != nil && a.touchesState() {
+			ss.dirty.note(a)
+		}
+		if refused != "" {
+			m.PinRefusals.WithLabelValues(refused).Inc()
+		}
+		if body == nil {
+			return wire.AppendHeader(nil, 'Q', n), n, 0, nil
+		}
+		return append(wire.AppendHeader(nil, 'Q', len(body)), body...), 0, 0, nil
+
+	case 'F':
+		ss.pending++
+		ss.synced = true
+		ss.expect = append(ss.expect, expectation{kind: expQuery})
+	case 'S':
+		if !ss.copyIn { // Sync inside COPY IN gets no ReadyForQuery
+			ss.pending++
+			ss.expect = append(ss.expect, expectation{kind: expSync})
+		}
+		ss.synced = true
+	case 'c', 'f':
+		ss.copyIn = false
+		ss.synced = true
+	case 'H', 'd':
+	default:
+		ss.synced = false
+	}
+	return wire.AppendHeader(nil, typ, n), n, 0, nil
+}
+
+// ensurePreparedLocked makes sure def is prepared on u (injecting a Parse
+// if not) and returns the bytes to send first and the server-side name.
+func (ss *session) ensurePreparedLocked(u *upstream, def *stmtDef, unnamed bool) ([]byte, string) {
+	if unnamed {
+		if u.unnamed == def {
+			return nil, ""
+		}
+		u.unnamed = def
+		ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
+		ss.expect = append(ss.expect, expectation{kind: expParseInjected})
+		return appendParse(nil, "", def.query, def.oids), ""
+	}
+	if name, ok := u.stmts.lookup(def.key); ok {
+		return nil, name
+	}
+	ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
+	out := ss.prepareLocked(nil, u, def, expParseInjected)
+	name, _ := u.stmts.lookup(def.key)
+	return out, name
+}
+
+// prepareLocked appends a Parse of def under a new sidecar name on u,
+// preceded by Closes of the statements the LRU evicts.
+func (ss *session) prepareLocked(out []byte, u *upstream, def *stmtDef, kind expKind) []byte {
+	name, evicted := u.stmts.add(def.key)
+	for _, e := range evicted {
+		ss.srv.metrics.StmtCache.WithLabelValues("eviction").Inc()
+		out = appendClose(out, 'S', e)
+		ss.expect = append(ss.expect, expectation{kind: expCloseInjected})
+	}
+	ss.expect = append(ss.expect, expectation{kind: kind, key: def.key})
+	return appendParse(out, name, def.query, def.oids)
+}
+
+// writeUpstream sends out, then skip bytes of the current client body are
+// dropped and stream bytes copied, and flushes when no more client input
+// is buffered. Only the session goroutine writes upstream, through its own
+// buffered writer: once the relay goroutine hands the connection back to
+// the pool, nothing of this session's is left in a shared buffer.
+func (ss *session) writeUpstream(out []byte, stream, skip int) error {
+	if _, err := ss.uw.Write(out); err != nil {
+		return ss.upstreamWriteFailed(err)
+	}
+	if skip > 0 {
+		if err := ss.cr.Skip(skip); err != nil {
+			return err
+		}
+	}
+	if stream > 0 {
+		if stream <= largeMessage {
+			body, err := ss.cr.Body()
+			if err != nil {
+				return err
+			}
+			if _, err := ss.uw.Write(body); err != nil {
+				return ss.upstreamWriteFailed(err)
+			}
+		} else if err := ss.cr.CopyBody(ss.uw); err != nil {
+			return ss.upstreamWriteFailed(err)
+		}
+	}
+	ss.srv.metrics.ToUpstream.Add(float64(len(out) + stream))
+	if ss.cr.Buffered() == 0 {
+		if err := ss.uw.Flush(); err != nil {
+			return ss.upstreamWriteFailed(err)
+		}
+	}
+	return nil
+}
 
 func (ss *session) upstreamWriteFailed(err error) error {
 	ss.log.Warn("upstream write failed", zap.Error(err))
-	_ = ss.up.Value.conn.Close()
+	ss.mu.Lock()
+	if ss.up != nil {
+		_ = ss.up.Value.conn.Close()
+	}
+	ss.mu.Unlock()
 	return errUpstreamWrite
 }
 
-// upstreamToClient forwards upstream messages to the client. It owns the
-// upstream reader. It returns when the upstream fails or, once the client
-// has gone, when the reset has completed (recording resetDone). It never
-// releases the pool connection itself: the session goroutine does, after
-// its own writes have returned, so the connection is never handed to
-// another session while this one still touches it.
-func (ss *session) upstreamToClient() {
-	u := ss.up.Value
+// sessionError reports an error met while attaching mid-session and ends
+// the session.
+func (ss *session) sessionError(err error) error {
+	if errors.Is(err, errSessionEnded) {
+		return err
+	}
+	ss.fail(err)
+	return errSessionEnded
+}
+
+// pinOrRefuse applies POOL_PIN_POLICY to a statement needing a pin. It
+// returns the reason when the statement must be refused instead.
+func (ss *session) pinOrRefuse(reason string) string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.pins[reason] || ss.pins[PinSessionMode] {
+		return ""
+	}
+	if ss.srv.cfg.Pool.PinPolicy == config.PinError {
+		return reason
+	}
+	if len(ss.pins) == 0 {
+		ss.srv.metrics.PinnedSessions.WithLabelValues(reason).Inc()
+		ss.log.Debug("session pinned", zap.String("reason", reason))
+	}
+	ss.pins[reason] = true
+	return ""
+}
+
+// unpinMetricLocked drops the session from the pinned gauge.
+func (ss *session) unpinMetricLocked() {
+	for r := range ss.pins {
+		if r != PinSessionMode {
+			ss.srv.metrics.PinnedSessions.WithLabelValues(firstPin(ss.pins)).Dec()
+			return
+		}
+	}
+}
+
+func firstPin(pins map[string]bool) string {
+	for _, r := range []string{PinListen, PinAdvisoryLock, PinTempTable, PinHoldCursor, PinSQLPrepare, PinSetConfig} {
+		if pins[r] {
+			return r
+		}
+	}
+	return ""
+}
+
+// refusalStatement is what a refused statement is replaced with, so that
+// the upstream raises the error in its place: in order with the client's
+// other messages and with the usual effect on an open transaction.
+func refusalStatement(reason string) string {
+	return fmt.Sprintf(`DO $brw$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = %s, HINT = %s; END$brw$`,
+		quoteLiteral(pinFeature[reason]+" is not supported in transaction pooling mode"),
+		quoteLiteral("set POOL_PIN_POLICY=pin to keep such sessions on one upstream connection, or use POOL_MODE=session"))
+}
+
+// upstreamToClient forwards upstream messages of one attachment to the
+// client. It owns the upstream reader. At an idle ReadyForQuery it settles
+// changed session state and, in transaction mode, hands the connection
+// back to the pool. When the client has gone it stops after the reset
+// (recording resetDone) for the session goroutine to release or destroy.
+func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{}) {
+	u := c.Value
 	m := ss.srv.metrics
-	defer close(ss.relayDone)
+	defer close(done)
 	for {
 		typ, n, err := u.r.Next()
 		if err != nil {
-			ss.upstreamLost(err)
+			ss.upstreamLost(u, err)
 			return
 		}
 		var body []byte
 		stream := n > largeMessage && typ != 'E' && typ != 'Z' && typ != 'S'
 		if !stream {
 			if body, err = u.r.Body(); err != nil {
-				ss.upstreamLost(err)
+				ss.upstreamLost(u, err)
 				return
 			}
 		}
-		release, terminate := false, false
+		forward := true
 		switch typ {
-		case 'Z':
-			ss.mu.Lock()
-			if len(body) == 1 {
-				ss.txStatus = body[0]
-				u.txStatus = body[0]
-			}
-			if ss.pending > 0 {
-				ss.pending--
-			}
-			idle := ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'
-			release = ss.resetting && idle
-			terminate = ss.draining && idle && !ss.resetting
-			if release {
-				ss.resetDone = !ss.resetFailed
-				ss.mu.Unlock()
-				if !ss.resetDone {
-					ss.log.Warn("upstream reset failed; destroying connection")
-				}
-				return
-			}
-			ss.mu.Unlock()
-		case 'S':
-			u.setParam(body)
+		case '1', '3':
+			forward, typ = ss.completeLocked(typ, u)
 		case 'E':
 			m.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
 			ss.mu.Lock()
 			if ss.resetting {
 				ss.resetFailed = true
 			}
+			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
+		case 'S':
+			// Reported values reach the client just before the next
+			// ReadyForQuery, as the server reports them, and only when they
+			// differ from what the client was told (the sidecar's own
+			// setting changes in between cancel out).
+			u.setParam(body)
+			forward = false
 		case 'G':
 			ss.mu.Lock()
 			ss.copyIn = true
 			ss.mu.Unlock()
+		case 'A':
+			// A notification from this backend names the client's own
+			// (sidecar) PID, so clients can recognise their own.
+			if len(body) >= 4 && binary.BigEndian.Uint32(body) == u.pid {
+				binary.BigEndian.PutUint32(body, ss.pid)
+			}
+		case 'Z':
+			if len(body) != 1 {
+				ss.upstreamLost(u, errors.New("malformed ReadyForQuery"))
+				return
+			}
+			if stop := ss.readyForQuery(c, body[0]); stop {
+				return
+			}
+			continue
 		}
-		if !ss.discard.Load() {
-			if err := ss.forward(typ, n, body, u, stream); err != nil {
-				ss.discard.Store(true) // client gone; keep reading so the reset can finish
-				if stream {            // the upstream reader stopped mid-message
-					ss.upstreamLost(err)
+		if !forward {
+			continue
+		}
+		if ss.discard.Load() {
+			if stream {
+				if err := u.r.CopyBody(discardWriter{}); err != nil {
+					ss.upstreamLost(u, err)
 					return
 				}
 			}
-		} else if stream {
-			if err := u.r.CopyBody(discardWriter{}); err != nil {
-				ss.upstreamLost(err)
+			continue
+		}
+		if err := ss.forward(typ, n, body, u, stream); err != nil {
+			ss.discard.Store(true) // client gone; keep reading so the reset can finish
+			if stream {            // the upstream reader stopped mid-message
+				ss.upstreamLost(u, err)
 				return
 			}
 		}
-		if terminate {
-			ss.terminate(errShutdown)
+	}
+}
+
+// completeLocked handles ParseComplete ('1') and CloseComplete ('3'): it
+// matches them with the queued expectation and says whether to forward and
+// as which type.
+func (ss *session) completeLocked(typ byte, u *upstream) (bool, byte) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.expect) == 0 {
+		ss.log.Warn("unexpected completion from upstream", zap.String("type", string(typ)))
+		return true, typ
+	}
+	e := ss.expect[0]
+	ss.expect = ss.expect[1:]
+	switch e.kind {
+	case expParse:
+		if e.key != "" {
+			u.stmts.confirm(e.key)
+		}
+		return true, '1'
+	case expParseInjected:
+		if e.key != "" {
+			u.stmts.confirm(e.key)
+		}
+		return false, 0
+	case expParseCached:
+		return true, '1'
+	case expClose:
+		return true, '3'
+	case expCloseInjected:
+		return false, 0
+	}
+	ss.log.Warn("completion does not match the expected message", zap.String("type", string(typ)), zap.Int("expected", int(e.kind)))
+	return true, typ
+}
+
+// dropSkippedLocked handles an ErrorResponse: in the extended protocol the
+// server skips every message up to the next Sync, so their expectations go
+// (and statements whose Parse was skipped or failed are not prepared).
+func (ss *session) dropSkippedLocked(u *upstream) {
+	if len(ss.expect) > 0 && ss.expect[0].kind == expQuery {
+		return // simple query: its ReadyForQuery still comes
+	}
+	i := 0
+	for ; i < len(ss.expect) && !ss.expect[i].kind.ends(); i++ {
+		e := ss.expect[i]
+		if e.kind == expParse || e.kind == expParseInjected {
+			if e.key != "" {
+				u.stmts.forget(e.key)
+			} else if u.unnamed != nil {
+				u.unnamed = nil
+			}
 		}
 	}
+	ss.expect = ss.expect[i:]
+}
+
+// readyForQuery handles a ReadyForQuery: bookkeeping, settling session
+// state at idle points, forwarding, and detaching in transaction mode. It
+// reports whether the relay goroutine must stop.
+func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
+	u := c.Value
+	ss.mu.Lock()
+	ss.txStatus, u.txStatus = status, status
+	if len(ss.expect) > 0 && ss.expect[0].kind.ends() {
+		ss.expect = ss.expect[1:]
+	}
+	if ss.pending > 0 {
+		ss.pending--
+	}
+	idle := ss.pending == 0 && ss.synced && !ss.copyIn && status == 'I'
+	if ss.resetting {
+		if idle {
+			ss.resetDone = !ss.resetFailed
+			ss.mu.Unlock()
+			if !ss.resetDone {
+				ss.log.Warn("upstream reset failed; destroying connection")
+			}
+			return true
+		}
+		ss.mu.Unlock()
+		return false
+	}
+	var d dirtyState
+	if idle && ss.dirty.any() && !ss.ended {
+		d, ss.dirty = ss.dirty, dirtyState{}
+		ss.internal = true
+	}
+	ss.mu.Unlock()
+
+	if d.any() {
+		err := ss.settle(u, d)
+		ss.mu.Lock()
+		ss.internal = false
+		ss.cond.Broadcast()
+		ss.mu.Unlock()
+		if err != nil {
+			ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
+			return true
+		}
+	}
+	if !ss.discard.Load() {
+		_ = ss.reportParams(u, false)
+		if err := ss.cw.sendReady(status, u.r.Buffered() == 0); err != nil {
+			ss.discard.Store(true)
+		}
+	}
+	if !idle {
+		return false
+	}
+
+	ss.mu.Lock()
+	idle = ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' && !ss.internal
+	switch {
+	case !idle || ss.resetting:
+		ss.mu.Unlock()
+		return false
+	case ss.draining && !ss.ended:
+		ss.mu.Unlock()
+		ss.terminate(errShutdown)
+		return false
+	case ss.transactionMode() && len(ss.pins) == 0 && !ss.ended:
+		ss.up = nil
+		ss.mu.Unlock()
+		c.Release()
+		return true
+	}
+	ss.mu.Unlock()
+	return false
 }
 
 // forward writes one upstream message to the client, flushing when no
@@ -186,9 +725,12 @@ func (ss *session) forward(typ byte, n int, body []byte, u *upstream, stream boo
 		return err
 	}
 	var err error
-	if stream {
+	switch {
+	case stream:
 		err = u.r.CopyBody(w.w)
-	} else {
+	case typ == '1' || typ == '3':
+		// completions may be retyped; they have no body
+	default:
 		_, err = w.w.Write(body)
 	}
 	if err != nil {
@@ -208,17 +750,19 @@ func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 // upstreamLost handles an upstream read failure. If the session did not
 // cause it (by closing the upstream after the client left), the client gets
 // FATAL 08006 and its connection is closed.
-func (ss *session) upstreamLost(err error) {
+func (ss *session) upstreamLost(u *upstream, err error) {
 	ss.mu.Lock()
 	expected := ss.resetting || ss.ended
 	ss.ended = true
 	ss.upGone = true
+	ss.internal = false
+	ss.cond.Broadcast()
 	ss.mu.Unlock()
 	if expected {
 		return
 	}
-	t := ss.up.Value.target
-	ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", ss.up.Value.pid), zap.Error(err))
+	t := u.target
+	ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))
 	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", t)
 	e.Detail = err.Error()
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
@@ -229,39 +773,56 @@ func (ss *session) upstreamLost(err error) {
 }
 
 // finish runs when the client side has ended. It is the only place that
-// gives the pool connection back: after a clean reset (ROLLBACK if needed,
-// then the reset query) it is released; in any doubt it is destroyed.
+// gives an attached connection back: after a clean reset (ROLLBACK if
+// needed, then the reset query for pinned sessions) it is released; in any
+// doubt it is destroyed.
 func (ss *session) finish(cause error) {
 	ss.discard.Store(true)
-	c := ss.up
-	u := c.Value
 	ss.mu.Lock()
+	c := ss.up
+	if c == nil {
+		ss.ended = true
+		ss.unpinMetricLocked()
+		ss.mu.Unlock()
+		_ = ss.client.Close()
+		ss.log.Debug("session ended", zap.Error(cause))
+		return
+	}
+	u := c.Value
 	lost := ss.upGone
-	safe := ss.pending == 0 && ss.synced && !ss.copyIn && !lost && !errors.Is(cause, errUpstreamWrite)
+	safe := ss.pending == 0 && ss.synced && !ss.copyIn && !lost && !ss.internal && !errors.Is(cause, errUpstreamWrite)
 	running := ss.pending > 0
+	pinned := len(ss.pins) > 0
 	var reset []string
+	discardAll := false
 	if safe {
 		if ss.txStatus != 'I' {
 			reset = append(reset, "ROLLBACK")
 		}
-		if q := ss.srv.cfg.Pool.ResetQuery; q != "" {
+		if q := ss.srv.cfg.Pool.ResetQuery; q != "" && pinned {
 			reset = append(reset, q)
+			discardAll = true
 		}
 		if len(reset) == 0 {
-			reset = append(reset, "SELECT 1") // still round-trip so the relay stops at ReadyForQuery
+			reset = append(reset, "") // an empty query: one round trip to stop the relay cleanly
 		}
 		ss.resetting = true
 		ss.pending += len(reset)
+		for range reset {
+			ss.expect = append(ss.expect, expectation{kind: expQuery})
+		}
 		ss.synced = true
 	}
 	ss.ended = true
+	ss.unpinMetricLocked()
+	done := ss.relayDone
 	ss.mu.Unlock()
 	_ = ss.client.Close()
 
 	if safe {
-		if err := u.sendQueries(reset); err == nil {
+		if err := sendQueries(ss.uw, u, reset); err == nil {
 			select {
-			case <-ss.relayDone:
+			case <-done:
 			case <-time.After(ss.srv.cfg.Pool.ResetTimeout):
 				ss.log.Warn("upstream reset timed out; destroying connection")
 			}
@@ -273,13 +834,18 @@ func (ss *session) finish(cause error) {
 		}
 	}
 	select {
-	case <-ss.relayDone:
+	case <-done:
 	default:
 		_ = u.conn.Close()
-		<-ss.relayDone
+		<-done
 	}
 	ss.mu.Lock()
 	clean := ss.resetDone
+	if clean && discardAll {
+		u.stmts.clear()
+		u.unnamed = nil
+		u.applied = map[string]string{}
+	}
 	ss.mu.Unlock()
 	if clean {
 		c.Release()
@@ -299,18 +865,22 @@ func (ss *session) cancelBackend(u *upstream) {
 	}
 }
 
-// sendQueries writes simple queries (used for reset) and flushes.
-func (u *upstream) sendQueries(qs []string) error {
+// sendQueries writes simple queries (used for reset) through w and
+// flushes.
+func sendQueries(w interface {
+	Write([]byte) (int, error)
+	Flush() error
+}, u *upstream, qs []string) error {
 	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	defer u.conn.SetWriteDeadline(time.Time{})
 	for _, q := range qs {
 		buf := wire.AppendHeader(nil, 'Q', len(q)+1)
 		buf = append(append(buf, q...), 0)
-		if _, err := u.w.Write(buf); err != nil {
+		if _, err := w.Write(buf); err != nil {
 			return err
 		}
 	}
-	return u.w.Flush()
+	return w.Flush()
 }
 
 // runningBackend returns the upstream backend to cancel when a query is in
@@ -330,7 +900,7 @@ func (ss *session) runningBackend() (t router.Target, pid uint32, secret []byte,
 func (ss *session) drain() {
 	ss.mu.Lock()
 	ss.draining = true
-	idle := ss.up != nil && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' && !ss.resetting
+	idle := !ss.resetting && (ss.up == nil || (ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'))
 	ss.mu.Unlock()
 	if idle {
 		ss.terminate(errShutdown)
@@ -346,6 +916,7 @@ func (ss *session) terminate(e *pgerr.Error) {
 		return
 	}
 	ss.ended = true
+	ss.cond.Broadcast()
 	ss.mu.Unlock()
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
 	if !ss.discard.Load() {

@@ -62,6 +62,7 @@ type Server struct {
 	allowed   []netip.Prefix
 
 	listeners []net.Listener
+	analyzer  *analyzer
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID
@@ -89,9 +90,9 @@ type upstreamPool = pool.Pool[*upstream]
 func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: deps.Log, router: deps.Router, metrics: deps.Metrics, certs: deps.Certs,
-		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{},
+		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{}, analyzer: newAnalyzer(10000),
 		dialer: &dialer{certs: deps.Certs, sslMode: cfg.SSLMode, database: cfg.Database, user: cfg.User,
-			timeout: cfg.ConnectTimeout, now: time.Now},
+			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
 	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
 	var errs []error

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	cryptotls "crypto/tls"
 	"errors"
 	"fmt"
@@ -22,7 +21,6 @@ import (
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
-	"github.com/brownie/brownie-sidecar/router"
 )
 
 // Sidecar errors sent to clients at session level.
@@ -56,20 +54,36 @@ type session struct {
 
 	cr *wire.Reader
 	cw clientWriter
+	uw *bufio.Writer // the session's writer to whichever upstream it holds
 
-	mu          sync.Mutex
-	up          *pool.Conn[*upstream]
+	// Owned by the session goroutine (no lock): the client's prepared
+	// statements by client name, and its unnamed statement.
+	stmts   map[string]*stmtDef
+	unnamed *stmtDef
+
+	mu   sync.Mutex
+	cond *sync.Cond // signals the end of an internal query
+	up   *pool.Conn[*upstream]
+	// Per attachment, shared by both goroutines under mu.
 	pending     int  // Query/Sync/FunctionCall messages awaiting ReadyForQuery
 	synced      bool // the last message sent upstream ends a request
 	copyIn      bool // upstream is in COPY FROM STDIN
 	txStatus    byte
-	resetting   bool // client gone: relay consumes reset replies, then releases
-	resetFailed bool // an error arrived while resetting: destroy, do not release
-	upGone      bool // the relay stopped reading the upstream because it failed
-	resetDone   bool // the reset completed cleanly: the upstream may be released
-	draining    bool
-	ended       bool          // terminate was called
+	expect      []expectation
+	internal    bool          // the relay goroutine runs an internal query: no client writes upstream
+	resetting   bool          // client gone: relay consumes reset replies, then stops
+	resetFailed bool          // an error arrived while resetting: destroy, do not release
+	upGone      bool          // the relay stopped reading the upstream because it failed
+	resetDone   bool          // the reset completed cleanly: the upstream may be released
 	relayDone   chan struct{} // closed when the relay goroutine has let go of up
+	// Per session, under mu.
+	pins     map[string]bool   // reasons the session keeps its upstream
+	want     map[string]string // settings the client expects (startup + SET), by lower-case name
+	startup  map[string]string // settings from the startup packet: what RESET returns to
+	seen     map[string]string // ParameterStatus values the client has been told
+	dirty    dirtyState
+	draining bool
+	ended    bool // terminate or finish was called
 
 	discard atomic.Bool // stop writing upstream output to the client
 }
@@ -93,9 +107,45 @@ func (w *clientWriter) sendError(e *pgerr.Error) error {
 	return w.w.Flush()
 }
 
+// send writes messages made by the sidecar, flushing if asked.
+func (w *clientWriter) send(flush bool, msgs ...pgproto3.BackendMessage) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	if _, err := w.w.Write(buf); err != nil {
+		return err
+	}
+	if flush {
+		return w.w.Flush()
+	}
+	return nil
+}
+
+// sendReady writes a ReadyForQuery with the given status.
+func (w *clientWriter) sendReady(status byte, flush bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.w.Write([]byte{'Z', 0, 0, 0, 5, status}); err != nil {
+		return err
+	}
+	if flush {
+		return w.w.Flush()
+	}
+	return nil
+}
+
 // serve runs a client connection from accept to close.
 func (s *Server) serve(conn net.Conn) {
-	ss := &session{srv: s, client: conn, relayDone: make(chan struct{})}
+	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
+		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
+		uw: bufio.NewWriterSize(nil, bufSize)}
+	ss.cond = sync.NewCond(&ss.mu)
 	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
 	ss.cw = clientWriter{w: bufio.NewWriterSize(conn, bufSize), conn: conn}
 	defer conn.Close()
@@ -114,18 +164,28 @@ func (s *Server) serve(conn net.Conn) {
 			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
 		}
 	}
-	var t router.Target
+	var c *pool.Conn[*upstream]
 	if err == nil {
-		t, err = ss.route()
+		c, err = ss.acquire()
 	}
 	if err == nil {
-		err = ss.attach(t)
+		if err = ss.greet(c.Value); err != nil {
+			c.Release() // nothing was sent on the client's behalf beyond settings
+		}
 	}
 	if err != nil {
 		ss.fail(err)
 		return
 	}
-	ss.log.Debug("session started", zap.String("user", ss.user), zap.String("shard", t.Shard))
+	ss.log.Debug("session started", zap.String("user", ss.user), zap.String("shard", c.Value.target.Shard))
+	if ss.transactionMode() {
+		c.Release()
+	} else {
+		ss.mu.Lock()
+		ss.pins[PinSessionMode] = true
+		ss.startRelayLocked(c)
+		ss.mu.Unlock()
+	}
 	ss.relay()
 }
 
@@ -166,7 +226,7 @@ func (ss *session) negotiateStartup() error {
 			ss.srv.cancel(st.CancelPID, st.CancelSecret)
 			return errCancelHandled
 		case wire.KindGSSEnc:
-			if gssDone || sslDone {
+			if gssDone || isTLS(ss.client) {
 				return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected GSSENCRequest")
 			}
 			gssDone = true
@@ -198,6 +258,11 @@ func (ss *session) negotiateStartup() error {
 			return ss.acceptStartup(st)
 		}
 	}
+}
+
+func isTLS(c net.Conn) bool {
+	_, ok := c.(*cryptotls.Conn)
+	return ok
 }
 
 // acceptStartup records user, database and settings and answers a newer
@@ -237,6 +302,9 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 		if !validGUCName(kv[0]) {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid startup parameter name %q", kv[0])
 		}
+		name := strings.ToLower(kv[0])
+		ss.startup[name] = kv[1]
+		ss.want[name] = kv[1]
 	}
 	return nil
 }
@@ -342,69 +410,22 @@ func (ss *session) sendFlush(msgs ...pgproto3.BackendMessage) error {
 	return ss.cw.w.Flush()
 }
 
-func (ss *session) route() (router.Target, error) {
-	return ss.srv.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user})
-}
-
-// attach acquires an upstream connection for the session, applies the
-// client's startup settings to it, and greets the client as Postgres
-// would: AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery.
-func (ss *session) attach(t router.Target) error {
-	p := ss.srv.pool(t)
-	start := time.Now()
-	c, err := p.Acquire(context.Background())
-	ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()).Observe(time.Since(start).Seconds())
-	switch {
-	case errors.Is(err, pool.ErrTimeout):
-		st := p.Stats()
-		e := pgerr.Fatalf(pgerr.TooManyConnections, "timed out after %s waiting for an upstream connection to %s", ss.srv.cfg.Pool.AcquireTimeout, t)
-		e.Detail = fmt.Sprintf("all %d connections of the pool are in use and %d clients are waiting", st.Size, st.Waiting)
-		e.Hint = "raise POOL_SIZE or POOL_ACQUIRE_TIMEOUT, or use fewer concurrent sessions"
-		e.Retryable = true
-		return e
-	case errors.Is(err, pool.ErrClosed):
-		return errDraining
-	case err != nil:
-		return err
-	}
-	u := c.Value
-	if len(ss.settings) > 0 {
-		if err := u.exec(setConfigQuery(ss.settings)); err != nil {
-			c.Destroy()
-			return err
-		}
-	}
+// greet tells the client what Postgres tells it after authentication:
+// AuthenticationOk, every reported parameter, the sidecar's BackendKeyData
+// and ReadyForQuery.
+func (ss *session) greet(u *upstream) error {
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	names := make([]string, 0, len(u.params))
 	for name := range u.params {
 		names = append(names, name)
 	}
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+	ss.mu.Lock()
 	for _, name := range names {
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: u.params[name]})
+		ss.seen[name] = u.params[name]
 	}
-	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	if err := ss.sendFlush(msgs...); err != nil {
-		c.Release() // nothing was sent upstream on the client's behalf beyond settings
-		return err
-	}
-	ss.mu.Lock()
-	ss.up, ss.synced, ss.txStatus = c, true, 'I'
 	ss.mu.Unlock()
-	return nil
-}
-
-// setConfigQuery builds one statement applying the settings with
-// set_config, which parses values as a configuration file would (so lists
-// like search_path keep their commas).
-func setConfigQuery(settings [][2]string) string {
-	var b strings.Builder
-	b.WriteString("SELECT ")
-	for i, kv := range settings {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(kv[0]), quoteLiteral(kv[1]))
-	}
-	return b.String()
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return ss.sendFlush(msgs...)
 }

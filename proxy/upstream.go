@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	cryptotls "crypto/tls"
 	"crypto/x509"
@@ -30,7 +29,6 @@ type upstream struct {
 	conn   net.Conn // TLS
 	raw    net.Conn // the TCP connection under conn
 	r      *wire.Reader
-	w      *bufio.Writer
 	target router.Target
 	// Backend key of the server process, for cancel requests.
 	pid    uint32
@@ -40,6 +38,14 @@ type upstream struct {
 	txStatus byte
 	gen      uint64
 	serial   string
+
+	// State the sidecar keeps for the session holding the connection,
+	// guarded by that session's mutex: statements prepared under sidecar
+	// names, the statement held as the unnamed one, and settings applied
+	// on behalf of clients (beyond the connection's own defaults).
+	stmts   *stmtCache
+	unnamed *stmtDef
+	applied map[string]string
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.
@@ -96,6 +102,8 @@ type dialer struct {
 	user     string
 	timeout  time.Duration
 	now      func() time.Time
+	// stmtCacheSize bounds the statements prepared per connection.
+	stmtCacheSize int
 }
 
 // dial connects to t and completes TLS and the startup handshake. Errors are
@@ -122,8 +130,9 @@ func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 		return nil, err
 	}
 	u := &upstream{
-		conn: conn, raw: raw, r: wire.NewReader(conn, 32<<10), w: bufio.NewWriterSize(conn, 32<<10),
+		conn: conn, raw: raw, r: wire.NewReader(conn, 32<<10),
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
+		stmts: newStmtCache(d.stmtCacheSize), applied: map[string]string{},
 	}
 	if err := u.startup(d.user, d.database); err != nil {
 		conn.Close()
@@ -293,16 +302,16 @@ func (u *upstream) setParam(body []byte) {
 	}
 }
 
-// exec runs one simple-protocol query to completion, discarding rows,
-// recording ParameterStatus changes, and returns the first upstream error
-// (as a FATAL-able *pgerr.Error) if any. Used for session setup and reset,
-// never for client statements.
-func (u *upstream) exec(sql string) error {
-	buf, _ := (&pgproto3.Query{String: sql}).Encode(nil)
-	if _, err := u.w.Write(buf); err != nil {
-		return err
-	}
-	if err := u.w.Flush(); err != nil {
+// exec runs one simple-protocol query to completion, recording
+// ParameterStatus changes and passing each DataRow's text values to onRow
+// (which may be nil). It returns the first upstream error (as a
+// *pgerr.Error keeping the server's code) if any. Used for the sidecar's
+// own statements (settings, reset), never for client statements; the
+// caller must be the only goroutine reading and writing u.
+func (u *upstream) exec(sql string, onRow func([][]byte)) error {
+	buf := wire.AppendHeader(nil, 'Q', len(sql)+1)
+	buf = append(append(buf, sql...), 0)
+	if _, err := u.conn.Write(buf); err != nil {
 		return err
 	}
 	var first error
@@ -314,6 +323,13 @@ func (u *upstream) exec(sql string) error {
 		switch typ {
 		case 'S':
 			u.setParam(body)
+		case 'D':
+			if onRow != nil {
+				var dr pgproto3.DataRow
+				if dr.Decode(body) == nil {
+					onRow(dr.Values)
+				}
+			}
 		case 'E':
 			if first == nil {
 				first = upstreamError(body)

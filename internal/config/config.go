@@ -78,6 +78,12 @@ const (
 	PoolTransaction = "transaction"
 )
 
+// Pin policies.
+const (
+	PinPin   = "pin"
+	PinError = "error"
+)
+
 // Pool configures upstream connection pools (one per target).
 type Pool struct {
 	Mode           string        `env:"POOL_MODE" envDefault:"session"`
@@ -90,8 +96,18 @@ type Pool struct {
 	// RetireInterval staggers the closing of idle connections made with a
 	// rotated-out certificate: at most one per interval.
 	RetireInterval time.Duration `env:"POOL_RETIRE_INTERVAL" envDefault:"1s"`
-	ResetQuery     string        `env:"POOL_RESET_QUERY" envDefault:"DISCARD ALL"`
-	ResetTimeout   time.Duration `env:"POOL_RESET_TIMEOUT" envDefault:"5s"`
+	// ResetQuery runs when a session-mode client leaves, and in transaction
+	// mode when a pinned client leaves.
+	ResetQuery string `env:"POOL_RESET_QUERY" envDefault:"DISCARD ALL"`
+	// PinPolicy says what transaction pooling does with session state it
+	// cannot move between connections (LISTEN, advisory locks, temporary
+	// tables, WITH HOLD cursors, SQL PREPARE): "pin" keeps the client on its
+	// upstream connection, "error" refuses the statement with 0A000.
+	PinPolicy string `env:"POOL_PIN_POLICY" envDefault:"pin"`
+	// PreparedCacheSize bounds the protocol-level prepared statements kept
+	// per upstream connection (LRU).
+	PreparedCacheSize int           `env:"POOL_PREPARED_CACHE_SIZE" envDefault:"500"`
+	ResetTimeout      time.Duration `env:"POOL_RESET_TIMEOUT" envDefault:"5s"`
 }
 
 // Admin configures the admin HTTP port.
@@ -235,10 +251,16 @@ func (c Config) Validate() error {
 	if c.Listen.MaxClients < 1 {
 		add("MAX_CLIENT_CONN must be at least 1")
 	}
+	switch c.Pool.PinPolicy {
+	case PinPin, PinError:
+	default:
+		add("POOL_PIN_POLICY %q is not one of pin, error", c.Pool.PinPolicy)
+	}
+	if c.Pool.PreparedCacheSize < 1 {
+		add("POOL_PREPARED_CACHE_SIZE must be at least 1")
+	}
 	switch c.Pool.Mode {
-	case PoolSession:
-	case PoolTransaction:
-		add("POOL_MODE transaction is not available yet; use session")
+	case PoolSession, PoolTransaction:
 	default:
 		add("POOL_MODE %q is not one of session, transaction", c.Pool.Mode)
 	}

@@ -31,16 +31,18 @@ func TestLoadFromAnEmptyEnvironmentGivesTheDefaults(t *testing.T) {
 			MaxClients:     10000,
 		},
 		Pool: config.Pool{
-			Mode:           config.PoolSession,
-			Size:           20,
-			MinIdle:        0,
-			IdleTimeout:    10 * time.Minute,
-			MaxLifetime:    time.Hour,
-			LifetimeJitter: 5 * time.Minute,
-			AcquireTimeout: 30 * time.Second,
-			RetireInterval: time.Second,
-			ResetQuery:     "DISCARD ALL",
-			ResetTimeout:   5 * time.Second,
+			Mode:              config.PoolSession,
+			Size:              20,
+			MinIdle:           0,
+			IdleTimeout:       10 * time.Minute,
+			MaxLifetime:       time.Hour,
+			LifetimeJitter:    5 * time.Minute,
+			AcquireTimeout:    30 * time.Second,
+			RetireInterval:    time.Second,
+			ResetQuery:        "DISCARD ALL",
+			ResetTimeout:      5 * time.Second,
+			PinPolicy:         "pin",
+			PreparedCacheSize: 500,
 		},
 		Admin:           config.Admin{Addr: ":8001"},
 		LogLevel:        "info",
@@ -60,36 +62,38 @@ func TestLoadAcceptsANilEnvironment(t *testing.T) {
 
 func TestLoadMapsEachVariableToItsField(t *testing.T) {
 	env := map[string]string{
-		"DB_HOST":                "db.internal",
-		"DB_PORT":                "6432",
-		"DB_NAME":                "other_db",
-		"DB_USER":                "svc",
-		"DB_SSL_MODE":            "verify-ca",
-		"DB_SSL_SERVER_NAME":     "db.example.com",
-		"LOCAL_CERT_DIR":         "/etc/certs",
-		"DB_CONNECT_TIMEOUT":     "2s",
-		"LISTEN_ADDR":            "0.0.0.0:6543",
-		"LISTEN_SOCKET_DIR":      "/run/brownie",
-		"CLIENT_TLS_CERT":        "/etc/tls/tls.crt",
-		"CLIENT_TLS_KEY":         "/etc/tls/tls.key",
-		"CLIENT_AUTH_FILE":       "/etc/brownie/userlist.txt",
-		"CLIENT_ALLOWED_CIDRS":   "10.0.0.0/8, fd00::/8",
-		"CLIENT_STARTUP_TIMEOUT": "3s",
-		"MAX_CLIENT_CONN":        "50",
-		"POOL_MODE":              "session",
-		"POOL_SIZE":              "7",
-		"POOL_MIN_IDLE":          "2",
-		"POOL_IDLE_TIMEOUT":      "1m",
-		"POOL_MAX_LIFETIME":      "2h",
-		"POOL_LIFETIME_JITTER":   "30s",
-		"POOL_ACQUIRE_TIMEOUT":   "4s",
-		"POOL_RETIRE_INTERVAL":   "250ms",
-		"POOL_RESET_QUERY":       "RESET ALL",
-		"POOL_RESET_TIMEOUT":     "1s",
-		"ADMIN_ADDR":             "127.0.0.1:9000",
-		"LOG_LEVEL":              "DEBUG",
-		"LOG_FORMAT":             "console",
-		"SHUTDOWN_TIMEOUT":       "0s",
+		"DB_HOST":                  "db.internal",
+		"DB_PORT":                  "6432",
+		"DB_NAME":                  "other_db",
+		"DB_USER":                  "svc",
+		"DB_SSL_MODE":              "verify-ca",
+		"DB_SSL_SERVER_NAME":       "db.example.com",
+		"LOCAL_CERT_DIR":           "/etc/certs",
+		"DB_CONNECT_TIMEOUT":       "2s",
+		"LISTEN_ADDR":              "0.0.0.0:6543",
+		"LISTEN_SOCKET_DIR":        "/run/brownie",
+		"CLIENT_TLS_CERT":          "/etc/tls/tls.crt",
+		"CLIENT_TLS_KEY":           "/etc/tls/tls.key",
+		"CLIENT_AUTH_FILE":         "/etc/brownie/userlist.txt",
+		"CLIENT_ALLOWED_CIDRS":     "10.0.0.0/8, fd00::/8",
+		"CLIENT_STARTUP_TIMEOUT":   "3s",
+		"MAX_CLIENT_CONN":          "50",
+		"POOL_MODE":                "session",
+		"POOL_SIZE":                "7",
+		"POOL_MIN_IDLE":            "2",
+		"POOL_IDLE_TIMEOUT":        "1m",
+		"POOL_MAX_LIFETIME":        "2h",
+		"POOL_LIFETIME_JITTER":     "30s",
+		"POOL_ACQUIRE_TIMEOUT":     "4s",
+		"POOL_RETIRE_INTERVAL":     "250ms",
+		"POOL_RESET_QUERY":         "RESET ALL",
+		"POOL_PIN_POLICY":          "error",
+		"POOL_PREPARED_CACHE_SIZE": "64",
+		"POOL_RESET_TIMEOUT":       "1s",
+		"ADMIN_ADDR":               "127.0.0.1:9000",
+		"LOG_LEVEL":                "DEBUG",
+		"LOG_FORMAT":               "console",
+		"SHUTDOWN_TIMEOUT":         "0s",
 	}
 	got, err := config.Load(env)
 	if err != nil {
@@ -113,6 +117,7 @@ func TestLoadMapsEachVariableToItsField(t *testing.T) {
 			IdleTimeout: time.Minute, MaxLifetime: 2 * time.Hour, LifetimeJitter: 30 * time.Second,
 			AcquireTimeout: 4 * time.Second, RetireInterval: 250 * time.Millisecond,
 			ResetQuery: "RESET ALL", ResetTimeout: time.Second,
+			PinPolicy: "error", PreparedCacheSize: 64,
 		},
 		Admin:           config.Admin{Addr: "127.0.0.1:9000"},
 		LogLevel:        "DEBUG",
@@ -186,10 +191,14 @@ func TestLoadNamesTheVariableOfAnUnparsableValue(t *testing.T) {
 	}
 }
 
-func TestLoadRejectsTransactionPoolingForNow(t *testing.T) {
-	_, err := config.Load(map[string]string{"POOL_MODE": "transaction"})
-	if err == nil || !strings.Contains(err.Error(), "POOL_MODE transaction is not available yet") {
-		t.Errorf("got %v, want the transaction-mode message", err)
+func TestLoadAcceptsTransactionPoolingAndChecksThePinPolicy(t *testing.T) {
+	cfg, err := config.Load(map[string]string{"POOL_MODE": "transaction", "POOL_PIN_POLICY": "error"})
+	if err != nil || cfg.Pool.Mode != config.PoolTransaction || cfg.Pool.PinPolicy != config.PinError {
+		t.Fatalf("got %+v, %v", cfg.Pool, err)
+	}
+	_, err = config.Load(map[string]string{"POOL_PIN_POLICY": "sometimes", "POOL_PREPARED_CACHE_SIZE": "0"})
+	if err == nil || !strings.Contains(err.Error(), "POOL_PIN_POLICY") || !strings.Contains(err.Error(), "POOL_PREPARED_CACHE_SIZE") {
+		t.Fatalf("got %v", err)
 	}
 }
 

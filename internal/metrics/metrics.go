@@ -19,6 +19,11 @@ type Metrics struct {
 	BytesRelayed    *prometheus.CounterVec   // direction
 	Errors          *prometheus.CounterVec   // source, class
 	CancelRequests  *prometheus.CounterVec   // result
+	StmtCache       *prometheus.CounterVec   // result: hit, miss, reprepare, eviction
+	PinnedSessions  *prometheus.GaugeVec     // reason
+	PinRefusals     *prometheus.CounterVec   // reason
+	SettingsSyncs   prometheus.Counter
+	Transactions    prometheus.Counter
 
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
@@ -60,10 +65,31 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_cancel_requests_total",
 			Help: "Cancel requests received from clients, by result.",
 		}, []string{"result"}),
+		StmtCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_prepared_statements_total",
+			Help: "Protocol-level prepared statement handling: hit (already on the upstream), miss (prepared), reprepare (prepared again on another upstream), eviction (closed by the per-connection LRU).",
+		}, []string{"result"}),
+		PinnedSessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_pinned_sessions",
+			Help: "Transaction-pooled sessions pinned to their upstream connection, by the first reason.",
+		}, []string{"reason"}),
+		PinRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_pin_refusals_total",
+			Help: "Statements refused with 0A000 because POOL_PIN_POLICY=error, by reason.",
+		}, []string{"reason"}),
+		SettingsSyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_settings_syncs_total",
+			Help: "Internal statements applying or reading back client session settings on an upstream.",
+		}),
+		Transactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_upstream_attachments_total",
+			Help: "Times a client session took an upstream connection (once per session in session mode, per transaction in transaction mode).",
+		}),
 	}
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
-		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests)
+		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
+		m.PinRefusals, m.SettingsSyncs, m.Transactions)
 	return m
 }

@@ -512,13 +512,16 @@ func (c *Cluster) command(ctx context.Context, asServer bool, path string, args 
 		}
 		env = append(env, kv)
 	}
+	// A process group of its own keeps a terminal's Ctrl-C, meant for the
+	// dev command, away from the pg_ctl that is stopping the servers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if asServer && c.owner != nil {
 		// Switching user here rather than through runuser(1) lets a ctx
 		// cancel reach the tool itself instead of a wrapper.
 		env = append(env, "HOME="+c.owner.home)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+		cmd.SysProcAttr.Credential = &syscall.Credential{
 			Uid: uint32(c.owner.uid), Gid: uint32(c.owner.gid), Groups: []uint32{uint32(c.owner.gid)},
-		}}
+		}
 	}
 	cmd.Env = env
 	return cmd

@@ -112,3 +112,23 @@ func AppendHeader(dst []byte, typ byte, n int) []byte {
 	dst = append(dst, typ)
 	return binary.BigEndian.AppendUint32(dst, uint32(n+4))
 }
+
+// Peek returns up to n bytes of the current body without consuming them
+// (fewer when the body is shorter). n must not exceed the buffer size.
+// The slice is valid until the next call on the Reader.
+func (r *Reader) Peek(n int) ([]byte, error) {
+	return r.r.Peek(min(n, r.remain, r.r.Size()))
+}
+
+// Skip consumes n bytes of the current body.
+func (r *Reader) Skip(n int) error {
+	if n > r.remain {
+		return fmt.Errorf("skip %d beyond body of %d", n, r.remain)
+	}
+	d, err := r.r.Discard(n)
+	r.remain -= d
+	return err
+}
+
+// Remaining is the number of unread bytes of the current body.
+func (r *Reader) Remaining() int { return r.remain }

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bytes"
+	"container/list"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"strconv"
+)
+
+// stmtDef is a statement a client prepared: its text and parameter types.
+// Many clients preparing the same text share one key, so the statement is
+// prepared once per upstream connection. Immutable.
+type stmtDef struct {
+	key   string
+	query string
+	oids  []uint32
+	a     *analysis
+	// poison marks a statement replaced by a refusal (POOL_PIN_POLICY=error):
+	// it takes no parameters, whatever the client binds.
+	poison bool
+}
+
+func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {
+	h := sha256.New()
+	h.Write([]byte(query))
+	var b [4]byte
+	for _, o := range oids {
+		binary.BigEndian.PutUint32(b[:], o)
+		h.Write(b[:])
+	}
+	return &stmtDef{key: string(h.Sum(nil)[:16]), query: query, oids: oids, a: a}
+}
+
+// stmtCache is the set of statements prepared on one upstream connection
+// under sidecar-chosen names, bounded with LRU eviction. It is guarded by
+// the mutex of the session the connection is attached to (at most one at a
+// time), so it needs no lock of its own.
+type stmtCache struct {
+	max   int
+	next  uint64
+	ll    list.List // of *cachedStmt, most recently used first
+	byKey map[string]*list.Element
+}
+
+type cachedStmt struct {
+	key       string
+	name      string
+	confirmed bool // the server answered ParseComplete
+}
+
+func newStmtCache(max int) *stmtCache {
+	return &stmtCache{max: max, byKey: map[string]*list.Element{}}
+}
+
+// lookup returns the server-side name of key, marking it recently used.
+func (c *stmtCache) lookup(key string) (string, bool) {
+	el, ok := c.byKey[key]
+	if !ok {
+		return "", false
+	}
+	c.ll.MoveToFront(el)
+	return el.Value.(*cachedStmt).name, true
+}
+
+// add records key under a new server-side name and returns it, together
+// with the names of confirmed statements to close to stay within bounds.
+func (c *stmtCache) add(key string) (name string, evict []string) {
+	c.next++
+	name = "brw_" + strconv.FormatUint(c.next, 10)
+	c.byKey[key] = c.ll.PushFront(&cachedStmt{key: key, name: name})
+	for el := c.ll.Back(); c.ll.Len() > c.max && el != nil; {
+		prev := el.Prev()
+		if cs := el.Value.(*cachedStmt); cs.confirmed {
+			c.ll.Remove(el)
+			delete(c.byKey, cs.key)
+			evict = append(evict, cs.name)
+		}
+		el = prev
+	}
+	return name, evict
+}
+
+func (c *stmtCache) confirm(key string) {
+	if el, ok := c.byKey[key]; ok {
+		el.Value.(*cachedStmt).confirmed = true
+	}
+}
+
+// forget drops key (its Parse failed, so the server does not have it).
+func (c *stmtCache) forget(key string) {
+	if el, ok := c.byKey[key]; ok {
+		c.ll.Remove(el)
+		delete(c.byKey, key)
+	}
+}
+
+func (c *stmtCache) clear() {
+	c.ll.Init()
+	clear(c.byKey)
+}
+
+func (c *stmtCache) len() int { return c.ll.Len() }
+
+var errMalformed = errors.New("malformed message")
+
+// cstr reads a NUL-terminated string at the start of b.
+func cstr(b []byte) (string, []byte, error) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, errMalformed
+	}
+	return string(b[:i]), b[i+1:], nil
+}
+
+// parseMsg is a decoded Parse message.
+type parseMsg struct {
+	name, query string
+	oids        []uint32
+}
+
+func decodeParse(body []byte) (parseMsg, error) {
+	var m parseMsg
+	var err error
+	if m.name, body, err = cstr(body); err != nil {
+		return m, err
+	}
+	if m.query, body, err = cstr(body); err != nil {
+		return m, err
+	}
+	if len(body) < 2 {
+		return m, errMalformed
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	body = body[2:]
+	if len(body) != 4*n {
+		return m, errMalformed
+	}
+	m.oids = make([]uint32, n)
+	for i := range m.oids {
+		m.oids[i] = binary.BigEndian.Uint32(body[4*i:])
+	}
+	return m, nil
+}
+
+func appendParse(dst []byte, name, query string, oids []uint32) []byte {
+	start := len(dst)
+	dst = append(dst, 'P', 0, 0, 0, 0)
+	dst = append(append(dst, name...), 0)
+	dst = append(append(dst, query...), 0)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(oids)))
+	for _, o := range oids {
+		dst = binary.BigEndian.AppendUint32(dst, o)
+	}
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// appendClose appends Close of a statement ('S') or portal ('P').
+func appendClose(dst []byte, kind byte, name string) []byte {
+	dst = append(dst, 'C')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(name)+1))
+	dst = append(dst, kind)
+	return append(append(dst, name...), 0)
+}
+
+// bindHeader splits the start of a Bind body: portal and statement names
+// and the offset of the rest. Only this prefix is needed to rename the
+// statement, so large Binds can be streamed.
+func bindHeader(prefix []byte) (portal, stmt string, rest int, err error) {
+	portal, r, err := cstr(prefix)
+	if err != nil {
+		return "", "", 0, err
+	}
+	stmt, r, err = cstr(r)
+	if err != nil {
+		return "", "", 0, err
+	}
+	return portal, stmt, len(prefix) - len(r), nil
+}
