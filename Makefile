@@ -23,9 +23,9 @@ build:
 # stack run (initdb, pg_ctl, pg_basebackup, psql, pgbench), plus the Python
 # drivers used by driver-compatibility tests.
 deps:
-	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null; then \
-		echo "installing PostgreSQL"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client >/dev/null; \
+	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null || ! /usr/bin/python3 -c 'import psycopg' 2>/dev/null; then \
+		echo "installing PostgreSQL and psycopg 3"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg >/dev/null; \
 	fi
 
 deps-bench: deps

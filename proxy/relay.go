@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/brownie/brownie-sidecar/internal/config"
@@ -206,14 +207,41 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				q := refusalStatement(a.pin)
 				body = append([]byte(q), 0)
 				n = len(body)
-			case 'P':
-				pm.query, pm.oids = refusalStatement(a.pin), nil
 			}
+			// A refused Parse goes through as it is, so Describe reports the
+			// client's parameters; its Binds run the refusal instead.
 		}
 	}
 
 	ss.mu.Lock()
-	if typ == 'H' && (ss.up == nil || (ss.pending == 0 && ss.synced)) {
+	if ss.up == nil && !ss.ended {
+		// Detached (transaction mode): nothing is in flight and the
+		// transaction status is idle, so Parse, Sync and Flush need no
+		// upstream. Answering them here keeps a client that prepares
+		// synchronously between transactions (pgbench -M prepared, libpq
+		// PQprepare) from waiting for a connection while its other
+		// connections' transactions wait for it. The statement is prepared
+		// upstream at its first Bind or Describe; an invalid one is reported
+		// there.
+		switch {
+		case typ == 'P' && refused == "":
+			ss.mu.Unlock()
+			def := newStmtDef(pm.query, pm.oids, a)
+			if pm.name == "" {
+				ss.unnamed = def
+			} else {
+				ss.stmts[pm.name] = def
+			}
+			return ss.cw.send(false, &pgproto3.ParseComplete{})
+		case typ == 'S':
+			ss.mu.Unlock()
+			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		case typ == 'H':
+			ss.mu.Unlock()
+			return ss.cw.send(true)
+		}
+	}
+	if typ == 'H' && ss.up != nil && ss.pending == 0 && ss.synced {
 		ss.mu.Unlock() // Flush with nothing in flight: nothing to do
 		return nil
 	}
@@ -291,19 +319,24 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		if typ == 'B' && def.a != nil && def.a.touchesState() {
 			ss.dirty.note(def.a)
 		}
+		portal, _, _, _ := bindHeader(body)
+		if typ == 'B' && def.poison {
+			// Bind the refusal, prepared as the unnamed statement, with no
+			// parameters: its Execute raises 0A000 in order.
+			m.PinRefusals.WithLabelValues(def.a.pin).Inc()
+			u.unnamed = nil
+			ss.expect = append(ss.expect, expectation{kind: expParseInjected})
+			out = appendParse(nil, "", refusalStatement(def.a.pin), nil)
+			out = wire.AppendHeader(out, 'B', len(portal)+1+1+6)
+			out = append(append(out, portal...), 0)
+			out = append(out, 0, 0, 0, 0, 0, 0, 0)
+			return out, 0, n, nil
+		}
 		out, sname := ss.ensurePreparedLocked(u, def, stmtName == "")
 		if typ == 'D' {
 			out = wire.AppendHeader(out, 'D', 1+len(sname)+1)
 			out = append(append(append(out, 'S'), sname...), 0)
 			return out, 0, 0, nil
-		}
-		portal, _, _, _ := bindHeader(body)
-		if def.poison { // the statement was replaced by a refusal: it takes no parameters
-			out = wire.AppendHeader(out, 'B', len(portal)+1+len(sname)+1+6)
-			out = append(append(out, portal...), 0)
-			out = append(append(out, sname...), 0)
-			out = append(out, 0, 0, 0, 0, 0, 0)
-			return out, 0, n, nil
 		}
 		newLen := n - len(stmtName) + len(sname)
 		out = wire.AppendHeader(out, 'B', newLen)
@@ -687,31 +720,36 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	if !ss.discard.Load() {
 		_ = ss.reportParams(u, false)
-		if err := ss.cw.sendReady(status, u.r.Buffered() == 0); err != nil {
+	}
+
+	// Decide about detaching before the client sees ReadyForQuery: once it
+	// does, its next message must find the session detached (transaction
+	// mode) so it queues for a connection like everyone else. The client
+	// writer is taken before the session lock is released, so the
+	// ReadyForQuery reaches the client before anything a next attachment
+	// relays.
+	ss.mu.Lock()
+	idle = idle && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' && !ss.internal && !ss.resetting
+	detach := idle && ss.transactionMode() && len(ss.pins) == 0 && !ss.ended && !ss.draining
+	terminate := idle && ss.draining && !ss.ended
+	if detach {
+		ss.up = nil
+	}
+	ss.cw.mu.Lock()
+	ss.mu.Unlock()
+	if !ss.discard.Load() {
+		if err := ss.cw.writeReadyLocked(status, u.r.Buffered() == 0 || detach); err != nil {
 			ss.discard.Store(true)
 		}
 	}
-	if !idle {
-		return false
-	}
-
-	ss.mu.Lock()
-	idle = ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' && !ss.internal
+	ss.cw.mu.Unlock()
 	switch {
-	case !idle || ss.resetting:
-		ss.mu.Unlock()
-		return false
-	case ss.draining && !ss.ended:
-		ss.mu.Unlock()
-		ss.terminate(errShutdown)
-		return false
-	case ss.transactionMode() && len(ss.pins) == 0 && !ss.ended:
-		ss.up = nil
-		ss.mu.Unlock()
+	case detach:
 		c.Release()
 		return true
+	case terminate:
+		ss.terminate(errShutdown)
 	}
-	ss.mu.Unlock()
 	return false
 }
 

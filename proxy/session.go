@@ -127,10 +127,9 @@ func (w *clientWriter) send(flush bool, msgs ...pgproto3.BackendMessage) error {
 	return nil
 }
 
-// sendReady writes a ReadyForQuery with the given status.
-func (w *clientWriter) sendReady(status byte, flush bool) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+// writeReadyLocked writes a ReadyForQuery with the given status; w.mu
+// must be held.
+func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 	if _, err := w.w.Write([]byte{'Z', 0, 0, 0, 5, status}); err != nil {
 		return err
 	}

@@ -17,8 +17,8 @@ type stmtDef struct {
 	query string
 	oids  []uint32
 	a     *analysis
-	// poison marks a statement replaced by a refusal (POOL_PIN_POLICY=error):
-	// it takes no parameters, whatever the client binds.
+	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
+	// it runs the refusal instead.
 	poison bool
 }
 

@@ -21,6 +21,7 @@ type Config struct {
 	Listen   Listen
 	Pool     Pool
 	Admin    Admin
+	Vault    Vault
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is "json" (default, for production) or "console".
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
@@ -297,5 +298,6 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		add("SHUTDOWN_TIMEOUT must not be negative")
 	}
+	errs = append(errs, c.Vault.validate()...)
 	return errors.Join(errs...)
 }
