@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,8 @@ type Deps struct {
 	Gatherer prometheus.Gatherer
 	// Checks decide /ready, all of which must pass.
 	Checks []Check
+	// Pprof serves /debug/pprof/.
+	Pprof bool
 }
 
 // Handler serves the admin endpoints. Safe for concurrent use.
@@ -39,6 +42,11 @@ func New(deps Deps) *Handler {
 	h.mux.HandleFunc("GET /ready", h.ready)
 	if deps.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Gatherer, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(deps.Log)}))
+	}
+	if deps.Pprof {
+		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
+		h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})

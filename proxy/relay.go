@@ -236,6 +236,18 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		case typ == 'S':
 			ss.mu.Unlock()
 			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		case typ == 'C' && len(body) >= 2 && body[0] == 'S':
+			ss.mu.Unlock()
+			name, _, err := cstr(body[1:])
+			if err != nil {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
+			}
+			if name == "" {
+				ss.unnamed = nil
+			} else {
+				delete(ss.stmts, name)
+			}
+			return ss.cw.send(false, &pgproto3.CloseComplete{})
 		case typ == 'H':
 			ss.mu.Unlock()
 			return ss.cw.send(true)
@@ -499,7 +511,8 @@ func (ss *session) pinOrRefuse(reason string) string {
 	if ss.srv.cfg.Pool.PinPolicy == config.PinError {
 		return reason
 	}
-	if len(ss.pins) == 0 {
+	if ss.pinReason == "" {
+		ss.pinReason = reason
 		ss.srv.metrics.PinnedSessions.WithLabelValues(reason).Inc()
 		ss.log.Debug("session pinned", zap.String("reason", reason))
 	}
@@ -509,21 +522,10 @@ func (ss *session) pinOrRefuse(reason string) string {
 
 // unpinMetricLocked drops the session from the pinned gauge.
 func (ss *session) unpinMetricLocked() {
-	for r := range ss.pins {
-		if r != PinSessionMode {
-			ss.srv.metrics.PinnedSessions.WithLabelValues(firstPin(ss.pins)).Dec()
-			return
-		}
+	if ss.pinReason != "" {
+		ss.srv.metrics.PinnedSessions.WithLabelValues(ss.pinReason).Dec()
+		ss.pinReason = ""
 	}
-}
-
-func firstPin(pins map[string]bool) string {
-	for _, r := range []string{PinListen, PinAdvisoryLock, PinTempTable, PinHoldCursor, PinSQLPrepare, PinSetConfig} {
-		if pins[r] {
-			return r
-		}
-	}
-	return ""
 }
 
 // refusalStatement is what a refused statement is replaced with, so that

@@ -77,13 +77,18 @@ type session struct {
 	resetDone   bool          // the reset completed cleanly: the upstream may be released
 	relayDone   chan struct{} // closed when the relay goroutine has let go of up
 	// Per session, under mu.
-	pins     map[string]bool   // reasons the session keeps its upstream
-	want     map[string]string // settings the client expects (startup + SET), by lower-case name
-	startup  map[string]string // settings from the startup packet: what RESET returns to
-	seen     map[string]string // ParameterStatus values the client has been told
-	dirty    dirtyState
-	draining bool
-	ended    bool // terminate or finish was called
+	pins      map[string]bool   // reasons the session keeps its upstream
+	pinReason string            // the first reason, as counted in the pinned-sessions gauge
+	want      map[string]string // settings the client expects (startup + SET), by lower-case name
+	startup   map[string]string // settings from the startup packet: what RESET returns to
+	seen      map[string]string // ParameterStatus values the client has been told
+	// reportedFor and reportedVersion identify the upstream parameters
+	// last compared with seen, to skip the comparison when nothing changed.
+	reportedFor     *upstream
+	reportedVersion uint64
+	dirty           dirtyState
+	draining        bool
+	ended           bool // terminate or finish was called
 
 	discard atomic.Bool // stop writing upstream output to the client
 }
@@ -424,6 +429,7 @@ func (ss *session) greet(u *upstream) error {
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: u.params[name]})
 		ss.seen[name] = u.params[name]
 	}
+	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	return ss.sendFlush(msgs...)

@@ -94,6 +94,11 @@ func (ss *session) syncSettings(u *upstream) error {
 // goroutine that currently writes to the client.
 func (ss *session) reportParams(u *upstream, flush bool) error {
 	ss.mu.Lock()
+	if u == ss.reportedFor && u.paramsVersion == ss.reportedVersion {
+		ss.mu.Unlock()
+		return nil // nothing changed since the last report (the common case)
+	}
+	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	var msgs []pgproto3.BackendMessage
 	names := sortedKeys(u.params)
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
@@ -127,6 +132,7 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 					delete(ss.pins, r)
 				}
 			}
+			ss.unpinMetricLocked()
 		}
 	}
 	if d.resetAll {

@@ -33,11 +33,13 @@ type upstream struct {
 	// Backend key of the server process, for cancel requests.
 	pid    uint32
 	secret []byte
-	// params are the server's current ParameterStatus values.
-	params   map[string]string
-	txStatus byte
-	gen      uint64
-	serial   string
+	// params are the server's current ParameterStatus values;
+	// paramsVersion grows whenever one changes.
+	params        map[string]string
+	paramsVersion uint64
+	txStatus      byte
+	gen           uint64
+	serial        string
 
 	// State the sidecar keeps for the session holding the connection,
 	// guarded by that session's mutex: statements prepared under sidecar
@@ -297,8 +299,9 @@ func (u *upstream) next() (byte, []byte, error) {
 
 func (u *upstream) setParam(body []byte) {
 	var ps pgproto3.ParameterStatus
-	if ps.Decode(body) == nil {
+	if ps.Decode(body) == nil && u.params[ps.Name] != ps.Value {
 		u.params[ps.Name] = ps.Value
+		u.paramsVersion++
 	}
 }
 

@@ -176,7 +176,7 @@ func TestPgbenchPreparedWith20ClientsOn2Upstreams(t *testing.T) {
 		return string(out)
 	}
 	run("-i", "-s", "1", "-q", "brownie_metadata")
-	out := run("-M", "prepared", "-c", "20", "-j", "2", "-t", "150", "-n", "brownie_metadata")
+	out := run("-M", "prepared", "-c", "20", "-t", "150", "-n", "brownie_metadata")
 	if !strings.Contains(out, "number of failed transactions: 0") || !strings.Contains(out, "number of transactions actually processed: 3000/3000") {
 		t.Fatalf("pgbench output:\n%s", out)
 	}

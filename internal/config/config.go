@@ -115,6 +115,9 @@ type Pool struct {
 type Admin struct {
 	// Addr is host:port, or "off" for no admin port.
 	Addr string `env:"ADMIN_ADDR" envDefault:":8001"`
+	// Pprof serves Go's /debug/pprof/ profiles on the admin port. Off by
+	// default: profiles reveal internals.
+	Pprof bool `env:"ADMIN_PPROF" envDefault:"false"`
 }
 
 // AdminOff is the ADMIN_ADDR value that disables the admin port (an empty
