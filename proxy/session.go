@@ -31,7 +31,10 @@ var (
 	errCancelHandled  = errors.New("cancel request handled")
 )
 
-const bufSize = 32 << 10
+// bufSize is the size of each buffered reader and writer of a session: small,
+// as in PgBouncer (4 KiB), because idle sessions are the common case; bodies
+// larger than largeMessage are streamed past the buffers.
+const bufSize = 4 << 10
 
 // largeMessage is the size above which a message body is streamed rather
 // than buffered.

@@ -132,7 +132,7 @@ func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 		return nil, err
 	}
 	u := &upstream{
-		conn: conn, raw: raw, r: wire.NewReader(conn, 32<<10),
+		conn: conn, raw: raw, r: wire.NewReader(conn, 4<<10), // tls.Conn buffers whole records itself
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
 		stmts: newStmtCache(d.stmtCacheSize), applied: map[string]string{},
 	}
