@@ -8,8 +8,8 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
-RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./internal/app/...
-RACE_RE   := /(pool|proxy|tls|internal/app)$$
+RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./internal/app/... ./internal/vaulttest/...
+RACE_RE   := /(pool|proxy|tls|internal/app|internal/vaulttest)$$
 FUZZTIME  ?= 10s
 
 .PHONY: all build dev test test-unit test-race fuzz lint bench deps deps-bench clean

@@ -111,12 +111,12 @@ type dialer struct {
 // dial connects to t and completes TLS and the startup handshake. Errors are
 // *pgerr.Error values suitable for the client.
 func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
-	b, err := d.bundle()
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	b, err := d.bundle(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
 	raw, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", t.Host.Addr)
 	if err != nil {
 		return nil, unreachable(t, err)
@@ -147,15 +147,40 @@ func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 	return u, nil
 }
 
-// bundle returns the current certificate if it is usable now.
-func (d *dialer) bundle() (*brownietls.Bundle, error) {
+// bundle returns the current certificate if it is usable now. When it is
+// missing or no longer valid and the source can fetch one on demand
+// (brownietls.Refresher, such as the Vault source), it asks for one
+// synchronously, bounded by ctx, and checks again.
+func (d *dialer) bundle(ctx context.Context) (*brownietls.Bundle, error) {
+	b, err := d.usableBundle()
+	if err == nil {
+		return b, nil
+	}
+	r, ok := d.certs.(brownietls.Refresher)
+	if !ok {
+		return nil, err
+	}
+	rerr := r.RefreshNow(ctx)
+	b, perr := d.usableBundle()
+	if perr == nil {
+		return b, nil
+	}
+	if rerr != nil {
+		perr.Detail = "refreshing it failed: " + rerr.Error()
+	}
+	return nil, perr
+}
+
+// usableBundle returns the current certificate if it is valid now.
+func (d *dialer) usableBundle() (*brownietls.Bundle, *pgerr.Error) {
 	b, err := d.certs.Current()
 	if err != nil {
-		return nil, pgerr.Fatalf(pgerr.InvalidAuthorization, "no upstream client certificate is available").WithCause(err)
+		return nil, pgerr.Fatalf(pgerr.InvalidAuthorization, "no upstream client certificate is available").
+			WithHint("the sidecar keeps retrying; check the certificate source (LOCAL_CERT_DIR or Vault)").WithCause(err)
 	}
 	if err := b.ValidAt(d.now()); err != nil {
 		return nil, pgerr.Fatalf(pgerr.InvalidAuthorization, "upstream client certificate is not usable: %v", err).
-			WithHint("the sidecar keeps retrying; renew the certificate in LOCAL_CERT_DIR or fix the certificate source").WithCause(err)
+			WithHint("the sidecar keeps retrying; check the certificate source (LOCAL_CERT_DIR or Vault)").WithCause(err)
 	}
 	return b, nil
 }
@@ -363,12 +388,12 @@ func protocolError(t router.Target, what string) *pgerr.Error {
 // cancel sends a CancelRequest for this connection's backend over a fresh
 // TLS connection. It is safe to call from any goroutine.
 func (d *dialer) cancel(ctx context.Context, t router.Target, pid uint32, secret []byte) error {
-	b, err := d.bundle()
+	ctx, stop := context.WithTimeout(ctx, d.timeout)
+	defer stop()
+	b, err := d.bundle(ctx)
 	if err != nil {
 		return err
 	}
-	ctx, stop := context.WithTimeout(ctx, d.timeout)
-	defer stop()
 	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", t.Host.Addr)
 	if err != nil {
 		return unreachable(t, err)

@@ -145,7 +145,7 @@ func (s *FileSource) GetClientCertificate(*cryptotls.CertificateRequestInfo) (*c
 func (s *FileSource) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status
+	return s.status.clone()
 }
 
 // Reload reads the files once and swaps the bundle in use if they hold a new,
@@ -212,7 +212,7 @@ func (s *FileSource) record(now time.Time, err error, next *Bundle) {
 	st.LastError, st.LastErrorReason = "", ""
 	if err != nil {
 		st.LastError, st.LastErrorReason = err.Error(), reasonOf(err)
-		st.Failures++
+		st.countFailure(st.LastErrorReason)
 	}
 	if next == nil {
 		return

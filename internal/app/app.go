@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 
-	certs, err := brownietls.NewFileSource(brownietls.FileConfig{Dir: cfg.DB.CertDir}, log.Named("certs"))
+	certs, err := newCertSource(cfg, log.Named("certs"))
 	if err != nil {
 		return fmt.Errorf("upstream client certificate: %w", err)
 	}
@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 			px.Close()
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		h := admin.New(admin.Deps{Log: log.Named("admin"), Gatherer: reg, Checks: []admin.Check{
+		h := admin.New(admin.Deps{Log: log.Named("admin"), Gatherer: reg, Pprof: cfg.Admin.Pprof, Checks: []admin.Check{
 			{Name: "proxy", Ready: px.Ready},
 			{Name: "certificate", Ready: certReady(certs)},
 		}})
