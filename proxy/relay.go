@@ -267,6 +267,9 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	if err != nil {
 		return err
 	}
+	if cap(out) <= 64<<10 {
+		ss.wbuf = out[:0] // keep the grown scratch buffer
+	}
 	return ss.writeUpstream(out, stream, skip)
 }
 
@@ -284,13 +287,13 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		if pm.name == "" {
 			ss.unnamed, u.unnamed = def, def
 			ss.expect = append(ss.expect, expectation{kind: expParse})
-			return appendParse(nil, "", pm.query, pm.oids), 0, 0, nil
+			return appendParse(ss.wbuf[:0], "", pm.query, pm.oids), 0, 0, nil
 		}
 		ss.stmts[pm.name] = def
 		if _, ok := u.stmts.lookup(def.key); ok {
 			m.StmtCache.WithLabelValues("hit").Inc()
 			ss.expect = append(ss.expect, expectation{kind: expParseCached})
-			return appendClose(nil, 'S', nonexistent), 0, 0, nil
+			return appendClose(ss.wbuf[:0], 'S', nonexistent), 0, 0, nil
 		}
 		m.StmtCache.WithLabelValues("miss").Inc()
 		return ss.prepareLocked(nil, u, def, expParse), 0, 0, nil
@@ -314,9 +317,9 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		// unread (only peeked), a Describe's was read.
 		passThrough := func() ([]byte, int, int, error) {
 			if typ == 'B' {
-				return wire.AppendHeader(nil, typ, n), n, 0, nil
+				return wire.AppendHeader(ss.wbuf[:0], typ, n), n, 0, nil
 			}
-			return append(wire.AppendHeader(nil, typ, n), body...), 0, 0, nil
+			return append(wire.AppendHeader(ss.wbuf[:0], typ, n), body...), 0, 0, nil
 		}
 		if rest < 0 {
 			return passThrough()
@@ -338,7 +341,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 			m.PinRefusals.WithLabelValues(def.a.pin).Inc()
 			u.unnamed = nil
 			ss.expect = append(ss.expect, expectation{kind: expParseInjected})
-			out = appendParse(nil, "", refusalStatement(def.a.pin), nil)
+			out = appendParse(ss.wbuf[:0], "", refusalStatement(def.a.pin), nil)
 			out = wire.AppendHeader(out, 'B', len(portal)+1+1+6)
 			out = append(append(out, portal...), 0)
 			out = append(out, 0, 0, 0, 0, 0, 0, 0)
@@ -366,14 +369,14 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 			ss.expect = append(ss.expect, expectation{kind: expClose})
 			if name == "" {
 				ss.unnamed, u.unnamed = nil, nil
-				return appendClose(nil, 'S', ""), 0, 0, nil
+				return appendClose(ss.wbuf[:0], 'S', ""), 0, 0, nil
 			}
 			// The server-side statement may serve other clients: keep it.
 			delete(ss.stmts, name)
-			return appendClose(nil, 'S', nonexistent), 0, 0, nil
+			return appendClose(ss.wbuf[:0], 'S', nonexistent), 0, 0, nil
 		}
 		ss.expect = append(ss.expect, expectation{kind: expClose})
-		return append(wire.AppendHeader(nil, 'C', n), body...), 0, 0, nil
+		return append(wire.AppendHeader(ss.wbuf[:0], 'C', n), body...), 0, 0, nil
 
 	case 'Q':
 		ss.pending++
@@ -386,9 +389,9 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 			m.PinRefusals.WithLabelValues(refused).Inc()
 		}
 		if body == nil {
-			return wire.AppendHeader(nil, 'Q', n), n, 0, nil
+			return wire.AppendHeader(ss.wbuf[:0], 'Q', n), n, 0, nil
 		}
-		return append(wire.AppendHeader(nil, 'Q', len(body)), body...), 0, 0, nil
+		return append(wire.AppendHeader(ss.wbuf[:0], 'Q', len(body)), body...), 0, 0, nil
 
 	case 'F':
 		ss.pending++
@@ -407,7 +410,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 	default:
 		ss.synced = false
 	}
-	return wire.AppendHeader(nil, typ, n), n, 0, nil
+	return wire.AppendHeader(ss.wbuf[:0], typ, n), n, 0, nil
 }
 
 // ensurePreparedLocked makes sure def is prepared on u (injecting a Parse
@@ -761,7 +764,7 @@ func (ss *session) forward(typ byte, n int, body []byte, u *upstream, stream boo
 	w := &ss.cw
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, err := w.w.Write(wire.AppendHeader(make([]byte, 0, 5), typ, n)); err != nil {
+	if _, err := w.w.Write(wire.AppendHeader(ss.rhdr[:0], typ, n)); err != nil {
 		return err
 	}
 	var err error

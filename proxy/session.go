@@ -59,6 +59,11 @@ type session struct {
 	cw clientWriter
 	uw *bufio.Writer // the session's writer to whichever upstream it holds
 
+	// Scratch buffers: wbuf for the session goroutine's outgoing messages,
+	// rhdr for the relay goroutine's message headers (one relay at a time).
+	wbuf []byte
+	rhdr [5]byte
+
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
 	stmts   map[string]*stmtDef
