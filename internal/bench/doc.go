@@ -1,0 +1,47 @@
+// Command bench is the program behind `make bench`: it measures the sidecar
+// against PostgreSQL reached directly over TLS with the client certificate
+// and against PgBouncer (from apt, in session and in transaction mode)
+// holding the same client certificate upstream, all in the same run on the
+// same machine.
+//
+// It prints one markdown table per pool mode (-modes):
+//
+//   - session (pool 60): for every protocol (simple, extended, prepared)
+//     and client count (1, 10, 50) it runs `pgbench -S` against the three
+//     targets back to back; TPS, mean latency and the sidecar/PgBouncer and
+//     sidecar/direct ratios, judged against "sidecar TPS ≥ PgBouncer's in
+//     every row".
+//   - transaction (pool 10, issue 3): a second PgBouncer (pool_mode =
+//     transaction) and a second sidecar (POOL_MODE=transaction), started
+//     after the session pair is stopped, run the fixed rows simple and
+//     extended at 10 and 50 clients and prepared at 50. PgBouncer 1.18 has
+//     no protocol-level prepared statements in transaction mode: its
+//     prepared row runs anyway and is shown as failed with the error pgbench
+//     printed, which does not fail the benchmark (any other failure does).
+//     Judged against "sidecar TPS ≥ PgBouncer's in every row both can run"
+//     and "sidecar prepared TPS ≥ its own extended TPS".
+//
+// With -repeat N every row is N rounds of its targets (A, B, A, B, ...) and
+// each cell shows the median TPS and median latency of its N runs, with the
+// spread of the runs' TPS. Last, it restarts PostgreSQL with room for 2,000
+// backends, starts a fresh sidecar, opens 2,000 idle client sessions (each
+// a completed startup, so each holds an upstream connection in session
+// mode) and reports the sidecar's peak resident set (VmHWM).
+//
+// It owns the work directory (.bench by default, recreated on every run) and
+// every process it starts there: one PostgreSQL cluster through
+// internal/pgcluster, PgBouncer and the sidecar binary (bin/brownie-sidecar,
+// built by `make build`) as child processes, one pair per table, and
+// pgbench runs. All of them
+// are stopped when the program returns, fails or is interrupted. It never
+// touches the sidecar's source or configuration beyond the environment of
+// the process it starts.
+//
+// Usage:
+//
+//	go run ./internal/bench [-duration 10s] [-repeat 1]
+//	    [-modes session,transaction] [-clients 1,10,50]
+//	    [-protocols simple,extended,prepared] [-skip-rss] [-rss-clients 2000]
+//
+// -clients and -protocols choose the session table's rows only.
+package main

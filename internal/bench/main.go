@@ -1,0 +1,482 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/brownie/brownie-sidecar/internal/pgcluster"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // setup failed, interrupted, or a measurement had errors
+	exitUsage = 2
+)
+
+// options are the command-line settings.
+type options struct {
+	dir        string
+	sidecarBin string
+	duration   time.Duration
+	clients    []int
+	protocols  []string
+	skipRSS    bool
+	rssClients int
+	scale      int
+	repeat     int      // runs per (row, target); cells show the median
+	modes      []string // tables to run, in allModes order
+}
+
+var allProtocols = []string{"simple", "extended", "prepared"}
+
+// Pool modes, one table each.
+const (
+	modeSession     = "session"
+	modeTransaction = "transaction"
+)
+
+var allModes = []string{modeSession, modeTransaction}
+
+// rowSpec is a (protocol, clients) row before it runs.
+type rowSpec struct {
+	proto   string
+	clients int
+}
+
+// txnRows are the rows of the transaction table, fixed by issue 3 whatever
+// -clients and -protocols say: the sidecar's extended and prepared rows at
+// 50 clients are compared with each other.
+var txnRows = []rowSpec{
+	{"simple", 10}, {"simple", 50},
+	{"extended", 10}, {"extended", 50},
+	{"prepared", 50},
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.dir, "dir", ".bench", "work directory; deleted and recreated on every run")
+	fs.StringVar(&o.sidecarBin, "sidecar", "bin/brownie-sidecar", "sidecar binary built by `make build`")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (whole seconds)")
+	clients := fs.String("clients", "1,10,50", "comma-separated pgbench client counts")
+	protocols := fs.String("protocols", strings.Join(allProtocols, ","), "comma-separated pgbench query protocols")
+	fs.BoolVar(&o.skipRSS, "skip-rss", false, "skip the idle-connection RSS measurement")
+	fs.IntVar(&o.rssClients, "rss-clients", 2000, "idle client sessions opened for the RSS measurement")
+	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
+	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
+	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	var errs []error
+	if o.duration < time.Second || o.duration%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("-duration %s must be a whole number of seconds, at least 1s (pgbench -T)", o.duration))
+	}
+	for _, s := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Errorf("-clients: %q is not a positive integer", s))
+			continue
+		}
+		o.clients = append(o.clients, n)
+	}
+	for _, s := range strings.Split(*protocols, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains(allProtocols, s) {
+			errs = append(errs, fmt.Errorf("-protocols: %q is not one of %s", s, strings.Join(allProtocols, ", ")))
+			continue
+		}
+		o.protocols = append(o.protocols, s)
+	}
+	for _, s := range strings.Split(*modes, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains(allModes, s) {
+			errs = append(errs, fmt.Errorf("-modes: %q is not one of %s", s, strings.Join(allModes, ", ")))
+		}
+	}
+	for _, m := range allModes { // allModes order, each once
+		if slices.ContainsFunc(strings.Split(*modes, ","), func(s string) bool { return strings.TrimSpace(s) == m }) {
+			o.modes = append(o.modes, m)
+		}
+	}
+	if slices.Max(append([]int{0}, o.clients...)) > maxBenchClients {
+		errs = append(errs, fmt.Errorf("-clients: at most %d (pool sizes and max_connections are sized for it)", maxBenchClients))
+	}
+	if o.rssClients < 1 {
+		errs = append(errs, errors.New("-rss-clients must be at least 1"))
+	}
+	if o.scale < 1 {
+		errs = append(errs, errors.New("-scale must be at least 1"))
+	}
+	if o.repeat < 1 {
+		errs = append(errs, errors.New("-repeat must be at least 1"))
+	}
+	return o, errors.Join(errs...)
+}
+
+// run runs the whole benchmark and returns the exit code. Every process it
+// starts is stopped before it returns.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	opts, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return exitUsage
+	}
+	b, err := newBench(opts, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return exitFail
+	}
+	defer b.cleanup()
+
+	rep, err := b.run(ctx)
+	if rep != nil && (rep.hasRows() || rep.rss != nil) {
+		out := rep.markdown()
+		fmt.Fprint(stdout, "\n"+out)
+		path := filepath.Join(b.dir, "results.md")
+		if werr := os.WriteFile(path, []byte(out), 0o644); werr != nil {
+			fmt.Fprintln(stderr, "bench:", werr)
+		} else {
+			fmt.Fprintln(stderr, "bench: results written to", path)
+		}
+	}
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintln(stderr, "bench: interrupted; stopping everything")
+		return exitFail
+	case err != nil:
+		fmt.Fprintln(stderr, "bench:", err)
+		return exitFail
+	case rep.hasErrors():
+		fmt.Fprintln(stderr, "bench: some runs reported errors; see the report")
+		return exitFail
+	}
+	return exitOK
+}
+
+// bench holds the state of one run. It is used from one goroutine.
+type bench struct {
+	opts    options
+	log     io.Writer // progress, to stderr
+	dir     string    // absolute work directory
+	certDir string
+	binDir  string // PostgreSQL binaries
+	pgbench string
+	bouncer string // pgbouncer executable
+	sidecar string // absolute sidecar binary
+	cmdLog  *os.File
+
+	pg      *pgcluster.Cluster
+	cleanFn []func()
+}
+
+// newBench checks that every tool is installed before anything starts, so a
+// missing piece fails in a second with the command that installs it.
+func newBench(opts options, log io.Writer) (*bench, error) {
+	b := &bench{opts: opts, log: log}
+	var err error
+	if b.dir, err = filepath.Abs(opts.dir); err != nil {
+		return nil, err
+	}
+	var errs []error
+	if b.sidecar, err = filepath.Abs(opts.sidecarBin); err != nil {
+		errs = append(errs, err)
+	} else if fi, err := os.Stat(b.sidecar); err != nil || fi.IsDir() {
+		errs = append(errs, fmt.Errorf("sidecar binary %s not found: run make build", opts.sidecarBin))
+	}
+	if b.binDir, err = pgcluster.FindBinDir(); err != nil {
+		errs = append(errs, err)
+	} else if b.pgbench = filepath.Join(b.binDir, "pgbench"); !isFile(b.pgbench) {
+		if b.pgbench, err = exec.LookPath("pgbench"); err != nil {
+			errs = append(errs, errors.New("pgbench not found; install PostgreSQL with `make deps`"))
+		}
+	}
+	if b.bouncer, err = exec.LookPath("pgbouncer"); err != nil {
+		if b.bouncer = "/usr/sbin/pgbouncer"; !isFile(b.bouncer) {
+			errs = append(errs, errors.New("pgbouncer not found; install it with `apt-get install pgbouncer` (make deps-bench)"))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
+}
+
+// onCleanup registers f to run, last registered first, when the run ends.
+func (b *bench) onCleanup(f func()) { b.cleanFn = append(b.cleanFn, f) }
+
+// cleanup stops everything started so far. It is idempotent.
+func (b *bench) cleanup() {
+	for i := len(b.cleanFn) - 1; i >= 0; i-- {
+		b.cleanFn[i]()
+	}
+	b.cleanFn = nil
+	if b.cmdLog != nil {
+		b.cmdLog.Close()
+		b.cmdLog = nil
+	}
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.log, "bench: "+format+"\n", args...)
+}
+
+// run performs every step and returns the report built so far, even on
+// error, so that completed measurements are still printed.
+func (b *bench) run(ctx context.Context) (*report, error) {
+	if err := raiseFileLimit(8192); err != nil {
+		return nil, err
+	}
+	if err := b.prepareDir(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.startPostgres(ctx, map[string]string{"max_connections": "300"}); err != nil {
+		return nil, err
+	}
+	if err := b.initPgbench(ctx); err != nil {
+		return nil, err
+	}
+	rep := &report{
+		started:  time.Now(),
+		duration: b.opts.duration,
+		scale:    b.opts.scale,
+		cpus:     runtime.NumCPU(),
+		repeat:   b.opts.repeat,
+		versions: b.versions(ctx),
+		skipRSS:  b.opts.skipRSS,
+	}
+
+	if slices.Contains(b.opts.modes, modeSession) {
+		var rows []rowSpec
+		for _, proto := range b.opts.protocols {
+			for _, n := range b.opts.clients {
+				rows = append(rows, rowSpec{proto, n})
+			}
+		}
+		if err := b.runMode(ctx, rep, modeSession, benchPoolSize, rows); err != nil {
+			return rep, err
+		}
+	}
+	if slices.Contains(b.opts.modes, modeTransaction) {
+		if err := b.runMode(ctx, rep, modeTransaction, txnPoolSize, txnRows); err != nil {
+			return rep, err
+		}
+	}
+
+	if !b.opts.skipRSS {
+		res, err := b.measureIdleRSS(ctx, b.opts.rssClients)
+		rep.rss = res
+		if err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// runMode starts a PgBouncer and a sidecar in the given pool mode with
+// poolSize upstream connections each, runs one table of rows against them
+// (the session table also against PostgreSQL directly), adds it to rep and
+// stops both poolers again, so each table has the machine to itself.
+//
+// In transaction mode PgBouncer 1.18 has no protocol-level prepared
+// statements, so its -M prepared rows are expected to fail. They are run
+// anyway and reported with the error pgbench printed.
+func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize int, rows []rowSpec) error {
+	bouncerName, sidecarName, tag := "pgbouncer", "sidecar", ""
+	if mode == modeTransaction {
+		bouncerName, sidecarName, tag = "pgbouncer-txn", "sidecar-txn", "txn"
+	}
+	tbl := &table{mode: mode, poolSize: poolSize}
+	rep.tables = append(rep.tables, tbl)
+
+	bouncer, bouncerAddr, err := b.startPgBouncer(ctx, bouncerName, mode, poolSize)
+	if err != nil {
+		return err
+	}
+	defer bouncer.stop()
+	side, err := b.startSidecar(ctx, sidecarName, map[string]string{
+		"POOL_MODE": mode, "POOL_SIZE": strconv.Itoa(poolSize), "MAX_CLIENT_CONN": "5000",
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		side.stop()
+		tbl.sidecarLog = readSidecarLog(side.proc.logPath, 0, -1)
+	}()
+
+	var targets []target
+	if mode == modeSession {
+		targets = append(targets, target{name: "direct", host: "localhost", port: b.pg.Port(), tls: true})
+	}
+	targets = append(targets,
+		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction},
+		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port},
+	)
+	for _, t := range targets {
+		tbl.targets = append(tbl.targets, t.name)
+	}
+	b.logf("%s table: pool %d, %d rows x %d targets x %d runs of %s", mode, poolSize, len(rows), len(targets), b.opts.repeat, b.opts.duration)
+	tbl.loadBefore = loadAverage()
+	err = b.runTable(ctx, tbl, targets, rows, tag)
+	tbl.loadAfter = loadAverage()
+	return err
+}
+
+// warmupDuration is the length of the unrecorded warm-up run per target.
+const warmupDuration = 5 * time.Second
+
+// runTable runs the warm-up and then every row into tbl. Within a row the
+// targets run back to back, and with -repeat N the row is N such rounds
+// (target A, B, C, A, B, C, ...), so drift affects the targets alike; each
+// cell is the median of its N runs. tag, if set, prefixes the log files.
+//
+// The warm-up runs the largest client count against each target once, so
+// both poolers hold as many upstream connections as any row needs and the
+// table's data pages are cached before the first recorded run. PostgreSQL
+// on a small machine starts a TLS backend in tens of milliseconds, which
+// would otherwise eat into the first short run through each pooler.
+func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows []rowSpec, tag string) error {
+	warmClients := 0
+	for _, spec := range rows {
+		warmClients = max(warmClients, spec.clients)
+	}
+	for _, t := range targets {
+		b.logf("warm-up: %s, %d clients, %s", t.name, warmClients, warmupDuration)
+		r := b.runPgbench(ctx, t, "simple", warmClients, warmupDuration, joinTag(tag, "warmup"))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if r.exitErr != nil || len(r.stderr) > 0 || r.failedTx > 0 {
+			b.logf("  warm-up against %s FAILED: %s", t.name, r.summary())
+			tbl.warmupErrors = append(tbl.warmupErrors, runError{target: t.name, proto: "simple", clients: warmClients, res: r})
+		}
+	}
+	for _, spec := range rows {
+		runs := make([][]result, len(targets))
+		for i := range b.opts.repeat {
+			runTag := tag
+			if b.opts.repeat > 1 {
+				runTag = joinTag(tag, fmt.Sprintf("r%d", i+1))
+			}
+			for j, t := range targets {
+				r := b.runPgbench(ctx, t, spec.proto, spec.clients, b.opts.duration, runTag)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				runs[j] = append(runs[j], r)
+				switch {
+				case r.failed() && t.noPrepared && spec.proto == "prepared":
+					b.logf("  %-9s %-8s c=%-3d FAILED (expected, no prepared statements in transaction mode): %s", t.name, spec.proto, spec.clients, r.summary())
+				case r.failed():
+					b.logf("  %-9s %-8s c=%-3d FAILED: %s", t.name, spec.proto, spec.clients, r.summary())
+				default:
+					b.logf("  %-9s %-8s c=%-3d %10.0f tps %8.3f ms", t.name, spec.proto, spec.clients, r.tps, r.latencyMs)
+				}
+			}
+		}
+		row := row{proto: spec.proto, clients: spec.clients}
+		for j, t := range targets {
+			m := combineRuns(runs[j])
+			row.res = append(row.res, m)
+			row.unsupported = append(row.unsupported, t.noPrepared && spec.proto == "prepared")
+			switch {
+			case b.opts.repeat == 1:
+			case m.failed():
+				b.logf("  %-9s %-8s c=%-3d %d of %d runs FAILED", t.name, spec.proto, spec.clients, m.failedRuns, m.runs)
+			default:
+				b.logf("  %-9s %-8s c=%-3d median of %d: %10.0f tps %8.3f ms", t.name, spec.proto, spec.clients, m.runs, m.tps, m.latencyMs)
+			}
+		}
+		tbl.rows = append(tbl.rows, row)
+	}
+	return nil
+}
+
+// joinTag joins non-empty log-file name prefixes with "-".
+func joinTag(parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, "-")
+}
+
+// loadAverage returns the 1-minute load average, or -1 if unknown. Other
+// work on the machine skews every number, so the report shows it.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// raiseFileLimit sets RLIMIT_NOFILE to at least want (raising the hard limit
+// too when allowed). Calling Setrlimit explicitly also makes child processes
+// (the sidecar, PgBouncer, PostgreSQL) inherit the raised limit instead of
+// the one the Go runtime saved at startup.
+func raiseFileLimit(want uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur < want {
+		lim.Cur = want
+	}
+	if lim.Max < lim.Cur {
+		lim.Max = lim.Cur // works as root; otherwise fall back below
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		var cur syscall.Rlimit
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &cur)
+		cur.Cur = cur.Max
+		if err2 := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &cur); err2 != nil {
+			return fmt.Errorf("setrlimit RLIMIT_NOFILE: %w", err)
+		}
+	}
+	return nil
+}

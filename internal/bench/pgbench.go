@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/brownie/brownie-sidecar/internal/pgcluster"
+)
+
+// target is one way of reaching the database.
+type target struct {
+	name string
+	host string
+	port int
+	tls  bool // verify-full with the client certificate; else sslmode=disable
+	// noPrepared marks PgBouncer in transaction mode: 1.18 has no
+	// protocol-level prepared statements, so -M prepared is expected to
+	// fail through it. The run still happens and is reported as failed.
+	noPrepared bool
+}
+
+// result is the outcome of one pgbench run.
+type result struct {
+	tps       float64 // excluding initial connection time
+	latencyMs float64 // "latency average"
+	processed int64   // transactions actually processed
+	failedTx  int64   // "number of failed transactions"
+	exitErr   error   // pgbench's exit status, if not 0
+	stderr    []string
+	parsed    bool
+	logPath   string
+
+	// Set by combineRuns for a cell of several runs (-repeat): tps and
+	// latencyMs are then medians over the runs that had results.
+	runs       int       // runs combined; 0 for a single run
+	failedRuns int       // of them, runs that failed
+	runTPS     []float64 // TPS of each run that had results, in run order
+	incomplete int       // runs without tps/latency in their output
+}
+
+// failed reports whether the run cannot be trusted: pgbench failed, said
+// something on stderr (with -n it prints nothing there unless a client
+// errored or aborted), or its output had no results. A combined cell has
+// failed if any of its runs did.
+func (r result) failed() bool {
+	return r.exitErr != nil || len(r.stderr) > 0 || !r.parsed || r.failedTx > 0 || r.incomplete > 0
+}
+
+// preparedErrorRE matches what PostgreSQL answers a client whose prepared
+// statement lives on another upstream connection than the one serving it:
+// `prepared statement "P_0" does not exist` or `... already exists`.
+var preparedErrorRE = regexp.MustCompile(`prepared statement "[^"]*" (does not exist|already exists)`)
+
+// preparedError returns the first stderr line of the run that names a
+// missing or duplicate prepared statement, or "".
+func (r result) preparedError() string {
+	for _, line := range r.stderr {
+		if preparedErrorRE.MatchString(line) {
+			return line
+		}
+	}
+	return ""
+}
+
+// combineRuns folds the runs of one cell into one result: median TPS and
+// median latency over the runs that produced numbers (each median taken on
+// its own), transaction counts summed, and the first failed run's exit
+// status, stderr and log kept so that the cell fails if any run failed. A
+// single run is returned unchanged.
+func combineRuns(runs []result) result {
+	if len(runs) == 1 {
+		return runs[0]
+	}
+	out := result{runs: len(runs)}
+	var tps, lat []float64
+	var failed *result
+	for i, r := range runs {
+		out.processed += r.processed
+		out.failedTx += r.failedTx
+		if r.parsed {
+			tps = append(tps, r.tps)
+			lat = append(lat, r.latencyMs)
+		} else {
+			out.incomplete++
+		}
+		if r.failed() {
+			out.failedRuns++
+			if failed == nil {
+				failed = &runs[i]
+			}
+		}
+	}
+	out.runTPS = tps
+	if len(tps) > 0 {
+		out.parsed = true
+		out.tps, out.latencyMs = median(tps), median(lat)
+	}
+	if failed != nil {
+		out.exitErr, out.stderr, out.logPath = failed.exitErr, failed.stderr, failed.logPath
+	} else if len(runs) > 0 {
+		out.logPath = runs[len(runs)-1].logPath
+	}
+	return out
+}
+
+// median returns the middle value of xs (the mean of the two middle values
+// for an even count), or 0 for none. xs is not modified.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// spread is half the min-max range of the runs' TPS relative to the
+// median, in percent; 0 for a single run.
+func (r result) spread() float64 {
+	if len(r.runTPS) < 2 || r.tps == 0 {
+		return 0
+	}
+	return (slices.Max(r.runTPS) - slices.Min(r.runTPS)) / 2 / r.tps * 100
+}
+
+// summary is a one-line description of a failed run.
+func (r result) summary() string {
+	var parts []string
+	if r.exitErr != nil {
+		parts = append(parts, "pgbench: "+r.exitErr.Error())
+	}
+	if r.failedTx > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed transactions", r.failedTx))
+	}
+	if !r.parsed {
+		parts = append(parts, "no tps/latency in output")
+	} else if r.incomplete > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d runs without tps/latency in output", r.incomplete, r.runs))
+	}
+	if len(r.stderr) > 0 {
+		parts = append(parts, r.stderr[0])
+	}
+	return strings.Join(parts, "; ")
+}
+
+// runPgbench runs pgbench -S against t and parses its output, which is also
+// kept in the work directory. tag, if set, prefixes the log file name.
+func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients int, dur time.Duration, tag string) result {
+	args := []string{
+		"-S", "-M", proto, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
+		"-T", strconv.Itoa(int(dur / time.Second)), "-n",
+		"-h", t.host, "-p", strconv.Itoa(t.port), "-U", pgcluster.BrownieRole, pgcluster.BrownieDatabase,
+	}
+	vars := map[string]string{"PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+	if t.tls {
+		vars["PGSSLMODE"] = "verify-full"
+		vars["PGSSLROOTCERT"] = filepath.Join(b.certDir, "ca.crt")
+		vars["PGSSLCERT"] = filepath.Join(b.certDir, "client.crt")
+		vars["PGSSLKEY"] = filepath.Join(b.certDir, "client.key") // 0600, owned by us
+	}
+	rctx, cancel := context.WithTimeout(ctx, dur+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, b.pgbench, args...)
+	cmd.Env = cleanEnv("", vars)
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+
+	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
+	if tag != "" {
+		name = tag + "-" + name
+	}
+	logDir := filepath.Join(b.dir, "pgbench")
+	_ = os.MkdirAll(logDir, 0o755)
+	logPath := filepath.Join(logDir, name)
+	_ = os.WriteFile(logPath, []byte(fmt.Sprintf("$ %s pgbench %s\n--- stdout ---\n%s--- stderr ---\n%s",
+		strings.Join(envList(vars), " "), strings.Join(args, " "), stdout.Bytes(), stderr.Bytes())), 0o644)
+
+	r := parsePgbench(stdout.String())
+	r.exitErr = err
+	r.logPath = logPath
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if line = strings.TrimRight(line, " \r"); line != "" {
+			r.stderr = append(r.stderr, line)
+		}
+	}
+	return r
+}
+
+func envList(m map[string]string) []string {
+	var out []string
+	for _, k := range []string{"PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"} {
+		if v, ok := m[k]; ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
+var (
+	tpsRE       = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
+	latencyRE   = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
+	processedRE = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
+	failedRE    = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`)
+)
+
+// parsePgbench extracts the numbers from pgbench's standard output. parsed
+// is set when both TPS and mean latency were found.
+func parsePgbench(out string) result {
+	var r result
+	num := func(re *regexp.Regexp) (string, bool) {
+		m := re.FindStringSubmatch(out)
+		if m == nil {
+			return "", false
+		}
+		return m[1], true
+	}
+	tps, ok1 := num(tpsRE)
+	lat, ok2 := num(latencyRE)
+	if ok1 && ok2 {
+		var err1, err2 error
+		r.tps, err1 = strconv.ParseFloat(tps, 64)
+		r.latencyMs, err2 = strconv.ParseFloat(lat, 64)
+		r.parsed = err1 == nil && err2 == nil
+	}
+	if s, ok := num(processedRE); ok {
+		r.processed, _ = strconv.ParseInt(s, 10, 64)
+	}
+	if s, ok := num(failedRE); ok {
+		r.failedTx, _ = strconv.ParseInt(s, 10, 64)
+	}
+	return r
+}

@@ -1,0 +1,533 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Column names of the targets.
+const (
+	colDirect  = "direct"
+	colBouncer = "pgbouncer"
+	colSidecar = "sidecar"
+)
+
+// rssTargetMB is the acceptance target for rssTargetClients idle clients.
+const (
+	rssTargetMB      = 100
+	rssTargetClients = 2000
+)
+
+// table is the measurements of one pool mode: PgBouncer and the sidecar
+// (and, in session mode, PostgreSQL directly) for every row.
+type table struct {
+	mode         string   // modeSession or modeTransaction
+	poolSize     int      // upstream connections of either pooler
+	targets      []string // column names, in the order rows hold results
+	rows         []row
+	warmupErrors []runError
+	sidecarLog   sidecarLog // the table sidecar's output
+	loadBefore   float64    // 1-minute load average before and after the table
+	loadAfter    float64
+}
+
+// row is one (protocol, clients) line of a table; res is indexed like the
+// table's targets.
+type row struct {
+	proto   string
+	clients int
+	res     []result
+	// unsupported is, per target, whether the target is known not to
+	// support the row (PgBouncer in transaction mode with -M prepared).
+	// The run happens anyway; its failure with a prepared-statement error
+	// is the expected outcome and not an error of the benchmark.
+	unsupported []bool
+}
+
+// expectedFailure reports whether target i failed the way it is known to:
+// an unsupported row whose pgbench printed a prepared-statement error.
+func (r row) expectedFailure(i int) bool {
+	return i < len(r.unsupported) && r.unsupported[i] && r.res[i].failed() && r.res[i].preparedError() != ""
+}
+
+// realFailure reports whether target i failed in a way that makes the
+// benchmark fail.
+func (r row) realFailure(i int) bool {
+	return r.res[i].failed() && !r.expectedFailure(i)
+}
+
+func (r row) name() string { return fmt.Sprintf("%s/%d", r.proto, r.clients) }
+
+// col returns the index of the named target, or -1.
+func (t *table) col(name string) int { return slices.Index(t.targets, name) }
+
+// runError is a failed run outside the table (the warm-up).
+type runError struct {
+	target, proto string
+	clients       int
+	res           result
+}
+
+// report is everything measured in one run.
+type report struct {
+	started     time.Time
+	duration    time.Duration
+	scale, cpus int
+	repeat      int // runs per cell; 0 counts as 1
+	versions    []string
+	tables      []*table // in allModes order
+	skipRSS     bool
+	rss         *rssResult
+}
+
+// hasRows reports whether any table has a measured row.
+func (r *report) hasRows() bool {
+	for _, t := range r.tables {
+		if len(t.rows) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// hasErrors reports whether any measurement failed or is incomplete. The
+// expected failures of unsupported rows do not count.
+func (r *report) hasErrors() bool {
+	if r == nil {
+		return false
+	}
+	for _, t := range r.tables {
+		if len(t.warmupErrors) > 0 {
+			return true
+		}
+		for _, row := range t.rows {
+			for i := range row.res {
+				if row.realFailure(i) {
+					return true
+				}
+			}
+		}
+	}
+	return r.rss != nil && (r.rss.opened < r.rss.wanted || len(r.rss.errors) > 0)
+}
+
+// bouncerEval is the verdict on "sidecar TPS ≥ PgBouncer TPS in every row
+// both can run".
+type bouncerEval struct {
+	met, judged int
+	below       []string // rows where it is not met: "proto/clients (ratio)"
+	skipped     []string // rows PgBouncer cannot run (expected failures)
+}
+
+func (e bouncerEval) ok() bool { return e.judged > 0 && e.met == e.judged }
+
+// evalVsBouncer judges every row except those PgBouncer failed the way it
+// is known to. A row with no result or a failed run on either side is not
+// met.
+func (t *table) evalVsBouncer() bouncerEval {
+	var e bouncerEval
+	bi, si := t.col(colBouncer), t.col(colSidecar)
+	if bi < 0 || si < 0 {
+		return e
+	}
+	for _, row := range t.rows {
+		if row.expectedFailure(bi) {
+			e.skipped = append(e.skipped, row.name())
+			continue
+		}
+		e.judged++
+		side, bouncer := row.res[si], row.res[bi]
+		vs, ok := ratio(side, bouncer)
+		if ok && side.tps >= bouncer.tps && !side.failed() && !bouncer.failed() {
+			e.met++
+		} else {
+			e.below = append(e.below, fmt.Sprintf("%s (%s)", row.name(), vs))
+		}
+	}
+	return e
+}
+
+// preparedEval is the verdict on "prepared-mode TPS through the sidecar ≥
+// its own extended-mode TPS", over every client count that has both rows.
+type preparedEval struct {
+	met, judged int
+	pairs       []string // "50 clients: 12000 vs 11000 (1.09)"
+}
+
+func (e preparedEval) ok() bool { return e.judged > 0 && e.met == e.judged }
+
+func (t *table) evalPreparedVsExtended() preparedEval {
+	var e preparedEval
+	si := t.col(colSidecar)
+	if si < 0 {
+		return e
+	}
+	for _, prep := range t.rows {
+		if prep.proto != "prepared" {
+			continue
+		}
+		i := slices.IndexFunc(t.rows, func(r row) bool { return r.proto == "extended" && r.clients == prep.clients })
+		if i < 0 {
+			continue
+		}
+		p, x := prep.res[si], t.rows[i].res[si]
+		e.judged++
+		vs, ok := ratio(p, x)
+		if ok && p.tps >= x.tps && !p.failed() && !x.failed() {
+			e.met++
+		}
+		e.pairs = append(e.pairs, fmt.Sprintf("%d clients: %s vs %s (%s)", prep.clients, tpsCell(p), tpsCell(x), vs))
+	}
+	return e
+}
+
+// markdown renders the report: a header, one section per table with its
+// verdicts, the RSS measurement, then every error verbatim.
+func (r *report) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Brownie sidecar benchmark\n\n")
+	fmt.Fprintf(&b, "%s, %d CPUs. `pgbench -S -T %d -n`, scale %d, `-j min(clients,2)`.",
+		r.started.Format("2006-01-02 15:04 MST"), r.cpus, int(r.duration/time.Second), r.scale)
+	if r.repeat > 1 {
+		fmt.Fprintf(&b, " Every cell is the median of %d runs (TPS and latency each on its own), the targets of a row taking turns run by run; ±x%% is half the range of the runs' TPS relative to the median.", r.repeat)
+	}
+	b.WriteString(" PgBouncer and the sidecar hold the client certificate upstream (TLS, verify-full) and take plaintext loopback clients.\n\n")
+	if len(r.versions) > 0 {
+		fmt.Fprintf(&b, "Versions: %s.\n\n", strings.Join(r.versions, "; "))
+	}
+	for _, t := range r.tables {
+		r.writeTable(&b, t)
+	}
+	r.writeRSS(&b)
+	r.writeErrors(&b)
+	return b.String()
+}
+
+// writeTable renders one table with its load averages, footnotes and
+// target verdicts.
+func (r *report) writeTable(b *strings.Builder, t *table) {
+	mode := strings.ToUpper(t.mode[:1]) + t.mode[1:]
+	fmt.Fprintf(b, "## %s mode (pool %d)\n\n", mode, t.poolSize)
+	fmt.Fprintf(b, "PgBouncer `pool_mode = %s`, `default_pool_size = %d`; sidecar `POOL_MODE=%s POOL_SIZE=%d`.", t.mode, t.poolSize, t.mode, t.poolSize)
+	if t.col(colDirect) >= 0 {
+		b.WriteString(" Direct = PostgreSQL over TLS (verify-full) with the client certificate.")
+	}
+	if t.mode == modeTransaction {
+		b.WriteString(" Rows fixed by issue 3, whatever -clients and -protocols say.")
+	}
+	b.WriteString("\n\n")
+	if t.loadBefore >= 0 && t.loadAfter >= 0 && len(t.rows) > 0 {
+		fmt.Fprintf(b, "1-minute load average %.2f before the table, %.2f after.", t.loadBefore, t.loadAfter)
+		if max(t.loadBefore, t.loadAfter) > float64(r.cpus) {
+			fmt.Fprintf(b, " **Other work competed for the %d CPUs during the run; treat the numbers as noisy.**", r.cpus)
+		}
+		b.WriteString("\n\n")
+	}
+
+	di, bi, si := t.col(colDirect), t.col(colBouncer), t.col(colSidecar)
+	head := []string{"protocol", "clients"}
+	for _, name := range t.targets {
+		head = append(head, name+" TPS")
+	}
+	for _, name := range t.targets {
+		head = append(head, name+" lat ms")
+	}
+	if bi >= 0 && si >= 0 {
+		head = append(head, "sidecar/pgbouncer")
+	}
+	if di >= 0 && si >= 0 {
+		head = append(head, "sidecar/direct")
+	}
+	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
+	var expected, unexpectedOK []string
+	for _, row := range t.rows {
+		cells := []string{row.proto, fmt.Sprint(row.clients)}
+		var lat []string
+		for i, res := range row.res {
+			if row.expectedFailure(i) {
+				cells, lat = append(cells, "failed†"), append(lat, "failed†")
+				expected = append(expected, expectedNote(t.targets[i], row, res))
+				continue
+			}
+			if i < len(row.unsupported) && row.unsupported[i] && !res.failed() {
+				unexpectedOK = append(unexpectedOK, fmt.Sprintf("%s ran %s without errors", t.targets[i], row.name()))
+			}
+			cells, lat = append(cells, tpsCell(res)), append(lat, latencyCell(res))
+		}
+		cells = append(cells, lat...)
+		if bi >= 0 && si >= 0 {
+			vs, _ := ratio(row.res[si], row.res[bi])
+			if row.expectedFailure(bi) {
+				vs = "n/a"
+			}
+			cells = append(cells, vs)
+		}
+		if di >= 0 && si >= 0 {
+			vs, _ := ratio(row.res[si], row.res[di])
+			cells = append(cells, vs)
+		}
+		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
+	}
+	b.WriteString("\n`*` = the run reported errors (see below); `ERR` = no result.\n\n")
+	for _, note := range expected {
+		b.WriteString(note)
+	}
+	if len(unexpectedOK) > 0 {
+		fmt.Fprintf(b, "Unexpected: %s, which PgBouncer 1.18 in transaction mode is not expected to manage; the row is judged like the others.\n\n", strings.Join(unexpectedOK, "; "))
+	}
+	if len(t.rows) == 0 {
+		return
+	}
+
+	vb := t.evalVsBouncer()
+	if t.mode == modeSession {
+		fmt.Fprintf(b, "Target sidecar TPS ≥ PgBouncer TPS in every row: **%s** (%d of %d rows)", verdict(vb.ok()), vb.met, vb.judged)
+		if len(vb.below) > 0 {
+			fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
+		}
+		b.WriteString(".\n\n")
+		return
+	}
+	fmt.Fprintf(b, "Targets: sidecar TPS ≥ PgBouncer TPS in every row both can run: **%s** (%d of %d rows", verdict(vb.ok()), vb.met, vb.judged)
+	if len(vb.below) > 0 {
+		fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
+	}
+	if len(vb.skipped) > 0 {
+		fmt.Fprintf(b, "; PgBouncer cannot run %s", strings.Join(vb.skipped, ", "))
+	}
+	b.WriteString(")")
+	vp := t.evalPreparedVsExtended()
+	if vp.judged == 0 {
+		b.WriteString("; sidecar prepared TPS ≥ its extended TPS: not judged (no prepared and extended rows at the same client count).\n\n")
+		return
+	}
+	fmt.Fprintf(b, "; sidecar prepared TPS ≥ its extended TPS: **%s** (%s).\n\n", verdict(vp.ok()), strings.Join(vp.pairs, "; "))
+}
+
+// expectedNote is the footnote of an expected failure: what pgbench
+// printed on stderr, the most frequent messages first (verbatim but for the
+// client numbers), and its last line, which says how the run ended.
+func expectedNote(target string, row row, res result) string {
+	runs := ""
+	if res.runs > 1 {
+		runs = fmt.Sprintf(" %d of %d runs failed; the first is shown.", res.failedRuns, res.runs)
+	}
+	lines := collapseLines(res.stderr, 4)
+	if n := len(res.stderr); n > 0 && !slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, "× "+foldClient(res.stderr[n-1])) }) {
+		lines = append(lines, "last line: "+res.stderr[n-1])
+	}
+	if res.exitErr != nil {
+		lines = append(lines, "pgbench "+res.exitErr.Error())
+	}
+	return fmt.Sprintf("† %s, %s: failed as expected: PgBouncer 1.18 has no protocol-level prepared statements in transaction mode, so a client's statement is missing on, or already exists on, whichever server connection serves its next transaction.%s pgbench printed (all of it in %s):\n\n```\n%s\n```\n\n",
+		target, row.name(), runs, res.logPath, strings.Join(lines, "\n"))
+}
+
+var clientNumRE = regexp.MustCompile(`\bclient [0-9]+\b`)
+
+func foldClient(line string) string { return clientNumRE.ReplaceAllString(line, "client N") }
+
+// collapseLines counts lines that differ only in pgbench's client number
+// ("client 7" becomes "client N") and returns them as "count× line", the
+// most frequent first (ties in order of first appearance); at most
+// maxLines of them, then how many more there are. pgbench's threads write
+// to stderr at once, so some lines arrive spliced; they count apart.
+func collapseLines(lines []string, maxLines int) []string {
+	var order []string
+	count := map[string]int{}
+	for _, l := range lines {
+		k := foldClient(l)
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	slices.SortStableFunc(order, func(a, b string) int { return count[b] - count[a] })
+	var out []string
+	for i, k := range order {
+		if i == maxLines {
+			rest := 0
+			for _, k := range order[maxLines:] {
+				rest += count[k]
+			}
+			out = append(out, fmt.Sprintf("... %d more distinct lines (%d lines)", len(order)-maxLines, rest))
+			break
+		}
+		out = append(out, fmt.Sprintf("%d× %s", count[k], k))
+	}
+	return out
+}
+
+func (r *report) writeRSS(b *strings.Builder) {
+	b.WriteString("## Idle-connection RSS\n\n")
+	switch {
+	case r.skipRSS:
+		b.WriteString("Skipped (-skip-rss).\n")
+		return
+	case r.rss == nil:
+		b.WriteString("Not measured (the run stopped earlier).\n")
+		return
+	}
+	s := r.rss
+	if s.hwmKB == 0 {
+		fmt.Fprintf(b, "Not measured: %s\n", s.note)
+		return
+	}
+	perConn := 0.0
+	if s.opened > 0 {
+		perConn = float64(s.hwmKB-s.baselineKB) / float64(s.opened)
+	}
+	fmt.Fprintf(b, "Idle clients: %d of %d sessions reached ReadyForQuery through a fresh sidecar (session mode, POOL_SIZE=%d, PostgreSQL max_connections=%d; PostgreSQL saw %d Brownie backends), opened %d at a time in %s.\n\n",
+		s.opened, s.wanted, s.wanted+50, s.wanted+200, s.pgBackends, s.dialConcurrency, s.openTime.Round(time.Millisecond))
+	fmt.Fprintf(b, "| sidecar peak RSS (VmHWM) | RSS now (VmRSS) | RSS before clients | per connection above baseline | threads |\n|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| %.1f MB | %.1f MB | %.1f MB | %.1f KB | %d |\n\n", mb(s.hwmKB), mb(s.rssKB), mb(s.baselineKB), perConn, s.threads)
+	if s.wanted < rssTargetClients {
+		fmt.Fprintf(b, "Target ≤ %d MB RSS for %d idle clients: not judged (only %d requested with -rss-clients)", rssTargetMB, rssTargetClients, s.wanted)
+	} else {
+		fmt.Fprintf(b, "Target ≤ %d MB RSS for %d idle clients: **%s**", rssTargetMB, rssTargetClients, verdict(s.opened >= rssTargetClients && mb(s.hwmKB) <= rssTargetMB))
+	}
+	if s.note != "" {
+		fmt.Fprintf(b, " (%s)", s.note)
+	}
+	b.WriteString(".\n")
+}
+
+// writeErrors lists every failed run and session error verbatim, then
+// whatever the sidecars logged.
+func (r *report) writeErrors(b *strings.Builder) {
+	section := func(title string, lines []string) string {
+		return fmt.Sprintf("- %s:\n\n```\n%s\n```\n", title, strings.Join(lines, "\n"))
+	}
+	describe := func(res result) []string {
+		var lines []string
+		if res.exitErr != nil {
+			lines = append(lines, "pgbench "+res.exitErr.Error())
+		}
+		if res.failedTx > 0 {
+			lines = append(lines, fmt.Sprintf("number of failed transactions: %d", res.failedTx))
+		}
+		if !res.parsed {
+			lines = append(lines, "(no tps/latency lines in pgbench output)")
+		} else if res.incomplete > 0 {
+			lines = append(lines, fmt.Sprintf("(%d of %d runs without tps/latency lines in pgbench output)", res.incomplete, res.runs))
+		}
+		const maxLines = 30
+		if len(res.stderr) > maxLines {
+			lines = append(lines, res.stderr[:maxLines]...)
+			lines = append(lines, fmt.Sprintf("... %d more lines in %s", len(res.stderr)-maxLines, res.logPath))
+		} else {
+			lines = append(lines, res.stderr...)
+		}
+		return lines
+	}
+
+	var errs []string
+	expected := 0
+	for _, t := range r.tables {
+		for _, e := range t.warmupErrors {
+			errs = append(errs, section(fmt.Sprintf("%s mode, warm-up, %s, %s, %d clients", t.mode, e.target, e.proto, e.clients), describe(e.res)))
+		}
+		for _, row := range t.rows {
+			for i, res := range row.res {
+				switch {
+				case row.expectedFailure(i):
+					expected++
+				case res.failed():
+					what := fmt.Sprintf("%s mode, %s, %s, %d clients", t.mode, t.targets[i], row.proto, row.clients)
+					if res.runs > 1 {
+						what += fmt.Sprintf(" (%d of %d runs failed; the first is shown)", res.failedRuns, res.runs)
+					}
+					errs = append(errs, section(what, describe(res)))
+				}
+			}
+		}
+	}
+	if r.rss != nil && len(r.rss.errors) > 0 {
+		errs = append(errs, section("idle sessions to the sidecar", r.rss.errors))
+	}
+	if len(errs) == 0 {
+		b.WriteString("\nNo errors: every pgbench run exited 0 with nothing on stderr and no failed transactions")
+		if expected > 0 {
+			fmt.Fprintf(b, " (apart from the %d expected failure(s) marked †)", expected)
+		}
+		if r.rss != nil {
+			b.WriteString(", and every idle session reached ReadyForQuery")
+		}
+		b.WriteString(".\n")
+	} else {
+		b.WriteString("\n## Errors (verbatim)\n\n")
+		b.WriteString(strings.Join(errs, "\n"))
+	}
+
+	var logs []string
+	addLog := func(what string, l sidecarLog) {
+		if len(l.byMsg) > 0 {
+			var lines []string
+			for msg, n := range l.byMsg {
+				lines = append(lines, fmt.Sprintf("%d× %s", n, msg))
+			}
+			sort.Strings(lines)
+			lines = append(lines, fmt.Sprintf("--- the last %d lines ---", len(l.lines)))
+			lines = append(lines, l.lines...)
+			logs = append(logs, section(fmt.Sprintf("%s, by message", what), lines))
+		}
+		if l.other > 0 {
+			logs = append(logs, section(fmt.Sprintf("%s, output that is not a log line: %d lines, the first %d", what, l.other, len(l.otherSample)), l.otherSample))
+		}
+	}
+	for _, t := range r.tables {
+		addLog(fmt.Sprintf("during the %s table", t.mode), t.sidecarLog)
+	}
+	if r.rss != nil {
+		addLog("while the idle sessions opened and were measured", r.rss.logOpen)
+		addLog(fmt.Sprintf("after the measurement, while all %d sessions closed at once (outside any measurement)", r.rss.opened), r.rss.logClose)
+	}
+	if len(logs) > 0 {
+		b.WriteString("\n## Sidecar log (LOG_LEVEL=warn, verbatim)\n\n")
+		b.WriteString(strings.Join(logs, "\n"))
+	}
+}
+
+// tpsCell is TPS with, for a cell of several runs, their spread.
+func tpsCell(r result) string {
+	if !r.parsed {
+		return "ERR"
+	}
+	if r.runs > 1 {
+		return fmt.Sprintf("%.0f ±%.0f%%%s", r.tps, r.spread(), mark(r))
+	}
+	return fmt.Sprintf("%.0f%s", r.tps, mark(r))
+}
+
+func latencyCell(r result) string {
+	if !r.parsed {
+		return "ERR"
+	}
+	return fmt.Sprintf("%.3f%s", r.latencyMs, mark(r))
+}
+
+func mark(r result) string {
+	if r.failed() {
+		return "*"
+	}
+	return ""
+}
+
+// ratio formats a.tps/b.tps; ok is false when either has no result.
+func ratio(a, b result) (string, bool) {
+	if !a.parsed || !b.parsed || b.tps == 0 {
+		return "n/a", false
+	}
+	return fmt.Sprintf("%.2f", a.tps/b.tps), true
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "not met"
+}
