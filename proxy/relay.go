@@ -226,11 +226,10 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		switch {
 		case typ == 'P' && refused == "":
 			ss.mu.Unlock()
-			def := newStmtDef(pm.query, pm.oids, a)
 			if pm.name == "" {
-				ss.unnamed = def
+				ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
 			} else {
-				ss.stmts[pm.name] = def
+				ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
 			}
 			return ss.cw.send(false, &pgproto3.ParseComplete{})
 		case typ == 'S':
@@ -281,14 +280,16 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 	m := ss.srv.metrics
 	switch typ {
 	case 'P':
-		def := newStmtDef(pm.query, pm.oids, a)
-		def.poison = refused != ""
 		ss.synced = false
 		if pm.name == "" {
+			def := newUnnamedDef(pm.query, pm.oids, a)
+			def.poison = refused != ""
 			ss.unnamed, u.unnamed = def, def
 			ss.expect = append(ss.expect, expectation{kind: expParse})
-			return appendParse(ss.wbuf[:0], "", pm.query, pm.oids), 0, 0, nil
+			return append(wire.AppendHeader(ss.wbuf[:0], 'P', n), body...), 0, 0, nil // as sent
 		}
+		def := newStmtDef(pm.query, pm.oids, a)
+		def.poison = refused != ""
 		ss.stmts[pm.name] = def
 		if _, ok := u.stmts.lookup(def.key); ok {
 			m.StmtCache.WithLabelValues("hit").Inc()

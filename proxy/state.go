@@ -75,6 +75,10 @@ func sortedKeys(m map[string]string) []string {
 // (to tell the client) or an upstream error.
 func (ss *session) syncSettings(u *upstream) error {
 	ss.mu.Lock()
+	if maps.Equal(ss.want, u.applied) { // the common case: nothing to do
+		ss.mu.Unlock()
+		return nil
+	}
 	q := syncQuery(ss.want, u.applied)
 	want := maps.Clone(ss.want)
 	ss.mu.Unlock()

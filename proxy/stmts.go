@@ -23,6 +23,16 @@ type stmtDef struct {
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {
+	return &stmtDef{key: stmtKey(query, oids), query: query, oids: oids, a: a}
+}
+
+// newUnnamedDef records an unnamed statement. It needs no key: the
+// unnamed statement is matched by identity, never shared.
+func newUnnamedDef(query string, oids []uint32, a *analysis) *stmtDef {
+	return &stmtDef{query: query, oids: oids, a: a}
+}
+
+func stmtKey(query string, oids []uint32) string {
 	h := sha256.New()
 	h.Write([]byte(query))
 	var b [4]byte
@@ -30,7 +40,7 @@ func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {
 		binary.BigEndian.PutUint32(b[:], o)
 		h.Write(b[:])
 	}
-	return &stmtDef{key: string(h.Sum(nil)[:16]), query: query, oids: oids, a: a}
+	return string(h.Sum(nil)[:16])
 }
 
 // stmtCache is the set of statements prepared on one upstream connection
