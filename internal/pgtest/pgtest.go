@@ -83,7 +83,7 @@ func Start(tb testing.TB, opts Options) *Server {
 		tb.Fatalf("pgtest: load dev CA: %v", err)
 	}
 
-	log := new(syncBuffer)
+	log := new(Buffer)
 	start := func(name string, primary *pgcluster.Cluster) *pgcluster.Cluster {
 		tb.Helper()
 		c, err := pgcluster.Create(ctx, pgcluster.Config{
@@ -163,19 +163,20 @@ func quoteDSN(v string) string {
 	return "'" + v + "'"
 }
 
-// syncBuffer collects command output from the clusters for failure messages.
-type syncBuffer struct {
+// Buffer is a bytes.Buffer safe for concurrent Write and String: it
+// collects command output for failure messages, and logs in tests.
+type Buffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
