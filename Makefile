@@ -48,6 +48,7 @@ test: deps lint
 fuzz:
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./router -run '^$$' -fuzz '^FuzzKeyExtraction$$' -fuzztime $(FUZZTIME)
 
 bench: deps-bench build
 	$(GO) run ./internal/bench
