@@ -62,8 +62,34 @@ func (ss *session) transactionMode() bool {
 // relay runs an attached (session mode) or detached (transaction mode)
 // session until the client leaves, then cleans up.
 func (ss *session) relay() {
+	defer ss.stopRelay()
 	err := ss.clientToUpstream()
 	ss.finish(err)
+}
+
+// relayJob is one attachment for the relay goroutine to serve.
+type relayJob struct {
+	c    *pool.Conn[*upstream]
+	done chan struct{}
+}
+
+// relayLoop is the session's relay goroutine: it serves one attachment
+// after another, so transaction pooling does not start a goroutine (and
+// grow its stack again) per transaction. It ends when jobs is closed.
+func (ss *session) relayLoop(jobs <-chan relayJob) {
+	for j := range jobs {
+		ss.upstreamToClient(j.c, j.done)
+	}
+}
+
+// stopRelay ends the relay goroutine once the session is over.
+func (ss *session) stopRelay() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.relayJobs != nil {
+		close(ss.relayJobs)
+		ss.relayJobs = nil
+	}
 }
 
 // acquire takes an upstream connection for the session's target from its
@@ -77,7 +103,10 @@ func (ss *session) acquire() (*pool.Conn[*upstream], error) {
 	p := ss.srv.pool(t)
 	start := time.Now()
 	c, err := p.Acquire(context.Background())
-	ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()).Observe(time.Since(start).Seconds())
+	if ss.waitObs == nil || ss.waitFor != t {
+		ss.waitObs, ss.waitFor = ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()), t
+	}
+	ss.waitObs.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, pool.ErrTimeout):
 		st := p.Stats()
@@ -109,7 +138,14 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	done := make(chan struct{})
 	ss.relayDone = done
 	ss.uw.Reset(c.Value.conn)
-	go ss.upstreamToClient(c, done)
+	if ss.relayJobs == nil {
+		ss.relayJobs = make(chan relayJob, 1)
+		go ss.relayLoop(ss.relayJobs)
+	}
+	// The previous attachment's relay has already let go (it detached, or
+	// it failed and the session is ending), so the buffered send never
+	// waits for long.
+	ss.relayJobs <- relayJob{c: c, done: done}
 }
 
 // attachLocked makes sure the session holds an upstream connection,

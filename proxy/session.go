@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/xdg-go/scram"
 	"go.uber.org/zap"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
 )
 
 // Sidecar errors sent to clients at session level.
@@ -63,6 +65,13 @@ type session struct {
 	// rhdr for the relay goroutine's message headers (one relay at a time).
 	wbuf []byte
 	rhdr [5]byte
+
+	// relayJobs feeds the relay goroutine (started at the first
+	// attachment, under mu); waitObs caches the pool-wait histogram child
+	// for waitFor (session goroutine only).
+	relayJobs chan relayJob
+	waitObs   prometheus.Observer
+	waitFor   router.Target
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
