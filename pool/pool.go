@@ -50,11 +50,6 @@ type Config struct {
 	// Generation returns the current credential generation; nil means
 	// generations are never compared.
 	Generation func() uint64
-	// CheckAfter is how long a resource must have been idle before Acquire
-	// asks it whether it is still alive (Checker); a resource released a
-	// moment ago is handed out without the check, as PgBouncer's
-	// server_check_delay does. Zero checks every time.
-	CheckAfter time.Duration
 }
 
 // Errors returned by Acquire.
@@ -146,7 +141,7 @@ func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
 			p.discardLocked(c, &p.stats.ClosedLifetime)
 			continue
 		}
-		if a, ok := any(c.Value).(Checker); ok && start.Sub(c.lastUsed) >= p.cfg.CheckAfter && !a.Alive() {
+		if a, ok := any(c.Value).(Checker); ok && !a.Alive() {
 			p.discardLocked(c, &p.stats.ClosedBroken)
 			continue
 		}

@@ -85,12 +85,6 @@ type poolKey struct {
 
 type upstreamPool = pool.Pool[*upstream]
 
-// idleCheckAfter is how long an upstream connection must have sat idle
-// before it is checked for a server-side close on acquire. Transaction
-// pooling hands a connection back and forth many times a second; checking
-// each time would add a system call to every transaction.
-const idleCheckAfter = 250 * time.Millisecond
-
 // New validates the proxy configuration and loads client-side TLS and
 // credentials. It opens no sockets.
 func New(cfg Config, deps Deps) (*Server, error) {
@@ -288,7 +282,7 @@ func (s *Server) pool(t router.Target) *upstreamPool {
 		Size: pc.Size, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout,
 		MaxLifetime: pc.MaxLifetime, LifetimeJitter: pc.LifetimeJitter,
 		AcquireTimeout: pc.AcquireTimeout, RetireInterval: pc.RetireInterval,
-		Generation: s.certGeneration, CheckAfter: idleCheckAfter,
+		Generation: s.certGeneration,
 	}, func(ctx context.Context) (*upstream, error) { return s.dialUpstream(ctx, t) })
 	s.pools[key] = p
 	s.poolWG.Add(1)
