@@ -1,12 +1,12 @@
 package proxy
 
 import (
-	"container/list"
 	"strings"
-	"sync"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/brownie/brownie-sidecar/internal/lru"
 )
 
 // Pin reasons: session state that cannot follow a client from one upstream
@@ -57,19 +57,11 @@ var stateKeywords = []string{"set", "listen", "prepare", "execute", "deallocate"
 // analyzer parses statement texts with the real Postgres parser, caching
 // results by text in a bounded LRU. Safe for concurrent use.
 type analyzer struct {
-	mu    sync.Mutex
-	max   int
-	ll    list.List // of *cacheEntry, most recent first
-	cache map[string]*list.Element
-}
-
-type cacheEntry struct {
-	text string
-	a    *analysis
+	cache *lru.Cache[string, *analysis]
 }
 
 func newAnalyzer(max int) *analyzer {
-	return &analyzer{max: max, cache: map[string]*list.Element{}}
+	return &analyzer{cache: lru.New[string, *analysis](max)}
 }
 
 // analyze returns the analysis of text. A text the parser rejects gets no
@@ -78,26 +70,10 @@ func (z *analyzer) analyze(text string) *analysis {
 	if !mayTouchState(text) {
 		return noAnalysis
 	}
-	z.mu.Lock()
-	if el, ok := z.cache[text]; ok {
-		z.ll.MoveToFront(el)
-		a := el.Value.(*cacheEntry).a
-		z.mu.Unlock()
+	if a, ok := z.cache.Get(text); ok {
 		return a
 	}
-	z.mu.Unlock()
-	a := parseAnalysis(text)
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	if _, ok := z.cache[text]; !ok {
-		z.cache[text] = z.ll.PushFront(&cacheEntry{text: text, a: a})
-		for z.ll.Len() > z.max {
-			old := z.ll.Back()
-			z.ll.Remove(old)
-			delete(z.cache, old.Value.(*cacheEntry).text)
-		}
-	}
-	return a
+	return z.cache.Add(text, parseAnalysis(text))
 }
 
 func mayTouchState(text string) bool {
