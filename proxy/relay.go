@@ -954,9 +954,7 @@ func sendQueries(w interface {
 	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	defer u.conn.SetWriteDeadline(time.Time{})
 	for _, q := range qs {
-		buf := wire.AppendHeader(nil, 'Q', len(q)+1)
-		buf = append(append(buf, q...), 0)
-		if _, err := w.Write(buf); err != nil {
+		if _, err := w.Write(appendQuery(nil, q)); err != nil {
 			return err
 		}
 	}

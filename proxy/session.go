@@ -365,7 +365,7 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 		return pgerr.From(err)
 	}
 	authFailed := pgerr.Fatalf(pgerr.InvalidPassword, "password authentication failed for user %q", ss.user)
-	if err := ss.sendFlush(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+	if err := ss.cw.send(true, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
 	}
 	_ = ss.client.SetDeadline(time.Now().Add(ss.srv.cfg.Listen.StartupTimeout))
@@ -405,7 +405,7 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 		if conv.Done() {
 			msg = &pgproto3.AuthenticationSASLFinal{Data: []byte(out)}
 		}
-		if err := ss.sendFlush(msg); err != nil {
+		if err := ss.cw.send(true, msg); err != nil {
 			return err
 		}
 	}
@@ -413,22 +413,6 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 		return authFailed
 	}
 	return nil
-}
-
-func (ss *session) sendFlush(msgs ...pgproto3.BackendMessage) error {
-	ss.cw.mu.Lock()
-	defer ss.cw.mu.Unlock()
-	var buf []byte
-	for _, m := range msgs {
-		var err error
-		if buf, err = m.Encode(buf); err != nil {
-			return err
-		}
-	}
-	if _, err := ss.cw.w.Write(buf); err != nil {
-		return err
-	}
-	return ss.cw.w.Flush()
 }
 
 // greet tells the client what Postgres tells it after authentication:
@@ -449,5 +433,5 @@ func (ss *session) greet(u *upstream) error {
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return ss.sendFlush(msgs...)
+	return ss.cw.send(true, msgs...)
 }

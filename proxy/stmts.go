@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+
+	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
 // stmtDef is a statement a client prepared: its text and parameter types.
@@ -165,6 +167,12 @@ func appendParse(dst []byte, name, query string, oids []uint32) []byte {
 	}
 	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
 	return dst
+}
+
+// appendQuery appends a simple-protocol Query message.
+func appendQuery(dst []byte, sql string) []byte {
+	dst = wire.AppendHeader(dst, 'Q', len(sql)+1)
+	return append(append(dst, sql...), 0)
 }
 
 // appendClose appends Close of a statement ('S') or portal ('P').

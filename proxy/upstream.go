@@ -337,9 +337,7 @@ func (u *upstream) setParam(body []byte) {
 // own statements (settings, reset), never for client statements; the
 // caller must be the only goroutine reading and writing u.
 func (u *upstream) exec(sql string, onRow func([][]byte)) error {
-	buf := wire.AppendHeader(nil, 'Q', len(sql)+1)
-	buf = append(append(buf, sql...), 0)
-	if _, err := u.conn.Write(buf); err != nil {
+	if _, err := u.conn.Write(appendQuery(nil, sql)); err != nil {
 		return err
 	}
 	var first error

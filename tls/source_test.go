@@ -29,7 +29,7 @@ import (
 
 // runSource starts s.Run and stops it when the test ends, failing the test if
 // Run returns an error or does not stop.
-func runSource(t *testing.T, s *FileSource) {
+func runSource(t *testing.T, s Source) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -41,13 +41,15 @@ func runSource(t *testing.T, s *FileSource) {
 			if err != nil {
 				t.Errorf("Run returned %v, want nil", err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(10 * time.Second):
 			t.Error("Run did not return after cancel")
 		}
 	})
-	// Edits made before the watch is in place would only be seen by the
-	// 30s poll, which is longer than any test waits.
-	eventually(t, 5*time.Second, s.watching.Load)
+	// Edits made before a file source's watch is in place would only be
+	// seen by the 30s poll, which is longer than any test waits.
+	if fs, ok := s.(*FileSource); ok {
+		eventually(t, 5*time.Second, fs.watching.Load)
+	}
 }
 
 func newSource(t *testing.T, dir string) (*FileSource, *observer.ObservedLogs) {

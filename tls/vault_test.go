@@ -209,25 +209,6 @@ func newTestVaultSource(t *testing.T, v *vaulttest.Server, token string, mod fun
 	return s, logs
 }
 
-// runVaultSource runs s.Run until the test ends.
-func runVaultSource(t *testing.T, s *VaultSource) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
-}
-
 func refreshNow(t *testing.T, s *VaultSource) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -332,7 +313,7 @@ func TestRunRotatesBeforeExpiryWithGenerationsGrowingByOne(t *testing.T) {
 	}()
 	t.Cleanup(func() { stop.Store(true); wg.Wait() })
 
-	runVaultSource(t, s)
+	runSource(t, s)
 	eventually(t, 20*time.Second, func() bool { return s.Status().Generation >= 4 })
 	st := s.Status()
 	if st.Rotations != st.Generation-1 || st.Failures != 0 {
@@ -384,7 +365,7 @@ func TestAFailedRefreshKeepsTheCertificateAndRetriesWithBackoff(t *testing.T) {
 		t.Fatalf("log entries %v", e)
 	}
 
-	runVaultSource(t, s)
+	runSource(t, s)
 	eventually(t, 15*time.Second, func() bool { return s.Status().Failures >= 3 })
 	v.SetSealed(false)
 	eventually(t, 15*time.Second, func() bool { return s.Status().Generation == 2 })
@@ -496,7 +477,7 @@ func TestKubernetesLoginRenewsUntilTheMaxTTLThenLogsInWithTheCurrentJWT(t *testi
 		c.Auth = VaultAuth{Method: VaultAuthKubernetes, KubernetesRole: "brownie-sidecar", KubernetesTokenFile: jwtFile}
 	})
 	refreshNow(t, s)
-	runVaultSource(t, s)
+	runSource(t, s)
 
 	// The kubelet rotates the projected token; Vault accepts the new one.
 	v.SetKubernetesJWTs("jwt-1", "jwt-2")
@@ -555,7 +536,7 @@ func TestKVModeSwapsOnlyWhenTheBundleChangesAndThePairValidates(t *testing.T) {
 	if b := mustCurrent(t, s); b.Serial != serial1 || b.Generation != 1 {
 		t.Fatalf("serial %s gen %d, want %s 1", b.Serial, b.Generation, serial1)
 	}
-	runVaultSource(t, s)
+	runSource(t, s)
 
 	// Same content again: polled, not swapped.
 	v.PutKV("brownie-metadata/certs", map[string]any{
