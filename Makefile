@@ -8,11 +8,11 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
-RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./internal/app/... ./internal/vaulttest/...
-RACE_RE   := /(pool|proxy|tls|internal/app|internal/vaulttest)$$
+RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./backup/... ./internal/app/... ./internal/vaulttest/...
+RACE_RE   := /(pool|proxy|tls|backup|internal/app|internal/vaulttest)$$
 FUZZTIME  ?= 10s
 
-.PHONY: all build dev test test-unit test-race fuzz lint bench deps deps-bench clean
+.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup clean
 
 all: build
 
@@ -28,6 +28,27 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg >/dev/null; \
 	fi
 
+# deps-backup installs the storage servers the backup tests run against:
+# versitygw (S3, posix backend) and fake-gcs-server with `go install` into
+# $(GOBIN_DIR), Azurite's blob service with npm. Each is reinstalled only
+# when missing or of another version.
+VERSITYGW_VERSION := v1.8.0
+FAKE_GCS_VERSION  := v1.56.1
+AZURITE_VERSION   := 3.37.0
+GOBIN_DIR         := $(or $(shell $(GO) env GOBIN),$(firstword $(subst :, ,$(shell $(GO) env GOPATH)))/bin)
+
+deps-backup:
+	@$(GO) version -m $(GOBIN_DIR)/versitygw 2>/dev/null | grep -q 'mod.*github.com/versity/versitygw.*$(VERSITYGW_VERSION)' || { \
+		echo "installing versitygw $(VERSITYGW_VERSION)"; \
+		$(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); }
+	@$(GO) version -m $(GOBIN_DIR)/fake-gcs-server 2>/dev/null | grep -q 'mod.*github.com/fsouza/fake-gcs-server.*$(FAKE_GCS_VERSION)' || { \
+		echo "installing fake-gcs-server $(FAKE_GCS_VERSION)"; \
+		$(GO) install github.com/fsouza/fake-gcs-server@$(FAKE_GCS_VERSION); }
+	@[ "$$(azurite-blob --version 2>/dev/null)" = "$(AZURITE_VERSION)" ] || { \
+		command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+		echo "installing azurite $(AZURITE_VERSION)"; \
+		npm install -g --no-fund --no-audit --loglevel=error azurite@$(AZURITE_VERSION); }
+
 deps-bench: deps
 	@command -v pgbouncer >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 
@@ -40,7 +61,7 @@ lint:
 
 # test runs everything: lint, the whole suite with race detection on the
 # concurrent packages, and short fuzz runs over the committed corpora.
-test: deps lint
+test: deps deps-backup lint
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
 	$(MAKE) fuzz FUZZTIME=5s
@@ -52,6 +73,16 @@ fuzz:
 
 bench: deps-bench build
 	$(GO) run ./internal/bench
+	$(MAKE) bench-backup
+
+# bench-backup backs up and restores a generated Brownie dataset of
+# BACKUP_BENCH_MB megabytes (default 1024) spread over two shards to local
+# storage, and reports throughput and restore time against the original
+# product's promise of a local restore under 5 minutes. Try it small first:
+# make bench-backup BACKUP_BENCH_MB=50
+BACKUP_BENCH_MB ?= 1024
+bench-backup: deps
+	BACKUP_BENCH_MB=$(BACKUP_BENCH_MB) $(GO) test ./backup -run '^$$' -bench '^BenchmarkBackupRestore$$' -benchtime 1x -count 1 -timeout 60m -v
 
 clean:
 	rm -rf bin .bench

@@ -1,6 +1,3 @@
-// Package backup creates, lists and restores logical backups of every shard
-// of the Brownie cluster (pg_dump custom format, one object per shard plus a
-// manifest) on local disk, S3, GCS or Azure Blob through gocloud.dev/blob.
 package backup
 
 import (
@@ -20,6 +17,10 @@ type Manifest struct {
 	Shards         []ShardManifest `json:"shards"`
 	// TotalBytes is the sum of the shard objects' sizes.
 	TotalBytes int64 `json:"total_bytes"`
+	// Trigger is "manual" (Create) or "scheduled".
+	Trigger string `json:"trigger,omitempty"`
+	// Format is the shard objects' format: "pg_dump-custom".
+	Format string `json:"format,omitempty"`
 }
 
 // ShardManifest describes one shard's dump object.

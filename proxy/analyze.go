@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"unsafe"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -39,12 +40,59 @@ type analysis struct {
 	reset    []string // settings RESET (to the client's session default)
 	resetAll bool     // RESET ALL, DISCARD ALL
 	discard  bool     // DISCARD ALL or DEALLOCATE ALL: server-side statements are gone
+
+	// tx classifies a text that is exactly one transaction-control
+	// statement: BEGIN/START TRANSACTION (txReadOnly with READ ONLY),
+	// COMMIT/END, ROLLBACK/ABORT (not savepoints, not AND CHAIN).
+	tx         txKind
+	txReadOnly bool
+	// hintsOnly is true when every statement sets or resets a brownie.*
+	// routing hint: nothing the server must see before the transaction's
+	// first real statement.
+	hintsOnly bool
+	// noData is true when no statement reads or writes table data (SET,
+	// transaction control, DISCARD, LISTEN): such a statement is not a
+	// write that read-your-writes must wait for.
+	noData bool
 }
+
+// txKind is the transaction-control role of a statement text.
+type txKind uint8
+
+const (
+	txNone txKind = iota
+	txBegin
+	txCommit
+	txRollback
+)
 
 // touchesState reports whether the session settings must be read back after
 // the statement's transaction.
 func (a *analysis) touchesState() bool {
 	return len(a.setNames) > 0 || len(a.reset) > 0 || a.resetAll || a.discard
+}
+
+// txWords start the transaction-control statements analyze classifies.
+var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort"}
+
+// startsWithTxWord reports whether text's first word (after whitespace) is
+// one of txWords.
+func startsWithTxWord(text string) bool {
+	i := 0
+	for i < len(text) && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r') {
+		i++
+	}
+	j := i
+	for j < len(text) && (text[j]|0x20) >= 'a' && (text[j]|0x20) <= 'z' {
+		j++
+	}
+	w := text[i:j]
+	for _, k := range txWords {
+		if strings.EqualFold(w, k) {
+			return true
+		}
+	}
+	return false
 }
 
 var noAnalysis = &analysis{}
@@ -67,13 +115,27 @@ func newAnalyzer(max int) *analyzer {
 // analyze returns the analysis of text. A text the parser rejects gets no
 // special treatment: the server will report the syntax error itself.
 func (z *analyzer) analyze(text string) *analysis {
-	if !mayTouchState(text) {
+	if !mayTouchState(text) && !startsWithTxWord(text) {
 		return noAnalysis
 	}
 	if a, ok := z.cache.Get(text); ok {
 		return a
 	}
 	return z.cache.Add(text, parseAnalysis(text))
+}
+
+// analyzeBytes is analyze for a message body: it converts the text to a
+// string (an allocation) only when the keyword prefilter says the
+// statement needs a look.
+func (z *analyzer) analyzeBytes(b []byte) *analysis {
+	if len(b) == 0 {
+		return noAnalysis
+	}
+	view := unsafe.String(&b[0], len(b)) // read-only, not retained
+	if !mayTouchState(view) && !startsWithTxWord(view) {
+		return noAnalysis
+	}
+	return z.analyze(string(b))
 }
 
 func mayTouchState(text string) bool {
@@ -94,13 +156,52 @@ func parseAnalysis(text string) *analysis {
 		return noAnalysis
 	}
 	a := &analysis{}
-	for _, raw := range tree.GetStmts() {
+	stmts := tree.GetStmts()
+	a.hintsOnly = len(stmts) > 0
+	a.noData = len(stmts) > 0
+	for _, raw := range stmts {
 		a.statement(raw.GetStmt())
+		switch n := raw.GetStmt(); {
+		case n.GetVariableSetStmt() != nil, n.GetTransactionStmt() != nil, n.GetDiscardStmt() != nil,
+			n.GetListenStmt() != nil, n.GetUnlistenStmt() != nil:
+		default:
+			a.noData = false
+		}
+		v := raw.GetStmt().GetVariableSetStmt()
+		if v == nil || !strings.HasPrefix(strings.ToLower(v.GetName()), "brownie.") {
+			a.hintsOnly = false
+		}
 	}
-	if !a.touchesState() && a.pin == "" {
+	if len(stmts) == 1 {
+		a.classifyTx(stmts[0].GetStmt().GetTransactionStmt())
+	}
+	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData {
 		return noAnalysis
 	}
 	return a
+}
+
+// classifyTx records what a lone transaction statement does.
+func (a *analysis) classifyTx(t *pg_query.TransactionStmt) {
+	if t == nil || t.GetChain() {
+		return
+	}
+	switch t.GetKind() {
+	case pg_query.TransactionStmtKind_TRANS_STMT_BEGIN, pg_query.TransactionStmtKind_TRANS_STMT_START:
+		a.tx = txBegin
+		for _, o := range t.GetOptions() {
+			d := o.GetDefElem()
+			if d.GetDefname() == "transaction_read_only" {
+				if c := d.GetArg().GetAConst(); c != nil && c.GetIval().GetIval() == 1 {
+					a.txReadOnly = true
+				}
+			}
+		}
+	case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT:
+		a.tx = txCommit
+	case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK:
+		a.tx = txRollback
+	}
 }
 
 func (a *analysis) pinFor(reason string) {

@@ -31,6 +31,7 @@ const (
 	expCloseInjected                // sidecar Close (LRU eviction): swallow CloseComplete
 	expSync                         // Sync: forward ReadyForQuery
 	expQuery                        // Query or FunctionCall: forward ReadyForQuery
+	expQueryInjected                // replayed deferred Query: swallow its CommandComplete and ReadyForQuery
 )
 
 type expectation struct {
@@ -39,7 +40,7 @@ type expectation struct {
 }
 
 func (k expKind) isParse() bool { return k <= expParseCached }
-func (k expKind) ends() bool    { return k == expSync || k == expQuery }
+func (k expKind) ends() bool    { return k == expSync || k == expQuery || k == expQueryInjected }
 
 // nonexistent is a statement name no client or sidecar statement uses:
 // closing it is a cheap round trip the server always acknowledges.
@@ -92,14 +93,10 @@ func (ss *session) stopRelay() {
 	}
 }
 
-// acquire takes an upstream connection for the session's target from its
-// pool and applies the client's settings to it. The relay goroutine is not
-// running; the caller owns the returned connection.
-func (ss *session) acquire() (*pool.Conn[*upstream], error) {
-	t, err := ss.srv.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user})
-	if err != nil {
-		return nil, err
-	}
+// acquire takes an upstream connection for t from its pool and applies the
+// client's settings to it. The relay goroutine is not running; the caller
+// owns the returned connection.
+func (ss *session) acquire(t router.Target) (*pool.Conn[*upstream], error) {
 	p := ss.srv.pool(t)
 	start := time.Now()
 	c, err := p.Acquire(context.Background())
@@ -148,42 +145,6 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.relayJobs <- relayJob{c: c, done: done}
 }
 
-// attachLocked makes sure the session holds an upstream connection,
-// acquiring one (with ss.mu released meanwhile) when it does not. It
-// returns with ss.mu held and no internal query running.
-func (ss *session) attachLocked() error {
-	for {
-		for ss.internal {
-			ss.cond.Wait()
-		}
-		if ss.ended {
-			return errSessionEnded
-		}
-		if ss.up != nil {
-			return nil
-		}
-		ss.mu.Unlock()
-		c, err := ss.acquire()
-		if err == nil {
-			err = ss.reportParams(c.Value, false)
-			if err != nil {
-				c.Release()
-			}
-		}
-		ss.mu.Lock()
-		if err != nil {
-			return err
-		}
-		if ss.ended {
-			ss.mu.Unlock()
-			c.Release()
-			ss.mu.Lock()
-			return errSessionEnded
-		}
-		ss.startRelayLocked(c)
-	}
-}
-
 // clientToUpstream forwards client messages until the client terminates,
 // fails, or the session is ended. It attaches an upstream connection when
 // a message arrives and none is held (transaction mode).
@@ -202,12 +163,15 @@ func (ss *session) clientToUpstream() error {
 	}
 }
 
-// forwardMessage relays one client message, rewriting statement names and
-// injecting the Parse and Close messages that keep protocol-level prepared
-// statements working on whichever upstream serves the client.
+// forwardMessage relays one client message to the upstream it routes to,
+// rewriting statement names and injecting the Parse and Close messages
+// that keep protocol-level prepared statements working on whichever
+// upstream serves the client.
 func (ss *session) forwardMessage(typ byte, n int) error {
+	routed := ss.srv.routingEnabled()
 	var body []byte
 	var err error
+	bindFull := false // the whole Bind body was read (to route by its parameters)
 	switch typ {
 	case 'P', 'D', 'C':
 		body, err = ss.cr.Body()
@@ -216,7 +180,12 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			body, err = ss.cr.Body()
 		}
 	case 'B':
-		body, err = ss.cr.Peek(4096)
+		if routed && n <= maxAnalyzed {
+			body, err = ss.cr.Body()
+			bindFull = true
+		} else {
+			body, err = ss.cr.Peek(4096)
+		}
 	}
 	if err != nil {
 		return err
@@ -226,8 +195,8 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	var pm parseMsg
 	switch typ {
 	case 'Q':
-		if body != nil && len(body) > 0 {
-			a = ss.srv.analyzer.analyze(string(body[:len(body)-1]))
+		if len(body) > 0 {
+			a = ss.srv.analyzer.analyzeBytes(body[:len(body)-1])
 		}
 	case 'P':
 		if pm, err = decodeParse(body); err != nil {
@@ -248,17 +217,27 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			// client's parameters; its Binds run the refusal instead.
 		}
 	}
+	if typ == 'Q' && refused == "" && a != nil && (a.tx != txNone || a.hintsOnly) {
+		if done, err := ss.deferBegin(a, string(body[:len(body)-1])); done || err != nil {
+			return err
+		}
+	}
+	r := ss.routeMessage(typ, n, body, bindFull, refused != "")
 
 	ss.mu.Lock()
-	if ss.up == nil && !ss.ended {
-		// Detached (transaction mode): nothing is in flight and the
-		// transaction status is idle, so Parse, Sync and Flush need no
-		// upstream. Answering them here keeps a client that prepares
-		// synchronously between transactions (pgbench -M prepared, libpq
-		// PQprepare) from waiting for a connection while its other
-		// connections' transactions wait for it. The statement is prepared
-		// upstream at its first Bind or Describe; an invalid one is reported
-		// there.
+	if !ss.ended && (ss.up == nil || (routed && ss.switchableLocked())) {
+		// Nothing is in flight and no transaction is open upstream, so
+		// Parse, Sync and Flush need no upstream. Answering them here keeps
+		// a client that prepares synchronously between transactions
+		// (pgbench -M prepared, libpq PQprepare) from waiting for a
+		// connection while its other connections' transactions wait for
+		// it, and lets the statement's first Bind choose the shard. The
+		// statement is prepared upstream at its first Bind or Describe; an
+		// invalid one is reported there.
+		status := byte('I')
+		if len(ss.deferred) > 0 {
+			status = 'T'
+		}
 		switch {
 		case typ == 'P' && refused == "":
 			ss.mu.Unlock()
@@ -270,7 +249,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			return ss.cw.send(false, &pgproto3.ParseComplete{})
 		case typ == 'S':
 			ss.mu.Unlock()
-			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: status})
 		case typ == 'C' && len(body) >= 2 && body[0] == 'S':
 			ss.mu.Unlock()
 			name, _, err := cstr(body[1:])
@@ -292,12 +271,19 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.mu.Unlock() // Flush with nothing in flight: nothing to do
 		return nil
 	}
-	if err := ss.attachLocked(); err != nil {
+	refuse, err := ss.moveToLocked(r)
+	if err == nil {
+		err = ss.replayDeferredLocked(typ)
+	}
+	if err != nil {
 		ss.mu.Unlock()
 		return ss.sessionError(err)
 	}
+	if typ == 'Q' && a != nil && a.tx == txBegin {
+		ss.readOnlyTx = a.txReadOnly
+	}
 	u := ss.up.Value
-	out, stream, skip, err := ss.rewriteLocked(typ, n, body, pm, a, refused, u)
+	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
 	ss.mu.Unlock()
 	if err != nil {
 		return err
@@ -308,11 +294,62 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	return ss.writeUpstream(out, stream, skip)
 }
 
+// routeMessage says where one client message goes: Query and Bind by the
+// router (with routing on), everything else where the session already is.
+func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull, pinRefused bool) routeResult {
+	if !ss.srv.routingEnabled() || pinRefused {
+		return ss.currentOrPreferred()
+	}
+	switch typ {
+	case 'Q':
+		if body == nil {
+			ss.mu.Lock()
+			h := ss.hints
+			if ss.local.set {
+				h = ss.local
+			}
+			ss.mu.Unlock()
+			if h.team == "" && h.shard == "" {
+				e := pgerr.Errorf(pgerr.ProgramLimitExceeded, "a query of %d bytes is too large for the sidecar to route", n)
+				e.Hint = "SET brownie.team_id or brownie.shard before sending it, or send its rows with COPY"
+				return ss.refusal(e)
+			}
+			return routeResult{target: ss.preferredTarget()}
+		}
+		return ss.route(router.StmtInfo{SQL: string(body[:len(body)-1])})
+	case 'B':
+		_, stmtName, _, err := bindHeader(body)
+		if err != nil {
+			return ss.currentOrPreferred() // rewriteLocked reports the protocol violation
+		}
+		def := ss.unnamed
+		if stmtName != "" {
+			def = ss.stmts[stmtName]
+		}
+		if def == nil || def.poison {
+			return ss.currentOrPreferred()
+		}
+		st := router.StmtInfo{SQL: def.query, ParamOIDs: def.oids}
+		if bindFull {
+			var b pgproto3.Bind
+			if b.Decode(body) != nil {
+				return ss.currentOrPreferred()
+			}
+			st.Params, st.Formats = b.Parameters, b.ParameterFormatCodes
+		}
+		return ss.route(st)
+	}
+	return ss.currentOrPreferred()
+}
+
 // rewriteLocked builds the bytes to send for one client message and does
 // the bookkeeping for it. stream > 0 means that many bytes of the body
 // follow from the client reader after out (skip bytes of it dropped
 // first). Called with ss.mu held and the session attached.
-func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *analysis, refused string, u *upstream) (out []byte, stream, skip int, err error) {
+//
+// bindFull says a Bind's whole body is in body (else only a prefix was
+// peeked); refuse, when set, is raised in place of a Query or Bind.
+func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm parseMsg, a *analysis, refused string, refuse *pgerr.Error, u *upstream) (out []byte, stream, skip int, err error) {
 	m := ss.srv.metrics
 	switch typ {
 	case 'P':
@@ -353,7 +390,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		// passThrough sends the message unchanged: a Bind's body is still
 		// unread (only peeked), a Describe's was read.
 		passThrough := func() ([]byte, int, int, error) {
-			if typ == 'B' {
+			if typ == 'B' && !bindFull {
 				return wire.AppendHeader(ss.wbuf[:0], typ, n), n, 0, nil
 			}
 			return append(wire.AppendHeader(ss.wbuf[:0], typ, n), body...), 0, 0, nil
@@ -372,16 +409,25 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 			ss.dirty.note(def.a)
 		}
 		portal, _, _, _ := bindHeader(body)
-		if typ == 'B' && def.poison {
+		if typ == 'B' && (def.poison || refuse != nil) {
 			// Bind the refusal, prepared as the unnamed statement, with no
-			// parameters: its Execute raises 0A000 in order.
-			m.PinRefusals.WithLabelValues(def.a.pin).Inc()
+			// parameters: its Execute raises the error in order.
+			var q string
+			if refuse != nil {
+				q = raiseStatement(refuse)
+			} else {
+				m.PinRefusals.WithLabelValues(def.a.pin).Inc()
+				q = refusalStatement(def.a.pin)
+			}
 			u.unnamed = nil
 			ss.expect = append(ss.expect, expectation{kind: expParseInjected})
-			out = appendParse(ss.wbuf[:0], "", refusalStatement(def.a.pin), nil)
+			out = appendParse(ss.wbuf[:0], "", q, nil)
 			out = wire.AppendHeader(out, 'B', len(portal)+1+1+6)
 			out = append(append(out, portal...), 0)
 			out = append(out, 0, 0, 0, 0, 0, 0, 0)
+			if bindFull {
+				return out, 0, 0, nil
+			}
 			return out, 0, n, nil
 		}
 		out, sname := ss.ensurePreparedLocked(u, def, stmtName == "")
@@ -394,6 +440,9 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		out = wire.AppendHeader(out, 'B', newLen)
 		out = append(append(out, portal...), 0)
 		out = append(append(out, sname...), 0)
+		if bindFull {
+			return append(out, body[rest:]...), 0, 0, nil
+		}
 		return out, n - rest, rest, nil
 
 	case 'C':
@@ -424,6 +473,9 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, pm parseMsg, a *a
 		}
 		if refused != "" {
 			m.PinRefusals.WithLabelValues(refused).Inc()
+		}
+		if refuse != nil {
+			body = append([]byte(raiseStatement(refuse)), 0)
 		}
 		if body == nil {
 			return wire.AppendHeader(ss.wbuf[:0], 'Q', n), n, 0, nil
@@ -521,12 +573,16 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 }
 
 func (ss *session) upstreamWriteFailed(err error) error {
-	ss.log.Warn("upstream write failed", zap.Error(err))
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.upstreamWriteFailedLocked(err)
+}
+
+func (ss *session) upstreamWriteFailedLocked(err error) error {
+	ss.log.Warn("upstream write failed", zap.Error(err))
 	if ss.up != nil {
 		_ = ss.up.Value.conn.Close()
 	}
-	ss.mu.Unlock()
 	return errUpstreamWrite
 }
 
@@ -589,6 +645,9 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 	for {
 		typ, n, err := u.r.Next()
 		if err != nil {
+			if ss.isParking() {
+				return
+			}
 			ss.upstreamLost(u, err)
 			return
 		}
@@ -601,6 +660,11 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			}
 		}
 		forward := true
+		if ss.injected.Load() > 0 && (typ == 'C' || typ == 'Z') {
+			if ss.swallowInjected(typ, body) {
+				continue
+			}
+		}
 		switch typ {
 		case '1', '3':
 			forward, typ = ss.completeLocked(typ, u)
@@ -661,6 +725,40 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 	}
 }
 
+// isParking reports whether the session is stopping the relay goroutine to
+// park its upstream.
+func (ss *session) isParking() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.parking
+}
+
+// swallowInjected consumes the CommandComplete and ReadyForQuery of a
+// replayed deferred statement (the client already had the sidecar's). It
+// reports whether the message was swallowed.
+func (ss *session) swallowInjected(typ byte, body []byte) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.expect) == 0 || ss.expect[0].kind != expQueryInjected {
+		return false
+	}
+	if typ == 'Z' {
+		ss.expect = ss.expect[1:]
+		if ss.pending > 0 {
+			ss.pending--
+		}
+		if len(body) == 1 {
+			ss.txStatus = body[0]
+			if ss.up != nil {
+				ss.up.Value.txStatus = body[0]
+			}
+		}
+		ss.injected.Add(-1)
+		ss.cond.Broadcast()
+	}
+	return true
+}
+
 // completeLocked handles ParseComplete ('1') and CloseComplete ('3'): it
 // matches them with the queued expectation and says whether to forward and
 // as which type.
@@ -699,7 +797,7 @@ func (ss *session) completeLocked(typ byte, u *upstream) (bool, byte) {
 // server skips every message up to the next Sync, so their expectations go
 // (and statements whose Parse was skipped or failed are not prepared).
 func (ss *session) dropSkippedLocked(u *upstream) {
-	if len(ss.expect) > 0 && ss.expect[0].kind == expQuery {
+	if len(ss.expect) > 0 && (ss.expect[0].kind == expQuery || ss.expect[0].kind == expQueryInjected) {
 		return // simple query: its ReadyForQuery still comes
 	}
 	i := 0
@@ -728,6 +826,14 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	if ss.pending > 0 {
 		ss.pending--
+	}
+	ss.cond.Broadcast() // a session goroutine may wait for the requests in flight
+	if status == 'I' && ss.txWrote != "" && ss.pending == 0 {
+		if ss.lastWrite == nil {
+			ss.lastWrite = map[string]time.Time{}
+		}
+		ss.lastWrite[ss.txWrote] = time.Now()
+		ss.txWrote = ""
 	}
 	idle := ss.pending == 0 && ss.synced && !ss.copyIn && status == 'I'
 	if ss.resetting {
@@ -776,6 +882,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	terminate := idle && ss.draining && !ss.ended
 	if detach {
 		ss.up = nil
+	}
+	if status == 'I' && len(ss.deferred) > 0 {
+		status = 'T' // the client is in the transaction the sidecar deferred
 	}
 	ss.cw.mu.Lock()
 	ss.mu.Unlock()
@@ -858,6 +967,7 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 // doubt it is destroyed.
 func (ss *session) finish(cause error) {
 	ss.discard.Store(true)
+	defer ss.releaseParked()
 	ss.mu.Lock()
 	c := ss.up
 	if c == nil {

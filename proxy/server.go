@@ -37,6 +37,7 @@ type Config struct {
 	SSLMode         string
 	ConnectTimeout  time.Duration
 	ShutdownTimeout time.Duration
+	Routing         config.Routing
 }
 
 // Deps are the proxy's collaborators.
@@ -63,6 +64,7 @@ type Server struct {
 
 	listeners []net.Listener
 	analyzer  *analyzer
+	health    *health
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID
@@ -95,6 +97,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
 	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
+	s.health = newHealth(s)
 	var errs []error
 	if cfg.Listen.TLSCert != "" {
 		cert, err := cryptotls.LoadX509KeyPair(cfg.Listen.TLSCert, cfg.Listen.TLSKey)
@@ -192,6 +195,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.accept(ln)
 		}()
 	}
+	s.startHealth(s.poolCtx)
 	warmCtx, stopWarm := context.WithCancel(ctx)
 	acceptWG.Add(1)
 	go func() {
@@ -225,8 +229,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) warmUp(ctx context.Context) {
 	backoff := 250 * time.Millisecond
 	for !s.connected.Load() {
-		t, err := s.router.RouteSession(router.SessionFacts{Database: s.cfg.Database, User: s.cfg.User})
-		if err == nil {
+		t, ok := s.primaryTarget(s.router.Map().Shards[0].Name)
+		var err error = errors.New("no shard")
+		if ok {
 			var c *pool.Conn[*upstream]
 			c, err = s.pool(t).Acquire(ctx)
 			if err == nil {

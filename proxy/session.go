@@ -107,6 +107,20 @@ type session struct {
 	draining        bool
 	ended           bool // terminate or finish was called
 
+	// Routing, under mu. hints are the session's brownie.* hints, local
+	// those of SET LOCAL in the current transaction. deferred holds a
+	// BEGIN (and hint-only SET LOCALs) answered by the sidecar and not yet
+	// sent: the transaction's first statement picks its upstream.
+	hints, local hintState
+	deferred     []string
+	readOnlyTx   bool // the current transaction began READ ONLY
+	parked       map[router.Target]*pool.Conn[*upstream]
+	parking      bool                 // parkLocked is stopping the relay goroutine
+	txWrote      string               // shard written by the current transaction
+	lastWrite    map[string]time.Time // shard → when the session's last write there committed
+
+	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
+
 	discard atomic.Bool // stop writing upstream output to the client
 }
 
@@ -185,26 +199,29 @@ func (s *Server) serve(conn net.Conn) {
 			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
 		}
 	}
+	if err == nil {
+		err = ss.startupHints()
+	}
 	var c *pool.Conn[*upstream]
 	if err == nil {
-		c, err = ss.acquire()
+		c, err = ss.acquire(ss.preferredTarget())
 	}
 	if err == nil {
-		if err = ss.greet(c.Value); err != nil {
-			c.Release() // nothing was sent on the client's behalf beyond settings
-		}
+		err = ss.greet(c.Value)
+		// The greeting connection goes back at once, in session mode too:
+		// a session takes an upstream for its first statement, on the
+		// shard that statement routes to (as PgBouncer does, idle clients
+		// hold no server connection).
+		c.Release()
 	}
 	if err != nil {
 		ss.fail(err)
 		return
 	}
-	ss.log.Debug("session started", zap.String("user", ss.user), zap.String("shard", c.Value.target.Shard))
-	if ss.transactionMode() {
-		c.Release()
-	} else {
+	ss.log.Debug("session started", zap.String("user", ss.user))
+	if !ss.transactionMode() {
 		ss.mu.Lock()
 		ss.pins[PinSessionMode] = true
-		ss.startRelayLocked(c)
 		ss.mu.Unlock()
 	}
 	ss.relay()

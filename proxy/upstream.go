@@ -111,6 +111,15 @@ type dialer struct {
 // dial connects to t and completes TLS and the startup handshake. Errors are
 // *pgerr.Error values suitable for the client.
 func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
+	return d.dialAs(ctx, t, "")
+}
+
+// healthAppName is the application_name of health-check connections, so
+// operators (and tests) can tell them from pooled ones in pg_stat_activity.
+const healthAppName = "brownie-sidecar-health"
+
+// dialAs is dial with an application_name ("" for none).
+func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*upstream, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	b, err := d.bundle(ctx)
@@ -136,7 +145,7 @@ func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
 		stmts: newStmtCache(d.stmtCacheSize), applied: map[string]string{},
 	}
-	if err := u.startup(d.user, d.database); err != nil {
+	if err := u.startup(d.user, d.database, appName); err != nil {
 		conn.Close()
 		if ctx.Err() != nil {
 			return nil, unreachable(t, fmt.Errorf("startup handshake: %w", ctx.Err()))
@@ -261,10 +270,13 @@ func verifyChain(cs cryptotls.ConnectionState, roots *x509.CertPool) error {
 // startup sends the StartupMessage and reads until ReadyForQuery. Only
 // AuthenticationOk is acceptable: certificate authentication needs no
 // further exchange, and the sidecar holds no passwords.
-func (u *upstream) startup(user, database string) error {
+func (u *upstream) startup(user, database, appName string) error {
 	msg := &pgproto3.StartupMessage{
 		ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters:      map[string]string{"user": user, "database": database},
+	}
+	if appName != "" {
+		msg.Parameters["application_name"] = appName
 	}
 	buf, err := msg.Encode(nil)
 	if err != nil {

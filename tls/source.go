@@ -307,6 +307,7 @@ func (s *FileSource) load() (*Bundle, error) {
 		Certificate: cryptotls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf},
 		Leaf:        leaf,
 		Roots:       roots,
+		CAs:         cas,
 		Serial:      serial,
 		NotBefore:   leaf.NotBefore,
 		NotAfter:    leaf.NotAfter,

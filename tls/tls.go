@@ -70,6 +70,9 @@ type Bundle struct {
 	// Roots verifies the upstream server certificate; it holds the
 	// certificates from ca.crt, or is nil if the source has none.
 	Roots *x509.CertPool
+	// CAs are the certificates in Roots, for tools that need them as files
+	// (pg_dump, pg_restore).
+	CAs []*x509.Certificate
 	// Serial is the leaf serial in lower-case hex without colons.
 	Serial string
 	// NotBefore and NotAfter bound the leaf's validity.

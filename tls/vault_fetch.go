@@ -229,6 +229,7 @@ func (s *VaultSource) assemble(where string, chain []*x509.Certificate, key cryp
 		Certificate: cryptotls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf},
 		Leaf:        leaf,
 		Roots:       roots,
+		CAs:         cas,
 		Serial:      serial,
 		NotBefore:   leaf.NotBefore,
 		NotAfter:    leaf.NotAfter,

@@ -15,7 +15,7 @@
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'brownie-fastapi-server') THEN
-        CREATE ROLE "brownie-fastapi-server" LOGIN NOCREATEDB NOCREATEROLE;
+        CREATE ROLE "brownie-fastapi-server" LOGIN CREATEDB NOCREATEROLE;
     END IF;
 END
 $$;

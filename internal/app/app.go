@@ -12,8 +12,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +25,6 @@ import (
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/metrics"
 	"github.com/brownie/brownie-sidecar/proxy"
-	"github.com/brownie/brownie-sidecar/router"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
 
@@ -51,6 +50,15 @@ commands:
   dev [--reset]           run the embedded development stack (two shards, each a
                           primary and a replica) and the sidecar on 127.0.0.1:6432
   certs dev --out DIR     write a development CA, server and client certificates
+  backup create           back up every shard now, through the running sidecar's admin API
+  backup list             list the backups
+  backup show NAME        show one backup's manifest
+  backup restore NAME --into DB
+                          restore into a new database DB on every shard
+  backup restore NAME --confirm NAME
+                          restore in place, replacing the live database
+                          (backup commands: --addr HOST:PORT overrides ADMIN_ADDR and
+                          METRICS_PORT; the token comes from ADMIN_TOKEN or ADMIN_TOKEN_FILE)
   version                 print the version
 `
 
@@ -69,6 +77,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, out IO)
 		return devCommand(ctx, rest, environ, out)
 	case "certs":
 		return certsCommand(rest, environ, out)
+	case "backup":
+		return backupCommand(ctx, rest, environ, out)
 	case "version", "--version":
 		fmt.Fprintln(out.Stdout, "brownie-sidecar", Version)
 		return ExitOK
@@ -132,6 +142,7 @@ func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 // shuts down gracefully: readiness turns 503, listeners close, sessions
 // drain within ShutdownTimeout. It returns nil after a clean shutdown.
 func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(Started)) error {
+	startedAt := time.Now()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
@@ -142,16 +153,14 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 	}
 	reg.MustRegister(newCertCollector(certs))
 
-	rt, err := router.New(&router.Map{Shards: []router.Shard{{
-		Name:    "shard-0",
-		Primary: router.Host{Addr: net.JoinHostPort(cfg.DB.Host, strconv.Itoa(cfg.DB.Port)), ServerName: cfg.DB.ServerName},
-	}}})
+	rt, mapData, err := newRouter(cfg)
 	if err != nil {
 		return err
 	}
 	px, err := proxy.New(proxy.Config{
 		Listen: cfg.Listen, Pool: cfg.Pool, Database: cfg.DB.Name, User: cfg.DB.User,
 		SSLMode: cfg.DB.SSLMode, ConnectTimeout: cfg.DB.ConnectTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
+		Routing: cfg.Routing,
 	}, proxy.Deps{Log: log.Named("proxy"), Certs: certs, Router: rt, Metrics: m})
 	if err != nil {
 		return err
@@ -161,25 +170,94 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		return err
 	}
 
+	bm, err := newBackups(cfg, log.Named("backup"), reg, certs, rt, px)
+	if err != nil {
+		px.Close()
+		return fmt.Errorf("backups: %w", err)
+	}
+	if bm != nil {
+		defer bm.Close()
+	}
+
+	watcher := newMapWatcher(cfg.Routing.ShardMapFile, mapData, rt, log.Named("shardmap"), m)
+
+	// --- admin port (issue 6) ---
+	// started turns /startup to 200 once the listeners are open. adminCtx
+	// is the base of every admin request's context: cancelling it aborts a
+	// backup or restore still running when shutdown gives up waiting.
 	var adminLn net.Listener
 	var adminSrv *http.Server
+	var started atomic.Bool
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	defer stopAdmin()
 	if cfg.Admin.Enabled() {
-		adminLn, err = net.Listen("tcp", cfg.Admin.Addr)
+		token, err := adminToken(cfg.Admin)
+		if err != nil {
+			px.Close()
+			return err
+		}
+		adminLn, err = net.Listen("tcp", cfg.Admin.Address())
 		if err != nil {
 			px.Close()
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		h := admin.New(admin.Deps{Log: log.Named("admin"), Gatherer: reg, Pprof: cfg.Admin.Pprof, Checks: []admin.Check{
-			{Name: "proxy", Ready: px.Ready},
-			{Name: "certificate", Ready: certReady(certs)},
-		}})
-		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		var gatherer prometheus.Gatherer
+		if cfg.Admin.MetricsEnabled {
+			gatherer = reg
+		}
+		var backups admin.Backups // a nil interface when backups are off: 503
+		if bm != nil {
+			backups = bm
+		}
+		h := admin.New(admin.Deps{
+			Log: log.Named("admin"), Gatherer: gatherer, Pprof: cfg.Admin.Pprof, Token: token,
+			Started: started.Load, Version: Version, StartedAt: startedAt, Backups: backups,
+			Checks: []admin.Check{
+				{Name: "proxy", Ready: px.Ready},
+				{Name: "certificate", Ready: certReady(certs)},
+				{Name: "shards", Ready: px.ShardsReady},
+				{Name: "shard_map", Ready: watcher.Ready},
+			},
+			Status: map[string]func() any{
+				"pools":       func() any { return px.Status().Pools },
+				"sessions":    func() any { return px.Status().Sessions },
+				"certificate": certStatus(certs),
+				"shards":      func() any { return px.ShardStatus() },
+			},
+		})
+		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return adminCtx }}
 		go func() {
 			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server failed", zap.Error(err))
 			}
 		}()
 	}
+
+	mapCtx, stopMap := context.WithCancel(context.Background())
+	mapDone := make(chan struct{})
+	go func() {
+		defer close(mapDone)
+		if cfg.Routing.ShardMapFile == "" {
+			return
+		}
+		if err := watcher.Run(mapCtx); err != nil {
+			log.Error("shard map watcher failed", zap.Error(err))
+		}
+	}()
+
+	// Scheduled backups (one sidecar of the cluster runs each slot: they
+	// elect with an advisory lock on the first shard's primary).
+	backupsDone := make(chan struct{})
+	go func() {
+		defer close(backupsDone)
+		if bm == nil {
+			return
+		}
+		if err := bm.Run(mapCtx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("backup scheduler failed", zap.Error(err))
+		}
+	}()
 
 	certCtx, stopCerts := context.WithCancel(context.Background())
 	certsDone := make(chan struct{})
@@ -195,8 +273,9 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		st.AdminAddr = adminLn.Addr()
 	}
 	log.Info("sidecar started", zap.String("version", Version), zap.Stringers("listen", st.ProxyAddrs),
-		zap.Stringer("admin", st.AdminAddr), zap.String("upstream", rt.Map().Shards[0].Primary.Addr),
+		zap.Stringer("admin", st.AdminAddr), zap.Strings("shards", rt.Map().ShardNames()),
 		zap.String("pool_mode", cfg.Pool.Mode), zap.Int("pool_size", cfg.Pool.Size))
+	started.Store(true)
 	if onStart != nil {
 		onStart(st)
 	}
@@ -204,11 +283,17 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 	err = px.Run(ctx)
 	if adminSrv != nil {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = adminSrv.Shutdown(shutdownCtx)
+		if adminSrv.Shutdown(shutdownCtx) != nil {
+			stopAdmin() // a backup or restore still running is cancelled
+			_ = adminSrv.Close()
+		}
 		cancel()
 	}
 	stopCerts()
 	<-certsDone
+	stopMap()
+	<-mapDone
+	<-backupsDone
 	log.Info("sidecar stopped")
 	return err
 }
@@ -220,5 +305,35 @@ func certReady(src brownietls.Source) func() error {
 			return err
 		}
 		return b.ValidAt(time.Now())
+	}
+}
+
+// certStatus is the "certificate" section of /status: the certificate in
+// use (serial, validity, seconds to expiry) and the source's refresh state.
+// It holds no key material.
+func certStatus(src brownietls.Source) func() any {
+	return func() any {
+		st := src.Status()
+		out := map[string]any{"source": st.Source, "generation": st.Generation, "rotations": st.Rotations,
+			"refresh_failures": st.Failures}
+		if st.LastError != "" {
+			out["last_error"] = st.LastError
+		}
+		if !st.NextRefresh.IsZero() {
+			out["next_refresh"] = st.NextRefresh.UTC()
+		}
+		b, err := src.Current()
+		if err != nil {
+			out["error"] = err.Error()
+			return out
+		}
+		out["serial"] = b.Serial
+		out["not_before"] = b.NotBefore.UTC()
+		out["not_after"] = b.NotAfter.UTC()
+		out["seconds_to_expiry"] = int64(time.Until(b.NotAfter).Seconds())
+		if err := b.ValidAt(time.Now()); err != nil {
+			out["error"] = err.Error()
+		}
+		return out
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/brownie/brownie-sidecar/deploy/shardmap"
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
@@ -49,7 +51,13 @@ func devCommand(ctx context.Context, args []string, environ map[string]string, o
 		return ExitFail
 	}
 
+	mapFile, err := writeDevShardMap(abs, shards)
+	if err != nil {
+		fmt.Fprintln(out.Stderr, "dev:", err)
+		return ExitFail
+	}
 	env := map[string]string{
+		"SHARD_MAP_FILE":    mapFile,
 		"DB_HOST":           "localhost",
 		"DB_PORT":           strconv.Itoa(shards[0].primary.Port()),
 		"LOCAL_CERT_DIR":    filepath.Join(abs, "certs"),
@@ -82,6 +90,24 @@ func splitPort(addr string) (string, string, error) {
 		}
 	}
 	return addr, "", fmt.Errorf("no port in %q", addr)
+}
+
+// writeDevShardMap writes .dev/shardmap.yaml: the Brownie shard map of
+// deploy/shardmap with the addresses of this stack's servers, which differ
+// from the file's when --base-port is not the default. An existing file is
+// kept (edit it to try overrides; the sidecar reloads it).
+func writeDevShardMap(dir string, shards []devShard) (string, error) {
+	path := filepath.Join(dir, "shardmap.yaml")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	text := string(shardmap.Brownie)
+	for i, sh := range shards {
+		text = strings.ReplaceAll(text, fmt.Sprintf("127.0.0.1:%d", 15432+10*i), fmt.Sprintf("\x00%d", sh.primary.Port()))
+		text = strings.ReplaceAll(text, fmt.Sprintf("127.0.0.1:%d", 15433+10*i), fmt.Sprintf("\x00%d", sh.replica.Port()))
+	}
+	text = strings.ReplaceAll(text, "\x00", "127.0.0.1:")
+	return path, os.WriteFile(path, []byte(text), 0o644)
 }
 
 // startDevStack creates (or reuses) and starts both shards. On error the

@@ -318,8 +318,12 @@ func TestAClientKilledInsideATransactionNeverLeavesADirtyUpstream(t *testing.T) 
 func TestPoolExhaustionFailsWith53300AfterTheAcquireTimeout(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, map[string]string{"POOL_SIZE": "1", "POOL_ACQUIRE_TIMEOUT": "300ms"})
-	_ = sc.connect(t, "")
 	ctx := ctx10(t)
+	// In session mode a client holds its upstream from its first
+	// statement until it leaves.
+	if _, err := sc.connect(t, "").Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	_, err := pgx.Connect(ctx, sc.dsn(""))
 	if pgErrCode(err) != "53300" {

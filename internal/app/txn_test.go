@@ -29,7 +29,7 @@ func txnEnv(size int, extra ...string) map[string]string {
 // upstreamBackends counts the sidecar's connections on the server.
 func upstreamBackends(t *testing.T, srv *pgtest.Server) string {
 	out, err := srv.Primary.Exec(context.Background(), "postgres",
-		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'brownie-fastapi-server'")
+		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'brownie-fastapi-server' AND application_name <> 'brownie-sidecar-health'")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,8 +21,10 @@ type Config struct {
 	DB       DB
 	Listen   Listen
 	Pool     Pool
+	Routing  Routing
 	Admin    Admin
 	Vault    Vault
+	Backup   Backup
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is "json" (default, for production) or "console".
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
@@ -113,8 +116,20 @@ type Pool struct {
 
 // Admin configures the admin HTTP port.
 type Admin struct {
-	// Addr is host:port, or "off" for no admin port.
+	// Addr is host:port, or "off" for no admin port. Use Address, which
+	// applies MetricsPort.
 	Addr string `env:"ADMIN_ADDR" envDefault:":8001"`
+	// MetricsPort, when set, replaces the port of Addr (the original
+	// product's variable).
+	MetricsPort string `env:"METRICS_PORT"`
+	// MetricsEnabled serves /metrics; false removes the endpoint.
+	MetricsEnabled bool `env:"METRICS_ENABLED" envDefault:"true"`
+	// Token is the bearer token of every admin endpoint but /health,
+	// /ready, /startup and /metrics. TokenFile is read instead, once at
+	// startup (surrounding white space trimmed), when set. Without either
+	// the admin port must listen on a loopback address.
+	Token     Secret `env:"ADMIN_TOKEN"`
+	TokenFile string `env:"ADMIN_TOKEN_FILE"`
 	// Pprof serves Go's /debug/pprof/ profiles on the admin port. Off by
 	// default: profiles reveal internals.
 	Pprof bool `env:"ADMIN_PPROF" envDefault:"false"`
@@ -126,6 +141,62 @@ const AdminOff = "off"
 
 // Enabled reports whether the admin port is served.
 func (a Admin) Enabled() bool { return a.Addr != AdminOff && a.Addr != "" }
+
+// Address returns the admin listen address: ADMIN_ADDR, with its port
+// replaced by METRICS_PORT when that is set. It returns ADMIN_ADDR as is
+// when that is not host:port (Validate reports it).
+func (a Admin) Address() string {
+	if a.MetricsPort == "" {
+		return a.Addr
+	}
+	host, _, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		return a.Addr
+	}
+	return net.JoinHostPort(host, a.MetricsPort)
+}
+
+// Loopback reports whether Address listens only on a loopback interface:
+// "localhost" or a loopback IP. An empty host (":8001"), an unspecified
+// address (0.0.0.0, ::) and any other host name are not loopback.
+func (a Admin) Loopback() bool {
+	host, _, err := net.SplitHostPort(a.Address())
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// validate reports every problem with an enabled admin port.
+func (a Admin) validate() []error {
+	if !a.Enabled() {
+		return nil
+	}
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, _, err := net.SplitHostPort(a.Addr); err != nil {
+		add("ADMIN_ADDR %q: %v", a.Addr, err)
+		return errs
+	}
+	if a.MetricsPort != "" {
+		if p, err := strconv.Atoi(a.MetricsPort); err != nil || p < 0 || p > 65535 {
+			add("METRICS_PORT %q is not a TCP port", a.MetricsPort)
+			return errs
+		}
+	}
+	if a.Token != "" && a.TokenFile != "" {
+		add("ADMIN_TOKEN and ADMIN_TOKEN_FILE are both set; set one")
+	}
+	if a.Token == "" && a.TokenFile == "" && !a.Loopback() {
+		add("admin port %s (ADMIN_ADDR, METRICS_PORT) is not a loopback address: set ADMIN_TOKEN or ADMIN_TOKEN_FILE, "+
+			"or listen on 127.0.0.1", a.Address())
+	}
+	return errs
+}
 
 // Load parses and validates the configuration from environ, a map of
 // variable name to value. The error, if any, lists every problem.
@@ -214,6 +285,7 @@ func flatten(errs []error) []error {
 func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	c.Routing.validate(add)
 
 	if c.DB.Host == "" {
 		add("DB_HOST must not be empty")
@@ -283,11 +355,7 @@ func (c Config) Validate() error {
 	if c.Pool.RetireInterval <= 0 || c.Pool.ResetTimeout <= 0 {
 		add("POOL_RETIRE_INTERVAL and POOL_RESET_TIMEOUT must be positive")
 	}
-	if c.Admin.Enabled() {
-		if _, _, err := net.SplitHostPort(c.Admin.Addr); err != nil {
-			add("ADMIN_ADDR %q: %v", c.Admin.Addr, err)
-		}
-	}
+	errs = append(errs, c.Admin.validate()...)
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "warning", "error":
 	default:
@@ -302,5 +370,6 @@ func (c Config) Validate() error {
 		add("SHUTDOWN_TIMEOUT must not be negative")
 	}
 	errs = append(errs, c.Vault.validate()...)
+	errs = append(errs, c.Backup.validate()...)
 	return errors.Join(errs...)
 }

@@ -27,6 +27,7 @@ var vaultDefaults = config.Vault{
 
 func TestLoadMapsEachVaultVariableToItsField(t *testing.T) {
 	got, err := config.Load(map[string]string{
+		"ADMIN_ADDR":                   "127.0.0.1:8001",
 		"VAULT_ENABLED":                "true",
 		"VAULT_URL":                    "https://vault.internal:8200",
 		"VAULT_TOKEN_FILE":             "/vault/token",
@@ -69,6 +70,7 @@ func TestLoadMapsEachVaultVariableToItsField(t *testing.T) {
 func TestVaultAddrIsAcceptedWhenVaultURLIsUnset(t *testing.T) {
 	cfg, err := config.Load(map[string]string{
 		"VAULT_ENABLED": "true", "VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_TOKEN": "t", "VAULT_PKI_ROLE": "r",
+		"ADMIN_ADDR": "127.0.0.1:8001",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -125,7 +127,7 @@ func TestAnEnabledVaultReportsEveryProblemAtOnce(t *testing.T) {
 }
 
 func TestADisabledVaultIgnoresTheOtherVaultVariables(t *testing.T) {
-	if _, err := config.Load(map[string]string{"VAULT_MODE": "pull", "VAULT_AUTH": "ldap"}); err != nil {
+	if _, err := config.Load(map[string]string{"VAULT_MODE": "pull", "VAULT_AUTH": "ldap", "ADMIN_ADDR": "127.0.0.1:8001"}); err != nil {
 		t.Errorf("Load: %v", err)
 	}
 }
@@ -133,6 +135,7 @@ func TestADisabledVaultIgnoresTheOtherVaultVariables(t *testing.T) {
 func TestTheVaultTokenIsNeverPrinted(t *testing.T) {
 	cfg, err := config.Load(map[string]string{
 		"VAULT_ENABLED": "true", "VAULT_URL": "http://v", "VAULT_TOKEN": "hvs.sup3rs3cret", "VAULT_PKI_ROLE": "r",
+		"ADMIN_ADDR": "127.0.0.1:8001",
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,17 @@ type Metrics struct {
 	SettingsSyncs   prometheus.Counter
 	Transactions    prometheus.Counter
 
+	// Routing and health.
+	RouteDecisions    *prometheus.CounterVec // kind, reason, role
+	RouteErrors       *prometheus.CounterVec // code
+	Failovers         *prometheus.CounterVec // shard
+	HostUp            *prometheus.GaugeVec   // shard, addr
+	HostRole          *prometheus.GaugeVec   // shard, addr: 1 primary, 0 standby
+	ReplicaLagSeconds *prometheus.GaugeVec   // shard, addr
+	ReplicaLagBytes   *prometheus.GaugeVec   // shard, addr
+	ShardMapReloads   *prometheus.CounterVec // result
+	ShardMapValid     prometheus.Gauge
+
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
 }
@@ -85,11 +96,49 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_upstream_attachments_total",
 			Help: "Times a client session took an upstream connection (once per session in session mode, per transaction in transaction mode).",
 		}),
+		RouteDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_route_decisions_total",
+			Help: "Statements routed, by decision kind (any, one, some, all), reason and role (primary, replica).",
+		}, []string{"kind", "reason", "role"}),
+		RouteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_route_errors_total",
+			Help: "Statements refused by routing, by SQLSTATE.",
+		}, []string{"code"}),
+		Failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_primary_changes_total",
+			Help: "Times a shard's writes moved to another host (a promoted standby).",
+		}, []string{"shard"}),
+		HostUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_host_up",
+			Help: "1 when the host answered its last health check.",
+		}, []string{"shard", "addr"}),
+		HostRole: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_host_is_primary",
+			Help: "1 when the host reported it is not in recovery at its last health check.",
+		}, []string{"shard", "addr"}),
+		ReplicaLagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_replica_lag_seconds",
+			Help: "Age of the last transaction a standby replayed while it has WAL left to replay.",
+		}, []string{"shard", "addr"}),
+		ReplicaLagBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_replica_lag_bytes",
+			Help: "WAL distance between a standby's replayed position and its primary's.",
+		}, []string{"shard", "addr"}),
+		ShardMapReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_shard_map_reloads_total",
+			Help: "Shard map file reloads, by result (ok, invalid).",
+		}, []string{"result"}),
+		ShardMapValid: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_shard_map_valid",
+			Help: "0 while the shard map file on disk is refused (the previous map keeps serving).",
+		}),
 	}
+	m.ShardMapValid.Set(1)
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
-		m.PinRefusals, m.SettingsSyncs, m.Transactions)
+		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.RouteDecisions, m.RouteErrors, m.Failovers,
+		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid)
 	return m
 }

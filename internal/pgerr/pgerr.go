@@ -38,6 +38,7 @@ const (
 	InvalidParameterValue   Code = "22023"
 	ConfigurationLimit      Code = "53400"
 	InvalidTransactionState Code = "25000"
+	ProgramLimitExceeded    Code = "54000" // a statement too large to route
 )
 
 // Class returns the two-character SQLSTATE class, or "" for a malformed code.

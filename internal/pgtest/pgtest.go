@@ -25,6 +25,16 @@ type Options struct {
 	// brownie_metadata with the Brownie schema (deploy/sql) on the primary,
 	// before the replica is copied from it.
 	Schema bool
+	// Shards starts that many primaries (each with its replica when
+	// Replica is set) sharing one certificate directory, as the shards of
+	// one cluster; 0 means 1.
+	Shards int
+}
+
+// Shard is one primary and its optional replica.
+type Shard struct {
+	Primary *pgcluster.Cluster
+	Replica *pgcluster.Cluster
 }
 
 // Server is a running primary, and optionally a replica, for one test. It is
@@ -35,6 +45,8 @@ type Server struct {
 	Primary *pgcluster.Cluster
 	// Replica is the streaming replica, nil unless Options.Replica.
 	Replica *pgcluster.Cluster
+	// Shards are every shard in order; Shards[0] is Primary and Replica.
+	Shards []Shard
 	// CertDir holds the development certificates: ca.crt and ca.key, the
 	// clusters' server.crt and server.key (SANs localhost, postgres,
 	// 127.0.0.1, ::1) and client.crt and client.key with
@@ -111,18 +123,27 @@ func Start(tb testing.TB, opts Options) *Server {
 		return c
 	}
 
-	s.Primary = start("primary", nil)
-	if opts.Schema {
-		if err := s.Primary.EnsureBrownieDatabase(ctx); err != nil {
-			tb.Fatalf("pgtest: %v", err)
+	for i := range max(opts.Shards, 1) {
+		prefix := ""
+		if i > 0 {
+			prefix = "shard-" + strconv.Itoa(i) + "-"
 		}
-	}
-	if opts.Replica {
-		s.Replica = start("replica", s.Primary)
-		if err := s.Replica.WaitReplayed(ctx, s.Primary); err != nil {
-			tb.Fatalf("pgtest: %v", err)
+		var sh Shard
+		sh.Primary = start(prefix+"primary", nil)
+		if opts.Schema {
+			if err := sh.Primary.EnsureBrownieDatabase(ctx); err != nil {
+				tb.Fatalf("pgtest: %v", err)
+			}
 		}
+		if opts.Replica {
+			sh.Replica = start(prefix+"replica", sh.Primary)
+			if err := sh.Replica.WaitReplayed(ctx, sh.Primary); err != nil {
+				tb.Fatalf("pgtest: %v", err)
+			}
+		}
+		s.Shards = append(s.Shards, sh)
 	}
+	s.Primary, s.Replica = s.Shards[0].Primary, s.Shards[0].Replica
 	return s
 }
 

@@ -1,0 +1,49 @@
+package app
+
+import (
+	"net"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/backup"
+	"github.com/brownie/brownie-sidecar/internal/config"
+	"github.com/brownie/brownie-sidecar/proxy"
+	"github.com/brownie/brownie-sidecar/router"
+	brownietls "github.com/brownie/brownie-sidecar/tls"
+)
+
+// newBackups builds the backup manager over the shards' current primaries
+// (after a failover, the promoted one) and the sidecar's own client
+// certificate. With BACKUP_PROVIDER unset it is nil: the /backup/
+// endpoints answer 503.
+func newBackups(cfg config.Config, log *zap.Logger, reg prometheus.Registerer, certs brownietls.Source,
+	rt *router.Router, px *proxy.Server) (*backup.Manager, error) {
+	if cfg.Backup.Provider == "" {
+		return nil, nil
+	}
+	return backup.New(cfg.Backup, backup.Deps{
+		Log: log, Registerer: reg, Version: Version,
+		Shards: func() []backup.Shard {
+			m := rt.Map()
+			var out []backup.Shard
+			for _, st := range px.ShardStatus() {
+				sh, _ := m.Shard(st.Name)
+				host, port, err := net.SplitHostPort(st.Primary)
+				if err != nil {
+					continue
+				}
+				p, _ := strconv.Atoi(port)
+				name := sh.Primary.ServerName
+				if name == "" && st.Name == m.Shards[0].Name && cfg.Routing.ShardMapFile == "" {
+					name = cfg.DB.ServerName
+				}
+				out = append(out, backup.Shard{Name: st.Name, Host: host, Port: p, ServerName: name})
+			}
+			return out
+		},
+		Database: cfg.DB.Name, User: cfg.DB.User, SSLMode: cfg.DB.SSLMode,
+		Certs: backup.CertsFromSource(certs),
+	})
+}

@@ -1,0 +1,55 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Routing configures shard routing, read replicas and health checks.
+type Routing struct {
+	// ShardMapFile is the YAML shard map (see deploy/shardmap). Empty: one
+	// shard, the DB_HOST:DB_PORT primary, holding every table.
+	ShardMapFile string `env:"SHARD_MAP_FILE"`
+	// HealthInterval is the period of the health check of every host.
+	HealthInterval time.Duration `env:"HEALTH_CHECK_INTERVAL" envDefault:"1s"`
+	// HealthTimeout bounds one health check (connect and query).
+	HealthTimeout time.Duration `env:"HEALTH_CHECK_TIMEOUT" envDefault:"3s"`
+	// BanTime is how long a replica that failed is left out of reads
+	// before it is tried again.
+	BanTime time.Duration `env:"REPLICA_BAN_TIME" envDefault:"10s"`
+	// MaxReplicaLag is the replay delay above which a replica gets no
+	// reads; MaxReplicaLagBytes the WAL distance.
+	MaxReplicaLag      time.Duration `env:"MAX_REPLICA_LAG" envDefault:"10s"`
+	MaxReplicaLagBytes int64         `env:"MAX_REPLICA_LAG_BYTES" envDefault:"16777216"`
+	// ReplicaSelection is round_robin or least_busy.
+	ReplicaSelection string `env:"REPLICA_SELECTION" envDefault:"round_robin"`
+}
+
+// Replica selection strategies.
+const (
+	ReplicaRoundRobin = "round_robin"
+	ReplicaLeastBusy  = "least_busy"
+)
+
+func (r Routing) validate(add func(string, ...any)) {
+	if r.HealthInterval < 50*time.Millisecond {
+		add("HEALTH_CHECK_INTERVAL %s is below 50ms", r.HealthInterval)
+	}
+	if r.HealthTimeout <= 0 {
+		add("HEALTH_CHECK_TIMEOUT must be positive")
+	}
+	if r.BanTime < 0 {
+		add("REPLICA_BAN_TIME must not be negative")
+	}
+	if r.MaxReplicaLag <= 0 {
+		add("MAX_REPLICA_LAG must be positive")
+	}
+	if r.MaxReplicaLagBytes <= 0 {
+		add("MAX_REPLICA_LAG_BYTES must be positive")
+	}
+	switch r.ReplicaSelection {
+	case ReplicaRoundRobin, ReplicaLeastBusy:
+	default:
+		add("%s", fmt.Sprintf("REPLICA_SELECTION %q is not one of round_robin, least_busy", r.ReplicaSelection))
+	}
+}

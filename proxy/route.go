@@ -1,0 +1,525 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+// hintState is the set of routing hints in effect at one level (session,
+// or the current transaction for SET LOCAL).
+type hintState struct {
+	team, shard string
+	primary     bool
+	set         bool // the level has hints (for LOCAL: overrides the session)
+}
+
+// apply records h at this level.
+func (s *hintState) apply(h router.Hint) {
+	s.set = true
+	switch h.Name {
+	case router.HintAll:
+		*s = hintState{set: true}
+	case router.HintTeam:
+		s.team = h.Value
+	case router.HintShard:
+		s.shard = h.Value
+	case router.HintRole:
+		s.primary = !h.Reset && strings.EqualFold(h.Value, "primary")
+	}
+}
+
+// routeResult is where one client message goes.
+type routeResult struct {
+	target router.Target
+	// compatible, when set, says whether an upstream already held (for
+	// another target) may serve the message instead, e.g. the primary of
+	// the right shard for a read.
+	compatible func(router.Target) bool
+	// refuse, when set, is raised in the message's place, in order.
+	refuse *pgerr.Error
+}
+
+// routingEnabled reports whether statements are routed by the shard map
+// (SHARD_MAP_FILE); without a map every message goes to the one primary.
+func (s *Server) routingEnabled() bool { return s.cfg.Routing.ShardMapFile != "" }
+
+// primaryTarget returns the target for writes on shard.
+func (s *Server) primaryTarget(shard string) (router.Target, bool) {
+	sh, ok := s.router.Map().Shard(shard)
+	if !ok {
+		return router.Target{}, false
+	}
+	return router.Target{Shard: shard, Role: router.Primary, Host: s.health.primary(shard, sh.Primary)}, true
+}
+
+// factsLocked is what the router needs to know about the session. Called
+// with ss.mu held.
+func (ss *session) factsLocked() router.SessionFacts {
+	f := router.SessionFacts{Database: ss.database, User: ss.user}
+	inTx := len(ss.deferred) > 0 || ss.txStatus != 'I' || !ss.synced || (ss.up != nil && ss.pending > 0 && ss.readOnlyTx)
+	if !inTx && ss.pending == 0 {
+		ss.local = hintState{} // the transaction that set them is over
+		ss.readOnlyTx = false
+	}
+	h := ss.hints
+	if ss.local.set {
+		h = ss.local
+	}
+	f.TeamHint, f.ShardHint, f.RolePrimary = h.team, h.shard, h.primary
+	f.InTransaction = inTx
+	f.ReadOnlyTransaction = ss.readOnlyTx
+	if ss.up != nil && inTx {
+		f.ShardsInUse = []string{ss.up.Value.target.Shard}
+	}
+	return f
+}
+
+// applyHintsLocked records the hints a routed statement sets.
+func (ss *session) applyHintsLocked(hs []router.Hint) {
+	for _, h := range hs {
+		if h.Local {
+			if !ss.local.set {
+				ss.local = ss.hints
+			}
+			ss.local.apply(h)
+			continue
+		}
+		ss.hints.apply(h)
+		if ss.local.set { // a session-level SET inside the transaction shows through
+			ss.local.apply(h)
+		}
+	}
+}
+
+// route decides where a Query or Bind goes: the router's decision, the
+// shard's current primary, or one of its replicas when the statement may
+// read there and the replica has replayed the session's last write on the
+// shard.
+func (ss *session) route(st router.StmtInfo) routeResult {
+	s := ss.srv
+	ss.mu.Lock()
+	f := ss.factsLocked()
+	ss.mu.Unlock()
+	d, err := s.router.Route(f, st)
+	if err != nil {
+		e := pgerr.From(err)
+		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
+		ss.log.Debug("statement refused by routing", zap.String("sqlstate", string(e.Code)), zap.Error(err))
+		return ss.refusal(e)
+	}
+	ss.mu.Lock()
+	ss.applyHintsLocked(d.SetHints)
+	var cur router.Target
+	attached := ss.up != nil
+	if attached {
+		cur = ss.up.Value.target
+	}
+	ss.mu.Unlock()
+
+	shard := ""
+	switch {
+	case len(d.Shards) == 1:
+		shard = d.Shards[0]
+	case d.Kind == router.AnyShard:
+		for _, name := range d.Shards {
+			if attached && name == cur.Shard {
+				shard = name
+				break
+			}
+		}
+		for _, name := range d.Shards {
+			if shard == "" && s.health.primaryOK(name) {
+				shard = name
+			}
+		}
+		if shard == "" && len(d.Shards) > 0 {
+			shard = d.Shards[0]
+		}
+	default:
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "statement needs shards %s at once; statements spanning shards are not supported yet", strings.Join(d.Shards, ", "))
+		e.Detail = d.Explain()
+		e.Hint = "add the team key (team_id) to the statement, or SET brownie.team_id for the session"
+		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
+		return ss.refusal(e)
+	}
+	t, ok := s.primaryTarget(shard)
+	if !ok {
+		return ss.refusal(pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard))
+	}
+	readOnly := d.ReadOnly
+	noData := ss.srv.analyzer.analyze(st.SQL).noData
+	ss.mu.Lock()
+	wroteAt := ss.lastWrite[shard]
+	if ss.txWrote == shard {
+		wroteAt = time.Now() // a write on the shard is not committed yet
+	}
+	if !readOnly && !noData {
+		ss.txWrote = shard
+	}
+	ss.mu.Unlock()
+	if d.Replica && !d.ForcePrimary {
+		if h, ok := s.health.replica(shard, wroteAt, s.replicaBusy(shard)); ok {
+			t = router.Target{Shard: shard, Role: router.Replica, Host: h}
+		}
+	}
+	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), t.Role.String()).Inc()
+	if ce := ss.log.Check(zap.DebugLevel, "statement routed"); ce != nil {
+		ce.Write(zap.String("target", t.String()), zap.String("addr", t.Host.Addr), zap.String("decision", d.Explain()),
+			zap.Bool("in_transaction", f.InTransaction), zap.Bool("read_only_transaction", f.ReadOnlyTransaction))
+	}
+	anyShard := d.Kind == router.AnyShard
+	return routeResult{target: t, compatible: func(c router.Target) bool {
+		// SET, transaction control and the like run wherever the session
+		// is; other statements need their shard (any, for AnyShard) and a
+		// primary unless they only read.
+		return noData || ((anyShard || c.Shard == shard) && (c.Role == router.Primary || readOnly))
+	}}
+}
+
+// replicaBusy returns how many connections of each replica of shard are in
+// use, for least_busy selection.
+func (s *Server) replicaBusy(shard string) func(router.Host) int {
+	return func(h router.Host) int {
+		s.mu.Lock()
+		p := s.pools[poolKey{target: router.Target{Shard: shard, Role: router.Replica, Host: h}, database: s.cfg.Database, user: s.cfg.User}]
+		s.mu.Unlock()
+		if p == nil {
+			return 0
+		}
+		st := p.Stats()
+		return st.Size - st.Idle
+	}
+}
+
+// preferredTarget is where a message with no statement to route goes when
+// the session holds no upstream: the primary of the shard of its
+// brownie.shard or brownie.team_id hint, else of the first shard whose
+// primary is healthy.
+func (ss *session) preferredTarget() router.Target {
+	s := ss.srv
+	if !s.routingEnabled() {
+		pt, _ := s.primaryTarget(s.router.Map().Shards[0].Name)
+		return pt
+	}
+	ss.mu.Lock()
+	h := ss.hints
+	if ss.local.set {
+		h = ss.local
+	}
+	ss.mu.Unlock()
+	t, err := s.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user, TeamHint: h.team, ShardHint: h.shard})
+	if err == nil && (h.team != "" || h.shard != "") {
+		if pt, ok := s.primaryTarget(t.Shard); ok {
+			return pt
+		}
+	}
+	names := s.router.Map().ShardNames()
+	for _, name := range names {
+		if s.health.primaryOK(name) {
+			pt, _ := s.primaryTarget(name)
+			return pt
+		}
+	}
+	pt, _ := s.primaryTarget(names[0])
+	return pt
+}
+
+// currentOrPreferred is the target for messages that follow the session's
+// current upstream (Describe, Close, Flush, FunctionCall, COPY data).
+func (ss *session) currentOrPreferred() routeResult {
+	ss.mu.Lock()
+	up := ss.up
+	ss.mu.Unlock()
+	if up != nil {
+		return routeResult{target: up.Value.target, compatible: func(router.Target) bool { return true }}
+	}
+	return routeResult{target: ss.preferredTarget()}
+}
+
+// refusal raises e in a message's place on the session's current
+// upstream, or on the preferred one when it holds none.
+func (ss *session) refusal(e *pgerr.Error) routeResult {
+	r := ss.currentOrPreferred()
+	r.compatible = func(router.Target) bool { return true }
+	r.refuse = e
+	return r
+}
+
+// switchableLocked reports whether the session may leave its current
+// upstream: nothing in flight, between requests, outside any transaction.
+func (ss *session) switchableLocked() bool {
+	return ss.up != nil && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' &&
+		len(ss.expect) == 0 && !ss.internal && !ss.resetting
+}
+
+// errCrossShard refuses a statement that needs another upstream than the
+// one serving the current transaction.
+func errCrossShard(cur, want router.Target) *pgerr.Error {
+	e := pgerr.Errorf(pgerr.FeatureNotSupported, "transaction is running on %s and cannot also use %s; transactions spanning shards are not supported yet", cur, want)
+	e.Hint = "keep each transaction to one team (add team_id to its statements or SET LOCAL brownie.team_id first)"
+	return e
+}
+
+// moveToLocked makes the session hold an upstream able to serve r:
+// the one it holds when compatible, else (when it may switch) r.target,
+// taken from the connections it parked or from the pool. It returns with
+// ss.mu held and the session attached, with the error to raise in the
+// message's place (r.refuse, or a transaction spanning shards), or with a
+// session-ending error.
+func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) {
+	for {
+		for ss.internal {
+			ss.cond.Wait()
+		}
+		if ss.ended {
+			return nil, errSessionEnded
+		}
+		if ss.up == nil {
+			if err := ss.attachToLocked(r.target); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		cur := ss.up.Value.target
+		if cur == r.target {
+			return r.refuse, nil
+		}
+		if ss.switchableLocked() {
+			ss.parkLocked()
+			continue
+		}
+		if r.compatible != nil && r.compatible(cur) {
+			return r.refuse, nil
+		}
+		if ss.pending > 0 && ss.synced && !ss.copyIn {
+			ss.cond.Wait() // let the requests in flight finish, then decide again
+			continue
+		}
+		e := errCrossShard(cur, r.target)
+		ss.srv.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
+		return e, nil
+	}
+}
+
+// attachToLocked attaches a parked connection for t or one from t's pool.
+// Called and returns with ss.mu held; mu is released while acquiring.
+func (ss *session) attachToLocked(t router.Target) error {
+	c := ss.parked[t]
+	delete(ss.parked, t)
+	ss.mu.Unlock()
+	var err error
+	if c == nil {
+		c, err = ss.acquire(t)
+		if err != nil && t.Role == router.Replica {
+			ss.srv.health.ban(t.Host.Addr, err)
+			if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
+				c, err = ss.acquire(pt)
+			}
+		}
+	} else if err = ss.syncSettings(c.Value); err != nil {
+		c.Destroy()
+	}
+	if err == nil {
+		if err = ss.reportParams(c.Value, false); err != nil {
+			c.Release()
+		}
+	}
+	ss.mu.Lock()
+	if err != nil {
+		return err
+	}
+	if ss.ended {
+		ss.mu.Unlock()
+		c.Release()
+		ss.mu.Lock()
+		return errSessionEnded
+	}
+	ss.startRelayLocked(c)
+	return nil
+}
+
+// parkLocked stops relaying the current (idle) upstream and keeps it for
+// the session when it carries session state (session mode, pins), or gives
+// it back to its pool. The relay goroutine is woken from its read with a
+// past deadline.
+func (ss *session) parkLocked() {
+	c, done := ss.up, ss.relayDone
+	ss.parking = true
+	_ = c.Value.conn.SetReadDeadline(time.Unix(1, 0))
+	ss.mu.Unlock()
+	<-done
+	ss.mu.Lock()
+	ss.parking = false
+	ss.up = nil
+	_ = c.Value.conn.SetReadDeadline(time.Time{})
+	if ss.upGone {
+		ss.upGone = false
+		c.Destroy()
+		return
+	}
+	if len(ss.pins) > 0 {
+		if ss.parked == nil {
+			ss.parked = map[router.Target]*pool.Conn[*upstream]{}
+		}
+		ss.parked[c.Value.target] = c
+		return
+	}
+	c.Release()
+}
+
+// releaseParked resets and gives back the connections the session parked
+// (or destroys them when the reset fails). Called when the session ends,
+// from the session goroutine; nobody reads parked connections.
+func (ss *session) releaseParked() {
+	ss.mu.Lock()
+	parked := ss.parked
+	ss.parked = nil
+	ss.mu.Unlock()
+	for _, c := range parked {
+		u := c.Value
+		q := ss.srv.cfg.Pool.ResetQuery
+		ok := u.txStatus == 'I' && u.Alive()
+		if ok && q != "" {
+			_ = u.conn.SetDeadline(time.Now().Add(ss.srv.cfg.Pool.ResetTimeout))
+			ok = u.exec(q, nil) == nil
+			_ = u.conn.SetDeadline(time.Time{})
+			if ok {
+				u.stmts.clear()
+				u.unnamed = nil
+				u.applied = map[string]string{}
+			}
+		}
+		if ok {
+			c.Release()
+		} else {
+			c.Destroy()
+		}
+	}
+}
+
+// deferBegin answers a transaction-control statement the sidecar can
+// handle without an upstream, when routing is on and the session is
+// between transactions or inside one it deferred: BEGIN is answered at
+// once and replayed on the upstream the transaction's first statement
+// routes to (so that statement, not the BEGIN, picks the shard); hint-only
+// SET LOCAL statements are kept for the replay; COMMIT or ROLLBACK of a
+// transaction that ran nothing just ends it. It reports whether it
+// answered.
+func (ss *session) deferBegin(a *analysis, sql string) (bool, error) {
+	if a == nil || !ss.srv.routingEnabled() {
+		return false, nil
+	}
+	ss.mu.Lock()
+	idle := !ss.ended && (ss.up == nil || ss.switchableLocked()) && ss.txStatus == 'I'
+	deferred := len(ss.deferred) > 0
+	var tag string
+	status := byte('T')
+	switch {
+	case a.tx == txBegin && idle && !deferred:
+		if ss.up != nil {
+			ss.parkLocked()
+		}
+		ss.deferred = append(ss.deferred, sql)
+		ss.readOnlyTx = a.txReadOnly
+		tag = "BEGIN"
+	case deferred && a.tx == txCommit:
+		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
+		tag, status = "COMMIT", 'I'
+	case deferred && a.tx == txRollback:
+		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
+		tag, status = "ROLLBACK", 'I'
+	case deferred && a.hintsOnly:
+		ss.mu.Unlock()
+		hs, err := ss.srv.router.SessionHints(sql)
+		if err != nil {
+			return false, nil // the replay on an upstream reports it in order
+		}
+		ss.mu.Lock()
+		ss.applyHintsLocked(hs)
+		ss.deferred = append(ss.deferred, sql)
+		tag = "SET"
+	default:
+		ss.mu.Unlock()
+		return false, nil
+	}
+	ss.mu.Unlock()
+	return true, ss.cw.send(true, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: status})
+}
+
+// replayDeferredLocked sends the deferred BEGIN (and hint settings) ahead
+// of the transaction's first statement (typ Query, Bind or FunctionCall)
+// on the upstream it routed to; their replies are swallowed. Other
+// messages (Describe, Close) run outside the transaction: they need none,
+// and must not pick its shard.
+func (ss *session) replayDeferredLocked(typ byte) error {
+	if len(ss.deferred) == 0 || (typ != 'Q' && typ != 'B' && typ != 'F') {
+		return nil
+	}
+	var out []byte
+	for _, q := range ss.deferred {
+		out = appendQuery(out, q)
+		ss.expect = append(ss.expect, expectation{kind: expQueryInjected})
+		ss.pending++
+		ss.injected.Add(1)
+	}
+	ss.deferred = nil
+	ss.txStatus = 'T'
+	if _, err := ss.uw.Write(out); err != nil {
+		return ss.upstreamWriteFailedLocked(err)
+	}
+	return nil
+}
+
+// raiseStatement is a statement that makes the upstream raise e, so a
+// sidecar error reaches the client in order with the upstream's replies
+// and with the usual effect on an open transaction.
+func raiseStatement(e *pgerr.Error) string {
+	// The body is itself a quoted literal (not dollar-quoted), so no text
+	// in the message can end it.
+	var b strings.Builder
+	fmt.Fprintf(&b, "BEGIN RAISE EXCEPTION USING ERRCODE = %s, MESSAGE = %s", quoteLiteral(string(e.Code)), quoteLiteral(e.Message))
+	if e.Detail != "" {
+		fmt.Fprintf(&b, ", DETAIL = %s", quoteLiteral(e.Detail))
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(&b, ", HINT = %s", quoteLiteral(e.Hint))
+	}
+	b.WriteString("; END")
+	return "DO " + quoteLiteral(b.String())
+}
+
+// startHealth runs the health checker until ctx ends.
+func (s *Server) startHealth(ctx context.Context) {
+	s.poolWG.Add(1)
+	go func() {
+		defer s.poolWG.Done()
+		s.health.Run(ctx)
+	}()
+}
+
+// startupHints validates and records the brownie.* settings of the
+// startup packet (options=-c brownie.team_id=…, or the parameter itself).
+func (ss *session) startupHints() error {
+	names := map[string]router.HintName{"brownie.team_id": router.HintTeam, "brownie.shard": router.HintShard, "brownie.role": router.HintRole}
+	for _, kv := range ss.settings {
+		n, ok := names[strings.ToLower(kv[0])]
+		if !ok {
+			continue
+		}
+		h := router.Hint{Name: n, Value: kv[1]}
+		if err := ss.srv.router.CheckHint(h); err != nil {
+			return pgerr.From(err).AsFatal()
+		}
+		ss.hints.apply(h)
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+func TestParseLSNReadsPostgresTextForm(t *testing.T) {
+	for in, want := range map[string]uint64{"0/0": 0, "0/3016000": 0x3016000, "1/FF": 1<<32 | 0xff, "AB/CDEF0123": 0xAB<<32 | 0xCDEF0123} {
+		got, err := parseLSN(in)
+		if err != nil || got != want {
+			t.Errorf("parseLSN(%q) = %x, %v; want %x", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "3016000", "x/1", "1/x", "1/123456789"} {
+		if _, err := parseLSN(bad); err == nil {
+			t.Errorf("parseLSN(%q) accepted", bad)
+		}
+	}
+}
+
+func TestRaiseStatementIsOneDoBlockWhateverTheMessage(t *testing.T) {
+	e := pgerr.Errorf(pgerr.ServerRejected, `team 'x' $brw$; DROP TABLE t; -- \ $$ END`)
+	e.Detail = `detail with ' and \' and $body$`
+	e.Hint = "hint"
+	q := raiseStatement(e)
+	tree, err := pg_query.Parse(q)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	if n := len(tree.GetStmts()); n != 1 || tree.GetStmts()[0].GetStmt().GetDoStmt() == nil {
+		t.Fatalf("%s is not one DO statement", q)
+	}
+	body := tree.GetStmts()[0].GetStmt().GetDoStmt().GetArgs()[0].GetDefElem().GetArg().GetString_().GetSval()
+	if !strings.Contains(body, "DROP TABLE t") || !strings.HasPrefix(body, "BEGIN RAISE EXCEPTION") || !strings.HasSuffix(body, "; END") {
+		t.Fatalf("DO body: %s", body)
+	}
+	// The body itself is one RAISE whose message is the whole text.
+	if _, err := pg_query.Parse("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS " + quoteLiteral(body)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHintStateFollowsSetResetAndResetAll(t *testing.T) {
+	var s hintState
+	s.apply(router.Hint{Name: router.HintTeam, Value: "t1"})
+	s.apply(router.Hint{Name: router.HintShard, Value: "shard-1"})
+	s.apply(router.Hint{Name: router.HintRole, Value: "PRIMARY"})
+	if s.team != "t1" || s.shard != "shard-1" || !s.primary {
+		t.Fatalf("after SETs: %+v", s)
+	}
+	s.apply(router.Hint{Name: router.HintRole, Reset: true})
+	s.apply(router.Hint{Name: router.HintTeam, Reset: true})
+	if s.team != "" || s.primary || s.shard != "shard-1" {
+		t.Fatalf("after RESETs: %+v", s)
+	}
+	s.apply(router.Hint{Name: router.HintAll, Reset: true})
+	if s.shard != "" || !s.set {
+		t.Fatalf("after RESET ALL: %+v", s)
+	}
+}
+
+func TestAnalysisClassifiesTransactionControlAndHintStatements(t *testing.T) {
+	z := newAnalyzer(10)
+	cases := []struct {
+		sql       string
+		tx        txKind
+		ro        bool
+		hintsOnly bool
+		noData    bool
+	}{
+		{"BEGIN", txBegin, false, false, true},
+		{"  begin read only", txBegin, true, false, true},
+		{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", txBegin, true, false, true},
+		{"begin read write", txBegin, false, false, true},
+		{"COMMIT", txCommit, false, false, true},
+		{"end", txCommit, false, false, true},
+		{"ROLLBACK", txRollback, false, false, true},
+		{"abort", txRollback, false, false, true},
+		{"COMMIT AND CHAIN", txNone, false, false, true},
+		{"ROLLBACK TO SAVEPOINT a", txNone, false, false, true},
+		{"BEGIN; SELECT 1", txNone, false, false, false},
+		{"SET LOCAL brownie.team_id = 'x'", txNone, false, true, true},
+		{"SET brownie.shard = 'shard-1'; RESET brownie.role", txNone, false, true, true},
+		{"SET search_path = a", txNone, false, false, true},
+		{"SELECT 1", txNone, false, false, false},
+		{"INSERT INTO t SELECT 1", txNone, false, false, false},
+		{"ending_soon", txNone, false, false, false},
+	}
+	for _, c := range cases {
+		a := z.analyze(c.sql)
+		if a.tx != c.tx || a.txReadOnly != c.ro || a.hintsOnly != c.hintsOnly || a.noData != c.noData {
+			t.Errorf("%q: tx=%d ro=%v hintsOnly=%v noData=%v; want %d %v %v %v", c.sql, a.tx, a.txReadOnly, a.hintsOnly, a.noData, c.tx, c.ro, c.hintsOnly, c.noData)
+		}
+	}
+}
