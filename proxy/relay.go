@@ -36,7 +36,8 @@ const (
 
 type expectation struct {
 	kind expKind
-	key  string // statement key for Parse kinds; "" for the unnamed statement
+	key  string    // statement key for Parse kinds; "" for the unnamed statement
+	at   time.Time // when a client request (Query, FunctionCall, Sync) was sent
 }
 
 func (k expKind) isParse() bool { return k <= expParseCached }
@@ -467,7 +468,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 	case 'Q':
 		ss.pending++
 		ss.synced = true
-		ss.expect = append(ss.expect, expectation{kind: expQuery})
+		ss.expect = append(ss.expect, expectation{kind: expQuery, at: time.Now()})
 		if a != nil && a.touchesState() {
 			ss.dirty.note(a)
 		}
@@ -485,11 +486,11 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 	case 'F':
 		ss.pending++
 		ss.synced = true
-		ss.expect = append(ss.expect, expectation{kind: expQuery})
+		ss.expect = append(ss.expect, expectation{kind: expQuery, at: time.Now()})
 	case 'S':
 		if !ss.copyIn { // Sync inside COPY IN gets no ReadyForQuery
 			ss.pending++
-			ss.expect = append(ss.expect, expectation{kind: expSync})
+			ss.expect = append(ss.expect, expectation{kind: expSync, at: time.Now()})
 		}
 		ss.synced = true
 	case 'c', 'f':
@@ -822,6 +823,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	ss.mu.Lock()
 	ss.txStatus, u.txStatus = status, status
 	if len(ss.expect) > 0 && ss.expect[0].kind.ends() {
+		if at := ss.expect[0].at; !at.IsZero() && u.duration != nil {
+			u.duration.Observe(time.Since(at).Seconds())
+		}
 		ss.expect = ss.expect[1:]
 	}
 	if ss.pending > 0 {

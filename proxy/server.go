@@ -315,6 +315,7 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 		return nil, err
 	}
 	s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), "ok").Inc()
+	u.duration = s.metrics.QueryDuration.WithLabelValues(t.Shard, t.Role.String())
 	if !s.connected.Swap(true) {
 		s.log.Info("upstream connected", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr))
 	}

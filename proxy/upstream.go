@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
@@ -48,6 +49,10 @@ type upstream struct {
 	stmts   *stmtCache
 	unnamed *stmtDef
 	applied map[string]string
+
+	// duration observes the time from a client request to its
+	// ReadyForQuery on this connection's target.
+	duration prometheus.Observer
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.

@@ -430,6 +430,16 @@ func TestTeamRouting(t *testing.T) {
 		if w, _ := servedBy(t, e, c, "/* brownie:role=primary */ "+where, b); w != "shard-1/primary" {
 			t.Errorf("brownie:role=primary read served by %s", w)
 		}
+		_, metrics := e.sc.get(t, "/metrics")
+		for _, m := range []string{
+			`brownie_sidecar_query_duration_seconds_count{role="replica",shard="shard-1"}`,
+			`brownie_sidecar_route_decisions_total{kind="one",reason="key",role="replica"}`,
+			`brownie_sidecar_host_up{addr=`,
+		} {
+			if !strings.Contains(metrics, m) {
+				t.Errorf("metrics lack %s", m)
+			}
+		}
 	})
 
 	t.Run("ReadYourWrites", func(t *testing.T) {

@@ -25,8 +25,9 @@
 // each cell shows the median TPS and median latency of its N runs, with the
 // spread of the runs' TPS. Last, it restarts PostgreSQL with room for 2,000
 // backends, starts a fresh sidecar, opens 2,000 idle client sessions (each
-// a completed startup, so each holds an upstream connection in session
-// mode) and reports the sidecar's peak resident set (VmHWM).
+// a completed startup and nothing else: like PgBouncer, the sidecar takes an
+// upstream connection at a session's first statement, so idle sessions hold
+// none) and reports the sidecar's peak resident set (VmHWM).
 //
 // It owns the work directory (.bench by default, recreated on every run) and
 // every process it starts there: one PostgreSQL cluster through

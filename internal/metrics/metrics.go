@@ -25,6 +25,10 @@ type Metrics struct {
 	SettingsSyncs   prometheus.Counter
 	Transactions    prometheus.Counter
 
+	// QueryDuration is the time from a client request (Query, Sync,
+	// FunctionCall) to its ReadyForQuery, by shard and role.
+	QueryDuration *prometheus.HistogramVec
+
 	// Routing and health.
 	RouteDecisions    *prometheus.CounterVec // kind, reason, role
 	RouteErrors       *prometheus.CounterVec // code
@@ -96,6 +100,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_upstream_attachments_total",
 			Help: "Times a client session took an upstream connection (once per session in session mode, per transaction in transaction mode).",
 		}),
+		QueryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "brownie_sidecar_query_duration_seconds",
+			Help:    "Time from a client request (Query, Sync, FunctionCall) to its ReadyForQuery, by shard and role.",
+			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"shard", "role"}),
 		RouteDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_route_decisions_total",
 			Help: "Statements routed, by decision kind (any, one, some, all), reason and role (primary, replica).",
@@ -138,7 +147,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
-		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.RouteDecisions, m.RouteErrors, m.Failovers,
+		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid)
 	return m
 }
