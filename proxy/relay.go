@@ -560,7 +560,7 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 			if _, err := ss.uw.Write(body); err != nil {
 				return ss.upstreamWriteFailed(err)
 			}
-		} else if err := ss.cr.CopyBody(ss.uw); err != nil {
+		} else if err := ss.cr.CopyBody(&ss.uw); err != nil {
 			return ss.upstreamWriteFailed(err)
 		}
 	}
@@ -920,7 +920,7 @@ func (ss *session) forward(typ byte, n int, body []byte, u *upstream, stream boo
 	var err error
 	switch {
 	case stream:
-		err = u.r.CopyBody(w.w)
+		err = u.r.CopyBody(&w.w)
 	case typ == '1' || typ == '3':
 		// completions may be retyped; they have no body
 	default:
@@ -1014,7 +1014,7 @@ func (ss *session) finish(cause error) {
 	_ = ss.client.Close()
 
 	if safe {
-		if err := sendQueries(ss.uw, u, reset); err == nil {
+		if err := sendQueries(&ss.uw, u, reset); err == nil {
 			select {
 			case <-done:
 			case <-time.After(ss.srv.cfg.Pool.ResetTimeout):

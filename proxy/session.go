@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	cryptotls "crypto/tls"
 	"errors"
 	"fmt"
@@ -59,7 +58,7 @@ type session struct {
 
 	cr *wire.Reader
 	cw clientWriter
-	uw *bufio.Writer // the session's writer to whichever upstream it holds
+	uw pooledWriter // the session's writer to whichever upstream it holds
 
 	// Scratch buffers: wbuf for the session goroutine's outgoing messages,
 	// rhdr for the relay goroutine's message headers (one relay at a time).
@@ -128,7 +127,7 @@ type session struct {
 // the relay goroutine and errors from the session goroutine or a drain.
 type clientWriter struct {
 	mu   sync.Mutex
-	w    *bufio.Writer
+	w    pooledWriter
 	conn net.Conn
 }
 
@@ -178,11 +177,10 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 // serve runs a client connection from accept to close.
 func (s *Server) serve(conn net.Conn) {
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
-		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
-		uw: bufio.NewWriterSize(nil, bufSize)}
+		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{}}
 	ss.cond = sync.NewCond(&ss.mu)
 	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
-	ss.cw = clientWriter{w: bufio.NewWriterSize(conn, bufSize), conn: conn}
+	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
 	defer conn.Close()
 
 	err := ss.negotiateStartup()

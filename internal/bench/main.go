@@ -46,6 +46,9 @@ type options struct {
 	scale      int
 	repeat     int      // runs per (row, target); cells show the median
 	modes      []string // tables to run, in allModes order
+	// sidecarEnv is extra environment for every sidecar run (e.g.
+	// GOMAXPROCS=1), recorded in the report.
+	sidecarEnv map[string]string
 }
 
 var allProtocols = []string{"simple", "extended", "prepared"}
@@ -84,6 +87,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	protocols := fs.String("protocols", strings.Join(allProtocols, ","), "comma-separated pgbench query protocols")
 	fs.BoolVar(&o.skipRSS, "skip-rss", false, "skip the idle-connection RSS measurement")
 	fs.IntVar(&o.rssClients, "rss-clients", 2000, "idle client sessions opened for the RSS measurement")
+	fs.Func("sidecar-env", "NAME=VALUE added to every sidecar's environment (repeatable), e.g. GOMAXPROCS=1", func(v string) error {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want NAME=VALUE, got %q", v)
+		}
+		if o.sidecarEnv == nil {
+			o.sidecarEnv = map[string]string{}
+		}
+		o.sidecarEnv[k] = val
+		return nil
+	})
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
@@ -277,6 +291,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		repeat:   b.opts.repeat,
 		versions: b.versions(ctx),
 		skipRSS:  b.opts.skipRSS,
+
+		sidecarEnv: b.opts.sidecarEnv,
 	}
 
 	if slices.Contains(b.opts.modes, modeSession) {

@@ -82,6 +82,7 @@ type report struct {
 	tables      []*table // in allModes order
 	skipRSS     bool
 	rss         *rssResult
+	sidecarEnv  map[string]string // extra sidecar environment, if any
 }
 
 // hasRows reports whether any table has a measured row.
@@ -198,6 +199,14 @@ func (r *report) markdown() string {
 	b.WriteString(" PgBouncer and the sidecar hold the client certificate upstream (TLS, verify-full) and take plaintext loopback clients.\n\n")
 	if len(r.versions) > 0 {
 		fmt.Fprintf(&b, "Versions: %s.\n\n", strings.Join(r.versions, "; "))
+	}
+	if len(r.sidecarEnv) > 0 {
+		var kv []string
+		for k, v := range r.sidecarEnv {
+			kv = append(kv, k+"="+v)
+		}
+		slices.Sort(kv)
+		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
 	}
 	for _, t := range r.tables {
 		r.writeTable(&b, t)

@@ -48,11 +48,12 @@ func (b *bench) startSidecar(ctx context.Context, name string, extra map[string]
 		"MAX_CLIENT_CONN":  "5000",
 		"SHUTDOWN_TIMEOUT": "5s",
 	}
+	maps.Copy(env, b.opts.sidecarEnv)
 	maps.Copy(env, extra)
 	cmd := exec.Command(b.sidecar, "run")
 	cmd.Dir = b.dir
 	cmd.Env = cleanEnv("", env)
-	b.logf("starting %s on %s (admin %s, POOL_MODE=%s, POOL_SIZE=%s)", name, addr, admin, env["POOL_MODE"], env["POOL_SIZE"])
+	b.logf("starting %s on %s (admin %s, POOL_MODE=%s, POOL_SIZE=%s, extra environment %v)", name, addr, admin, env["POOL_MODE"], env["POOL_SIZE"], b.opts.sidecarEnv)
 	p, err := startProc(name, cmd, filepath.Join(b.dir, name+".log"))
 	if err != nil {
 		return nil, err
