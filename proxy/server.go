@@ -268,7 +268,7 @@ func (s *Server) accept(ln net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serve(conn)
+			s.serve(wrapFast(conn))
 		}()
 	}
 }

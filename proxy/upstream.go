@@ -140,7 +140,7 @@ func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	conn, err := d.startTLS(raw, t, b)
+	conn, err := d.startTLS(wrapFast(raw), t, b)
 	if err != nil {
 		raw.Close()
 		return nil, err
