@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,13 +83,17 @@ func (u *upstream) Alive() bool {
 	}
 	alive := true
 	err = rc.Read(func(fd uintptr) bool {
+		// A raw call, as in fastConn: a non-blocking peek needs none of the
+		// scheduler's syscall bookkeeping (once per transaction in
+		// transaction mode).
 		var b [1]byte
-		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		switch {
-		case n > 0: // unsolicited data
+		case errno == syscall.EAGAIN:
+		case errno != 0 || n == 0: // a socket error, or EOF
 			alive = false
-		case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
-		default: // EOF (n == 0) or a socket error
+		default: // unsolicited data
 			alive = false
 		}
 		return true
