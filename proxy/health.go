@@ -282,17 +282,9 @@ func (h *health) publish(m *router.Map, results []*hostHealth) {
 			}
 			r.BannedUntil = h.banned[r.Host.Addr]
 			h.prev[r.Host.Addr] = r
-			role := "replica"
-			if !r.InRecovery {
-				role = "primary"
-			}
-			up := 0.0
+			h.srv.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
 			if r.Up {
-				up = 1
-			}
-			h.srv.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(up)
-			if r.Up {
-				h.srv.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(map[string]float64{"primary": 1, "replica": 0}[role])
+				h.srv.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
 			}
 			if r.InRecovery {
 				h.srv.metrics.ReplicaLagSeconds.WithLabelValues(sh.Name, r.Host.Addr).Set(r.LagSeconds)
@@ -305,6 +297,13 @@ func (h *health) publish(m *router.Map, results []*hostHealth) {
 	close(h.rounds)
 	h.rounds = make(chan struct{})
 	h.mu.Unlock()
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ban leaves a replica out of reads for REPLICA_BAN_TIME after a session

@@ -223,7 +223,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			return err
 		}
 	}
-	r := ss.routeMessage(typ, n, body, bindFull, refused != "")
+	r := ss.routeMessage(typ, n, body, bindFull, a, refused != "")
 
 	ss.mu.Lock()
 	if !ss.ended && (ss.up == nil || (routed && ss.switchableLocked())) {
@@ -297,7 +297,8 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 
 // routeMessage says where one client message goes: Query and Bind by the
 // router (with routing on), everything else where the session already is.
-func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull, pinRefused bool) routeResult {
+// a is the analysis of a Query's text.
+func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull bool, a *analysis, pinRefused bool) routeResult {
 	if !ss.srv.routingEnabled() || pinRefused {
 		return ss.currentOrPreferred()
 	}
@@ -305,10 +306,7 @@ func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull, pinRefus
 	case 'Q':
 		if body == nil {
 			ss.mu.Lock()
-			h := ss.hints
-			if ss.local.set {
-				h = ss.local
-			}
+			h := ss.hintsLocked()
 			ss.mu.Unlock()
 			if h.team == "" && h.shard == "" {
 				e := pgerr.Errorf(pgerr.ProgramLimitExceeded, "a query of %d bytes is too large for the sidecar to route", n)
@@ -317,7 +315,7 @@ func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull, pinRefus
 			}
 			return routeResult{target: ss.preferredTarget()}
 		}
-		return ss.route(router.StmtInfo{SQL: string(body[:len(body)-1])})
+		return ss.route(router.StmtInfo{SQL: string(body[:len(body)-1])}, a)
 	case 'B':
 		_, stmtName, _, err := bindHeader(body)
 		if err != nil {
@@ -338,7 +336,7 @@ func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull, pinRefus
 			}
 			st.Params, st.Formats = b.Parameters, b.ParameterFormatCodes
 		}
-		return ss.route(st)
+		return ss.route(st, def.a)
 	}
 	return ss.currentOrPreferred()
 }
@@ -625,13 +623,12 @@ func (ss *session) unpinMetricLocked() {
 	}
 }
 
-// refusalStatement is what a refused statement is replaced with, so that
-// the upstream raises the error in its place: in order with the client's
-// other messages and with the usual effect on an open transaction.
+// refusalStatement is what a statement refused by POOL_PIN_POLICY=error is
+// replaced with (see raiseStatement).
 func refusalStatement(reason string) string {
-	return fmt.Sprintf(`DO $brw$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = %s, HINT = %s; END$brw$`,
-		quoteLiteral(pinFeature[reason]+" is not supported in transaction pooling mode"),
-		quoteLiteral("set POOL_PIN_POLICY=pin to keep such sessions on one upstream connection, or use POOL_MODE=session"))
+	e := pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not supported in transaction pooling mode", pinFeature[reason])
+	e.Hint = "set POOL_PIN_POLICY=pin to keep such sessions on one upstream connection, or use POOL_MODE=session"
+	return raiseStatement(e)
 }
 
 // upstreamToClient forwards upstream messages of one attachment to the

@@ -70,10 +70,7 @@ func (ss *session) factsLocked() router.SessionFacts {
 		ss.local = hintState{} // the transaction that set them is over
 		ss.readOnlyTx = false
 	}
-	h := ss.hints
-	if ss.local.set {
-		h = ss.local
-	}
+	h := ss.hintsLocked()
 	f.TeamHint, f.ShardHint, f.RolePrimary = h.team, h.shard, h.primary
 	f.InTransaction = inTx
 	f.ReadOnlyTransaction = ss.readOnlyTx
@@ -81,6 +78,15 @@ func (ss *session) factsLocked() router.SessionFacts {
 		f.ShardsInUse = []string{ss.up.Value.target.Shard}
 	}
 	return f
+}
+
+// hintsLocked returns the hints in effect: the transaction's (SET LOCAL)
+// when it set any, else the session's. Called with ss.mu held.
+func (ss *session) hintsLocked() hintState {
+	if ss.local.set {
+		return ss.local
+	}
+	return ss.hints
 }
 
 // applyHintsLocked records the hints a routed statement sets.
@@ -103,8 +109,8 @@ func (ss *session) applyHintsLocked(hs []router.Hint) {
 // route decides where a Query or Bind goes: the router's decision, the
 // shard's current primary, or one of its replicas when the statement may
 // read there and the replica has replayed the session's last write on the
-// shard.
-func (ss *session) route(st router.StmtInfo) routeResult {
+// shard. a is the statement's analysis (the proxy's, already made).
+func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 	s := ss.srv
 	ss.mu.Lock()
 	f := ss.factsLocked()
@@ -156,7 +162,7 @@ func (ss *session) route(st router.StmtInfo) routeResult {
 		return ss.refusal(pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard))
 	}
 	readOnly := d.ReadOnly
-	noData := ss.srv.analyzer.analyze(st.SQL).noData
+	noData := a != nil && a.noData
 	ss.mu.Lock()
 	wroteAt := ss.lastWrite[shard]
 	if ss.txWrote == shard {
@@ -211,10 +217,7 @@ func (ss *session) preferredTarget() router.Target {
 		return pt
 	}
 	ss.mu.Lock()
-	h := ss.hints
-	if ss.local.set {
-		h = ss.local
-	}
+	h := ss.hintsLocked()
 	ss.mu.Unlock()
 	t, err := s.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user, TeamHint: h.team, ShardHint: h.shard})
 	if err == nil && (h.team != "" || h.shard != "") {
@@ -509,9 +512,8 @@ func (s *Server) startHealth(ctx context.Context) {
 // startupHints validates and records the brownie.* settings of the
 // startup packet (options=-c brownie.team_id=…, or the parameter itself).
 func (ss *session) startupHints() error {
-	names := map[string]router.HintName{"brownie.team_id": router.HintTeam, "brownie.shard": router.HintShard, "brownie.role": router.HintRole}
 	for _, kv := range ss.settings {
-		n, ok := names[strings.ToLower(kv[0])]
+		n, ok := router.HintNamed(kv[0])
 		if !ok {
 			continue
 		}

@@ -46,6 +46,16 @@ func (n HintName) String() string {
 // hintByName maps the part after "brownie." (or "brownie:") to a hint.
 var hintByName = map[string]HintName{"team_id": HintTeam, "shard": HintShard, "role": HintRole}
 
+// HintNamed returns the hint a setting name stands for ("brownie.team_id",
+// any case), or false for any other setting.
+func HintNamed(setting string) (HintName, bool) {
+	if len(setting) < len("brownie.") || !strings.EqualFold(setting[:len("brownie.")], "brownie.") {
+		return 0, false
+	}
+	n, ok := hintByName[strings.ToLower(setting[len("brownie."):])]
+	return n, ok
+}
+
 // Hint is a routing hint a session sets: SET [LOCAL] brownie.team_id,
 // RESET, set_config('brownie.shard', …), or startup options. Hints are
 // validated but never spliced into SQL.

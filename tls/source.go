@@ -2,6 +2,7 @@ package tls
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	cryptotls "crypto/tls"
 	"crypto/x509"
@@ -294,25 +295,31 @@ func (s *FileSource) load() (*Bundle, error) {
 		return nil, &CertError{Reason: ReasonCA, path: s.caPath,
 			Msg: fmt.Sprintf("parse CA certificate %s: %v", s.caPath, err)}
 	}
-	roots := x509.NewCertPool()
-	for _, c := range cas {
-		roots.AddCert(c)
-	}
-
 	der := make([][]byte, len(chain))
 	for i, c := range chain {
 		der[i] = c.Raw
+	}
+	b := newBundle(der, key, leaf, cas)
+	b.fingerprint = fingerprint(certPEM, keyPEM, caPEM)
+	return b, nil
+}
+
+// newBundle assembles a bundle presenting the DER chain der (leaf first)
+// with key, trusting cas for the upstream server.
+func newBundle(der [][]byte, key crypto.PrivateKey, leaf *x509.Certificate, cas []*x509.Certificate) *Bundle {
+	roots := x509.NewCertPool()
+	for _, c := range cas {
+		roots.AddCert(c)
 	}
 	return &Bundle{
 		Certificate: cryptotls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf},
 		Leaf:        leaf,
 		Roots:       roots,
 		CAs:         cas,
-		Serial:      serial,
+		Serial:      leaf.SerialNumber.Text(16),
 		NotBefore:   leaf.NotBefore,
 		NotAfter:    leaf.NotAfter,
-		fingerprint: fingerprint(certPEM, keyPEM, caPEM),
-	}, nil
+	}
 }
 
 // fingerprint hashes the files with length prefixes so that moving bytes

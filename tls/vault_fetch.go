@@ -7,7 +7,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	cryptotls "crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -221,19 +220,7 @@ func (s *VaultSource) assemble(where string, chain []*x509.Certificate, key cryp
 		return nil, nil, &CertError{Reason: ReasonCA,
 			Msg: where + ": no CA certificate to verify the upstream server (Vault returned none; set VAULT_CA_FILE)"}
 	}
-	roots := x509.NewCertPool()
-	for _, c := range cas {
-		roots.AddCert(c)
-	}
-	return &Bundle{
-		Certificate: cryptotls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf},
-		Leaf:        leaf,
-		Roots:       roots,
-		CAs:         cas,
-		Serial:      serial,
-		NotBefore:   leaf.NotBefore,
-		NotAfter:    leaf.NotAfter,
-	}, rootsPEM, nil
+	return newBundle(der, key, leaf, cas), rootsPEM, nil
 }
 
 func isSelfSigned(c *x509.Certificate) bool {
