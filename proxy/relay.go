@@ -66,6 +66,15 @@ func (ss *session) transactionMode() bool {
 func (ss *session) relay() {
 	defer ss.stopRelay()
 	err := ss.clientToUpstream()
+	var pe *pgerr.Error
+	if errors.As(err, &pe) {
+		ss.fail(pe) // a protocol violation or limit: the client hears why
+	}
+	if ss.fan != nil { // a request spanning shards left unfinished
+		ss.fan.destroy()
+		ss.fan = nil
+		_ = ss.endFanOut(nil)
+	}
 	ss.finish(err)
 }
 
@@ -169,6 +178,9 @@ func (ss *session) clientToUpstream() error {
 // that keep protocol-level prepared statements working on whichever
 // upstream serves the client.
 func (ss *session) forwardMessage(typ byte, n int) error {
+	if ss.fan != nil {
+		return ss.fan.message(typ, n)
+	}
 	routed := ss.srv.routingEnabled()
 	var body []byte
 	var err error
@@ -224,20 +236,32 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		}
 	}
 	r := ss.routeMessage(typ, n, body, bindFull, a, refused != "")
+	if r.fan != nil {
+		ss.mu.Lock()
+		mixed := ss.up != nil && (!ss.synced || ss.copyIn)
+		ss.mu.Unlock()
+		if !mixed {
+			return ss.fanOutMessage(typ, n, body, r.fan)
+		}
+		r = ss.refusal(errMixedPipeline())
+	}
 
 	ss.mu.Lock()
-	if !ss.ended && (ss.up == nil || (routed && ss.switchableLocked())) {
-		// Nothing is in flight and no transaction is open upstream, so
-		// Parse, Sync and Flush need no upstream. Answering them here keeps
-		// a client that prepares synchronously between transactions
-		// (pgbench -M prepared, libpq PQprepare) from waiting for a
-		// connection while its other connections' transactions wait for
-		// it, and lets the statement's first Bind choose the shard. The
-		// statement is prepared upstream at its first Bind or Describe; an
-		// invalid one is reported there.
+	if !ss.ended && (ss.up == nil || (routed && ss.quietLocked())) {
+		// Nothing is in flight (and, without routing, no upstream is
+		// held), so Parse, Sync and Flush need no upstream. Answering them
+		// here keeps a client that prepares synchronously between
+		// transactions (pgbench -M prepared, libpq PQprepare) from waiting
+		// for a connection while its other connections' transactions wait
+		// for it, and lets the statement's first Bind choose the shard (or
+		// shards). The statement is prepared upstream at its first Bind or
+		// Describe; an invalid one is reported there.
 		status := byte('I')
-		if len(ss.deferred) > 0 {
+		switch {
+		case len(ss.deferred) > 0:
 			status = 'T'
+		case ss.up != nil:
+			status = ss.txStatus
 		}
 		switch {
 		case typ == 'P' && refused == "":
@@ -1072,16 +1096,27 @@ func sendQueries(w interface {
 	return w.Flush()
 }
 
-// runningBackend returns the upstream backend to cancel when a query is in
-// flight.
-func (ss *session) runningBackend() (t router.Target, pid uint32, secret []byte, ok bool) {
+// backend identifies an upstream backend to cancel.
+type backend struct {
+	t      router.Target
+	pid    uint32
+	secret []byte
+}
+
+// runningBackends returns the upstream backends serving the client's
+// request in flight: the one attached, or every leg of a fan-out.
+func (ss *session) runningBackends() []backend {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	var bs []backend
+	for _, u := range ss.fanUps {
+		bs = append(bs, backend{u.target, u.pid, u.secret})
+	}
 	if ss.up == nil || ss.pending == 0 || ss.resetting || ss.upGone {
-		return t, 0, nil, false
+		return bs
 	}
 	u := ss.up.Value
-	return u.target, u.pid, u.secret, true
+	return append(bs, backend{u.target, u.pid, u.secret})
 }
 
 // drain marks the session for shutdown; an idle session is terminated at
@@ -1089,7 +1124,7 @@ func (ss *session) runningBackend() (t router.Target, pid uint32, secret []byte,
 func (ss *session) drain() {
 	ss.mu.Lock()
 	ss.draining = true
-	idle := !ss.resetting && (ss.up == nil || (ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'))
+	idle := !ss.resetting && !ss.fanning && (ss.up == nil || (ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'))
 	ss.mu.Unlock()
 	if idle {
 		ss.terminate(errShutdown)

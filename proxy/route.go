@@ -46,6 +46,9 @@ type routeResult struct {
 	compatible func(router.Target) bool
 	// refuse, when set, is raised in the message's place, in order.
 	refuse *pgerr.Error
+	// fan, when set, runs the message on several shards at once (see
+	// fanOut); target and compatible are unused.
+	fan *fanPlan
 }
 
 // routingEnabled reports whether statements are routed by the shard map
@@ -151,31 +154,18 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 			shard = d.Shards[0]
 		}
 	default:
-		e := pgerr.Errorf(pgerr.FeatureNotSupported, "statement needs shards %s at once; statements spanning shards are not supported yet", strings.Join(d.Shards, ", "))
-		e.Detail = d.Explain()
-		e.Hint = "add the team key (team_id) to the statement, or SET brownie.team_id for the session"
-		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
-		return ss.refusal(e)
+		return ss.routeFanOut(d, f)
 	}
-	t, ok := s.primaryTarget(shard)
+	noData := a != nil && a.noData
+	t, ok := ss.targetFor(shard, d)
 	if !ok {
 		return ss.refusal(pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard))
 	}
 	readOnly := d.ReadOnly
-	noData := a != nil && a.noData
-	ss.mu.Lock()
-	wroteAt := ss.lastWrite[shard]
-	if ss.txWrote == shard {
-		wroteAt = time.Now() // a write on the shard is not committed yet
-	}
 	if !readOnly && !noData {
+		ss.mu.Lock()
 		ss.txWrote = shard
-	}
-	ss.mu.Unlock()
-	if d.Replica && !d.ForcePrimary {
-		if h, ok := s.health.replica(shard, wroteAt, s.replicaBusy(shard)); ok {
-			t = router.Target{Shard: shard, Role: router.Replica, Host: h}
-		}
+		ss.mu.Unlock()
 	}
 	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), t.Role.String()).Inc()
 	if ce := ss.log.Check(zap.DebugLevel, "statement routed"); ce != nil {
@@ -189,6 +179,65 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 		// primary unless they only read.
 		return noData || ((anyShard || c.Shard == shard) && (c.Role == router.Primary || readOnly))
 	}}
+}
+
+// targetFor returns where a statement decided by d runs on shard: the
+// shard's current primary, or one of its replicas when d allows a replica
+// and one has replayed the session's last write on the shard.
+func (ss *session) targetFor(shard string, d router.Decision) (router.Target, bool) {
+	s := ss.srv
+	t, ok := s.primaryTarget(shard)
+	if !ok || !d.Replica || d.ForcePrimary {
+		return t, ok
+	}
+	ss.mu.Lock()
+	wroteAt := ss.lastWrite[shard]
+	if ss.txWrote == shard {
+		wroteAt = time.Now() // a write on the shard is not committed yet
+	}
+	ss.mu.Unlock()
+	if h, ok := s.health.replica(shard, wroteAt, s.replicaBusy(shard)); ok {
+		t = router.Target{Shard: shard, Role: router.Replica, Host: h}
+	}
+	return t, true
+}
+
+// routeFanOut completes the route of a statement that needs several
+// shards: a fan-out of a read, or of a write outside any transaction.
+// Writes to replicated tables and schema changes (every shard, atomically)
+// and writes spanning shards inside a transaction need two-phase commit
+// and are refused.
+func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts) routeResult {
+	s := ss.srv
+	refuse := func(e *pgerr.Error) routeResult {
+		e.Detail = d.Explain()
+		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
+		return ss.refusal(e)
+	}
+	switch {
+	case d.Broadcast:
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "statement changes replicated tables or the schema on shards %s; writes on every shard are not supported yet", strings.Join(d.Shards, ", "))
+		e.Hint = "apply it to each shard directly (brownie:shard hint) until atomic writes on every shard are available"
+		return refuse(e)
+	case !d.ReadOnly && f.InTransaction:
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a write on shards %s inside a transaction is not supported yet", strings.Join(d.Shards, ", "))
+		e.Hint = "add the team key (team_id) to the statement, SET LOCAL brownie.team_id first, or run it outside the transaction"
+		return refuse(e)
+	}
+	plan := &fanPlan{readOnly: d.ReadOnly, explain: d.Explain()}
+	for _, shard := range d.Shards {
+		t, ok := ss.targetFor(shard, d)
+		if !ok {
+			return ss.refusal(pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard))
+		}
+		plan.targets = append(plan.targets, t)
+	}
+	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), plan.targets[0].Role.String()).Inc()
+	if ce := ss.log.Check(zap.DebugLevel, "statement fanned out"); ce != nil {
+		ce.Write(zap.Strings("shards", d.Shards), zap.Bool("read_only", d.ReadOnly), zap.String("decision", plan.explain),
+			zap.Bool("in_transaction", f.InTransaction))
+	}
+	return routeResult{fan: plan}
 }
 
 // replicaBusy returns how many connections of each replica of shard are in
@@ -260,7 +309,13 @@ func (ss *session) refusal(e *pgerr.Error) routeResult {
 // switchableLocked reports whether the session may leave its current
 // upstream: nothing in flight, between requests, outside any transaction.
 func (ss *session) switchableLocked() bool {
-	return ss.up != nil && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' &&
+	return ss.quietLocked() && ss.txStatus == 'I'
+}
+
+// quietLocked reports whether the session holds an upstream with nothing
+// in flight, between requests (possibly inside a transaction).
+func (ss *session) quietLocked() bool {
+	return ss.up != nil && ss.pending == 0 && ss.synced && !ss.copyIn &&
 		len(ss.expect) == 0 && !ss.internal && !ss.resetting
 }
 
@@ -316,21 +371,8 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 // attachToLocked attaches a parked connection for t or one from t's pool.
 // Called and returns with ss.mu held; mu is released while acquiring.
 func (ss *session) attachToLocked(t router.Target) error {
-	c := ss.parked[t]
-	delete(ss.parked, t)
 	ss.mu.Unlock()
-	var err error
-	if c == nil {
-		c, err = ss.acquire(t)
-		if err != nil && t.Role == router.Replica {
-			ss.srv.health.ban(t.Host.Addr, err)
-			if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
-				c, err = ss.acquire(pt)
-			}
-		}
-	} else if err = ss.syncSettings(c.Value); err != nil {
-		c.Destroy()
-	}
+	c, err := ss.takeConn(t)
 	if err == nil {
 		if err = ss.reportParams(c.Value, false); err != nil {
 			c.Release()
@@ -350,11 +392,38 @@ func (ss *session) attachToLocked(t router.Target) error {
 	return nil
 }
 
-// parkLocked stops relaying the current (idle) upstream and keeps it for
-// the session when it carries session state (session mode, pins), or gives
-// it back to its pool. The relay goroutine is woken from its read with a
-// past deadline.
-func (ss *session) parkLocked() {
+// takeConn returns a connection for t with the client's settings applied:
+// the one the session parked for t, else one from t's pool (from the
+// shard's primary when t's replica cannot be reached, banning the
+// replica). Called without ss.mu; the caller owns the connection.
+func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
+	ss.mu.Lock()
+	c := ss.parked[t]
+	delete(ss.parked, t)
+	ss.mu.Unlock()
+	if c != nil {
+		if err := ss.syncSettings(c.Value); err != nil {
+			c.Destroy()
+			return nil, err
+		}
+		return c, nil
+	}
+	c, err := ss.acquire(t)
+	if err != nil && t.Role == router.Replica {
+		ss.srv.health.ban(t.Host.Addr, err)
+		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
+			c, err = ss.acquire(pt)
+		}
+	}
+	return c, err
+}
+
+// stopRelayLocked stops the relay goroutine serving the current (quiet)
+// upstream and detaches it, waking the goroutine from its read with a past
+// deadline. It returns the connection for the caller to own, or nil when
+// the relay found it broken (then it is destroyed). Called and returns
+// with ss.mu held; mu is released while waiting.
+func (ss *session) stopRelayLocked() *pool.Conn[*upstream] {
 	c, done := ss.up, ss.relayDone
 	ss.parking = true
 	_ = c.Value.conn.SetReadDeadline(time.Unix(1, 0))
@@ -367,13 +436,30 @@ func (ss *session) parkLocked() {
 	if ss.upGone {
 		ss.upGone = false
 		c.Destroy()
-		return
+		return nil
 	}
-	if len(ss.pins) > 0 {
+	return c
+}
+
+// parkLocked stops relaying the current (idle) upstream and keeps it for
+// the session when it carries session state (session mode, pins), or gives
+// it back to its pool. Called with ss.mu held.
+func (ss *session) parkLocked() {
+	if c := ss.stopRelayLocked(); c != nil {
+		ss.keepLocked(c)
+	}
+}
+
+// keepLocked parks c (idle, owned by the caller) for the session when the
+// session carries state (session mode, pins) and has none parked for c's
+// target, else gives it back to its pool. Called with ss.mu held.
+func (ss *session) keepLocked(c *pool.Conn[*upstream]) {
+	t := c.Value.target
+	if len(ss.pins) > 0 && ss.parked[t] == nil {
 		if ss.parked == nil {
 			ss.parked = map[router.Target]*pool.Conn[*upstream]{}
 		}
-		ss.parked[c.Value.target] = c
+		ss.parked[t] = c
 		return
 	}
 	c.Release()

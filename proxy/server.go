@@ -375,17 +375,19 @@ func (s *Server) cancel(pid uint32, secret []byte) {
 		s.metrics.CancelRequests.WithLabelValues("unknown").Inc()
 		return
 	}
-	t, upid, usecret, ok := ss.runningBackend()
-	if !ok {
+	bs := ss.runningBackends()
+	if len(bs) == 0 {
 		s.metrics.CancelRequests.WithLabelValues("idle").Inc()
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
 	defer cancel()
-	if err := s.dialer.cancel(ctx, t, upid, usecret); err != nil {
-		s.metrics.CancelRequests.WithLabelValues("failed").Inc()
-		s.log.Warn("cancel forward failed", zap.String("shard", t.Shard), zap.Error(err))
-		return
+	for _, b := range bs {
+		if err := s.dialer.cancel(ctx, b.t, b.pid, b.secret); err != nil {
+			s.metrics.CancelRequests.WithLabelValues("failed").Inc()
+			s.log.Warn("cancel forward failed", zap.String("shard", b.t.Shard), zap.Error(err))
+			return
+		}
 	}
 	s.metrics.CancelRequests.WithLabelValues("forwarded").Inc()
 }

@@ -118,6 +118,14 @@ type session struct {
 	txWrote      string               // shard written by the current transaction
 	lastWrite    map[string]time.Time // shard → when the session's last write there committed
 
+	// fan is the extended-protocol request spanning shards being built (a
+	// Bind routed to several shards, up to its Sync); session goroutine
+	// only. fanning (under mu) is set while a fan-out holds connections,
+	// fanUps (under mu) are their upstreams, for cancel requests.
+	fan     *fanOut
+	fanning bool
+	fanUps  []*upstream
+
 	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
 
 	discard atomic.Bool // stop writing upstream output to the client

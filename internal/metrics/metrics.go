@@ -40,6 +40,14 @@ type Metrics struct {
 	ShardMapReloads   *prometheus.CounterVec // result
 	ShardMapValid     prometheus.Gauge
 
+	// FanOuts counts client requests run on several shards at once, by
+	// kind (read, write) and outcome (ok, error); FanOutShards is how many
+	// shards each one used. MultiShardCommits counts the commits of
+	// writes spanning shards by outcome (committed, rolled_back, partial).
+	FanOuts           *prometheus.CounterVec
+	FanOutShards      prometheus.Histogram
+	MultiShardCommits *prometheus.CounterVec
+
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
 }
@@ -141,6 +149,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_shard_map_valid",
 			Help: "0 while the shard map file on disk is refused (the previous map keeps serving).",
 		}),
+		FanOuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_fanouts_total",
+			Help: "Client requests run on several shards at once, by kind (read, write) and outcome (ok, error).",
+		}, []string{"kind", "outcome"}),
+		FanOutShards: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "brownie_sidecar_fanout_shards",
+			Help:    "Number of shards each fan-out ran on.",
+			Buckets: []float64{2, 3, 4, 6, 8, 12, 16, 32, 64},
+		}),
+		MultiShardCommits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_multi_shard_commits_total",
+			Help: "Commits of writes spanning shards, by outcome: committed (every shard), rolled_back (none: a shard failed before commit) or partial (a shard failed while committing).",
+		}, []string{"outcome"}),
 	}
 	m.ShardMapValid.Set(1)
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
@@ -148,6 +169,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
-		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid)
+		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid,
+		m.FanOuts, m.FanOutShards, m.MultiShardCommits)
 	return m
 }

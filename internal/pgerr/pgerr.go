@@ -38,6 +38,8 @@ const (
 	InvalidParameterValue   Code = "22023"
 	ConfigurationLimit      Code = "53400"
 	InvalidTransactionState Code = "25000"
+	InFailedSQLTransaction  Code = "25P02" // a failed transaction ignores commands until its end
+	TransactionUnknown      Code = "08007" // a write spanning shards committed on some shards only
 	ProgramLimitExceeded    Code = "54000" // a statement too large to route
 )
 

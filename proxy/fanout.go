@@ -1,0 +1,1099 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
+	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+// fanPlan is where a statement spanning shards runs: one target per shard,
+// in shard-map order.
+type fanPlan struct {
+	targets  []router.Target
+	readOnly bool
+	explain  string
+}
+
+// joins reports whether a statement planned as q may join a fan-out
+// request planned as p: the same shards, and no write in a read's request
+// (a read's legs may be replicas and are not wrapped in a transaction).
+func (p *fanPlan) joins(q *fanPlan) bool {
+	return slices.EqualFunc(p.targets, q.targets, func(a, b router.Target) bool { return a.Shard == b.Shard }) &&
+		(q.readOnly || !p.readOnly)
+}
+
+// fanOut is one client request — a simple Query, or the extended-protocol
+// messages from a Bind up to Sync — run on several shards at once. The
+// session goroutine owns it and does all its I/O synchronously while the
+// session holds no attachment (the relay goroutine is idle): it sends the
+// request to every leg, then reads the legs' answers message by message,
+// leg after leg in shard-map order, streaming rows to the client as they
+// come and merging the rest: one RowDescription, one command tag counting
+// every shard's rows, the first error. Rows are concatenated, not merged:
+// ORDER BY, LIMIT and aggregates apply per shard.
+//
+// A write outside any transaction runs on every leg inside its own BEGIN
+// and is committed only when every leg succeeded (else rolled back
+// everywhere); a failure while committing leaves the shards that committed
+// committed, reported as such. In a transaction, only reads fan out: the
+// shard the transaction runs on answers on the transaction's connection
+// (seeing its uncommitted writes), the others on connections of their own.
+type fanOut struct {
+	ss    *session
+	plan  *fanPlan
+	legs  []*fanLeg
+	items []fanItem // messages whose answers are still to read, in order
+	wrap  bool      // a write outside a transaction: BEGIN … COMMIT on every leg
+	// txConn is the connection of the client's open transaction, detached
+	// for the request and attached again after it; txLeg is its leg when
+	// its shard is in the plan.
+	txConn *pool.Conn[*upstream]
+	txLeg  *fanLeg
+	// skipRest: an error was queued in the request, so later messages are
+	// not sent (the server would skip them up to Sync). failed: an error
+	// reached the client; answers up to ReadyForQuery are dropped.
+	skipRest, failed bool
+	firstErr         []byte // body of the first ErrorResponse sent to the client
+	clientGone       bool
+	start            time.Time
+}
+
+// fanLeg is the request's connection to one shard.
+type fanLeg struct {
+	c   *pool.Conn[*upstream]
+	u   *upstream
+	out []byte // messages to send at the next flush
+	// exp lists what the leg answers before each item: completions of
+	// Parse and Close messages the sidecar injected, an expQueryInjected
+	// for the wrapping BEGIN, and an expFanItem per item.
+	exp    []expectation
+	failed bool // answered an ErrorResponse: nothing more until ReadyForQuery
+	done   bool // answered ReadyForQuery for the request
+	broken bool // the connection failed
+	status byte
+}
+
+// fanItem is one client message of the request.
+type fanItem struct {
+	typ  byte         // 'B', 'D', 'E', 'C', 'Q', 'S' sent to the legs; '1', '3' answered by the sidecar; 'x' a sidecar error
+	stmt bool         // Describe of a statement (answers 't' then 'T' or 'n')
+	sent bool         // sent to the legs (not skipped after an error)
+	err  *pgerr.Error // for 'x'
+}
+
+// expFanItem marks, in a leg's expectations, the answer to the next item.
+const expFanItem = expQueryInjected + 1
+
+var errInFailedTx = pgerr.Errorf(pgerr.InFailedSQLTransaction, "current transaction is aborted, commands ignored until end of transaction block")
+
+// errMixedPipeline refuses a pipeline mixing statements for one shard and
+// statements spanning shards without a Sync between them.
+func errMixedPipeline() *pgerr.Error {
+	e := pgerr.Errorf(pgerr.FeatureNotSupported, "a statement spanning shards and a statement for one shard cannot share a pipeline")
+	e.Hint = "send Sync between them"
+	return e
+}
+
+// fanOutMessage starts a fan-out request with a Query or Bind the router
+// sent to several shards. A Query runs at once; a Bind opens a request
+// that later messages join until Sync.
+func (ss *session) fanOutMessage(typ byte, n int, body []byte, plan *fanPlan) error {
+	f, err := ss.beginFanOut(plan)
+	if err != nil {
+		return err
+	}
+	if typ == 'Q' {
+		f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'Q', n), body...) })
+		return ss.endFanOut(f.run())
+	}
+	ss.fan = f
+	if err := f.bind(n, body, plan); err != nil {
+		ss.fan = nil
+		return ss.endFanOut(err)
+	}
+	return nil
+}
+
+// beginFanOut waits until nothing is in flight, takes the session's
+// transaction connection (if any) out of the relay, and takes a connection
+// for every shard of plan.
+func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
+	f := &fanOut{ss: ss, plan: plan, start: time.Now()}
+	ss.mu.Lock()
+	for {
+		for ss.internal {
+			ss.cond.Wait()
+		}
+		if ss.ended {
+			ss.mu.Unlock()
+			return nil, errSessionEnded
+		}
+		if ss.up == nil {
+			break
+		}
+		if ss.switchableLocked() {
+			ss.parkLocked()
+			continue
+		}
+		if ss.pending > 0 || len(ss.expect) > 0 {
+			ss.cond.Wait()
+			continue
+		}
+		f.txConn = ss.stopRelayLocked()
+		if f.txConn == nil {
+			ss.mu.Unlock()
+			return nil, ss.sessionError(pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream lost"))
+		}
+		break
+	}
+	ss.fanning = true
+	inTx := f.txConn != nil || len(ss.deferred) > 0
+	ss.mu.Unlock()
+	f.wrap = !plan.readOnly && !inTx
+	if f.txConn != nil && f.txConn.Value.txStatus == 'E' {
+		f.queueError(errInFailedTx) // as Postgres answers in a failed transaction
+		return f, nil
+	}
+	for _, t := range plan.targets {
+		l := &fanLeg{}
+		if f.txConn != nil && f.txConn.Value.target.Shard == t.Shard {
+			l.c, f.txLeg = f.txConn, l
+		} else {
+			c, err := ss.takeConn(t)
+			if err != nil {
+				f.release()
+				return nil, ss.sessionError(err)
+			}
+			l.c = c
+		}
+		l.u = l.c.Value
+		if f.wrap {
+			l.out = appendQuery(l.out, "BEGIN")
+			l.exp = append(l.exp, expectation{kind: expQueryInjected})
+		}
+		f.legs = append(f.legs, l)
+	}
+	ss.srv.metrics.FanOutShards.Observe(float64(len(f.legs)))
+	ss.mu.Lock()
+	for _, l := range f.legs {
+		ss.fanUps = append(ss.fanUps, l.u)
+	}
+	ss.mu.Unlock()
+	return f, nil
+}
+
+// endFanOut finishes the session's part of a request: the fan-out is
+// over, and a draining session may now end.
+func (ss *session) endFanOut(err error) error {
+	ss.mu.Lock()
+	ss.fanning = false
+	ss.fanUps = ss.fanUps[:0]
+	drain := ss.draining && !ss.ended && ss.up == nil
+	if ss.up != nil {
+		drain = ss.draining && ss.switchableLocked()
+	}
+	ss.mu.Unlock()
+	if drain {
+		ss.terminate(errShutdown)
+	}
+	return err
+}
+
+// add queues item and, unless an earlier error stops the request, the
+// bytes msg appends for each leg.
+func (f *fanOut) add(it fanItem, msg func(*fanLeg)) {
+	it.sent = !f.skipRest || it.typ == 'S'
+	f.items = append(f.items, it)
+	if !it.sent {
+		return
+	}
+	for _, l := range f.legs {
+		l.exp = append(l.exp, expectation{kind: expFanItem})
+		msg(l)
+	}
+}
+
+// queueError queues a sidecar error at this point of the request: later
+// messages are not sent.
+func (f *fanOut) queueError(e *pgerr.Error) {
+	f.items = append(f.items, fanItem{typ: 'x', err: e})
+	f.skipRest = true
+}
+
+// message handles a client message inside an extended-protocol fan-out
+// request (after its first Bind, up to Sync).
+func (f *fanOut) message(typ byte, n int) error {
+	ss := f.ss
+	var body []byte
+	if typ != 'S' && typ != 'H' {
+		if n > maxAnalyzed {
+			return pgerr.Fatalf(pgerr.ProgramLimitExceeded, "a %q message of %d bytes inside a request spanning shards is too large", typ, n)
+		}
+		var err error
+		if body, err = ss.cr.Body(); err != nil {
+			return err
+		}
+	}
+	switch typ {
+	case 'P':
+		pm, err := decodeParse(body)
+		if err != nil {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		}
+		a := ss.srv.analyzer.analyze(pm.query)
+		if pm.name == "" {
+			ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
+		} else {
+			ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
+		}
+		f.items = append(f.items, fanItem{typ: '1'})
+	case 'B':
+		if f.skipRest {
+			return nil // the server would skip it: nothing to answer
+		}
+		r := ss.routeMessage('B', n, body, true, nil, false)
+		switch {
+		case r.refuse != nil:
+			f.queueError(r.refuse)
+		case r.fan == nil || !f.plan.joins(r.fan):
+			f.queueError(errMixedPipeline())
+		default:
+			return f.bind(n, body, r.fan)
+		}
+	case 'D':
+		if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Describe message")
+		}
+		if body[0] == 'P' {
+			f.add(fanItem{typ: 'D'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'D', n), body...) })
+			return nil
+		}
+		name, _, err := cstr(body[1:])
+		if err != nil {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Describe message")
+		}
+		def := ss.stmtNamed(name)
+		f.add(fanItem{typ: 'D', stmt: true}, func(l *fanLeg) {
+			if def == nil { // unknown: let the server say so
+				l.out = append(wire.AppendHeader(l.out, 'D', n), body...)
+				return
+			}
+			sname := f.prepare(l, def, name == "")
+			l.out = wire.AppendHeader(l.out, 'D', 1+len(sname)+1)
+			l.out = append(append(append(l.out, 'S'), sname...), 0)
+		})
+	case 'E':
+		if len(body) >= 4 && binary.BigEndian.Uint32(body[len(body)-4:]) != 0 && !f.skipRest {
+			e := pgerr.Errorf(pgerr.FeatureNotSupported, "fetching a statement spanning shards in batches (Execute with a row limit) is not supported")
+			e.Hint = "fetch all rows at once, or add the team key (team_id) to the statement"
+			f.queueError(e)
+			return nil
+		}
+		f.add(fanItem{typ: 'E'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'E', n), body...) })
+	case 'C':
+		if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
+			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
+		}
+		if body[0] == 'S' {
+			name, _, err := cstr(body[1:])
+			if err != nil {
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
+			}
+			if name == "" {
+				ss.unnamed = nil
+			} else {
+				delete(ss.stmts, name)
+			}
+			f.items = append(f.items, fanItem{typ: '3'})
+			return nil
+		}
+		f.add(fanItem{typ: 'C'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'C', n), body...) })
+	case 'H':
+		return f.flush(false)
+	case 'S':
+		f.add(fanItem{typ: 'S'}, func(l *fanLeg) { l.out = append(l.out, 'S', 0, 0, 0, 4) })
+		ss.fan = nil
+		return ss.endFanOut(f.run())
+	default:
+		return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected message type %q inside an extended-protocol request; send Sync first", typ)
+	}
+	return nil
+}
+
+// stmtNamed returns the client's statement name ("" for the unnamed one).
+func (ss *session) stmtNamed(name string) *stmtDef {
+	if name == "" {
+		return ss.unnamed
+	}
+	return ss.stmts[name]
+}
+
+// bind queues a Bind, renamed for each leg's prepared statement (prepared
+// first where the leg lacks it).
+func (f *fanOut) bind(n int, body []byte, plan *fanPlan) error {
+	ss := f.ss
+	portal, name, rest, err := bindHeader(body)
+	if err != nil {
+		return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Bind message")
+	}
+	if !plan.readOnly {
+		f.plan.readOnly = false
+	}
+	def := ss.stmtNamed(name)
+	f.add(fanItem{typ: 'B'}, func(l *fanLeg) {
+		if def == nil { // unknown: let the server say so
+			l.out = append(wire.AppendHeader(l.out, 'B', n), body...)
+			return
+		}
+		sname := f.prepare(l, def, name == "")
+		l.out = wire.AppendHeader(l.out, 'B', n-len(name)+len(sname))
+		l.out = append(append(l.out, portal...), 0)
+		l.out = append(append(l.out, sname...), 0)
+		l.out = append(l.out, body[rest:]...)
+	})
+	return nil
+}
+
+// prepare appends to l.out what prepares def on the leg's upstream when it
+// lacks it, and returns the server-side name. The expectations of the
+// injected messages go before the item's.
+func (f *fanOut) prepare(l *fanLeg, def *stmtDef, unnamed bool) string {
+	ss := f.ss
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	// ensurePreparedLocked queues on ss.expect, unused while the session is
+	// detached: move its entries to the leg, ahead of the item marker.
+	out, sname := ss.ensurePreparedLocked(l.u, def, unnamed)
+	marker := l.exp[len(l.exp)-1]
+	l.exp = append(append(l.exp[:len(l.exp)-1], ss.expect...), marker)
+	ss.expect = ss.expect[:0]
+	l.out = append(l.out, out...)
+	return sname
+}
+
+// flush sends what is queued (with a Flush unless the request ends with
+// Sync) and reads the answers to every queued item.
+func (f *fanOut) flush(sync bool) error {
+	type result struct {
+		l   *fanLeg
+		err error
+	}
+	var big []chan result
+	for _, l := range f.legs {
+		if !sync {
+			l.out = append(l.out, 'H', 0, 0, 0, 4)
+		}
+		out := l.out
+		l.out = nil
+		if len(out) <= 32<<10 {
+			if err := f.write(l, out); err != nil {
+				return err
+			}
+			continue
+		}
+		// A large request is written while the answers are read, so a
+		// server blocked writing answers to a full socket cannot block the
+		// write for ever.
+		ch := make(chan result, 1)
+		big = append(big, ch)
+		go func(u *upstream) {
+			_, err := u.conn.Write(out)
+			ch <- result{l, err}
+		}(l.u)
+		f.ss.srv.metrics.ToUpstream.Add(float64(len(out)))
+	}
+	err := f.answerAll()
+	for _, ch := range big {
+		if r := <-ch; r.err != nil && err == nil {
+			err = f.legLost(r.l, r.err)
+		}
+	}
+	return err
+}
+
+// write sends b on the leg's connection.
+func (f *fanOut) write(l *fanLeg, b []byte) error {
+	_, err := l.u.conn.Write(b)
+	f.ss.srv.metrics.ToUpstream.Add(float64(len(b)))
+	if err != nil {
+		return f.legLost(l, err)
+	}
+	return nil
+}
+
+// answerAll reads and merges the answers to every queued item.
+func (f *fanOut) answerAll() error {
+	for len(f.items) > 0 {
+		it := f.items[0]
+		f.items = f.items[1:]
+		if err := f.answer(it); err != nil {
+			return err
+		}
+	}
+	return f.flushClient()
+}
+
+// run sends the whole request (it ends with Query or Sync), reads and
+// merges the answers, commits or rolls back a wrapped write, answers
+// ReadyForQuery and gives the connections back.
+func (f *fanOut) run() (err error) {
+	ss := f.ss
+	kind := "read"
+	if !f.plan.readOnly {
+		kind = "write"
+	}
+	if err = f.flush(true); err == nil && f.wrap {
+		err = f.commit()
+	}
+	if err == nil {
+		err = f.settle()
+	}
+	outcome := "ok"
+	if f.failed || err != nil {
+		outcome = "error"
+	}
+	ss.srv.metrics.FanOuts.WithLabelValues(kind, outcome).Inc()
+	if err != nil {
+		f.destroy()
+		if errors.Is(err, errSessionEnded) {
+			return err
+		}
+		return ss.sessionError(err)
+	}
+	return nil
+}
+
+// answer reads every leg's answer to one item and sends the client the
+// merged answer.
+func (f *fanOut) answer(it fanItem) error {
+	switch {
+	case it.typ == '1' || it.typ == '3':
+		f.emit(it.typ, nil)
+		return nil
+	case it.typ == 'x':
+		f.sendError(it.err.Encode(nil)[5:])
+		return nil
+	case !it.sent:
+		return nil
+	case it.typ == 'Q':
+		return f.answerQuery()
+	case it.typ == 'S':
+		for _, l := range f.legs {
+			l.exp = nil // every earlier item is answered; the server skips the rest after an error
+			if err := f.readToReady(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var first [][]byte // the first leg's Describe answer (copies)
+	var tags [][]byte
+	empty, legFailed := false, false
+	for _, l := range f.legs {
+		if l.failed {
+			continue
+		}
+		ok, err := f.skipInjected(l)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			legFailed = true
+			continue
+		}
+		want := answers(it)
+		keep := len(first) == 0 // this leg's Describe answer is the one sent
+		for {
+			typ, n, body, err := f.next(l)
+			if err != nil {
+				return err
+			}
+			switch {
+			case typ == 'E':
+				f.failLeg(l, body)
+				legFailed = true
+			case typ == 'D' && it.typ == 'E':
+				if err := f.row(l, n, body); err != nil {
+					return err
+				}
+				continue
+			case !containsByte(want, typ):
+				return f.legLost(l, fmt.Errorf("unexpected message %q answering %q", typ, it.typ))
+			case typ == 't':
+				if keep {
+					first = append(first, msgCopy(typ, body))
+				}
+				want = "Tn"
+				continue
+			case it.typ == 'D':
+				if keep {
+					first = append(first, msgCopy(typ, body))
+				}
+			case typ == 'C':
+				tags = append(tags, slices.Clone(body))
+			case typ == 'I':
+				empty = true
+			case typ == 's':
+				return f.legLost(l, errors.New("portal suspended without a row limit"))
+			}
+			break
+		}
+	}
+	switch {
+	case legFailed:
+		f.sendError(nil)
+	case it.typ == 'B':
+		f.emit('2', nil)
+	case it.typ == 'C':
+		f.emit('3', nil)
+	case it.typ == 'D':
+		for _, m := range first {
+			f.emit(m[0], m[1:])
+		}
+	case len(tags) > 0:
+		f.emit('C', mergeTags(tags))
+	case empty:
+		f.emit('I', nil)
+	}
+	return nil
+}
+
+// answers lists the message types that answer an item (besides
+// ErrorResponse, and DataRows before an Execute's end).
+func answers(it fanItem) string {
+	switch it.typ {
+	case 'B':
+		return "2"
+	case 'C':
+		return "3"
+	case 'D':
+		if it.stmt {
+			return "t"
+		}
+		return "Tn"
+	}
+	return "CIs" // Execute
+}
+
+// answerQuery reads the answers to a simple Query, result by result: each
+// leg's next result (rows, then a command tag, an empty-query answer or an
+// error), merged, until every leg has answered ReadyForQuery.
+func (f *fanOut) answerQuery() error {
+	for {
+		var tags [][]byte
+		empty, described, copyRefused, active, legFailed := false, false, false, false, false
+		for _, l := range f.legs {
+			if l.done {
+				continue
+			}
+			active = true
+			ok, err := f.skipInjected(l)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				legFailed = true
+			}
+			if l.failed {
+				if err := f.readToReady(l); err != nil {
+					return err
+				}
+				continue
+			}
+		result:
+			for {
+				typ, n, body, err := f.next(l)
+				if err != nil {
+					return err
+				}
+				switch typ {
+				case 'T':
+					if !described {
+						f.emit('T', body)
+						described = true
+					}
+				case 'D':
+					if err := f.row(l, n, body); err != nil {
+						return err
+					}
+				case 'C':
+					tags = append(tags, slices.Clone(body))
+					break result
+				case 'I':
+					empty = true
+					break result
+				case 'E':
+					f.failLeg(l, body)
+					legFailed = true
+					if err := f.readToReady(l); err != nil {
+						return err
+					}
+					break result
+				case 'Z':
+					f.ready(l, body)
+					break result
+				case 'G', 'W':
+					// COPY FROM STDIN spanning shards: refuse it on the leg,
+					// which then answers with an error.
+					msg := "COPY spanning shards is not supported"
+					fail := wire.AppendHeader(nil, 'f', len(msg)+1)
+					if err := f.write(l, append(append(fail, msg...), 0)); err != nil {
+						return err
+					}
+				case 'H':
+					copyRefused = true // COPY TO STDOUT: its data is dropped
+				case 'd', 'c':
+				default:
+					return f.legLost(l, fmt.Errorf("unexpected message %q answering a query", typ))
+				}
+			}
+		}
+		if !active {
+			return nil
+		}
+		switch {
+		case legFailed:
+			f.sendError(nil)
+		case copyRefused:
+			e := pgerr.Errorf(pgerr.FeatureNotSupported, "COPY spanning shards is not supported")
+			e.Hint = "copy from each shard (brownie:shard hint), or add the team key (team_id) to the statement"
+			f.sendError(e.Encode(nil)[5:])
+		case len(tags) > 0:
+			f.emit('C', mergeTags(tags))
+		case empty:
+			f.emit('I', nil)
+		}
+	}
+}
+
+// skipInjected consumes the leg's answers to injected messages queued
+// before its next item, and the item's marker. It reports false when the
+// leg answered one of them with an error (the leg is then failed).
+func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
+	for len(l.exp) > 0 {
+		e := l.exp[0]
+		if e.kind == expFanItem {
+			l.exp = l.exp[1:]
+			return true, nil
+		}
+		typ, _, body, err := f.next(l)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case typ == 'E':
+			f.failLeg(l, body)
+			return false, nil
+		case e.kind == expQueryInjected && typ == 'C':
+			continue // the wrapping BEGIN's tag; its ReadyForQuery follows
+		case e.kind == expQueryInjected && typ == 'Z':
+		case e.kind == expParseInjected && typ == '1':
+			if e.key != "" {
+				l.u.stmts.confirm(e.key)
+			}
+		case e.kind == expCloseInjected && typ == '3':
+		default:
+			return false, f.legLost(l, fmt.Errorf("unexpected message %q", typ))
+		}
+		l.exp = l.exp[1:]
+	}
+	return true, nil
+}
+
+// failLeg records a leg's ErrorResponse: statements whose Parse the
+// server will now skip are not prepared there.
+func (f *fanOut) failLeg(l *fanLeg, body []byte) {
+	l.failed = true
+	for _, e := range l.exp {
+		if e.kind == expParseInjected {
+			if e.key != "" {
+				l.u.stmts.forget(e.key)
+			} else {
+				l.u.unnamed = nil
+			}
+		}
+	}
+	l.exp = nil
+	if f.firstErr == nil {
+		f.firstErr = slices.Clone(body)
+	}
+	f.ss.srv.metrics.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+}
+
+// readToReady discards a leg's messages up to its ReadyForQuery.
+func (f *fanOut) readToReady(l *fanLeg) error {
+	for !l.done {
+		typ, n, body, err := f.next(l)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'Z':
+			f.ready(l, body)
+		case 'E':
+			if !l.failed {
+				f.failLeg(l, body)
+			}
+		case 'D':
+			if body == nil {
+				if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+					return f.legLost(l, err)
+				}
+			}
+		}
+		_ = n
+	}
+	return nil
+}
+
+// ready records a leg's ReadyForQuery.
+func (f *fanOut) ready(l *fanLeg, body []byte) {
+	l.done = true
+	if len(body) == 1 {
+		l.status = body[0]
+		l.u.txStatus = body[0]
+	}
+	if l.u.duration != nil {
+		l.u.duration.Observe(time.Since(f.start).Seconds())
+	}
+}
+
+// next reads a leg's next message. Notices and notifications go to the
+// client; ParameterStatus is recorded. A DataRow larger than largeMessage
+// is returned with a nil body for the caller to stream.
+func (f *fanOut) next(l *fanLeg) (byte, int, []byte, error) {
+	u := l.u
+	for {
+		typ, n, err := u.r.Next()
+		if err != nil {
+			return 0, 0, nil, f.legLost(l, err)
+		}
+		if typ == 'D' && n > largeMessage {
+			return typ, n, nil, nil
+		}
+		body, err := u.r.Body()
+		if err != nil {
+			return 0, 0, nil, f.legLost(l, err)
+		}
+		switch typ {
+		case 'S':
+			u.setParam(body)
+			continue
+		case 'N':
+			f.emit('N', body)
+			continue
+		case 'A':
+			if len(body) >= 4 && binary.BigEndian.Uint32(body) == u.pid {
+				binary.BigEndian.PutUint32(body, f.ss.pid)
+			}
+			f.emit('A', body)
+			continue
+		}
+		return typ, n, body, nil
+	}
+}
+
+// row sends one DataRow to the client (streaming a large one), or drops
+// it once the request has failed.
+func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
+	if body != nil {
+		f.emit('D', body)
+		if l.u.r.Buffered() == 0 {
+			return f.flushClient()
+		}
+		return nil
+	}
+	if f.failed || f.clientGone {
+		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+			return f.legLost(l, err)
+		}
+		return nil
+	}
+	w := &f.ss.cw
+	w.mu.Lock()
+	_, err := w.w.Write(wire.AppendHeader(nil, 'D', n))
+	if err == nil {
+		err = l.u.r.CopyBody(&w.w)
+	}
+	w.mu.Unlock()
+	if err != nil {
+		f.clientGone = true
+		// CopyBody consumed only what the client took: drop the rest.
+		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+			return f.legLost(l, err)
+		}
+	}
+	return nil
+}
+
+// emit writes one message to the client, unless the request has failed
+// (notices and errors excepted) or the client is gone.
+func (f *fanOut) emit(typ byte, body []byte) {
+	if f.clientGone || (f.failed && typ != 'N' && typ != 'A') {
+		return
+	}
+	w := &f.ss.cw
+	var hdr [5]byte
+	w.mu.Lock()
+	_, err := w.w.Write(wire.AppendHeader(hdr[:0], typ, len(body)))
+	if err == nil {
+		_, err = w.w.Write(body)
+	}
+	w.mu.Unlock()
+	f.ss.srv.metrics.ToClient.Add(float64(len(body) + 5))
+	if err != nil {
+		f.clientGone = true
+	}
+}
+
+// sendError sends an ErrorResponse (body; nil for the first error a leg
+// answered) and fails the request: the client sees one error per request.
+func (f *fanOut) sendError(body []byte) {
+	if f.failed {
+		return
+	}
+	if body == nil {
+		body = f.firstErr
+	} else if f.firstErr == nil {
+		f.firstErr = body
+	}
+	f.emit('E', body)
+	f.failed = true
+}
+
+func (f *fanOut) flushClient() error {
+	if f.clientGone {
+		return nil
+	}
+	w := &f.ss.cw
+	w.mu.Lock()
+	err := w.w.Flush()
+	w.mu.Unlock()
+	if err != nil {
+		f.clientGone = true
+	}
+	return nil
+}
+
+// commit ends a wrapped write: COMMIT on every leg when every leg
+// succeeded and the client is still there, else ROLLBACK everywhere.
+func (f *fanOut) commit() error {
+	ok := !f.failed && !f.clientGone
+	for _, l := range f.legs {
+		ok = ok && l.status == 'T'
+	}
+	q := "ROLLBACK"
+	if ok {
+		q = "COMMIT"
+	}
+	for _, l := range f.legs {
+		l.done = false
+		if err := f.write(l, appendQuery(nil, q)); err != nil {
+			return err
+		}
+	}
+	var committed, failed []string
+	for _, l := range f.legs {
+		l.failed = false
+		if err := f.readToReady(l); err != nil {
+			return err
+		}
+		if l.failed {
+			failed = append(failed, l.u.target.Shard)
+		} else if ok {
+			committed = append(committed, l.u.target.Shard)
+		}
+	}
+	m := f.ss.srv.metrics.MultiShardCommits
+	switch {
+	case !ok:
+		m.WithLabelValues("rolled_back").Inc()
+	case len(failed) == 0:
+		m.WithLabelValues("committed").Inc()
+		now := time.Now()
+		f.ss.mu.Lock()
+		if f.ss.lastWrite == nil {
+			f.ss.lastWrite = map[string]time.Time{}
+		}
+		for _, s := range committed {
+			f.ss.lastWrite[s] = now
+		}
+		f.ss.mu.Unlock()
+	case len(committed) == 0:
+		m.WithLabelValues("rolled_back").Inc()
+		f.sendError(nil)
+	default:
+		m.WithLabelValues("partial").Inc()
+		f.ss.log.Error("write spanning shards committed on some shards only",
+			zap.Strings("committed", committed), zap.Strings("failed", failed))
+		e := pgerr.Errorf(pgerr.TransactionUnknown, "the write committed on %v but failed to commit on %v", committed, failed)
+		e.Hint = "check the rows on the failed shards; writes spanning shards are not atomic while committing"
+		f.sendError(e.Encode(nil)[5:])
+	}
+	return nil
+}
+
+// settle answers ReadyForQuery and gives the legs back: connections of
+// their own to their pools (or parked, for a session with state), the
+// transaction's connection to the relay. A failure inside a transaction
+// aborts it upstream, as the client now expects.
+func (f *fanOut) settle() error {
+	ss := f.ss
+	status := byte('I')
+	ss.mu.Lock()
+	deferred := len(ss.deferred) > 0
+	ss.mu.Unlock()
+	tx := f.txConn
+	switch {
+	case tx != nil:
+		if f.failed && tx.Value.txStatus == 'T' {
+			f.abort(tx.Value)
+		}
+		status = tx.Value.txStatus
+	case deferred && f.failed && len(f.legs) > 0 && f.legs[0].status == 'I':
+		// The transaction the sidecar deferred failed: start it on the
+		// first leg and abort it there, so what follows sees it failed.
+		tx, f.txConn = f.legs[0].c, f.legs[0].c
+		f.legs[0].c = nil
+		ss.mu.Lock()
+		qs := ss.deferred
+		ss.deferred = nil
+		ss.mu.Unlock()
+		for _, q := range qs {
+			_ = tx.Value.exec(q, nil)
+		}
+		f.abort(tx.Value)
+		status = tx.Value.txStatus
+	case deferred:
+		status = 'T'
+	}
+	if !f.clientGone {
+		w := &ss.cw
+		w.mu.Lock()
+		err := w.writeReadyLocked(status, true)
+		w.mu.Unlock()
+		if err != nil {
+			f.clientGone = true
+		}
+	}
+	f.release()
+	return nil
+}
+
+// abort puts the transaction on u in the failed state with the request's
+// first error, as a failed statement of the transaction would.
+func (f *fanOut) abort(u *upstream) {
+	e := pgerr.Errorf(pgerr.InFailedSQLTransaction, "a statement spanning shards failed")
+	if f.firstErr != nil {
+		e = upstreamError(f.firstErr)
+	}
+	_ = u.exec(raiseStatement(e), nil)
+}
+
+// release gives back every leg's connection and attaches the transaction
+// connection again.
+func (f *fanOut) release() {
+	ss := f.ss
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, l := range f.legs {
+		switch {
+		case l.c == nil || l.c == f.txConn:
+		case l.done && l.status == 'I' && !l.broken:
+			ss.keepLocked(l.c)
+		default:
+			l.c.Destroy()
+		}
+		l.c = nil
+	}
+	if f.txConn != nil {
+		if ss.ended {
+			ss.up = nil
+			ss.mu.Unlock()
+			f.txConn.Destroy()
+			ss.mu.Lock()
+		} else {
+			ss.startRelayLocked(f.txConn)
+		}
+		f.txConn = nil
+	}
+}
+
+// destroy closes every connection of a request that cannot finish (an
+// upstream broke): their transactions roll back.
+func (f *fanOut) destroy() {
+	for _, l := range f.legs {
+		if l.c != nil && l.c != f.txConn {
+			l.c.Destroy()
+			l.c = nil
+		}
+	}
+	if f.txConn != nil {
+		f.txConn.Destroy()
+		f.txConn = nil
+	}
+	f.ss.mu.Lock()
+	f.ss.txStatus = 'I'
+	f.ss.mu.Unlock()
+}
+
+// legLost reports a leg's broken connection: the request cannot finish,
+// and the session ends with 08006.
+func (f *fanOut) legLost(l *fanLeg, err error) error {
+	l.broken = true
+	t := l.u.target
+	f.ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", l.u.pid), zap.Bool("fan_out", true), zap.Error(err))
+	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", t)
+	e.Detail = err.Error()
+	return e
+}
+
+// mergeTags merges the command tags of one statement run on several
+// shards: row counts are summed ("SELECT 7", "UPDATE 3", "INSERT 0 5");
+// other tags are the first leg's.
+func mergeTags(tags [][]byte) []byte {
+	first := string(tags[0])
+	first = first[:len(first)-1] // NUL
+	i := len(first) - 1
+	for i >= 0 && first[i] >= '0' && first[i] <= '9' {
+		i--
+	}
+	if i < 0 || i == len(first)-1 || first[i] != ' ' {
+		return tags[0]
+	}
+	prefix := first[:i+1]
+	var sum uint64
+	for _, t := range tags {
+		s := string(t[:len(t)-1])
+		if len(s) <= len(prefix) || s[:len(prefix)] != prefix {
+			return tags[0]
+		}
+		n, err := strconv.ParseUint(s[len(prefix):], 10, 64)
+		if err != nil {
+			return tags[0]
+		}
+		sum += n
+	}
+	return append(strconv.AppendUint([]byte(prefix), sum, 10), 0)
+}
+
+func msgCopy(typ byte, body []byte) []byte { return append([]byte{typ}, body...) }
+
+func containsByte(s string, b byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return true
+		}
+	}
+	return false
+}
