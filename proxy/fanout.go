@@ -79,6 +79,7 @@ type fanLeg struct {
 	exp    []expectation
 	failed bool // answered an ErrorResponse: nothing more until ReadyForQuery
 	done   bool // answered ReadyForQuery for the request
+	timed  bool // its query duration was observed
 	broken bool // the connection failed
 	status byte
 }
@@ -110,7 +111,7 @@ func errMixedPipeline() *pgerr.Error {
 func (ss *session) fanOutMessage(typ byte, n int, body []byte, plan *fanPlan) error {
 	f, err := ss.beginFanOut(plan)
 	if err != nil {
-		return err
+		return ss.endFanOut(err)
 	}
 	if typ == 'Q' {
 		f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'Q', n), body...) })
@@ -260,6 +261,9 @@ func (f *fanOut) message(typ byte, n int) error {
 	case 'B':
 		if f.skipRest {
 			return nil // the server would skip it: nothing to answer
+		}
+		if _, name, _, err := bindHeader(body); err == nil && ss.stmtNamed(name) == nil {
+			return f.bind(n, body, f.plan) // unknown statement: the server says so
 		}
 		r := ss.routeMessage('B', n, body, true, nil, false)
 		switch {
@@ -763,7 +767,8 @@ func (f *fanOut) ready(l *fanLeg, body []byte) {
 		l.status = body[0]
 		l.u.txStatus = body[0]
 	}
-	if l.u.duration != nil {
+	if l.u.duration != nil && !l.timed {
+		l.timed = true
 		l.u.duration.Observe(time.Since(f.start).Seconds())
 	}
 }
