@@ -219,6 +219,10 @@ func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts) routeRe
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "statement changes replicated tables or the schema on shards %s; writes on every shard are not supported yet", strings.Join(d.Shards, ", "))
 		e.Hint = "apply it to each shard directly (brownie:shard hint) until atomic writes on every shard are available"
 		return refuse(e)
+	case d.Inserts:
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "INSERT of rows for shards %s in one statement is not supported", strings.Join(d.Shards, ", "))
+		e.Hint = "insert each team's rows with a statement of their own"
+		return refuse(e)
 	case !d.ReadOnly && f.InTransaction:
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a write on shards %s inside a transaction is not supported yet", strings.Join(d.Shards, ", "))
 		e.Hint = "add the team key (team_id) to the statement, SET LOCAL brownie.team_id first, or run it outside the transaction"

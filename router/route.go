@@ -152,7 +152,11 @@ type Decision struct {
 	// schema: it must run identically on every shard (atomically, with
 	// two-phase commit), answering with one shard's result.
 	Broadcast bool
-	Reason    Reason
+	// Inserts is true when the statement inserts rows into a sharded
+	// table: run on several shards it would insert every row on each, so
+	// the proxy must not fan it out.
+	Inserts bool
+	Reason  Reason
 	// SetHints are the routing hints the statement itself sets (SET
 	// brownie.*, RESET, set_config with literal or Bind values), validated,
 	// for the proxy to track for the session or transaction.
@@ -369,6 +373,7 @@ func (s *snapshot) route(f SessionFacts, ch commentHints, p *StmtPlan, st *StmtI
 	}
 	for i, ref := range p.refs {
 		o := outs[i]
+		d.Inserts = d.Inserts || ref.insert
 		// NULL keys live on null_shard; without one their rows could be
 		// anywhere, as if there were no key.
 		unplacedNull := o.ks.null && ref.t.NullShard == ""
