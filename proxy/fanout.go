@@ -172,6 +172,9 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 		} else {
 			c, err := ss.takeConn(t)
 			if err != nil {
+				for _, l := range f.legs { // unused: still idle
+					l.done, l.status = true, 'I'
+				}
 				f.release()
 				return nil, ss.sessionError(err)
 			}

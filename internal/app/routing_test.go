@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -552,6 +553,27 @@ func TestTeamRouting(t *testing.T) {
 		}
 		if again != primaryPID {
 			t.Errorf("the session's primary backend changed from %d to %d", primaryPID, again)
+		}
+		// A fan-out in session mode runs on connections carrying the
+		// session's settings, kept for the session: the same backends again.
+		fan := func() []string {
+			rows, err := c.Query(ctx, "/* brownie:role=primary */ SELECT pg_backend_pid()::text || ' ' || current_setting('application_name') FROM (SELECT count(*) FROM events) s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(got)
+			return got
+		}
+		first := fan()
+		if len(first) != 2 || !strings.HasSuffix(first[0], " routed-session") || !strings.HasSuffix(first[1], " routed-session") {
+			t.Errorf("session-mode fan-out: %q, want two shards' rows with application_name routed-session", first)
+		}
+		if second := fan(); !slices.Equal(first, second) {
+			t.Errorf("session-mode fan-out changed backends: %q then %q", first, second)
 		}
 	})
 
