@@ -43,6 +43,11 @@ type Config struct {
 	LifetimeJitter time.Duration
 	// AcquireTimeout bounds the wait in Acquire.
 	AcquireTimeout time.Duration
+	// CheckDelay is how long a resource must have been idle before Acquire
+	// asks its Checker whether it is still alive (0: every time). A
+	// resource used a moment ago is almost always still good, and the
+	// check is a system call per Acquire (PgBouncer: server_check_delay).
+	CheckDelay time.Duration
 	// RetireInterval is the least time between two retirements of
 	// resources from an old generation, so rotation never closes them all
 	// at once.
@@ -141,7 +146,7 @@ func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
 			p.discardLocked(c, &p.stats.ClosedLifetime)
 			continue
 		}
-		if a, ok := any(c.Value).(Checker); ok && !a.Alive() {
+		if a, ok := any(c.Value).(Checker); ok && start.Sub(c.lastUsed) >= p.cfg.CheckDelay && !a.Alive() {
 			p.discardLocked(c, &p.stats.ClosedBroken)
 			continue
 		}

@@ -802,3 +802,44 @@ func TestConcurrentUseNeverExceedsSizeNorClosesAResourceTwice(t *testing.T) {
 	t.Logf("dials %d, waits %d, retired %d, lifetime %d, idle %d, destroyed %d",
 		s.Dials, s.Waits, s.ClosedRetired, s.ClosedLifetime, s.ClosedIdle, s.ClosedDestroyed)
 }
+
+// checkedResource reports itself alive or not, counting the checks.
+type checkedResource struct {
+	fakeResource
+	dead   atomic.Bool
+	checks atomic.Int32
+}
+
+func (r *checkedResource) Alive() bool {
+	r.checks.Add(1)
+	return !r.dead.Load()
+}
+
+func TestAcquireChecksOnlyResourcesIdleLongerThanCheckDelay(t *testing.T) {
+	for _, delay := range []time.Duration{0, time.Hour} {
+		var made []*checkedResource
+		p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: delay}, func(context.Context) (*checkedResource, error) {
+			r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
+			made = append(made, r)
+			return r, nil
+		})
+		c, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Release()
+		made[0].dead.Store(true) // the server went away while it sat idle
+		c, err = p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case delay == 0 && (made[0].checks.Load() != 1 || c.Value == made[0] || !made[0].closed()):
+			t.Errorf("CheckDelay 0: checks %d, reused the dead resource %v; want it checked, closed and replaced", made[0].checks.Load(), c.Value == made[0])
+		case delay > 0 && (made[0].checks.Load() != 0 || c.Value != made[0]):
+			t.Errorf("CheckDelay %s: checks %d, reused %v; want the resource used a moment ago reused unchecked", delay, made[0].checks.Load(), c.Value == made[0])
+		}
+		c.Release()
+		p.Close()
+	}
+}

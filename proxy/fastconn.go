@@ -28,6 +28,53 @@ import (
 type fastConn struct {
 	net.Conn
 	rc syscall.RawConn
+	// rd and wr hold one read's and one write's arguments and results
+	// (one reader and one writer at a time); readFn and writeFn are their
+	// methods, bound once, so a call allocates no closure.
+	rd, wr          rawOp
+	readFn, writeFn func(fd uintptr) bool
+}
+
+// rawOp is one raw read or write on the descriptor.
+type rawOp struct {
+	p     []byte
+	n     int
+	errno syscall.Errno
+}
+
+// read reads once into o.p; it reports false (wait for the poller) when
+// the socket has no data.
+func (o *rawOp) read(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&o.p[0])), uintptr(len(o.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		o.n, o.errno = int(r), e
+		return true
+	}
+}
+
+// write writes what is left of o.p; it reports false (wait for the
+// poller) when the socket buffer is full.
+func (o *rawOp) write(fd uintptr) bool {
+	for o.n < len(o.p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&o.p[o.n])), uintptr(len(o.p)-o.n))
+		switch e {
+		case 0:
+			o.n += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 // wrapFast returns c as a fastConn when it is a TCP or Unix socket, else c.
@@ -40,7 +87,9 @@ func wrapFast(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &fastConn{Conn: c, rc: rc}
+	fc := &fastConn{Conn: c, rc: rc}
+	fc.readFn, fc.writeFn = fc.rd.read, fc.wr.write
+	return fc
 }
 
 // Read reads into p, waiting for data when none is there.
@@ -48,21 +97,10 @@ func (c *fastConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	c.rd = rawOp{p: p}
+	err := c.rc.Read(c.readFn)
+	n, errno := c.rd.n, c.rd.errno
+	c.rd.p = nil // do not keep the caller's buffer
 	switch {
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
@@ -76,24 +114,10 @@ func (c *fastConn) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for room in the socket buffer as needed.
 func (c *fastConn) Write(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	c.wr = rawOp{p: p}
+	err := c.rc.Write(c.writeFn)
+	n, errno := c.wr.n, c.wr.errno
+	c.wr.p = nil
 	switch {
 	case err != nil:
 		return n, &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}

@@ -286,7 +286,7 @@ func (s *Server) pool(t router.Target) *upstreamPool {
 	p := pool.New(pool.Config{
 		Size: pc.Size, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout,
 		MaxLifetime: pc.MaxLifetime, LifetimeJitter: pc.LifetimeJitter,
-		AcquireTimeout: pc.AcquireTimeout, RetireInterval: pc.RetireInterval,
+		AcquireTimeout: pc.AcquireTimeout, RetireInterval: pc.RetireInterval, CheckDelay: pc.CheckDelay,
 		Generation: s.certGeneration,
 	}, func(ctx context.Context) (*upstream, error) { return s.dialUpstream(ctx, t) })
 	s.pools[key] = p

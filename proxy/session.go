@@ -210,7 +210,7 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	var c *pool.Conn[*upstream]
 	if err == nil {
-		c, err = ss.acquire(ss.preferredTarget())
+		c, err = ss.acquireAlive(ss.preferredTarget())
 	}
 	if err == nil {
 		err = ss.greet(c.Value)
@@ -231,6 +231,22 @@ func (s *Server) serve(conn net.Conn) {
 		ss.mu.Unlock()
 	}
 	ss.relay()
+}
+
+// acquireAlive acquires a connection for the greeting, which answers from
+// what the upstream reported at its startup without any I/O: so that a
+// client is never greeted over a server that went away, a connection the
+// pool did not check (used a moment ago, see POOL_CHECK_DELAY) is checked
+// here, and a dead one replaced.
+func (ss *session) acquireAlive(t router.Target) (*pool.Conn[*upstream], error) {
+	for range ss.srv.cfg.Pool.Size + 1 {
+		c, err := ss.acquire(t)
+		if err != nil || c.Value.Alive() {
+			return c, err
+		}
+		c.Destroy()
+	}
+	return ss.acquire(t)
 }
 
 // fail reports a session-level failure to the client (when there is one to

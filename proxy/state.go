@@ -103,14 +103,25 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 		return nil // nothing changed since the last report (the common case)
 	}
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
-	var msgs []pgproto3.BackendMessage
-	names := sortedKeys(u.params)
-	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
-	for _, name := range names {
-		if v := u.params[name]; ss.seen[name] != v {
-			ss.seen[name] = v
-			msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
+	// Another upstream of the same pool usually reports the same values:
+	// look for a difference before sorting anything (transaction mode
+	// changes upstream at every transaction).
+	var names []string
+	for name, v := range u.params {
+		if ss.seen[name] != v {
+			names = append(names, name)
 		}
+	}
+	if len(names) == 0 {
+		ss.mu.Unlock()
+		return nil
+	}
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+	msgs := make([]pgproto3.BackendMessage, 0, len(names))
+	for _, name := range names {
+		v := u.params[name]
+		ss.seen[name] = v
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
 	}
 	ss.mu.Unlock()
 	if len(msgs) == 0 {

@@ -97,6 +97,10 @@ type Pool struct {
 	MaxLifetime    time.Duration `env:"POOL_MAX_LIFETIME" envDefault:"1h"`
 	LifetimeJitter time.Duration `env:"POOL_LIFETIME_JITTER" envDefault:"5m"`
 	AcquireTimeout time.Duration `env:"POOL_ACQUIRE_TIMEOUT" envDefault:"30s"`
+	// CheckDelay: an idle upstream is checked (a non-blocking peek for a
+	// FATAL or EOF the server sent while it sat idle) before reuse once it
+	// has been idle this long; 0 checks at every reuse.
+	CheckDelay time.Duration `env:"POOL_CHECK_DELAY" envDefault:"1s"`
 	// RetireInterval staggers the closing of idle connections made with a
 	// rotated-out certificate: at most one per interval.
 	RetireInterval time.Duration `env:"POOL_RETIRE_INTERVAL" envDefault:"1s"`
@@ -348,6 +352,9 @@ func (c Config) Validate() error {
 	}
 	if c.Pool.IdleTimeout < 0 || c.Pool.MaxLifetime < 0 || c.Pool.LifetimeJitter < 0 {
 		add("POOL_IDLE_TIMEOUT, POOL_MAX_LIFETIME and POOL_LIFETIME_JITTER must not be negative")
+	}
+	if c.Pool.CheckDelay < 0 {
+		add("POOL_CHECK_DELAY must not be negative")
 	}
 	if c.Pool.AcquireTimeout <= 0 {
 		add("POOL_ACQUIRE_TIMEOUT must be positive")
