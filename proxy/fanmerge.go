@@ -1,0 +1,461 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
+)
+
+// This file reads a fan-out's answers and merges them into what the
+// client sees (see fanOut).
+
+// answer reads every leg's answer to one item and sends the client the
+// merged answer.
+func (f *fanOut) answer(it fanItem) error {
+	switch {
+	case it.typ == '1' || it.typ == '3':
+		f.emit(it.typ, nil)
+		return nil
+	case it.typ == 'x':
+		f.sendError(it.err.Encode(nil)[5:])
+		return nil
+	case !it.sent:
+		return nil
+	case it.typ == 'Q':
+		return f.answerQuery()
+	case it.typ == 'S':
+		for _, l := range f.legs {
+			l.exp = nil // every earlier item is answered; the server skips the rest after an error
+			if err := f.readToReady(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var first [][]byte // the first leg's Describe answer (copies)
+	var tags [][]byte
+	empty, legFailed := false, false
+	for _, l := range f.legs {
+		if l.failed {
+			continue
+		}
+		ok, err := f.skipInjected(l)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			legFailed = true
+			continue
+		}
+		want := answers(it)
+		keep := len(first) == 0 // this leg's Describe answer is the one sent
+		for {
+			typ, n, body, err := f.next(l)
+			if err != nil {
+				return err
+			}
+			switch {
+			case typ == 'E':
+				f.failLeg(l, body)
+				legFailed = true
+			case typ == 'D' && it.typ == 'E':
+				if err := f.row(l, n, body); err != nil {
+					return err
+				}
+				continue
+			case strings.IndexByte(want, typ) < 0:
+				return f.legLost(l, fmt.Errorf("unexpected message %q answering %q", typ, it.typ))
+			case typ == 't':
+				if keep {
+					first = append(first, msgCopy(typ, body))
+				}
+				want = "Tn"
+				continue
+			case it.typ == 'D':
+				if keep {
+					first = append(first, msgCopy(typ, body))
+				}
+			case typ == 'C':
+				tags = append(tags, slices.Clone(body))
+			case typ == 'I':
+				empty = true
+			case typ == 's':
+				return f.legLost(l, errors.New("portal suspended without a row limit"))
+			}
+			break
+		}
+	}
+	switch {
+	case legFailed:
+		f.sendError(nil)
+	case it.typ == 'B':
+		f.emit('2', nil)
+	case it.typ == 'C':
+		f.emit('3', nil)
+	case it.typ == 'D':
+		for _, m := range first {
+			f.emit(m[0], m[1:])
+		}
+	case len(tags) > 0:
+		f.emit('C', mergeTags(tags))
+	case empty:
+		f.emit('I', nil)
+	}
+	return nil
+}
+
+// answers lists the message types that answer an item (besides
+// ErrorResponse, and DataRows before an Execute's end).
+func answers(it fanItem) string {
+	switch it.typ {
+	case 'B':
+		return "2"
+	case 'C':
+		return "3"
+	case 'D':
+		if it.stmt {
+			return "t"
+		}
+		return "Tn"
+	}
+	return "CIs" // Execute
+}
+
+// answerQuery reads the answers to a simple Query, result by result: each
+// leg's next result (rows, then a command tag, an empty-query answer or an
+// error), merged, until every leg has answered ReadyForQuery.
+func (f *fanOut) answerQuery() error {
+	for {
+		var tags [][]byte
+		empty, described, copyRefused, active, legFailed := false, false, false, false, false
+		for _, l := range f.legs {
+			if l.done {
+				continue
+			}
+			active = true
+			ok, err := f.skipInjected(l)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				legFailed = true
+			}
+			if l.failed {
+				if err := f.readToReady(l); err != nil {
+					return err
+				}
+				continue
+			}
+		result:
+			for {
+				typ, n, body, err := f.next(l)
+				if err != nil {
+					return err
+				}
+				switch typ {
+				case 'T':
+					if !described {
+						f.emit('T', body)
+						described = true
+					}
+				case 'D':
+					if err := f.row(l, n, body); err != nil {
+						return err
+					}
+				case 'C':
+					tags = append(tags, slices.Clone(body))
+					break result
+				case 'I':
+					empty = true
+					break result
+				case 'E':
+					f.failLeg(l, body)
+					legFailed = true
+					if err := f.readToReady(l); err != nil {
+						return err
+					}
+					break result
+				case 'Z':
+					f.ready(l, body)
+					break result
+				case 'G', 'W':
+					// COPY FROM STDIN spanning shards: refuse it on the leg,
+					// which then answers with an error.
+					msg := "COPY spanning shards is not supported"
+					fail := wire.AppendHeader(nil, 'f', len(msg)+1)
+					if err := f.write(l, append(append(fail, msg...), 0)); err != nil {
+						return err
+					}
+				case 'H':
+					copyRefused = true // COPY TO STDOUT: its data is dropped
+				case 'd', 'c':
+				default:
+					return f.legLost(l, fmt.Errorf("unexpected message %q answering a query", typ))
+				}
+			}
+		}
+		if !active {
+			return nil
+		}
+		switch {
+		case legFailed:
+			f.sendError(nil)
+		case copyRefused:
+			e := pgerr.Errorf(pgerr.FeatureNotSupported, "COPY spanning shards is not supported")
+			e.Hint = "copy from each shard (brownie:shard hint), or add the team key (team_id) to the statement"
+			f.sendError(e.Encode(nil)[5:])
+		case len(tags) > 0:
+			f.emit('C', mergeTags(tags))
+		case empty:
+			f.emit('I', nil)
+		}
+	}
+}
+
+// skipInjected consumes the leg's answers to injected messages queued
+// before its next item, and the item's marker. It reports false when the
+// leg answered one of them with an error (the leg is then failed).
+func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
+	for len(l.exp) > 0 {
+		e := l.exp[0]
+		if e.kind == expFanItem {
+			l.exp = l.exp[1:]
+			return true, nil
+		}
+		typ, _, body, err := f.next(l)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case typ == 'E':
+			f.failLeg(l, body)
+			return false, nil
+		case e.kind == expQueryInjected && typ == 'C':
+			continue // the wrapping BEGIN's tag; its ReadyForQuery follows
+		case e.kind == expQueryInjected && typ == 'Z':
+		case e.kind == expParseInjected && typ == '1':
+			if e.key != "" {
+				l.u.stmts.confirm(e.key)
+			}
+		case e.kind == expCloseInjected && typ == '3':
+		default:
+			return false, f.legLost(l, fmt.Errorf("unexpected message %q", typ))
+		}
+		l.exp = l.exp[1:]
+	}
+	return true, nil
+}
+
+// failLeg records a leg's ErrorResponse: statements whose Parse the
+// server will now skip are not prepared there.
+func (f *fanOut) failLeg(l *fanLeg, body []byte) {
+	l.failed = true
+	for _, e := range l.exp {
+		if e.kind == expParseInjected {
+			if e.key != "" {
+				l.u.stmts.forget(e.key)
+			} else {
+				l.u.unnamed = nil
+			}
+		}
+	}
+	l.exp = nil
+	if f.firstErr == nil {
+		f.firstErr = slices.Clone(body)
+	}
+	f.ss.srv.metrics.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+}
+
+// readToReady discards a leg's messages up to its ReadyForQuery.
+func (f *fanOut) readToReady(l *fanLeg) error {
+	for !l.done {
+		typ, n, body, err := f.next(l)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'Z':
+			f.ready(l, body)
+		case 'E':
+			if !l.failed {
+				f.failLeg(l, body)
+			}
+		case 'D':
+			if body == nil {
+				if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+					return f.legLost(l, err)
+				}
+			}
+		}
+		_ = n
+	}
+	return nil
+}
+
+// ready records a leg's ReadyForQuery.
+func (f *fanOut) ready(l *fanLeg, body []byte) {
+	l.done = true
+	if len(body) == 1 {
+		l.status = body[0]
+		l.u.txStatus = body[0]
+	}
+	if l.u.duration != nil && !l.timed {
+		l.timed = true
+		l.u.duration.Observe(time.Since(f.start).Seconds())
+	}
+}
+
+// next reads a leg's next message. Notices and notifications go to the
+// client; ParameterStatus is recorded. A DataRow larger than largeMessage
+// is returned with a nil body for the caller to stream.
+func (f *fanOut) next(l *fanLeg) (byte, int, []byte, error) {
+	u := l.u
+	for {
+		typ, n, err := u.r.Next()
+		if err != nil {
+			return 0, 0, nil, f.legLost(l, err)
+		}
+		if typ == 'D' && n > largeMessage {
+			return typ, n, nil, nil
+		}
+		body, err := u.r.Body()
+		if err != nil {
+			return 0, 0, nil, f.legLost(l, err)
+		}
+		switch typ {
+		case 'S':
+			u.setParam(body)
+			continue
+		case 'N':
+			f.emit('N', body)
+			continue
+		case 'A':
+			if len(body) >= 4 && binary.BigEndian.Uint32(body) == u.pid {
+				binary.BigEndian.PutUint32(body, f.ss.pid)
+			}
+			f.emit('A', body)
+			continue
+		}
+		return typ, n, body, nil
+	}
+}
+
+// row sends one DataRow to the client (streaming a large one), or drops
+// it once the request has failed.
+func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
+	if body != nil {
+		f.emit('D', body)
+		if l.u.r.Buffered() == 0 {
+			return f.flushClient()
+		}
+		return nil
+	}
+	if f.failed || f.clientGone {
+		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+			return f.legLost(l, err)
+		}
+		return nil
+	}
+	w := &f.ss.cw
+	w.mu.Lock()
+	_, err := w.w.Write(wire.AppendHeader(nil, 'D', n))
+	if err == nil {
+		err = l.u.r.CopyBody(&w.w)
+	}
+	w.mu.Unlock()
+	if err != nil {
+		f.clientGone = true
+		// CopyBody consumed only what the client took: drop the rest.
+		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+			return f.legLost(l, err)
+		}
+	}
+	return nil
+}
+
+// emit writes one message to the client, unless the request has failed
+// (notices and errors excepted) or the client is gone.
+func (f *fanOut) emit(typ byte, body []byte) {
+	if f.clientGone || (f.failed && typ != 'N' && typ != 'A') {
+		return
+	}
+	w := &f.ss.cw
+	var hdr [5]byte
+	w.mu.Lock()
+	_, err := w.w.Write(wire.AppendHeader(hdr[:0], typ, len(body)))
+	if err == nil {
+		_, err = w.w.Write(body)
+	}
+	w.mu.Unlock()
+	f.ss.srv.metrics.ToClient.Add(float64(len(body) + 5))
+	if err != nil {
+		f.clientGone = true
+	}
+}
+
+// sendError sends an ErrorResponse (body; nil for the first error a leg
+// answered) and fails the request: the client sees one error per request.
+func (f *fanOut) sendError(body []byte) {
+	if f.failed {
+		return
+	}
+	if body == nil {
+		body = f.firstErr
+	} else if f.firstErr == nil {
+		f.firstErr = body
+	}
+	f.emit('E', body)
+	f.failed = true
+}
+
+func (f *fanOut) flushClient() error {
+	if f.clientGone {
+		return nil
+	}
+	w := &f.ss.cw
+	w.mu.Lock()
+	err := w.w.Flush()
+	w.mu.Unlock()
+	if err != nil {
+		f.clientGone = true
+	}
+	return nil
+}
+
+// mergeTags merges the command tags of one statement run on several
+// shards: row counts are summed ("SELECT 7", "UPDATE 3", "INSERT 0 5");
+// other tags are the first leg's.
+func mergeTags(tags [][]byte) []byte {
+	first := string(tags[0])
+	first = first[:len(first)-1] // NUL
+	i := len(first) - 1
+	for i >= 0 && first[i] >= '0' && first[i] <= '9' {
+		i--
+	}
+	if i < 0 || i == len(first)-1 || first[i] != ' ' {
+		return tags[0]
+	}
+	prefix := first[:i+1]
+	var sum uint64
+	for _, t := range tags {
+		s := string(t[:len(t)-1])
+		if len(s) <= len(prefix) || s[:len(prefix)] != prefix {
+			return tags[0]
+		}
+		n, err := strconv.ParseUint(s[len(prefix):], 10, 64)
+		if err != nil {
+			return tags[0]
+		}
+		sum += n
+	}
+	return append(strconv.AppendUint([]byte(prefix), sum, 10), 0)
+}
+
+func msgCopy(typ byte, body []byte) []byte { return append([]byte{typ}, body...) }
