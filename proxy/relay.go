@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -68,7 +70,7 @@ func (ss *session) relay() {
 	err := ss.clientToUpstream()
 	var pe *pgerr.Error
 	if errors.As(err, &pe) {
-		ss.fail(pe) // a protocol violation or limit: the client hears why
+		ss.abort(pe) // a protocol violation or limit: the client hears why
 	}
 	if ss.fan != nil { // a request spanning shards left unfinished
 		ss.fan.destroy()
@@ -615,8 +617,23 @@ func (ss *session) sessionError(err error) error {
 	if errors.Is(err, errSessionEnded) {
 		return err
 	}
-	ss.fail(err)
+	ss.abort(err)
 	return errSessionEnded
+}
+
+// abort reports an error that ends a running session (the client sees it
+// as FATAL) and logs it.
+func (ss *session) abort(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		ss.log.Debug("client left", zap.Error(err))
+		return
+	}
+	pe := pgerr.From(err).AsFatal()
+	ss.srv.metrics.Errors.WithLabelValues("sidecar", pe.Code.Class()).Inc()
+	ss.log.Warn("session failed", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
+	if !ss.discard.Load() {
+		_ = ss.cw.sendError(pe)
+	}
 }
 
 // pinOrRefuse applies POOL_PIN_POLICY to a statement needing a pin. It

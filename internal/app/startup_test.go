@@ -578,3 +578,16 @@ func TestCancelRequestWithAnUnknownKeyIsIgnored(t *testing.T) {
 		c.simpleSelectOne()
 	})
 }
+
+func TestAMalformedMessageMidSessionGetsAFatal08P01(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, nil)
+	c := dialRawClient(t, "tcp", sc.addr)
+	c.encodeAndWrite(brownieStartup())
+	c.expectReady()
+	c.simpleSelectOne()
+	// A Parse whose parameter count promises two type OIDs but carries none.
+	c.write([]byte{'P', 0, 0, 0, 4 + 1 + 9 + 2, 0, 'S', 'E', 'L', 'E', 'C', 'T', ' ', '1', 0, 0, 2})
+	c.expectFatal("08P01")
+	c.expectClosed()
+}
