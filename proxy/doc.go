@@ -9,4 +9,11 @@
 // idle) and only then returns it to its pool; in any doubt it destroys it.
 // Routing decisions come from package router; upstream certificates from
 // package tls; the pool from package pool.
+//
+// A session holds at most one attached upstream, relayed by its relay
+// goroutine (relay.go), and moves between targets only at a safe point
+// (route.go). A request the router sends to several shards is a fan-out
+// (fanout.go, fanmerge.go): the session goroutine takes a connection per
+// shard, runs the request on all of them synchronously and merges the
+// answers, then attaches its transaction's upstream again.
 package proxy
