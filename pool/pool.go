@@ -132,6 +132,18 @@ func New[R Resource](cfg Config, dial Dialer[R]) *Pool[R] {
 // is below Size. Errors are ErrTimeout, ErrClosed, ctx's error or the
 // Dialer's error.
 func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
+	return p.acquire(ctx, p.cfg.CheckDelay)
+}
+
+// AcquireChecked is Acquire for a caller that will not do I/O on the
+// resource soon enough to notice it is dead: an idle resource is checked
+// with its Checker however recently it was used.
+func (p *Pool[R]) AcquireChecked(ctx context.Context) (*Conn[R], error) {
+	return p.acquire(ctx, 0)
+}
+
+// acquire checks idle resources that were idle at least checkDelay.
+func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[R], error) {
 	start := time.Now()
 	p.mu.Lock()
 	if p.closed {
@@ -146,7 +158,7 @@ func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
 			p.discardLocked(c, &p.stats.ClosedLifetime)
 			continue
 		}
-		if a, ok := any(c.Value).(Checker); ok && start.Sub(c.lastUsed) >= p.cfg.CheckDelay && !a.Alive() {
+		if a, ok := any(c.Value).(Checker); ok && start.Sub(c.lastUsed) >= checkDelay && !a.Alive() {
 			p.discardLocked(c, &p.stats.ClosedBroken)
 			continue
 		}

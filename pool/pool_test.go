@@ -842,4 +842,26 @@ func TestAcquireChecksOnlyResourcesIdleLongerThanCheckDelay(t *testing.T) {
 		c.Release()
 		p.Close()
 	}
+	// AcquireChecked checks however recently the resource was used.
+	var made []*checkedResource
+	p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: time.Hour}, func(context.Context) (*checkedResource, error) {
+		r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
+		made = append(made, r)
+		return r, nil
+	})
+	defer p.Close()
+	c, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	made[0].dead.Store(true)
+	c, err = p.AcquireChecked(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if made[0].checks.Load() != 1 || c.Value == made[0] || !made[0].closed() {
+		t.Errorf("AcquireChecked: checks %d, reused the dead resource %v; want it checked, closed and replaced", made[0].checks.Load(), c.Value == made[0])
+	}
+	c.Release()
 }

@@ -257,15 +257,7 @@ func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
 // server will now skip are not prepared there.
 func (f *fanOut) failLeg(l *fanLeg, body []byte) {
 	l.failed = true
-	for _, e := range l.exp {
-		if e.kind == expParseInjected {
-			if e.key != "" {
-				l.u.stmts.forget(e.key)
-			} else {
-				l.u.unnamed = nil
-			}
-		}
-	}
+	forgetSkipped(l.u, l.exp)
 	l.exp = nil
 	if f.firstErr == nil {
 		f.firstErr = slices.Clone(body)
@@ -353,7 +345,7 @@ func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
 	if body != nil {
 		f.emit('D', body)
 		if l.u.r.Buffered() == 0 {
-			return f.flushClient()
+			f.flushClient()
 		}
 		return nil
 	}
@@ -415,9 +407,11 @@ func (f *fanOut) sendError(body []byte) {
 	f.failed = true
 }
 
-func (f *fanOut) flushClient() error {
+// flushClient flushes what was sent to the client; a failure marks the
+// client gone (the request still runs to its end upstream).
+func (f *fanOut) flushClient() {
 	if f.clientGone {
-		return nil
+		return
 	}
 	w := &f.ss.cw
 	w.mu.Lock()
@@ -426,7 +420,6 @@ func (f *fanOut) flushClient() error {
 	if err != nil {
 		f.clientGone = true
 	}
-	return nil
 }
 
 // mergeTags merges the command tags of one statement run on several

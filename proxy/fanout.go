@@ -200,13 +200,10 @@ func (ss *session) endFanOut(err error) error {
 	ss.mu.Lock()
 	ss.fanning = false
 	ss.fanUps = ss.fanUps[:0]
-	drain := ss.draining && !ss.ended && ss.up == nil
-	if ss.up != nil {
-		drain = ss.draining && ss.switchableLocked()
-	}
+	draining := ss.draining
 	ss.mu.Unlock()
-	if drain {
-		ss.terminate(errShutdown)
+	if draining {
+		ss.drain() // the drain that came during the fan-out: end now if idle
 	}
 	return err
 }
@@ -220,8 +217,8 @@ func (f *fanOut) add(it fanItem, msg func(*fanLeg)) {
 		return
 	}
 	for _, l := range f.legs {
+		msg(l) // may queue injected Parse and Close expectations first
 		l.exp = append(l.exp, expectation{kind: expFanItem})
-		msg(l)
 	}
 }
 
@@ -252,12 +249,7 @@ func (f *fanOut) message(typ byte, n int) error {
 		if err != nil {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 		}
-		a := ss.srv.analyzer.analyze(pm.query)
-		if pm.name == "" {
-			ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
-		} else {
-			ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
-		}
+		ss.define(pm, ss.srv.analyzer.analyze(pm.query))
 		f.items = append(f.items, fanItem{typ: '1'})
 	case 'B':
 		if f.skipRest {
@@ -310,14 +302,8 @@ func (f *fanOut) message(typ byte, n int) error {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
 		}
 		if body[0] == 'S' {
-			name, _, err := cstr(body[1:])
-			if err != nil {
-				return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
-			}
-			if name == "" {
-				ss.unnamed = nil
-			} else {
-				delete(ss.stmts, name)
+			if err := ss.undefine(body); err != nil {
+				return err
 			}
 			f.items = append(f.items, fanItem{typ: '3'})
 			return nil
@@ -370,18 +356,13 @@ func (f *fanOut) bind(n int, body []byte, plan *fanPlan) error {
 }
 
 // prepare appends to l.out what prepares def on the leg's upstream when it
-// lacks it, and returns the server-side name. The expectations of the
-// injected messages go before the item's.
+// lacks it, and returns the server-side name. The injected messages'
+// expectations go before the item's marker.
 func (f *fanOut) prepare(l *fanLeg, def *stmtDef, unnamed bool) string {
 	ss := f.ss
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	// ensurePreparedLocked queues on ss.expect, unused while the session is
-	// detached: move its entries to the leg, ahead of the item marker.
-	out, sname := ss.ensurePreparedLocked(l.u, def, unnamed)
-	marker := l.exp[len(l.exp)-1]
-	l.exp = append(append(l.exp[:len(l.exp)-1], ss.expect...), marker)
-	ss.expect = ss.expect[:0]
+	out, sname := ss.ensurePreparedLocked(&l.exp, l.u, def, unnamed)
 	l.out = append(l.out, out...)
 	return sname
 }
@@ -445,7 +426,8 @@ func (f *fanOut) answerAll() error {
 			return err
 		}
 	}
-	return f.flushClient()
+	f.flushClient()
+	return nil
 }
 
 // run sends the whole request (it ends with Query or Sync), reads and
@@ -461,7 +443,7 @@ func (f *fanOut) run() (err error) {
 		err = f.commit()
 	}
 	if err == nil {
-		err = f.settle()
+		f.settle()
 	}
 	outcome := "ok"
 	if f.failed || err != nil {
@@ -540,7 +522,7 @@ func (f *fanOut) commit() error {
 // their own to their pools (or parked, for a session with state), the
 // transaction's connection to the relay. A failure inside a transaction
 // aborts it upstream, as the client now expects.
-func (f *fanOut) settle() error {
+func (f *fanOut) settle() {
 	ss := f.ss
 	status := byte('I')
 	ss.mu.Lock()
@@ -580,7 +562,6 @@ func (f *fanOut) settle() error {
 		}
 	}
 	f.release()
-	return nil
 }
 
 // abort puts the transaction on u in the failed state with the request's
@@ -611,7 +592,6 @@ func (f *fanOut) release() {
 	}
 	if f.txConn != nil {
 		if ss.ended {
-			ss.up = nil
 			ss.mu.Unlock()
 			f.txConn.Destroy()
 			ss.mu.Lock()
@@ -644,9 +624,5 @@ func (f *fanOut) destroy() {
 // and the session ends with 08006.
 func (f *fanOut) legLost(l *fanLeg, err error) error {
 	l.broken = true
-	t := l.u.target
-	f.ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", l.u.pid), zap.Bool("fan_out", true), zap.Error(err))
-	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", t)
-	e.Detail = err.Error()
-	return e
+	return f.ss.lostError(l.u, err)
 }

@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -106,12 +104,17 @@ func (ss *session) stopRelay() {
 }
 
 // acquire takes an upstream connection for t from its pool and applies the
-// client's settings to it. The relay goroutine is not running; the caller
-// owns the returned connection.
-func (ss *session) acquire(t router.Target) (*pool.Conn[*upstream], error) {
+// client's settings to it. checked asks the pool to check an idle
+// connection however recently it was used (see pool.AcquireChecked). The
+// relay goroutine is not running; the caller owns the returned connection.
+func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream], error) {
 	p := ss.srv.pool(t)
 	start := time.Now()
-	c, err := p.Acquire(context.Background())
+	take := p.Acquire
+	if checked {
+		take = p.AcquireChecked
+	}
+	c, err := take(context.Background())
 	if ss.waitObs == nil || ss.waitFor != t {
 		ss.waitObs, ss.waitFor = ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()), t
 	}
@@ -268,25 +271,15 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		switch {
 		case typ == 'P' && refused == "":
 			ss.mu.Unlock()
-			if pm.name == "" {
-				ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
-			} else {
-				ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
-			}
+			ss.define(pm, a)
 			return ss.cw.send(false, &pgproto3.ParseComplete{})
 		case typ == 'S':
 			ss.mu.Unlock()
 			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: status})
 		case typ == 'C' && len(body) >= 2 && body[0] == 'S':
 			ss.mu.Unlock()
-			name, _, err := cstr(body[1:])
-			if err != nil {
-				return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
-			}
-			if name == "" {
-				ss.unnamed = nil
-			} else {
-				delete(ss.stmts, name)
+			if err := ss.undefine(body); err != nil {
+				return err
 			}
 			return ss.cw.send(false, &pgproto3.CloseComplete{})
 		case typ == 'H':
@@ -319,6 +312,32 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.wbuf = out[:0] // keep the grown scratch buffer
 	}
 	return ss.writeUpstream(out, stream, skip)
+}
+
+// define records a statement the client prepared (its Parse answered by
+// the sidecar); it is prepared upstream where it is first bound or
+// described. Session goroutine only.
+func (ss *session) define(pm parseMsg, a *analysis) {
+	if pm.name == "" {
+		ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
+	} else {
+		ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
+	}
+}
+
+// undefine forgets the statement a Close of a statement (body 'S' name)
+// names. Session goroutine only.
+func (ss *session) undefine(body []byte) error {
+	name, _, err := cstr(body[1:])
+	if err != nil {
+		return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
+	}
+	if name == "" {
+		ss.unnamed = nil
+	} else {
+		delete(ss.stmts, name)
+	}
+	return nil
 }
 
 // routeMessage says where one client message goes: Query and Bind by the
@@ -395,7 +414,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 			return appendClose(ss.wbuf[:0], 'S', nonexistent), 0, 0, nil
 		}
 		m.StmtCache.WithLabelValues("miss").Inc()
-		return ss.prepareLocked(nil, u, def, expParse), 0, 0, nil
+		return ss.prepareLocked(&ss.expect, nil, u, def, expParse), 0, 0, nil
 
 	case 'B', 'D':
 		var stmtName string
@@ -455,7 +474,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 			}
 			return out, 0, n, nil
 		}
-		out, sname := ss.ensurePreparedLocked(u, def, stmtName == "")
+		out, sname := ss.ensurePreparedLocked(&ss.expect, u, def, stmtName == "")
 		if typ == 'D' {
 			out = wire.AppendHeader(out, 'D', 1+len(sname)+1)
 			out = append(append(append(out, 'S'), sname...), 0)
@@ -529,35 +548,38 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 
 // ensurePreparedLocked makes sure def is prepared on u (injecting a Parse
 // if not) and returns the bytes to send first and the server-side name.
-func (ss *session) ensurePreparedLocked(u *upstream, def *stmtDef, unnamed bool) ([]byte, string) {
+// The injected messages' expectations go on q (the session's queue, or a
+// fan-out leg's).
+func (ss *session) ensurePreparedLocked(q *[]expectation, u *upstream, def *stmtDef, unnamed bool) ([]byte, string) {
 	if unnamed {
 		if u.unnamed == def {
 			return nil, ""
 		}
 		u.unnamed = def
 		ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
-		ss.expect = append(ss.expect, expectation{kind: expParseInjected})
+		*q = append(*q, expectation{kind: expParseInjected})
 		return appendParse(nil, "", def.query, def.oids), ""
 	}
 	if name, ok := u.stmts.lookup(def.key); ok {
 		return nil, name
 	}
 	ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
-	out := ss.prepareLocked(nil, u, def, expParseInjected)
+	out := ss.prepareLocked(q, nil, u, def, expParseInjected)
 	name, _ := u.stmts.lookup(def.key)
 	return out, name
 }
 
 // prepareLocked appends a Parse of def under a new sidecar name on u,
-// preceded by Closes of the statements the LRU evicts.
-func (ss *session) prepareLocked(out []byte, u *upstream, def *stmtDef, kind expKind) []byte {
+// preceded by Closes of the statements the LRU evicts, queuing their
+// expectations on q.
+func (ss *session) prepareLocked(q *[]expectation, out []byte, u *upstream, def *stmtDef, kind expKind) []byte {
 	name, evicted := u.stmts.add(def.key)
 	for _, e := range evicted {
 		ss.srv.metrics.StmtCache.WithLabelValues("eviction").Inc()
 		out = appendClose(out, 'S', e)
-		ss.expect = append(ss.expect, expectation{kind: expCloseInjected})
+		*q = append(*q, expectation{kind: expCloseInjected})
 	}
-	ss.expect = append(ss.expect, expectation{kind: kind, key: def.key})
+	*q = append(*q, expectation{kind: kind, key: def.key})
 	return appendParse(out, name, def.query, def.oids)
 }
 
@@ -619,21 +641,6 @@ func (ss *session) sessionError(err error) error {
 	}
 	ss.abort(err)
 	return errSessionEnded
-}
-
-// abort reports an error that ends a running session (the client sees it
-// as FATAL) and logs it.
-func (ss *session) abort(err error) {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		ss.log.Debug("client left", zap.Error(err))
-		return
-	}
-	pe := pgerr.From(err).AsFatal()
-	ss.srv.metrics.Errors.WithLabelValues("sidecar", pe.Code.Class()).Inc()
-	ss.log.Warn("session failed", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
-	if !ss.discard.Load() {
-		_ = ss.cw.sendError(pe)
-	}
 }
 
 // pinOrRefuse applies POOL_PIN_POLICY to a statement needing a pin. It
@@ -840,17 +847,25 @@ func (ss *session) dropSkippedLocked(u *upstream) {
 		return // simple query: its ReadyForQuery still comes
 	}
 	i := 0
-	for ; i < len(ss.expect) && !ss.expect[i].kind.ends(); i++ {
-		e := ss.expect[i]
+	for i < len(ss.expect) && !ss.expect[i].kind.ends() {
+		i++
+	}
+	forgetSkipped(u, ss.expect[:i])
+	ss.expect = ss.expect[i:]
+}
+
+// forgetSkipped records that the Parses among exps did not prepare their
+// statements on u: the server failed or skipped them after an error.
+func forgetSkipped(u *upstream, exps []expectation) {
+	for _, e := range exps {
 		if e.kind == expParse || e.kind == expParseInjected {
 			if e.key != "" {
 				u.stmts.forget(e.key)
-			} else if u.unnamed != nil {
+			} else {
 				u.unnamed = nil
 			}
 		}
 	}
-	ss.expect = ss.expect[i:]
 }
 
 // readyForQuery handles a ReadyForQuery: bookkeeping, settling session
@@ -992,15 +1007,21 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 	if expected {
 		return
 	}
-	t := u.target
-	ss.log.Warn("upstream connection lost", zap.String("shard", t.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))
-	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", t)
-	e.Detail = err.Error()
+	e := ss.lostError(u, err)
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
 	if !ss.discard.Load() {
 		_ = ss.cw.sendError(e)
 	}
 	_ = ss.client.Close()
+}
+
+// lostError logs the loss of upstream u and returns the FATAL 08006 the
+// client gets for it.
+func (ss *session) lostError(u *upstream, err error) *pgerr.Error {
+	ss.log.Warn("upstream connection lost", zap.String("shard", u.target.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))
+	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", u.target)
+	e.Detail = err.Error()
+	return e
 }
 
 // finish runs when the client side has ended. It is the only place that

@@ -412,11 +412,11 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 		}
 		return c, nil
 	}
-	c, err := ss.acquire(t)
+	c, err := ss.acquire(t, false)
 	if err != nil && t.Role == router.Replica {
 		ss.srv.health.ban(t.Host.Addr, err)
 		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
-			c, err = ss.acquire(pt)
+			c, err = ss.acquire(pt, false)
 		}
 	}
 	return c, err

@@ -210,7 +210,10 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	var c *pool.Conn[*upstream]
 	if err == nil {
-		c, err = ss.acquireAlive(ss.preferredTarget())
+		// The greeting answers from what the upstream reported at its
+		// startup, with no I/O: check the connection, so that no client is
+		// greeted over a server that went away.
+		c, err = ss.acquire(ss.preferredTarget(), true)
 	}
 	if err == nil {
 		err = ss.greet(c.Value)
@@ -233,34 +236,30 @@ func (s *Server) serve(conn net.Conn) {
 	ss.relay()
 }
 
-// acquireAlive acquires a connection for the greeting, which answers from
-// what the upstream reported at its startup without any I/O: so that a
-// client is never greeted over a server that went away, a connection the
-// pool did not check (used a moment ago, see POOL_CHECK_DELAY) is checked
-// here, and a dead one replaced.
-func (ss *session) acquireAlive(t router.Target) (*pool.Conn[*upstream], error) {
-	for range ss.srv.cfg.Pool.Size + 1 {
-		c, err := ss.acquire(t)
-		if err != nil || c.Value.Alive() {
-			return c, err
-		}
-		c.Destroy()
-	}
-	return ss.acquire(t)
-}
+// fail reports a failure that refuses a session during startup to the
+// client (when there is one to tell), counts and logs it.
+func (ss *session) fail(err error) { ss.report(err, true) }
 
-// fail reports a session-level failure to the client (when there is one to
-// tell) and logs it.
-func (ss *session) fail(err error) {
+// abort reports an error that ends a running session (the client sees it
+// as FATAL), counts and logs it.
+func (ss *session) abort(err error) { ss.report(err, false) }
+
+func (ss *session) report(err error, startup bool) {
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		ss.log.Debug("client left during startup", zap.Error(err))
+		ss.log.Debug("client left", zap.Error(err))
 		return
 	}
 	pe := pgerr.From(err).AsFatal()
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", pe.Code.Class()).Inc()
-	ss.srv.metrics.ClientsRejected.WithLabelValues(string(pe.Code)).Inc()
-	ss.log.Info("session refused", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
-	_ = ss.cw.sendError(pe)
+	if startup {
+		ss.srv.metrics.ClientsRejected.WithLabelValues(string(pe.Code)).Inc()
+		ss.log.Info("session refused", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
+	} else {
+		ss.log.Warn("session failed", zap.String("sqlstate", string(pe.Code)), zap.Error(err))
+	}
+	if !ss.discard.Load() {
+		_ = ss.cw.sendError(pe)
+	}
 }
 
 // negotiateStartup handles SSLRequest, GSSENCRequest and CancelRequest and
