@@ -6,8 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
@@ -41,9 +39,8 @@ func (p *fanPlan) joins(q *fanPlan) bool {
 // ORDER BY, LIMIT and aggregates apply per shard.
 //
 // A write outside any transaction runs on every leg inside its own BEGIN
-// and is committed only when every leg succeeded (else rolled back
-// everywhere); a failure while committing leaves the shards that committed
-// committed, reported as such. In a transaction, only reads fan out: the
+// and is committed, in two phases (twophase.go), only when every leg
+// succeeded; else it is rolled back everywhere. In a transaction, only reads fan out: the
 // shard the transaction runs on answers on the transaction's connection
 // (seeing its uncommitted writes), the others on connections of their own.
 type fanOut struct {
@@ -74,12 +71,13 @@ type fanLeg struct {
 	// exp lists what the leg answers before each item: completions of
 	// Parse and Close messages the sidecar injected, an expQueryInjected
 	// for the wrapping BEGIN, and an expFanItem per item.
-	exp    []expectation
-	failed bool // answered an ErrorResponse: nothing more until ReadyForQuery
-	done   bool // answered ReadyForQuery for the request
-	timed  bool // its query duration was observed
-	broken bool // the connection failed
-	status byte
+	exp      []expectation
+	failed   bool // answered an ErrorResponse: nothing more until ReadyForQuery
+	done     bool // answered ReadyForQuery for the request
+	timed    bool // its query duration was observed
+	broken   bool // the connection failed
+	prepared bool // its part of a two-phase commit is prepared
+	status   byte
 }
 
 // fanItem is one client message of the request.
@@ -456,64 +454,6 @@ func (f *fanOut) run() (err error) {
 			return err
 		}
 		return ss.sessionError(err)
-	}
-	return nil
-}
-
-// commit ends a wrapped write: COMMIT on every leg when every leg
-// succeeded and the client is still there, else ROLLBACK everywhere.
-func (f *fanOut) commit() error {
-	ok := !f.failed && !f.clientGone
-	for _, l := range f.legs {
-		ok = ok && l.status == 'T'
-	}
-	q := "ROLLBACK"
-	if ok {
-		q = "COMMIT"
-	}
-	for _, l := range f.legs {
-		l.done = false
-		if err := f.write(l, appendQuery(nil, q)); err != nil {
-			return err
-		}
-	}
-	var committed, failed []string
-	for _, l := range f.legs {
-		l.failed = false
-		if err := f.readToReady(l); err != nil {
-			return err
-		}
-		if l.failed {
-			failed = append(failed, l.u.target.Shard)
-		} else if ok {
-			committed = append(committed, l.u.target.Shard)
-		}
-	}
-	m := f.ss.srv.metrics.MultiShardCommits
-	switch {
-	case !ok:
-		m.WithLabelValues("rolled_back").Inc()
-	case len(failed) == 0:
-		m.WithLabelValues("committed").Inc()
-		now := time.Now()
-		f.ss.mu.Lock()
-		if f.ss.lastWrite == nil {
-			f.ss.lastWrite = map[string]time.Time{}
-		}
-		for _, s := range committed {
-			f.ss.lastWrite[s] = now
-		}
-		f.ss.mu.Unlock()
-	case len(committed) == 0:
-		m.WithLabelValues("rolled_back").Inc()
-		f.sendError(nil)
-	default:
-		m.WithLabelValues("partial").Inc()
-		f.ss.log.Error("write spanning shards committed on some shards only",
-			zap.Strings("committed", committed), zap.Strings("failed", failed))
-		e := pgerr.Errorf(pgerr.TransactionUnknown, "the write committed on %v but failed to commit on %v", committed, failed)
-		e.Hint = "check the rows on the failed shards; writes spanning shards are not atomic while committing"
-		f.sendError(e.Encode(nil)[5:])
 	}
 	return nil
 }

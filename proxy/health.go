@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/router"
 )
 
@@ -83,6 +85,7 @@ type health struct {
 
 	mu     sync.Mutex
 	conns  map[string]*upstream      // check connection per host address
+	closed bool                      // Run ended: connections are closed, not kept
 	banned map[string]time.Time      // replica address → end of its ban
 	prev   map[string]*hostHealth    // last result per address
 	chosen map[string]router.Host    // shard → current primary
@@ -106,6 +109,7 @@ func (h *health) Run(ctx context.Context) {
 			_ = u.Close()
 		}
 		h.conns = map[string]*upstream{}
+		h.closed = true
 		h.mu.Unlock()
 	}()
 	t := time.NewTicker(h.srv.cfg.Routing.HealthInterval)
@@ -159,42 +163,24 @@ func (h *health) round(ctx context.Context) {
 	h.publish(m, results)
 }
 
-// check runs the health query on one host, dialling it when needed.
+// check runs the health query on one host.
 func (h *health) check(ctx context.Context, shard string, host router.Host, role router.Role) *hostHealth {
-	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true}
-	timeout := h.srv.cfg.Routing.HealthTimeout
-	h.mu.Lock()
-	u := h.conns[host.Addr]
-	delete(h.conns, host.Addr)
-	h.mu.Unlock()
-	start := time.Now()
-	res.CheckedAt = start
-	if u == nil {
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		var err error
-		u, err = h.srv.dialer.dialAs(cctx, router.Target{Shard: shard, Role: role, Host: host}, healthAppName)
-		cancel()
-		if err != nil {
-			res.LastError = err.Error()
-			return res
-		}
-	}
-	_ = u.conn.SetDeadline(start.Add(timeout))
+	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true, CheckedAt: time.Now()}
 	var row [][]byte
-	err := u.exec(healthQuery, func(v [][]byte) {
-		row = make([][]byte, len(v))
-		for i := range v {
-			if v[i] != nil {
-				row[i] = append([]byte{}, v[i]...)
+	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, func(u *upstream) error {
+		return u.exec(healthQuery, func(v [][]byte) {
+			row = make([][]byte, len(v))
+			for i := range v {
+				if v[i] != nil {
+					row[i] = append([]byte{}, v[i]...)
+				}
 			}
-		}
+		})
 	})
-	_ = u.conn.SetDeadline(time.Time{})
 	if err == nil && len(row) != 4 {
 		err = fmt.Errorf("health query returned no row")
 	}
 	if err != nil {
-		_ = u.Close()
 		res.LastError = err.Error()
 		return res
 	}
@@ -207,10 +193,47 @@ func (h *health) check(ctx context.Context, shard string, host router.Host, role
 		// idle primary makes the last replay timestamp old without lag.
 		res.LagSeconds, _ = strconv.ParseFloat(string(row[3]), 64)
 	}
-	h.mu.Lock()
-	h.conns[host.Addr] = u
-	h.mu.Unlock()
 	return res
+}
+
+// onHost runs fn on the sidecar's own connection to t's host (dialled
+// when missing, application_name brownie-sidecar-health, no client's
+// settings on it), bounded by HealthTimeout. The connection is kept for
+// the next call unless fn failed. Safe for concurrent use: a caller
+// finding the connection taken dials another.
+func (h *health) onHost(ctx context.Context, t router.Target, fn func(*upstream) error) error {
+	timeout := h.srv.cfg.Routing.HealthTimeout
+	h.mu.Lock()
+	u := h.conns[t.Host.Addr]
+	delete(h.conns, t.Host.Addr)
+	h.mu.Unlock()
+	start := time.Now()
+	if u == nil {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		var err error
+		u, err = h.srv.dialer.dialAs(cctx, t, healthAppName)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	_ = u.conn.SetDeadline(start.Add(timeout))
+	err := fn(u)
+	_ = u.conn.SetDeadline(time.Time{})
+	var pe *pgerr.Error
+	if (err != nil && !errors.As(err, &pe)) || u.txStatus != 'I' {
+		_ = u.Close()
+		return err
+	}
+	h.mu.Lock()
+	if h.conns[t.Host.Addr] == nil && !h.closed {
+		h.conns[t.Host.Addr], u = u, nil
+	}
+	h.mu.Unlock()
+	if u != nil {
+		_ = u.Close() // another caller put its connection back first
+	}
+	return err
 }
 
 // publish computes the shards' primaries, lags and bans from a round's

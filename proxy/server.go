@@ -196,6 +196,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.startHealth(s.poolCtx)
+	s.startTwoPhaseRecovery(s.poolCtx)
 	warmCtx, stopWarm := context.WithCancel(ctx)
 	acceptWG.Add(1)
 	go func() {

@@ -64,4 +64,7 @@ const (
 	RolesFile = "00_roles.sql"
 	// SchemaFile creates the schema; apply it in database "brownie_metadata".
 	SchemaFile = "01_schema.sql"
+	// SidecarFile creates the sidecar's own table (two-phase commit
+	// decisions); apply it in database "brownie_metadata" after SchemaFile.
+	SidecarFile = "02_sidecar.sql"
 )

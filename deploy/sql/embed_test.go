@@ -9,11 +9,11 @@ import (
 
 func TestFilesAreInApplyOrder(t *testing.T) {
 	files := schemasql.Files()
-	if len(files) != 2 {
-		t.Fatalf("got %d files, want 2", len(files))
+	if len(files) != 3 {
+		t.Fatalf("got %d files, want 3", len(files))
 	}
-	if files[0].Name != schemasql.RolesFile || files[1].Name != schemasql.SchemaFile {
-		t.Fatalf("got order %q, %q", files[0].Name, files[1].Name)
+	if files[0].Name != schemasql.RolesFile || files[1].Name != schemasql.SchemaFile || files[2].Name != schemasql.SidecarFile {
+		t.Fatalf("got order %q, %q, %q", files[0].Name, files[1].Name, files[2].Name)
 	}
 	for _, f := range files {
 		if strings.TrimSpace(f.SQL) == "" {

@@ -311,7 +311,7 @@ with psycopg.connect(sys.argv[1]) as c:
 
 	_, body := e.sc.get(t, "/metrics")
 	for _, m := range []string{`brownie_sidecar_fanouts_total{kind="read",outcome="ok"}`, `brownie_sidecar_fanouts_total{kind="write",outcome="error"}`,
-		`brownie_sidecar_multi_shard_commits_total{outcome="committed"}`, `brownie_sidecar_multi_shard_commits_total{outcome="rolled_back"}`} {
+		`brownie_sidecar_two_phase_commits_total{outcome="committed"}`} {
 		if !strings.Contains(body, m) {
 			t.Errorf("metrics lack %s", m)
 		}

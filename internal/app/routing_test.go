@@ -178,14 +178,16 @@ func startRouting(t *testing.T) *routingEnv {
 		t.Fatal(err)
 	}
 	e.sc = startSidecar(t, srv, map[string]string{
-		"SHARD_MAP_FILE":        e.mapFile,
-		"POOL_MODE":             "transaction",
-		"POOL_SIZE":             "8",
-		"HEALTH_CHECK_INTERVAL": "100ms",
-		"HEALTH_CHECK_TIMEOUT":  "2s",
-		"REPLICA_BAN_TIME":      "1s",
-		"MAX_REPLICA_LAG":       "2s",
-		"MAX_REPLICA_LAG_BYTES": "1024",
+		"SHARD_MAP_FILE":              e.mapFile,
+		"POOL_MODE":                   "transaction",
+		"POOL_SIZE":                   "8",
+		"HEALTH_CHECK_INTERVAL":       "100ms",
+		"HEALTH_CHECK_TIMEOUT":        "2s",
+		"REPLICA_BAN_TIME":            "1s",
+		"MAX_REPLICA_LAG":             "2s",
+		"MAX_REPLICA_LAG_BYTES":       "1024",
+		"TWO_PHASE_TIMEOUT":           "2s",
+		"TWO_PHASE_RECOVERY_INTERVAL": "200ms",
 	})
 	waitFor(t, 15*time.Second, "sidecar ready", func() bool {
 		code, _ := e.sc.get(t, "/ready")
@@ -401,6 +403,7 @@ func TestTeamRouting(t *testing.T) {
 	})
 
 	t.Run("KeylessAllFansOut", func(t *testing.T) { testFanOut(t, e, a, b) })
+	t.Run("WritesSpanningShardsCommitInTwoPhases", func(t *testing.T) { testTwoPhase(t, e, a, b) })
 
 	const where = "SELECT inet_server_port(), pg_is_in_recovery() FROM (SELECT count(*) FROM items WHERE team_id = $1) s"
 

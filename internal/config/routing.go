@@ -23,6 +23,12 @@ type Routing struct {
 	MaxReplicaLagBytes int64         `env:"MAX_REPLICA_LAG_BYTES" envDefault:"16777216"`
 	// ReplicaSelection is round_robin or least_busy.
 	ReplicaSelection string `env:"REPLICA_SELECTION" envDefault:"round_robin"`
+	// TwoPhaseTimeout is how long the first (anchor) shard's part of a
+	// write spanning shards may stay prepared before a sidecar presumes its
+	// coordinator gone and rolls the write back. TwoPhaseRecoveryInterval
+	// is the period of the scan for such leftovers.
+	TwoPhaseTimeout          time.Duration `env:"TWO_PHASE_TIMEOUT" envDefault:"60s"`
+	TwoPhaseRecoveryInterval time.Duration `env:"TWO_PHASE_RECOVERY_INTERVAL" envDefault:"10s"`
 }
 
 // Replica selection strategies.
@@ -46,6 +52,12 @@ func (r Routing) validate(add func(string, ...any)) {
 	}
 	if r.MaxReplicaLagBytes <= 0 {
 		add("MAX_REPLICA_LAG_BYTES must be positive")
+	}
+	if r.TwoPhaseTimeout < time.Second {
+		add("TWO_PHASE_TIMEOUT %s is below 1s", r.TwoPhaseTimeout)
+	}
+	if r.TwoPhaseRecoveryInterval < 50*time.Millisecond {
+		add("TWO_PHASE_RECOVERY_INTERVAL %s is below 50ms", r.TwoPhaseRecoveryInterval)
 	}
 	switch r.ReplicaSelection {
 	case ReplicaRoundRobin, ReplicaLeastBusy:

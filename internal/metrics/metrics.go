@@ -42,11 +42,14 @@ type Metrics struct {
 
 	// FanOuts counts client requests run on several shards at once, by
 	// kind (read, write) and outcome (ok, error); FanOutShards is how many
-	// shards each one used. MultiShardCommits counts the commits of
-	// writes spanning shards by outcome (committed, rolled_back, partial).
+	// shards each one used. TwoPhaseCommits counts the two-phase commits
+	// of writes spanning shards by outcome (committed, rolled_back,
+	// unknown); TwoPhaseRecovered the prepared parts left behind that the
+	// recovery finished, by action (committed, rolled_back).
 	FanOuts           *prometheus.CounterVec
 	FanOutShards      prometheus.Histogram
-	MultiShardCommits *prometheus.CounterVec
+	TwoPhaseCommits   *prometheus.CounterVec
+	TwoPhaseRecovered *prometheus.CounterVec
 
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
@@ -158,10 +161,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Number of shards each fan-out ran on.",
 			Buckets: []float64{2, 3, 4, 6, 8, 12, 16, 32, 64},
 		}),
-		MultiShardCommits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "brownie_sidecar_multi_shard_commits_total",
-			Help: "Commits of writes spanning shards, by outcome: committed (every shard), rolled_back (none: a shard failed before commit) or partial (a shard failed while committing).",
+		TwoPhaseCommits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_two_phase_commits_total",
+			Help: "Two-phase commits of writes spanning shards, by outcome: committed, rolled_back (a shard failed before the decision) or unknown (the connection to the first shard broke while committing; the recovery finishes it).",
 		}, []string{"outcome"}),
+		TwoPhaseRecovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_two_phase_recovered_total",
+			Help: "Prepared parts of writes spanning shards, left behind by a failed or crashed sidecar, that the recovery committed or rolled back.",
+		}, []string{"action"}),
 	}
 	m.ShardMapValid.Set(1)
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
@@ -170,6 +177,6 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid,
-		m.FanOuts, m.FanOutShards, m.MultiShardCommits)
+		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered)
 	return m
 }

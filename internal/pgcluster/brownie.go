@@ -20,7 +20,7 @@ const (
 // EnsureBrownieDatabase makes the running primary hold the Brownie metadata
 // database: it applies deploy/sql/00_roles.sql in database postgres, creates
 // database brownie_metadata owned by BrownieRole if it is missing, and applies
-// deploy/sql/01_schema.sql in it. It is idempotent. It fails on a replica,
+// deploy/sql/01_schema.sql and 02_sidecar.sql in it. It is idempotent. It fails on a replica,
 // which receives the schema through replication.
 func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 	if c.IsReplica() {
@@ -28,7 +28,8 @@ func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 	}
 	roles, ok1 := schemasql.Lookup(schemasql.RolesFile)
 	schema, ok2 := schemasql.Lookup(schemasql.SchemaFile)
-	if !ok1 || !ok2 {
+	sidecar, ok3 := schemasql.Lookup(schemasql.SidecarFile)
+	if !ok1 || !ok2 || !ok3 {
 		return errors.New("pgcluster: embedded schema files are missing")
 	}
 	if _, err := c.Exec(ctx, "postgres", roles.SQL); err != nil {
@@ -47,8 +48,10 @@ func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := c.Exec(ctx, BrownieDatabase, schema.SQL); err != nil {
-		return fmt.Errorf("%s: %w", schema.Name, err)
+	for _, f := range []schemasql.File{schema, sidecar} {
+		if _, err := c.Exec(ctx, BrownieDatabase, f.SQL); err != nil {
+			return fmt.Errorf("%s: %w", f.Name, err)
+		}
 	}
 	return nil
 }

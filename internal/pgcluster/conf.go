@@ -51,6 +51,7 @@ func sidecarConf(port int, socketDir, primaryConninfo string, extra map[string]s
 	set("ssl_ca_file", caCertName)
 	set("ssl_min_protocol_version", "TLSv1.2")
 	set("max_connections", "200")
+	set("max_prepared_transactions", "64") // two-phase commit of writes spanning shards
 	set("wal_level", "replica")
 	set("max_wal_senders", "10")
 	set("hot_standby", "on")

@@ -39,7 +39,9 @@ const (
 	ConfigurationLimit      Code = "53400"
 	InvalidTransactionState Code = "25000"
 	InFailedSQLTransaction  Code = "25P02" // a failed transaction ignores commands until its end
-	TransactionUnknown      Code = "08007" // a write spanning shards committed on some shards only
+	TransactionUnknown      Code = "08007" // the commit of a write spanning shards was cut off: outcome unknown
+	TransactionRollback     Code = "40000" // a write spanning shards was rolled back by the two-phase recovery
+	UndefinedTable          Code = "42P01"
 	ProgramLimitExceeded    Code = "54000" // a statement too large to route
 )
 

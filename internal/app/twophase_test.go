@@ -1,0 +1,110 @@
+package app
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// testTwoPhase checks that a write spanning shards commits in two phases:
+// it commits on both shards leaving nothing prepared, a failure at PREPARE
+// on one shard rolls both back, and the parts a crashed sidecar leaves
+// prepared are finished by the recovery from the anchor's decision (the
+// sidecar runs with TWO_PHASE_TIMEOUT=2s). a is a team on shard-0 (the
+// anchor), b one on shard-1.
+func testTwoPhase(t *testing.T, e *routingEnv, a, b pgtype.UUID) {
+	ctx := context.Background()
+	conn := e.sc.connect(t, "")
+	for i, team := range []pgtype.UUID{a, b} {
+		if _, err := conn.Exec(ctx, "INSERT INTO events (team_id, id) VALUES ($1, $2)", team, 301+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(shard string) string {
+		return e.direct(t, shard, "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM events")
+	}
+	prepared := func(shard string) string { return e.direct(t, shard, "SELECT count(*) FROM pg_prepared_xacts") }
+	expect := func(what, want0, want1 string) {
+		t.Helper()
+		if got0, got1 := ids("shard-0"), ids("shard-1"); got0 != want0 || got1 != want1 {
+			t.Errorf("%s: events %q on shard-0 and %q on shard-1, want %q and %q", what, got0, got1, want0, want1)
+		}
+	}
+
+	tag, err := conn.Exec(ctx, "UPDATE events SET id = id + 10")
+	if err != nil || tag.String() != "UPDATE 2" {
+		t.Errorf("write spanning shards: %q, %v; want UPDATE 2", tag, err)
+	}
+	expect("after a committed write", "311", "312")
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		if n := prepared(shard); n != "0" {
+			t.Errorf("%s holds %s prepared transactions after a commit, want 0", shard, n)
+		}
+	}
+
+	// A deferred constraint on shard-1 fails at PREPARE, after the anchor
+	// (shard-0) prepared: both roll back and the client gets the error.
+	e.direct(t, "shard-1", `CREATE FUNCTION no_313() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF NEW.id = 313 THEN RAISE EXCEPTION 'no 313' USING ERRCODE = '23514'; END IF; RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER no_313 AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_313();`)
+	_, err = conn.Exec(ctx, "UPDATE events SET id = id + 1")
+	if code := pgErrCode(err); code != "23514" {
+		t.Errorf("write failing at PREPARE on one shard: %v, want 23514", err)
+	}
+	expect("after a write failing at PREPARE", "311", "312")
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		if n := prepared(shard); n != "0" {
+			t.Errorf("%s holds %s prepared transactions after a rollback, want 0", shard, n)
+		}
+	}
+	e.direct(t, "shard-1", "DROP TRIGGER no_313 ON events; DROP FUNCTION no_313();")
+
+	// What a sidecar dying halfway leaves behind, made by hand: each part
+	// prepared as the sidecar's role, the anchor's with its decision row.
+	prepare := func(shard, gid, sql string, anchor bool) {
+		q := `BEGIN; SET LOCAL ROLE "brownie-fastapi-server"; ` + sql + "; "
+		if anchor {
+			q += "INSERT INTO brownie_sidecar.commit_log (gid) VALUES ('" + gid + "'); "
+		}
+		e.direct(t, shard, q+"PREPARE TRANSACTION '"+gid+"';")
+	}
+	// The anchor committed, shard-1's part is still prepared: committed.
+	prepare("shard-0", "brownie:01:shard-0", "UPDATE events SET id = 321 WHERE id = 311", true)
+	prepare("shard-1", "brownie:01:shard-0", "UPDATE events SET id = 322 WHERE id = 312", false)
+	e.direct(t, "shard-0", "COMMIT PREPARED 'brownie:01:shard-0';")
+	// Only shard-1's part was prepared (the anchor rolled back): rolled back.
+	prepare("shard-1", "brownie:02:shard-0", "INSERT INTO events (team_id, id) VALUES ('"+uuidText(b)+"', 399)", false)
+	waitFor(t, 10*time.Second, "recovery of the parts whose anchor decided", func() bool { return prepared("shard-1") == "0" })
+	expect("after the recovery", "321", "322")
+
+	// Both parts prepared and the anchor abandoned: rolled back once the
+	// anchor has been prepared for TWO_PHASE_TIMEOUT, not before.
+	start := time.Now()
+	prepare("shard-0", "brownie:03:shard-0", "UPDATE events SET id = 331 WHERE id = 321", true)
+	prepare("shard-1", "brownie:03:shard-0", "UPDATE events SET id = 332 WHERE id = 322", false)
+	waitFor(t, 15*time.Second, "recovery of an abandoned write", func() bool {
+		return prepared("shard-0") == "0" && prepared("shard-1") == "0"
+	})
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("an abandoned anchor was rolled back after %s, before TWO_PHASE_TIMEOUT (2s)", took)
+	}
+	expect("after rolling back an abandoned write", "321", "322")
+
+	// Decision rows no prepared part needs are deleted.
+	waitFor(t, 10*time.Second, "decision rows deleted", func() bool {
+		return e.direct(t, "shard-0", "SELECT count(*) FROM brownie_sidecar.commit_log") == "0"
+	})
+	_, body := e.sc.get(t, "/metrics")
+	for _, m := range []string{`brownie_sidecar_two_phase_commits_total{outcome="committed"}`, `brownie_sidecar_two_phase_commits_total{outcome="rolled_back"}`,
+		`brownie_sidecar_two_phase_recovered_total{action="committed"} 1`, `brownie_sidecar_two_phase_recovered_total{action="rolled_back"} 3`} {
+		if !strings.Contains(body, m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		e.direct(t, shard, "DELETE FROM events;")
+	}
+}
