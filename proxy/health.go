@@ -199,8 +199,9 @@ func (h *health) check(ctx context.Context, shard string, host router.Host, role
 // onHost runs fn on the sidecar's own connection to t's host (dialled
 // when missing, application_name brownie-sidecar-health, no client's
 // settings on it), bounded by HealthTimeout. The connection is kept for
-// the next call unless fn failed. Safe for concurrent use: a caller
-// finding the connection taken dials another.
+// the next call unless it broke (an error other than the server's
+// ErrorResponse) or was left in a transaction. Safe for concurrent use: a
+// caller finding the connection taken dials another.
 func (h *health) onHost(ctx context.Context, t router.Target, fn func(*upstream) error) error {
 	timeout := h.srv.cfg.Routing.HealthTimeout
 	h.mu.Lock()
