@@ -185,7 +185,8 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 // serve runs a client connection from accept to close.
 func (s *Server) serve(conn net.Conn) {
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
-		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{}}
+		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
+		txStatus: 'I', synced: true} // idle, outside any transaction, until its first statement
 	ss.cond = sync.NewCond(&ss.mu)
 	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}

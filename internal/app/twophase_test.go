@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -34,11 +35,17 @@ func testTwoPhase(t *testing.T, e *routingEnv, a, b pgtype.UUID) {
 		}
 	}
 
-	tag, err := conn.Exec(ctx, "UPDATE events SET id = id + 10")
-	if err != nil || tag.String() != "UPDATE 2" {
-		t.Errorf("write spanning shards: %q, %v; want UPDATE 2", tag, err)
+	// As the first statement of a session (psql -c), in the simple and
+	// the extended protocol: a session starts outside any transaction.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		fresh := e.sc.connect(t, "")
+		tag, err := fresh.Exec(ctx, "UPDATE events SET id = id + 5", mode)
+		if err != nil || tag.String() != "UPDATE 2" {
+			t.Errorf("write spanning shards as a session's first statement (%v): %q, %v; want UPDATE 2", mode, tag, err)
+		}
+		fresh.Close(ctx)
 	}
-	expect("after a committed write", "311", "312")
+	expect("after two committed writes", "311", "312")
 	for _, shard := range []string{"shard-0", "shard-1"} {
 		if n := prepared(shard); n != "0" {
 			t.Errorf("%s holds %s prepared transactions after a commit, want 0", shard, n)
@@ -50,7 +57,7 @@ func testTwoPhase(t *testing.T, e *routingEnv, a, b pgtype.UUID) {
 	e.direct(t, "shard-1", `CREATE FUNCTION no_313() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN IF NEW.id = 313 THEN RAISE EXCEPTION 'no 313' USING ERRCODE = '23514'; END IF; RETURN NULL; END $$;
 CREATE CONSTRAINT TRIGGER no_313 AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_313();`)
-	_, err = conn.Exec(ctx, "UPDATE events SET id = id + 1")
+	_, err := conn.Exec(ctx, "UPDATE events SET id = id + 1")
 	if code := pgErrCode(err); code != "23514" {
 		t.Errorf("write failing at PREPARE on one shard: %v, want 23514", err)
 	}
