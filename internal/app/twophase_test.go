@@ -69,6 +69,25 @@ CREATE CONSTRAINT TRIGGER no_313 AFTER UPDATE ON events DEFERRABLE INITIALLY DEF
 	}
 	e.direct(t, "shard-1", "DROP TRIGGER no_313 ON events; DROP FUNCTION no_313();")
 
+	// A PREPARE on shard-1 slower than TWO_PHASE_TIMEOUT: meanwhile the
+	// recovery presumes the prepared anchor abandoned and rolls it back, so
+	// the sidecar's COMMIT PREPARED there fails and it rolls shard-1 back
+	// too; the client gets 40000 (retryable) and nothing is committed.
+	e.direct(t, "shard-1", `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow();`)
+	_, err = conn.Exec(ctx, "UPDATE events SET id = id + 1")
+	if code := pgErrCode(err); code != "40000" {
+		t.Errorf("write whose anchor the recovery rolled back: %v, want 40000", err)
+	}
+	expect("after a write whose anchor the recovery rolled back", "311", "312")
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		if n := prepared(shard); n != "0" {
+			t.Errorf("%s holds %s prepared transactions after a rollback, want 0", shard, n)
+		}
+	}
+	e.direct(t, "shard-1", "DROP TRIGGER slow ON events; DROP FUNCTION slow();")
+
 	// What a sidecar dying halfway leaves behind, made by hand: each part
 	// prepared as the sidecar's role, the anchor's with its decision row.
 	prepare := func(shard, gid, sql string, anchor bool) {
@@ -106,7 +125,7 @@ CREATE CONSTRAINT TRIGGER no_313 AFTER UPDATE ON events DEFERRABLE INITIALLY DEF
 	})
 	_, body := e.sc.get(t, "/metrics")
 	for _, m := range []string{`brownie_sidecar_two_phase_commits_total{outcome="committed"}`, `brownie_sidecar_two_phase_commits_total{outcome="rolled_back"}`,
-		`brownie_sidecar_two_phase_recovered_total{action="committed"} 1`, `brownie_sidecar_two_phase_recovered_total{action="rolled_back"} 3`} {
+		`brownie_sidecar_two_phase_recovered_total{action="committed"} 1`, `brownie_sidecar_two_phase_recovered_total{action="rolled_back"} 4`} {
 		if !strings.Contains(body, m) {
 			t.Errorf("metrics lack %s", m)
 		}
