@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -315,5 +316,30 @@ func TestExpectedFailureNoteEndsWithPgbenchsLastLine(t *testing.T) {
 		if !strings.Contains(note, want) {
 			t.Errorf("note lacks %q:\n%s", want, note)
 		}
+	}
+}
+
+func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
+	withCPU := func(tps, cpu float64) result { r := ok(tps); r.cpuUs = cpu; return r }
+	tbl := &table{mode: modeTransaction, poolSize: 10, targets: []string{"pgbouncer", "sidecar"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "simple", clients: 10, res: []result{withCPU(8000, 32.04), withCPU(7000, 41.96)}, unsupported: []bool{false, false}},
+		{proto: "simple", clients: 50, res: []result{ok(7000), withCPU(7700, 40)}, unsupported: []bool{false, false}},
+	}}
+	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
+	for _, want := range []string{
+		"| protocol | clients | pgbouncer TPS | sidecar TPS | pgbouncer lat ms | sidecar lat ms | pgbouncer CPU µs/tx | sidecar CPU µs/tx | sidecar/pgbouncer |",
+		"| simple | 10 | 8000 | 7000 | 1.000 | 1.000 | 32.0 | 42.0 | 0.88 |",
+		"| simple | 50 | 7000 | 7700 | 1.000 | 1.000 | – | 40.0 | 1.10 |",
+		"CPU µs/tx = the pooler's CPU time",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if got := combineRuns([]result{withCPU(1, 30), withCPU(1, 50), withCPU(1, 34)}); got.cpuUs != 34 {
+		t.Errorf("combined CPU = %v, want the median 34", got.cpuUs)
+	}
+	if n, err := cpuTicks(os.Getpid()); err != nil || n < 0 {
+		t.Errorf("cpuTicks(self) = %d, %v", n, err)
 	}
 }

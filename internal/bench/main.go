@@ -359,8 +359,8 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		targets = append(targets, target{name: "direct", host: "localhost", port: b.pg.Port(), tls: true})
 	}
 	targets = append(targets,
-		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction},
-		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port},
+		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction, pid: bouncer.proc.pid()},
+		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port, pid: side.proc.pid()},
 	)
 	for _, t := range targets {
 		tbl.targets = append(tbl.targets, t.name)

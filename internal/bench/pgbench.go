@@ -26,6 +26,9 @@ type target struct {
 	// protocol-level prepared statements, so -M prepared is expected to
 	// fail through it. The run still happens and is reported as failed.
 	noPrepared bool
+	// pid is the pooler's process, whose CPU time per transaction is
+	// measured; 0 for PostgreSQL reached directly.
+	pid int
 }
 
 // result is the outcome of one pgbench run.
@@ -45,6 +48,11 @@ type result struct {
 	failedRuns int       // of them, runs that failed
 	runTPS     []float64 // TPS of each run that had results, in run order
 	incomplete int       // runs without tps/latency in their output
+
+	// cpuUs is the pooler's CPU time (user + system, all threads) per
+	// transaction in microseconds, 0 when not measured; for a combined
+	// cell, the median over the runs that measured it.
+	cpuUs float64
 }
 
 // failed reports whether the run cannot be trusted: pgbench failed, said
@@ -81,11 +89,14 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat []float64
+	var tps, lat, cpu []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
 		out.failedTx += r.failedTx
+		if r.cpuUs > 0 {
+			cpu = append(cpu, r.cpuUs)
+		}
 		if r.parsed {
 			tps = append(tps, r.tps)
 			lat = append(lat, r.latencyMs)
@@ -100,6 +111,7 @@ func combineRuns(runs []result) result {
 		}
 	}
 	out.runTPS = tps
+	out.cpuUs = median(cpu)
 	if len(tps) > 0 {
 		out.parsed = true
 		out.tps, out.latencyMs = median(tps), median(lat)
@@ -178,7 +190,9 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cpuBefore, cpuErr := cpuTicks(t.pid)
 	err := cmd.Run()
+	cpuAfter, cpuErr2 := cpuTicks(t.pid)
 
 	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
 	if tag != "" {
@@ -193,6 +207,9 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	r := parsePgbench(stdout.String())
 	r.exitErr = err
 	r.logPath = logPath
+	if t.pid > 0 && cpuErr == nil && cpuErr2 == nil && r.processed > 0 {
+		r.cpuUs = float64(cpuAfter-cpuBefore) * 1e6 / clockTicks / float64(r.processed)
+	}
 	for _, line := range strings.Split(stderr.String(), "\n") {
 		if line = strings.TrimRight(line, " \r"); line != "" {
 			r.stderr = append(r.stderr, line)
@@ -244,4 +261,36 @@ func parsePgbench(out string) result {
 		r.failedTx, _ = strconv.ParseInt(s, 10, 64)
 	}
 	return r
+}
+
+// clockTicks is the unit of the CPU times in /proc/PID/stat (USER_HZ,
+// 100 on Linux).
+const clockTicks = 100
+
+// cpuTicks returns the CPU time (utime + stime, every thread) process pid
+// has used, in clock ticks.
+func cpuTicks(pid int) (int64, error) {
+	if pid <= 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is parenthesised and may hold spaces;
+	// utime and stime are fields 14 and 15, the 12th and 13th after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return utime + stime, nil
 }

@@ -245,6 +245,10 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	for _, name := range t.targets {
 		head = append(head, name+" lat ms")
 	}
+	cpuCols := t.cpuColumns()
+	for _, i := range cpuCols {
+		head = append(head, t.targets[i]+" CPU µs/tx")
+	}
 	if bi >= 0 && si >= 0 {
 		head = append(head, "sidecar/pgbouncer")
 	}
@@ -268,6 +272,9 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 			cells, lat = append(cells, tpsCell(res)), append(lat, latencyCell(res))
 		}
 		cells = append(cells, lat...)
+		for _, i := range cpuCols {
+			cells = append(cells, cpuCell(row.res[i]))
+		}
 		if bi >= 0 && si >= 0 {
 			vs, _ := ratio(row.res[si], row.res[bi])
 			if row.expectedFailure(bi) {
@@ -281,7 +288,11 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		}
 		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
 	}
-	b.WriteString("\n`*` = the run reported errors (see below); `ERR` = no result.\n\n")
+	b.WriteString("\n`*` = the run reported errors (see below); `ERR` = no result.")
+	if len(cpuCols) > 0 {
+		b.WriteString(" CPU µs/tx = the pooler's CPU time (user + system, every thread, from /proc/PID/stat) during the run per transaction pgbench processed: on a machine whose CPUs are all busy, TPS follows it.")
+	}
+	b.WriteString("\n\n")
 	for _, note := range expected {
 		b.WriteString(note)
 	}
@@ -539,4 +550,24 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "not met"
+}
+
+// cpuColumns returns the targets whose CPU time per transaction was
+// measured in some row, in table order.
+func (t *table) cpuColumns() []int {
+	var cols []int
+	for i := range t.targets {
+		if slices.ContainsFunc(t.rows, func(r row) bool { return i < len(r.res) && r.res[i].cpuUs > 0 }) {
+			cols = append(cols, i)
+		}
+	}
+	return cols
+}
+
+// cpuCell renders a CPU-per-transaction cell ("–" when not measured).
+func cpuCell(r result) string {
+	if r.cpuUs <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f", r.cpuUs)
 }
