@@ -40,9 +40,10 @@ func (p *fanPlan) joins(q *fanPlan) bool {
 //
 // A write outside any transaction runs on every leg inside its own BEGIN
 // and is committed, in two phases (twophase.go), only when every leg
-// succeeded; else it is rolled back everywhere. In a transaction, only reads fan out: the
-// shard the transaction runs on answers on the transaction's connection
-// (seeing its uncommitted writes), the others on connections of their own.
+// succeeded; else it is rolled back everywhere. In a transaction, only
+// reads fan out: the shard the transaction runs on answers on the
+// transaction's connection (seeing its uncommitted writes), the others on
+// connections of their own.
 type fanOut struct {
 	ss    *session
 	plan  *fanPlan

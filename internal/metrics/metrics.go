@@ -171,6 +171,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"action"}),
 	}
 	m.ShardMapValid.Set(1)
+	for _, o := range []string{"committed", "rolled_back", "unknown"} {
+		m.TwoPhaseCommits.WithLabelValues(o) // exported at 0, for alerts on increase()
+	}
+	for _, a := range []string{"committed", "rolled_back"} {
+		m.TwoPhaseRecovered.WithLabelValues(a)
+	}
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
