@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -312,11 +313,23 @@ with psycopg.connect(sys.argv[1]) as c:
 	_, body := e.sc.get(t, "/metrics")
 	for _, m := range []string{`brownie_sidecar_fanouts_total{kind="read",outcome="ok"}`, `brownie_sidecar_fanouts_total{kind="write",outcome="error"}`,
 		`brownie_sidecar_two_phase_commits_total{outcome="committed"}`} {
-		if !strings.Contains(body, m) {
-			t.Errorf("metrics lack %s", m)
+		if v, ok := metricValue(body, m); !ok || v == 0 {
+			t.Errorf("metric %s = %v (present %v), want > 0", m, v, ok)
 		}
 	}
 	if _, err := conn.Exec(ctx, "DELETE FROM events"); err != nil {
 		t.Error(err)
 	}
+}
+
+// metricValue returns the value of the sample named exactly series (name
+// and labels) in a Prometheus text exposition.
+func metricValue(body, series string) (float64, bool) {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
