@@ -45,47 +45,41 @@ func testTwoPhase(t *testing.T, e *routingEnv, a, b pgtype.UUID) {
 		fresh.Close(ctx)
 	}
 	expect("after two committed writes", "311", "312")
-	for _, shard := range []string{"shard-0", "shard-1"} {
-		if n := prepared(shard); n != "0" {
-			t.Errorf("%s holds %s prepared transactions after a commit, want 0", shard, n)
+	nonePrepared := func(after string) {
+		t.Helper()
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			if n := prepared(shard); n != "0" {
+				t.Errorf("%s holds %s prepared transactions after %s, want 0", shard, n, after)
+			}
 		}
 	}
+	nonePrepared("a commit")
 
-	// A deferred constraint on shard-1 fails at PREPARE, after the anchor
-	// (shard-0) prepared: both roll back and the client gets the error.
-	e.direct(t, "shard-1", `CREATE FUNCTION no_313() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN IF NEW.id = 313 THEN RAISE EXCEPTION 'no 313' USING ERRCODE = '23514'; END IF; RETURN NULL; END $$;
-CREATE CONSTRAINT TRIGGER no_313 AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_313();`)
-	_, err := conn.Exec(ctx, "UPDATE events SET id = id + 1")
-	if code := pgErrCode(err); code != "23514" {
-		t.Errorf("write failing at PREPARE on one shard: %v, want 23514", err)
-	}
-	expect("after a write failing at PREPARE", "311", "312")
-	for _, shard := range []string{"shard-0", "shard-1"} {
-		if n := prepared(shard); n != "0" {
-			t.Errorf("%s holds %s prepared transactions after a rollback, want 0", shard, n)
+	// failAtPrepare runs a write spanning shards while shard-1 has a
+	// deferred constraint trigger running body: it fires at PREPARE, after
+	// the anchor (shard-0) prepared. The client must get code and both
+	// shards must be left as they were.
+	failAtPrepare := func(what, body, code string) {
+		t.Helper()
+		e.direct(t, "shard-1", `CREATE FUNCTION at_prepare() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN `+body+` RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER at_prepare AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION at_prepare();`)
+		defer e.direct(t, "shard-1", "DROP TRIGGER at_prepare ON events; DROP FUNCTION at_prepare();")
+		_, err := conn.Exec(ctx, "UPDATE events SET id = id + 1")
+		if got := pgErrCode(err); got != code {
+			t.Errorf("%s: %v, want %s", what, err, code)
 		}
+		expect("after "+what, "311", "312")
+		nonePrepared(what)
 	}
-	e.direct(t, "shard-1", "DROP TRIGGER no_313 ON events; DROP FUNCTION no_313();")
-
-	// A PREPARE on shard-1 slower than TWO_PHASE_TIMEOUT: meanwhile the
-	// recovery presumes the prepared anchor abandoned and rolls it back, so
-	// the sidecar's COMMIT PREPARED there fails and it rolls shard-1 back
-	// too; the client gets 40000 (retryable) and nothing is committed.
-	e.direct(t, "shard-1", `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
-CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow();`)
-	_, err = conn.Exec(ctx, "UPDATE events SET id = id + 1")
-	if code := pgErrCode(err); code != "40000" {
-		t.Errorf("write whose anchor the recovery rolled back: %v, want 40000", err)
-	}
-	expect("after a write whose anchor the recovery rolled back", "311", "312")
-	for _, shard := range []string{"shard-0", "shard-1"} {
-		if n := prepared(shard); n != "0" {
-			t.Errorf("%s holds %s prepared transactions after a rollback, want 0", shard, n)
-		}
-	}
-	e.direct(t, "shard-1", "DROP TRIGGER slow ON events; DROP FUNCTION slow();")
+	// A deferred constraint failing: both roll back, the client gets its
+	// error.
+	failAtPrepare("a write failing at PREPARE on one shard",
+		`IF NEW.id = 313 THEN RAISE EXCEPTION 'no 313' USING ERRCODE = '23514'; END IF;`, "23514")
+	// A PREPARE slower than TWO_PHASE_TIMEOUT: meanwhile the recovery
+	// presumes the prepared anchor abandoned and rolls it back, so the
+	// sidecar's COMMIT PREPARED there fails and it rolls shard-1 back too;
+	// the client gets 40000 (retryable).
+	failAtPrepare("a write whose anchor the recovery rolled back", `PERFORM pg_sleep(3);`, "40000")
 
 	// What a sidecar dying halfway leaves behind, made by hand: each part
 	// prepared as the sidecar's role, the anchor's with its decision row.
@@ -130,7 +124,7 @@ CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON events DEFERRABLE INITIALLY DEFER
 		want    float64
 		atLeast bool
 	}{
-		{`brownie_sidecar_two_phase_commits_total{outcome="committed"}`, 3, true},
+		{`brownie_sidecar_two_phase_commits_total{outcome="committed"}`, 2, true},   // the fresh sessions' writes
 		{`brownie_sidecar_two_phase_commits_total{outcome="rolled_back"}`, 2, true}, // the failed PREPARE, the lost race
 		{`brownie_sidecar_two_phase_commits_total{outcome="unknown"}`, 0, false},
 		{`brownie_sidecar_two_phase_recovered_total{action="committed"}`, 1, false},
