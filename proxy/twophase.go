@@ -29,8 +29,8 @@ import (
 //
 // Any failure before the decision rolls every leg back. A sidecar that dies
 // (or loses a connection) halfway leaves prepared parts behind; every
-// sidecar's recovery (recoverTwoPhase) finishes them from what the anchor
-// says: a part whose anchor committed (its row is visible) is committed,
+// sidecar's recovery (recoverTwoPhase) finishes them, once prepared for
+// half of TWO_PHASE_TIMEOUT, from what the anchor says: a part whose anchor committed (its row is visible) is committed,
 // one whose anchor rolled back is rolled back, and an anchor left prepared
 // longer than TWO_PHASE_TIMEOUT is presumed abandoned and rolled back
 // first. Postgres orders a late COMMIT PREPARED and the recovery's ROLLBACK
@@ -255,7 +255,8 @@ type preparedPart struct {
 const maxForgotten = 10000
 
 // recoveryRound scans every shard primary for parts the sidecar prepared
-// and resolves them. Decision rows that were visible before the scan began
+// and resolves those prepared for at least half of TwoPhaseTimeout (a
+// younger one is most likely being finished by its own sidecar). Decision rows that were visible before the scan began
 // and name no part it found are deleted, when every shard was scanned: a
 // write's parts are all prepared before its row becomes visible, so any
 // part still prepared shows in the scan.
@@ -291,6 +292,9 @@ func (s *Server) recoveryRound(ctx context.Context) {
 		}
 	}
 	for gid, ps := range parts {
+		if oldest(ps) < s.cfg.Routing.TwoPhaseTimeout/2 {
+			continue // its sidecar is most likely finishing it right now
+		}
 		if err := s.resolve(ctx, gid, ps); err != nil {
 			s.log.Warn("two-phase recovery: cannot resolve transaction yet", zap.String("gid", gid), zap.Error(err))
 		}
@@ -315,6 +319,15 @@ func (s *Server) recoveryRound(ctx context.Context) {
 			s.log.Warn("two-phase recovery: cannot delete decision rows", zap.String("shard", shard), zap.Error(err))
 		}
 	}
+}
+
+// oldest returns the age of the oldest of a write's prepared parts.
+func oldest(ps []preparedPart) time.Duration {
+	var age time.Duration
+	for _, p := range ps {
+		age = max(age, p.age)
+	}
+	return age
 }
 
 // resolve finishes one write's prepared parts from its anchor's state,
