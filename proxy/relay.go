@@ -110,11 +110,13 @@ func (ss *session) stopRelay() {
 func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream], error) {
 	p := ss.srv.pool(t)
 	start := time.Now()
-	take := p.Acquire
+	var c *pool.Conn[*upstream]
+	var err error
 	if checked {
-		take = p.AcquireChecked
+		c, err = p.AcquireChecked(context.Background())
+	} else {
+		c, err = p.Acquire(context.Background())
 	}
-	c, err := take(context.Background())
 	if ss.waitObs == nil || ss.waitFor != t {
 		ss.waitObs, ss.waitFor = ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()), t
 	}
@@ -886,10 +888,7 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	ss.cond.Broadcast() // a session goroutine may wait for the requests in flight
 	if status == 'I' && ss.txWrote != "" && ss.pending == 0 {
-		if ss.lastWrite == nil {
-			ss.lastWrite = map[string]time.Time{}
-		}
-		ss.lastWrite[ss.txWrote] = time.Now()
+		ss.wroteLocked(ss.txWrote, time.Now())
 		ss.txWrote = ""
 	}
 	idle := ss.pending == 0 && ss.synced && !ss.copyIn && status == 'I'

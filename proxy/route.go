@@ -202,6 +202,16 @@ func (ss *session) targetFor(shard string, d router.Decision) (router.Target, bo
 	return t, true
 }
 
+// wroteLocked records that a write of the session's committed on shard at
+// at, so its next reads there wait for a replica that has replayed it.
+// Called with ss.mu held.
+func (ss *session) wroteLocked(shard string, at time.Time) {
+	if ss.lastWrite == nil {
+		ss.lastWrite = map[string]time.Time{}
+	}
+	ss.lastWrite[shard] = at
+}
+
 // routeFanOut completes the route of a statement that needs several
 // shards: a fan-out of a read, or of a write outside any transaction.
 // Writes to replicated tables and schema changes (every shard, atomically)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -60,27 +61,16 @@ func gidAnchor(gid string) (string, bool) {
 }
 
 // commit ends a wrapped write (a write outside a transaction, run on every
-// leg inside BEGIN): when every leg succeeded and the client is still
-// there it commits, in two phases when there are several legs; else it
-// rolls back everywhere.
+// leg — a fan-out has two or more — inside BEGIN): when every leg
+// succeeded and the client is still there it commits in two phases; else
+// it rolls back everywhere.
 func (f *fanOut) commit() error {
 	ok := !f.failed && !f.clientGone
 	for _, l := range f.legs {
 		ok = ok && l.status == 'T'
 	}
-	switch {
-	case !ok:
+	if !ok {
 		return f.each(f.legs, func(*fanLeg) string { return "ROLLBACK" })
-	case len(f.legs) == 1:
-		if err := f.each(f.legs, func(*fanLeg) string { return "COMMIT" }); err != nil {
-			return err
-		}
-		if f.legs[0].failed {
-			f.sendError(nil)
-		} else {
-			f.noteCommitted()
-		}
-		return nil
 	}
 	return f.commitTwoPhase()
 }
@@ -185,38 +175,26 @@ func (f *fanOut) each(legs []*fanLeg, q func(*fanLeg) string) error {
 		}
 		l.done, l.failed = false, false
 		if err := f.write(l, appendQuery(nil, sql)); err != nil {
-			first = cmpErr(first, err)
+			first = cmp.Or(first, err)
 			continue
 		}
 		sent = append(sent, l)
 	}
 	for _, l := range sent {
 		if err := f.readToReady(l); err != nil {
-			first = cmpErr(first, err)
+			first = cmp.Or(first, err)
 		}
 	}
 	return first
 }
 
-// cmpErr returns first, or err when first is nil.
-func cmpErr(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
-}
-
 // noteCommitted records the write on every leg's shard for read-your-writes.
 func (f *fanOut) noteCommitted() {
 	now := time.Now()
-	ss := f.ss
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.lastWrite == nil {
-		ss.lastWrite = map[string]time.Time{}
-	}
+	f.ss.mu.Lock()
+	defer f.ss.mu.Unlock()
 	for _, l := range f.legs {
-		ss.lastWrite[l.u.target.Shard] = now
+		f.ss.wroteLocked(l.u.target.Shard, now)
 	}
 }
 
@@ -372,7 +350,7 @@ func (s *Server) resolve(ctx context.Context, gid string, parts []preparedPart) 
 	var first error
 	for _, p := range parts {
 		if p.shard != anchor {
-			first = cmpErr(first, s.finishPart(ctx, gid, p.shard, action, q))
+			first = cmp.Or(first, s.finishPart(ctx, gid, p.shard, action, q))
 		}
 	}
 	return first

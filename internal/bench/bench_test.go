@@ -159,7 +159,7 @@ func TestReportComparesTheSidecarWithPgBouncerPerRow(t *testing.T) {
 		row{proto: "prepared", clients: 10, res: []result{ok(1000), ok(800), {stderr: []string{"pgbench: error: client 0 aborted"}}}},
 	)}}
 	md := rep.markdown()
-	for _, want := range []string{
+	reportHas(t, md,
 		"## Session mode (pool 60)",
 		"1-minute load average 1.50 before the table, 3.25 after. **Other work competed for the 2 CPUs",
 		"| protocol | clients | direct TPS | pgbouncer TPS | sidecar TPS | direct lat ms | pgbouncer lat ms | sidecar lat ms | sidecar/pgbouncer | sidecar/direct |",
@@ -168,11 +168,7 @@ func TestReportComparesTheSidecarWithPgBouncerPerRow(t *testing.T) {
 		"**not met** (1 of 2 rows); not met in prepared/10 (n/a)",
 		"session mode, sidecar, prepared, 10 clients",
 		"pgbench: error: client 0 aborted",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if strings.Contains(md, "Transaction mode") {
 		t.Errorf("report has a transaction table it did not measure:\n%s", md)
 	}
@@ -200,7 +196,7 @@ func txnTable(sidecarPrepared float64) *table {
 func TestTransactionTableShowsPgBouncerPreparedAsAnExpectedFailure(t *testing.T) {
 	rep := &report{duration: 5 * time.Second, scale: 10, cpus: 2, skipRSS: true, tables: []*table{txnTable(6050)}}
 	md := rep.markdown()
-	for _, want := range []string{
+	reportHas(t, md,
 		"## Transaction mode (pool 10)",
 		"PgBouncer `pool_mode = transaction`, `default_pool_size = 10`; sidecar `POOL_MODE=transaction POOL_SIZE=10`.",
 		"1-minute load average 0.50 before the table, 0.75 after.\n",
@@ -208,14 +204,10 @@ func TestTransactionTableShowsPgBouncerPreparedAsAnExpectedFailure(t *testing.T)
 		"| simple | 10 | 8000 | 8800 | 1.000 | 1.000 | 1.10 |",
 		"| prepared | 50 | failed† | 6050 | failed† | 1.000 | n/a |",
 		"† pgbouncer, prepared/50: failed as expected",
-		"1× pgbench: error: client N aborted\n1× " + strings.Replace(preparedErr, "client 3", "client N", 1) + "\npgbench exit status 2\n",
+		"1× pgbench: error: client N aborted\n1× "+strings.Replace(preparedErr, "client 3", "client N", 1)+"\npgbench exit status 2\n",
 		"Targets: sidecar TPS ≥ PgBouncer TPS in every row both can run: **met** (4 of 4 rows; PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **met** (50 clients: 6050 vs 5500 (1.10)).",
 		"No errors: every pgbench run exited 0 with nothing on stderr and no failed transactions (apart from the 1 expected failure(s) marked †)",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if strings.Contains(md, "sidecar/direct") || strings.Contains(md, "## Errors") {
 		t.Errorf("unexpected direct column or error section:\n%s", md)
 	}
@@ -236,10 +228,7 @@ func TestTransactionTargetsNotMet(t *testing.T) {
 		t.Errorf("evalPreparedVsExtended = %+v", p)
 	}
 	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
-	want := "**not met** (3 of 4 rows; not met in simple/50 (0.99); PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **not met** (50 clients: 5400 vs 5500 (0.98))."
-	if !strings.Contains(md, want) {
-		t.Errorf("report lacks %q:\n%s", want, md)
-	}
+	reportHas(t, md, "**not met** (3 of 4 rows; not met in simple/50 (0.99); PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **not met** (50 clients: 5400 vs 5500 (0.98)).")
 
 	// Without an extended row at the prepared row's client count the
 	// second target is not judged rather than met.
@@ -257,17 +246,13 @@ func TestPgBouncerPreparedFailingForAnotherReasonIsAnError(t *testing.T) {
 		t.Error("hasErrors is false")
 	}
 	md := rep.markdown()
-	for _, want := range []string{
+	reportHas(t, md,
 		"| prepared | 50 | ERR | 6050 |",
 		"## Errors (verbatim)",
 		"transaction mode, pgbouncer, prepared, 50 clients",
 		"Connection refused",
 		"**not met** (4 of 5 rows; not met in prepared/50 (n/a))",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 
 	// And one that unexpectedly succeeds is judged like any other row.
 	tbl.rows[4].res[0] = ok(4000)
@@ -275,11 +260,7 @@ func TestPgBouncerPreparedFailingForAnotherReasonIsAnError(t *testing.T) {
 		t.Error("hasErrors with every run clean")
 	}
 	md = rep.markdown()
-	for _, want := range []string{"| prepared | 50 | 4000 | 6050 |", "Unexpected: pgbouncer ran prepared/50 without errors", "**met** (5 of 5 rows)"} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	reportHas(t, md, "| prepared | 50 | 4000 | 6050 |", "Unexpected: pgbouncer ran prepared/50 without errors", "**met** (5 of 5 rows)")
 }
 
 func TestCollapseLinesCountsMessagesAcrossClientsMostFrequentFirst(t *testing.T) {
@@ -326,20 +307,26 @@ func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
 		{proto: "simple", clients: 50, res: []result{ok(7000), withCPU(7700, 40)}, unsupported: []bool{false, false}},
 	}}
 	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
-	for _, want := range []string{
+	reportHas(t, md,
 		"| protocol | clients | pgbouncer TPS | sidecar TPS | pgbouncer lat ms | sidecar lat ms | pgbouncer CPU µs/tx | sidecar CPU µs/tx | sidecar/pgbouncer |",
 		"| simple | 10 | 8000 | 7000 | 1.000 | 1.000 | 32.0 | 42.0 | 0.88 |",
 		"| simple | 50 | 7000 | 7700 | 1.000 | 1.000 | – | 40.0 | 1.10 |",
 		"CPU µs/tx = the pooler's CPU time",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if got := combineRuns([]result{withCPU(1, 30), withCPU(1, 50), withCPU(1, 34)}); got.cpuUs != 34 {
 		t.Errorf("combined CPU = %v, want the median 34", got.cpuUs)
 	}
 	if n, err := cpuTicks(os.Getpid()); err != nil || n < 0 {
 		t.Errorf("cpuTicks(self) = %d, %v", n, err)
+	}
+}
+
+// reportHas fails t for every want the rendered report md lacks.
+func reportHas(t *testing.T, md string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }
