@@ -274,10 +274,17 @@ func (s *Server) replicaBusy(shard string) func(router.Host) int {
 // brownie.shard or brownie.team_id hint, else of the first shard whose
 // primary is healthy.
 func (ss *session) preferredTarget() router.Target {
+	t, _ := ss.greetingTargets()
+	return t
+}
+
+// greetingTargets returns the preferred target (see preferredTarget) and
+// whether the session's hints chose it.
+func (ss *session) greetingTargets() (router.Target, bool) {
 	s := ss.srv
 	if !s.routingEnabled() {
 		pt, _ := s.primaryTarget(s.router.Map().Shards[0].Name)
-		return pt
+		return pt, false
 	}
 	ss.mu.Lock()
 	h := ss.hintsLocked()
@@ -285,18 +292,39 @@ func (ss *session) preferredTarget() router.Target {
 	t, err := s.router.RouteSession(router.SessionFacts{Database: ss.database, User: ss.user, TeamHint: h.team, ShardHint: h.shard})
 	if err == nil && (h.team != "" || h.shard != "") {
 		if pt, ok := s.primaryTarget(t.Shard); ok {
-			return pt
+			return pt, true
 		}
 	}
 	names := s.router.Map().ShardNames()
 	for _, name := range names {
 		if s.health.primaryOK(name) {
 			pt, _ := s.primaryTarget(name)
-			return pt
+			return pt, false
 		}
 	}
 	pt, _ := s.primaryTarget(names[0])
-	return pt
+	return pt, false
+}
+
+// greetingConn takes a checked connection for the greeting: from the
+// preferred target, else (when no hint chose it, and it cannot be
+// reached) from the other shards' primaries in map order, so a client can
+// connect while any shard is up, even before the health checks have seen
+// a server die.
+func (ss *session) greetingConn() (*pool.Conn[*upstream], error) {
+	t, hinted := ss.greetingTargets()
+	c, err := ss.acquire(t, true)
+	if err == nil || hinted || !ss.srv.routingEnabled() || errClass(err) != "08" {
+		return c, err
+	}
+	for _, name := range ss.srv.router.Map().ShardNames() {
+		if other, ok := ss.srv.primaryTarget(name); ok && other != t {
+			if c, err2 := ss.acquire(other, true); err2 == nil {
+				return c, nil
+			}
+		}
+	}
+	return nil, err
 }
 
 // currentOrPreferred is the target for messages that follow the session's
@@ -359,7 +387,11 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 			if err := ss.attachToLocked(r.target); err != nil {
 				return nil, err
 			}
-			continue
+			// Attached to r.target, or to its shard's primary when the
+			// replica could not be reached: either serves r (only reads go
+			// to replicas). Going round again would park the primary and
+			// try the replica forever.
+			return r.refuse, nil
 		}
 		cur := ss.up.Value.target
 		if cur == r.target {

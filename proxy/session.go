@@ -214,7 +214,7 @@ func (s *Server) serve(conn net.Conn) {
 		// The greeting answers from what the upstream reported at its
 		// startup, with no I/O: check the connection, so that no client is
 		// greeted over a server that went away.
-		c, err = ss.acquire(ss.preferredTarget(), true)
+		c, err = ss.greetingConn()
 	}
 	if err == nil {
 		err = ss.greet(c.Value)

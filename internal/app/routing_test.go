@@ -178,14 +178,19 @@ func startRouting(t *testing.T) *routingEnv {
 		t.Fatal(err)
 	}
 	e.sc = startSidecar(t, srv, map[string]string{
-		"SHARD_MAP_FILE":              e.mapFile,
-		"POOL_MODE":                   "transaction",
-		"POOL_SIZE":                   "8",
-		"HEALTH_CHECK_INTERVAL":       "100ms",
-		"HEALTH_CHECK_TIMEOUT":        "2s",
-		"REPLICA_BAN_TIME":            "1s",
-		"MAX_REPLICA_LAG":             "2s",
-		"MAX_REPLICA_LAG_BYTES":       "1024",
+		"SHARD_MAP_FILE":        e.mapFile,
+		"POOL_MODE":             "transaction",
+		"POOL_SIZE":             "8",
+		"HEALTH_CHECK_INTERVAL": "100ms",
+		"HEALTH_CHECK_TIMEOUT":  "2s",
+		"REPLICA_BAN_TIME":      "1s",
+		"MAX_REPLICA_LAG":       "2s",
+		"MAX_REPLICA_LAG_BYTES": "1024",
+		// Every reuse is checked, so a read right after a host dies never
+		// lands on its dead connection (with the default 1s, a connection
+		// used less than a second before is reused unchecked and that one
+		// read fails with 08006, as with PgBouncer's server_check_delay).
+		"POOL_CHECK_DELAY":            "0",
 		"TWO_PHASE_TIMEOUT":           "2s",
 		"TWO_PHASE_RECOVERY_INTERVAL": "200ms",
 	})
