@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -51,7 +52,11 @@ func devCommand(ctx context.Context, args []string, environ map[string]string, o
 		return ExitFail
 	}
 
-	mapFile, err := writeDevShardMap(abs, shards)
+	ports := make([][2]int, len(shards))
+	for i, sh := range shards {
+		ports[i] = [2]int{sh.primary.Port(), sh.replica.Port()}
+	}
+	mapFile, err := writeDevShardMap(abs, ports, out.Stderr)
 	if err != nil {
 		fmt.Fprintln(out.Stderr, "dev:", err)
 		return ExitFail
@@ -93,18 +98,32 @@ func splitPort(addr string) (string, string, error) {
 }
 
 // writeDevShardMap writes .dev/shardmap.yaml: the Brownie shard map of
-// deploy/shardmap with the addresses of this stack's servers, which differ
-// from the file's when --base-port is not the default. An existing file is
-// kept (edit it to try overrides; the sidecar reloads it).
-func writeDevShardMap(dir string, shards []devShard) (string, error) {
+// deploy/shardmap with the addresses of this stack's servers (ports holds
+// each shard's primary and replica port), which differ from the file's when
+// --base-port is not the default. An existing file is kept (edit it to try
+// overrides; the sidecar reloads it) unless it lacks one of the stack's
+// addresses, as after a run with another --base-port: then it is moved to
+// shardmap.yaml.old, said on log, and written afresh.
+func writeDevShardMap(dir string, ports [][2]int, log io.Writer) (string, error) {
 	path := filepath.Join(dir, "shardmap.yaml")
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
+	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	if old, err := os.ReadFile(path); err == nil {
+		stale := false
+		for _, p := range ports {
+			stale = stale || !bytes.Contains(old, []byte(addr(p[0]))) || !bytes.Contains(old, []byte(addr(p[1])))
+		}
+		if !stale {
+			return path, nil
+		}
+		if err := os.Rename(path, path+".old"); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(log, "dev: %s named servers of another stack (another --base-port?); kept it as %s.old and wrote a new one\n", path, path)
 	}
 	text := string(shardmap.Brownie)
-	for i, sh := range shards {
-		text = strings.ReplaceAll(text, fmt.Sprintf("127.0.0.1:%d", 15432+10*i), fmt.Sprintf("\x00%d", sh.primary.Port()))
-		text = strings.ReplaceAll(text, fmt.Sprintf("127.0.0.1:%d", 15433+10*i), fmt.Sprintf("\x00%d", sh.replica.Port()))
+	for i, p := range ports {
+		text = strings.ReplaceAll(text, addr(15432+10*i), fmt.Sprintf("\x00%d", p[0]))
+		text = strings.ReplaceAll(text, addr(15433+10*i), fmt.Sprintf("\x00%d", p[1]))
 	}
 	text = strings.ReplaceAll(text, "\x00", "127.0.0.1:")
 	return path, os.WriteFile(path, []byte(text), 0o644)
