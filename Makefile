@@ -8,9 +8,12 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
-RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./backup/... ./internal/app/... ./internal/vaulttest/...
-RACE_RE   := /(pool|proxy|tls|backup|internal/app|internal/vaulttest)$$
+RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./backup/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/...
+RACE_RE   := /(pool|proxy|tls|backup|internal/app|internal/vaulttest|internal/netx)$$
 FUZZTIME  ?= 10s
+# BENCH_ARGS are internal/bench's flags (see its doc.go); -reference adds
+# the minimal Go relays to the session table as the ceiling of a Go proxy.
+BENCH_ARGS ?= -reference
 
 .PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup clean
 
@@ -72,7 +75,7 @@ fuzz:
 	$(GO) test ./router -run '^$$' -fuzz '^FuzzKeyExtraction$$' -fuzztime $(FUZZTIME)
 
 bench: deps-bench build
-	$(GO) run ./internal/bench
+	$(GO) run ./internal/bench $(BENCH_ARGS)
 	$(MAKE) bench-backup
 
 # bench-backup backs up and restores a generated Brownie dataset of

@@ -21,6 +21,7 @@ import (
 
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/metrics"
+	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
@@ -269,7 +270,7 @@ func (s *Server) accept(ln net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serve(wrapFast(conn))
+			s.serve(netx.WrapFast(conn))
 		}()
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/brownie/brownie-sidecar/internal/config"
+	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/router"
@@ -83,7 +84,7 @@ func (u *upstream) Alive() bool {
 	}
 	alive := true
 	err = rc.Read(func(fd uintptr) bool {
-		// A raw call, as in fastConn: a non-blocking peek needs none of the
+		// A raw call, as in netx.WrapFast: a non-blocking peek needs none of the
 		// scheduler's syscall bookkeeping (once per transaction in
 		// transaction mode).
 		var b [1]byte
@@ -145,7 +146,7 @@ func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	conn, err := d.startTLS(wrapFast(raw), t, b)
+	conn, err := d.startTLS(netx.WrapFast(raw), t, b)
 	if err != nil {
 		raw.Close()
 		return nil, err

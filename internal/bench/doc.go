@@ -38,11 +38,21 @@
 // touches the sidecar's source or configuration beyond the environment of
 // the process it starts.
 //
+// With -reference the session table also runs against two reference relays
+// started from this program (refrelay.go): go-pipe and go-loop carry pgbench
+// to PostgreSQL with the client certificate and copy bytes without reading
+// them, the first with two goroutines per client like the sidecar, the
+// second with one epoll event loop like PgBouncer. They measure what a Go
+// proxy reaches on this machine at best, so the sidecar's ratio to PgBouncer
+// can be read against the ceiling of the language and design, in the same
+// run.
+//
 // Usage:
 //
 //	go run ./internal/bench [-duration 10s] [-repeat 1]
 //	    [-modes session,transaction] [-clients 1,10,50]
 //	    [-protocols simple,extended,prepared] [-skip-rss] [-rss-clients 2000]
+//	    [-reference] [-sidecar-env NAME=VALUE]
 //
 // -clients and -protocols choose the session table's rows only.
 package main

@@ -21,6 +21,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == refRelayCmd {
+		os.Exit(runRefRelay(os.Args[2:], os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -49,6 +52,8 @@ type options struct {
 	// sidecarEnv is extra environment for every sidecar run (e.g.
 	// GOMAXPROCS=1), recorded in the report.
 	sidecarEnv map[string]string
+	// reference adds the reference relays (refKinds) to the session table.
+	reference bool
 }
 
 var allProtocols = []string{"simple", "extended", "prepared"}
@@ -98,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.sidecarEnv[k] = val
 		return nil
 	})
+	fs.BoolVar(&o.reference, "reference", false, "also run the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
@@ -362,6 +368,16 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction, pid: bouncer.proc.pid()},
 		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port, pid: side.proc.pid()},
 	)
+	if mode == modeSession && b.opts.reference {
+		for _, kind := range refKinds {
+			p, addr, err := b.startRefRelay(ctx, kind)
+			if err != nil {
+				return err
+			}
+			defer p.stop(syscall.SIGTERM, 5*time.Second)
+			targets = append(targets, target{name: kind, host: "127.0.0.1", port: addr.Port, pid: p.pid()})
+		}
+	}
 	for _, t := range targets {
 		tbl.targets = append(tbl.targets, t.name)
 	}

@@ -249,8 +249,16 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	for _, i := range cpuCols {
 		head = append(head, t.targets[i]+" CPU µs/tx")
 	}
-	if bi >= 0 && si >= 0 {
-		head = append(head, "sidecar/pgbouncer")
+	// Every pooler or relay is set against PgBouncer: the sidecar, and any
+	// reference relay (-reference) to show what Go itself reaches.
+	var vsBouncer []int
+	if bi >= 0 {
+		for i, name := range t.targets {
+			if i != bi && i != di {
+				vsBouncer = append(vsBouncer, i)
+				head = append(head, name+"/pgbouncer")
+			}
+		}
 	}
 	if di >= 0 && si >= 0 {
 		head = append(head, "sidecar/direct")
@@ -275,8 +283,8 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		for _, i := range cpuCols {
 			cells = append(cells, cpuCell(row.res[i]))
 		}
-		if bi >= 0 && si >= 0 {
-			vs, _ := ratio(row.res[si], row.res[bi])
+		for _, i := range vsBouncer {
+			vs, _ := ratio(row.res[i], row.res[bi])
 			if row.expectedFailure(bi) {
 				vs = "n/a"
 			}

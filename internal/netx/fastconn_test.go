@@ -1,4 +1,4 @@
-package proxy
+package netx
 
 import (
 	"bytes"
@@ -30,9 +30,9 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	peer := <-accepted
-	fc := wrapFast(c)
+	fc := WrapFast(c)
 	if _, ok := fc.(*fastConn); !ok {
-		t.Fatalf("wrapFast(%T) did not wrap", c)
+		t.Fatalf("WrapFast(%T) did not wrap", c)
 	}
 	t.Cleanup(func() { fc.Close(); peer.Close() })
 	return fc, peer

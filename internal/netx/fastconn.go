@@ -1,4 +1,4 @@
-package proxy
+package netx
 
 import (
 	"io"
@@ -77,8 +77,8 @@ func (o *rawOp) write(fd uintptr) bool {
 	return true
 }
 
-// wrapFast returns c as a fastConn when it is a TCP or Unix socket, else c.
-func wrapFast(c net.Conn) net.Conn {
+// WrapFast returns c as a fastConn when it is a TCP or Unix socket, else c.
+func WrapFast(c net.Conn) net.Conn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c

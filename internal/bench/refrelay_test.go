@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/brownie/brownie-sidecar/internal/pgcluster"
+	"github.com/brownie/brownie-sidecar/internal/pgtest"
+)
+
+// The reference relays carry real sessions to PostgreSQL with the client
+// certificate: round trips in both protocols, a result of many TLS records
+// (the loop's partial records and short reads), several clients at once,
+// and an error passing through. Stopping them leaves no goroutine behind.
+func TestReferenceRelaysCarrySessionsToPostgres(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	cfg, err := refTLSConfig(srv.CertDir, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range refKinds {
+		t.Run(kind, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			var failures strings.Builder
+			var mu sync.Mutex
+			go func() {
+				served <- serveRefRelay(ln, kind, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())), cfg, func(err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					failures.WriteString(err.Error() + "\n")
+				})
+			}()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			dsn := "host=127.0.0.1 port=" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + " user=" + pgcluster.BrownieRole + " dbname=brownie_metadata sslmode=disable"
+			var wg sync.WaitGroup
+			for i := range 4 {
+				wg.Go(func() {
+					conn, err := pgx.Connect(ctx, dsn)
+					if err != nil {
+						t.Errorf("client %d: connect: %v", i, err)
+						return
+					}
+					defer conn.Close(context.Background())
+					for j := range 50 {
+						var got int
+						if err := conn.QueryRow(ctx, "SELECT $1::int + 1", j).Scan(&got); err != nil || got != j+1 {
+							t.Errorf("client %d: SELECT %d+1 = %d, %v", i, j, got, err)
+							return
+						}
+					}
+					var n, total int64
+					if err := conn.QueryRow(ctx, "SELECT count(*), sum(length(s)) FROM (SELECT repeat('x', g % 5000) AS s FROM generate_series(1, 4000) g) t").Scan(&n, &total); err != nil || n != 4000 {
+						t.Errorf("client %d: large result: %d rows, %v", i, n, err)
+					}
+					rows, err := conn.Query(ctx, "SELECT repeat(md5(g::text), 64) FROM generate_series(1, 3000) g", pgx.QueryExecModeSimpleProtocol)
+					if err != nil {
+						t.Errorf("client %d: %v", i, err)
+						return
+					}
+					count := 0
+					for rows.Next() {
+						count++
+					}
+					if rows.Err() != nil || count != 3000 {
+						t.Errorf("client %d: streamed %d of 3000 rows of 2 KiB, %v", i, count, rows.Err())
+					}
+					if _, err := conn.Exec(ctx, "SELECT 1/0"); err == nil || !strings.Contains(err.Error(), "22012") {
+						t.Errorf("client %d: division by zero gave %v, want SQLSTATE 22012", i, err)
+					}
+				})
+			}
+			wg.Wait()
+			ln.Close()
+			if err := <-served; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if failures.Len() > 0 {
+				t.Errorf("the relay reported failures:\n%s", failures.String())
+			}
+		})
+	}
+}
