@@ -38,14 +38,16 @@
 // touches the sidecar's source or configuration beyond the environment of
 // the process it starts.
 //
-// With -reference the session table also runs against two reference relays
-// started from this program (refrelay.go): go-pipe and go-loop carry pgbench
-// to PostgreSQL with the client certificate and copy bytes without reading
-// them, the first with two goroutines per client like the sidecar, the
-// second with one epoll event loop like PgBouncer. They measure what a Go
-// proxy reaches on this machine at best, so the sidecar's ratio to PgBouncer
-// can be read against the ceiling of the language and design, in the same
-// run.
+// With -reference (on in `make bench`) the session table also runs against
+// a second PgBouncer configured like the first, whose ratio to it shows
+// what the machine's noise alone does to the ratio of two equal poolers,
+// and against two reference relays started from this program
+// (refrelay.go): go-pipe and go-loop carry pgbench to PostgreSQL with the
+// client certificate and copy bytes without reading them, the first with
+// two goroutines per client like the sidecar, the second with one epoll
+// event loop like PgBouncer. They measure what a Go proxy reaches on this
+// machine at best, so the sidecar's ratio to PgBouncer can be read against
+// the ceiling of the language and design, in the same run.
 //
 // Usage:
 //

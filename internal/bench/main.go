@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.sidecarEnv[k] = val
 		return nil
 	})
-	fs.BoolVar(&o.reference, "reference", false, "also run the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
+	fs.BoolVar(&o.reference, "reference", false, "also run the session table against a second, identical PgBouncer (the noise of a ratio) and two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
@@ -369,6 +369,14 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port, pid: side.proc.pid()},
 	)
 	if mode == modeSession && b.opts.reference {
+		// A second, identical PgBouncer: its ratio to the first is what
+		// the noise alone does to a ratio of two equal poolers.
+		aa, aaAddr, err := b.startPgBouncer(ctx, bouncerName+"-aa", mode, poolSize)
+		if err != nil {
+			return err
+		}
+		defer aa.stop()
+		targets = append(targets, target{name: "pgbouncer-aa", host: "127.0.0.1", port: aaAddr.Port, pid: aa.proc.pid()})
 		for _, kind := range refKinds {
 			p, addr, err := b.startRefRelay(ctx, kind)
 			if err != nil {
