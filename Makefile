@@ -12,8 +12,8 @@ RACE_PKGS := ./pool/... ./proxy/... ./tls/... ./backup/... ./internal/app/... ./
 RACE_RE   := /(pool|proxy|tls|backup|internal/app|internal/vaulttest|internal/netx)$$
 FUZZTIME  ?= 10s
 # BENCH_ARGS are internal/bench's flags (see its doc.go); -reference adds
-# to the session table a second PgBouncer (the noise of a ratio) and the
-# minimal Go relays (the ceiling of a Go proxy).
+# a second PgBouncer to each table (the noise of a ratio) and the minimal
+# Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
 .PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup clean

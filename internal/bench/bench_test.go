@@ -330,3 +330,29 @@ func reportHas(t *testing.T, md string, wants ...string) {
 		}
 	}
 }
+
+func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
+	tbl := &table{mode: modeSession, poolSize: 60, targets: []string{"direct", "pgbouncer", "sidecar", "pgbouncer-aa", "go-pipe", "go-loop"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "simple", clients: 10, res: []result{ok(2000), ok(1000), ok(900), ok(1100), ok(800), ok(1050)}},
+	}}
+	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
+	reportHas(t, md,
+		"| sidecar/pgbouncer | pgbouncer-aa/pgbouncer | go-pipe/pgbouncer | go-loop/pgbouncer | sidecar/direct |",
+		"| 0.90 | 1.10 | 0.80 | 1.05 | 0.45 |",
+		"not met in simple/10 (0.90)",
+	)
+}
+
+func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {
+	first := map[int]bool{}
+	for shift := range 3 {
+		order := roundOrder(3, shift)
+		if s := slices.Sorted(slices.Values(order)); !slices.Equal(s, []int{0, 1, 2}) {
+			t.Fatalf("round %d runs %v, not each target once", shift, order)
+		}
+		first[order[0]] = true
+	}
+	if len(first) != 3 {
+		t.Errorf("three rounds started with only %v", first)
+	}
+}

@@ -38,10 +38,10 @@
 // touches the sidecar's source or configuration beyond the environment of
 // the process it starts.
 //
-// With -reference (on in `make bench`) the session table also runs against
-// a second PgBouncer configured like the first, whose ratio to it shows
-// what the machine's noise alone does to the ratio of two equal poolers,
-// and against two reference relays started from this program
+// With -reference (on in `make bench`) each table also runs against a
+// second PgBouncer configured like the first, whose ratio to it shows what
+// the machine's noise alone does to the ratio of two equal poolers, and the
+// session table against two reference relays started from this program
 // (refrelay.go): go-pipe and go-loop carry pgbench to PostgreSQL with the
 // client certificate and copy bytes without reading them, the first with
 // two goroutines per client like the sidecar, the second with one epoll

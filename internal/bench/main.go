@@ -52,7 +52,8 @@ type options struct {
 	// sidecarEnv is extra environment for every sidecar run (e.g.
 	// GOMAXPROCS=1), recorded in the report.
 	sidecarEnv map[string]string
-	// reference adds the reference relays (refKinds) to the session table.
+	// reference adds a second PgBouncer to both tables and the reference
+	// relays (refKinds) to the session table.
 	reference bool
 }
 
@@ -103,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.sidecarEnv[k] = val
 		return nil
 	})
-	fs.BoolVar(&o.reference, "reference", false, "also run the session table against a second, identical PgBouncer (the noise of a ratio) and two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
+	fs.BoolVar(&o.reference, "reference", false, "also run each table against a second, identical PgBouncer (the noise of a ratio) and the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
@@ -368,7 +369,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction, pid: bouncer.proc.pid()},
 		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port, pid: side.proc.pid()},
 	)
-	if mode == modeSession && b.opts.reference {
+	if b.opts.reference {
 		// A second, identical PgBouncer: its ratio to the first is what
 		// the noise alone does to a ratio of two equal poolers.
 		aa, aaAddr, err := b.startPgBouncer(ctx, bouncerName+"-aa", mode, poolSize)
@@ -376,7 +377,9 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 			return err
 		}
 		defer aa.stop()
-		targets = append(targets, target{name: "pgbouncer-aa", host: "127.0.0.1", port: aaAddr.Port, pid: aa.proc.pid()})
+		targets = append(targets, target{name: "pgbouncer-aa", host: "127.0.0.1", port: aaAddr.Port, noPrepared: mode == modeTransaction, pid: aa.proc.pid()})
+	}
+	if mode == modeSession && b.opts.reference {
 		for _, kind := range refKinds {
 			p, addr, err := b.startRefRelay(ctx, kind)
 			if err != nil {
@@ -396,13 +399,25 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 	return err
 }
 
+// roundOrder is the order of n targets in a round: rotated by shift.
+func roundOrder(n, shift int) []int {
+	order := make([]int, n)
+	for k := range order {
+		order[k] = (k + shift) % n
+	}
+	return order
+}
+
 // warmupDuration is the length of the unrecorded warm-up run per target.
 const warmupDuration = 5 * time.Second
 
 // runTable runs the warm-up and then every row into tbl. Within a row the
-// targets run back to back, and with -repeat N the row is N such rounds
-// (target A, B, C, A, B, C, ...), so drift affects the targets alike; each
-// cell is the median of its N runs. tag, if set, prefixes the log files.
+// targets run back to back, and with -repeat N the row is N such rounds;
+// each round (and each row) starts one target further along (A B C, B C A,
+// C A B, ...), because a target's place in the round biases it (a
+// PgBouncer run later in the round measured 10 % below an identical one
+// run earlier), so drift and place fall on the targets alike. Each cell is
+// the median of its N runs. tag, if set, prefixes the log files.
 //
 // The warm-up runs the largest client count against each target once, so
 // both poolers hold as many upstream connections as any row needs and the
@@ -425,14 +440,15 @@ func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows
 			tbl.warmupErrors = append(tbl.warmupErrors, runError{target: t.name, proto: "simple", clients: warmClients, res: r})
 		}
 	}
-	for _, spec := range rows {
+	for n, spec := range rows {
 		runs := make([][]result, len(targets))
 		for i := range b.opts.repeat {
 			runTag := tag
 			if b.opts.repeat > 1 {
 				runTag = joinTag(tag, fmt.Sprintf("r%d", i+1))
 			}
-			for j, t := range targets {
+			for _, j := range roundOrder(len(targets), i+n) {
+				t := targets[j]
 				r := b.runPgbench(ctx, t, spec.proto, spec.clients, b.opts.duration, runTag)
 				if ctx.Err() != nil {
 					return ctx.Err()
