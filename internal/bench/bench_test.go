@@ -334,13 +334,19 @@ func reportHas(t *testing.T, md string, wants ...string) {
 func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 	tbl := &table{mode: modeSession, poolSize: 60, targets: []string{"direct", "pgbouncer", "sidecar", "pgbouncer-aa", "go-pipe", "go-loop"}, loadBefore: -1, loadAfter: -1, rows: []row{
 		{proto: "simple", clients: 10, res: []result{ok(2000), ok(1000), ok(900), ok(1100), ok(800), ok(1050)}},
+		{proto: "simple", clients: 50, res: []result{ok(2000), ok(1000), ok(1000), ok(870), ok(800), ok(1050)}},
+		{proto: "extended", clients: 50, res: []result{ok(2000), ok(1000), ok(1000), ok(999.6), ok(800), ok(1050)}},
 	}}
 	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
 	reportHas(t, md,
 		"| sidecar/pgbouncer | pgbouncer-aa/pgbouncer | go-pipe/pgbouncer | go-loop/pgbouncer | sidecar/direct |",
 		"| 0.90 | 1.10 | 0.80 | 1.05 | 0.45 |",
 		"not met in simple/10 (0.90)",
+		"Control: a second PgBouncer configured like the first measured 0.87–1.10 of its TPS (1 of 3 rows below 1.00).",
 	)
+	if note := sessionTable(row{proto: "simple", clients: 1, res: []result{ok(1), ok(1), ok(1)}}).controlNote(); note != "" {
+		t.Errorf("a table without the control has a control note: %q", note)
+	}
 }
 
 func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {

@@ -377,7 +377,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 			return err
 		}
 		defer aa.stop()
-		targets = append(targets, target{name: "pgbouncer-aa", host: "127.0.0.1", port: aaAddr.Port, noPrepared: mode == modeTransaction, pid: aa.proc.pid()})
+		targets = append(targets, target{name: colBouncerAA, host: "127.0.0.1", port: aaAddr.Port, noPrepared: mode == modeTransaction, pid: aa.proc.pid()})
 	}
 	if mode == modeSession && b.opts.reference {
 		for _, kind := range refKinds {

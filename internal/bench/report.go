@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"slices"
 	"sort"
@@ -13,7 +14,9 @@ import (
 const (
 	colDirect  = "direct"
 	colBouncer = "pgbouncer"
-	colSidecar = "sidecar"
+	// colBouncerAA is the second, identical PgBouncer of -reference.
+	colBouncerAA = "pgbouncer-aa"
+	colSidecar   = "sidecar"
 )
 
 // rssTargetMB is the acceptance target for rssTargetClients idle clients.
@@ -310,6 +313,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	if len(t.rows) == 0 {
 		return
 	}
+	b.WriteString(t.controlNote())
 
 	vb := t.evalVsBouncer()
 	if t.mode == modeSession {
@@ -551,6 +555,35 @@ func ratio(a, b result) (string, bool) {
 		return "n/a", false
 	}
 	return fmt.Sprintf("%.2f", a.tps/b.tps), true
+}
+
+// controlNote sums up the second PgBouncer (-reference) against the first:
+// the band of ratios two equal poolers reach on this machine. Empty when
+// the table has no such control.
+func (t *table) controlNote() string {
+	bi, ai := t.col(colBouncer), t.col(colBouncerAA)
+	if bi < 0 || ai < 0 {
+		return ""
+	}
+	var ratios []float64
+	for _, row := range t.rows {
+		a, b := row.res[ai], row.res[bi]
+		if a.failed() || b.failed() || !a.parsed || !b.parsed || b.tps == 0 {
+			continue
+		}
+		ratios = append(ratios, a.tps/b.tps)
+	}
+	if len(ratios) == 0 {
+		return ""
+	}
+	below := 0
+	for _, r := range ratios {
+		if math.Round(r*100) < 100 { // as the table shows it: 0.995 is 1.00
+			below++
+		}
+	}
+	return fmt.Sprintf("Control: a second PgBouncer configured like the first measured %.2f–%.2f of its TPS (%d of %d rows below 1.00). Ratios within that band are this machine's noise, not a difference between poolers.\n\n",
+		slices.Min(ratios), slices.Max(ratios), below, len(ratios))
 }
 
 func verdict(ok bool) string {
