@@ -215,10 +215,7 @@ func unreachable(t router.Target, err error) *pgerr.Error {
 // startTLS sends SSLRequest and performs the TLS handshake according to the
 // SSL mode.
 func (d *dialer) startTLS(raw net.Conn, t router.Target, b *brownietls.Bundle) (net.Conn, error) {
-	var req [8]byte
-	binary.BigEndian.PutUint32(req[0:], 8)
-	binary.BigEndian.PutUint32(req[4:], wire.CodeSSL)
-	if _, err := raw.Write(req[:]); err != nil {
+	if _, err := raw.Write(wire.SSLRequest()); err != nil {
 		return nil, unreachable(t, err)
 	}
 	var resp [1]byte

@@ -150,8 +150,7 @@ func refServe(c net.Conn, upstream string, cfg *tls.Config, l *epollLoop) error 
 	}
 	closeBoth := func() { c.Close(); raw.Close() }
 	var answer [1]byte
-	sslRequest := binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, wire.CodeSSL)
-	if _, err := raw.Write(sslRequest); err != nil {
+	if _, err := raw.Write(wire.SSLRequest()); err != nil {
 		closeBoth()
 		return err
 	}
@@ -197,27 +196,18 @@ func refServe(c net.Conn, upstream string, cfg *tls.Config, l *epollLoop) error 
 // the StartupMessage.
 func refReadStartup(c net.Conn) ([]byte, error) {
 	for {
-		var hdr [4]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		pkt, err := wire.ReadPacket(c)
+		if err != nil {
 			return nil, err
 		}
-		n := binary.BigEndian.Uint32(hdr[:])
-		if n < 8 || n > wire.MaxStartLen {
-			return nil, fmt.Errorf("bad startup packet length %d", n)
-		}
-		msg := make([]byte, n)
-		copy(msg, hdr[:])
-		if _, err := io.ReadFull(c, msg[4:]); err != nil {
-			return nil, err
-		}
-		switch binary.BigEndian.Uint32(msg[4:8]) {
+		switch binary.BigEndian.Uint32(pkt[4:8]) {
 		case wire.CodeSSL, wire.CodeGSSEnc:
 			if _, err := c.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		return msg, nil
+		return pkt, nil
 	}
 }
 
@@ -320,27 +310,21 @@ func (c *nbConn) Write(p []byte) (int, error) {
 }
 
 func rawRead(fd int, p []byte) (int, error) {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(r), nil
-		case syscall.EINTR:
-			continue
-		}
+	n, e := netx.RawRead(uintptr(fd), p)
+	if e != 0 {
 		return 0, e
 	}
+	return n, nil
 }
 
 // rawWriteAll writes all of p, waiting in poll(2) (blocking the loop) when
 // the socket buffer is full.
 func rawWriteAll(fd int, p []byte) error {
 	for len(p) > 0 {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, e := netx.RawWrite(uintptr(fd), p)
 		switch e {
 		case 0:
-			p = p[r:]
-		case syscall.EINTR:
+			p = p[n:]
 		case syscall.EAGAIN:
 			pfd := struct {
 				fd             int32

@@ -45,28 +45,22 @@ type rawOp struct {
 // read reads once into o.p; it reports false (wait for the poller) when
 // the socket has no data.
 func (o *rawOp) read(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&o.p[0])), uintptr(len(o.p)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		o.n, o.errno = int(r), e
-		return true
+	n, e := RawRead(fd, o.p)
+	if e == syscall.EAGAIN {
+		return false
 	}
+	o.n, o.errno = n, e
+	return true
 }
 
 // write writes what is left of o.p; it reports false (wait for the
 // poller) when the socket buffer is full.
 func (o *rawOp) write(fd uintptr) bool {
 	for o.n < len(o.p) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&o.p[o.n])), uintptr(len(o.p)-o.n))
+		n, e := RawWrite(fd, o.p[o.n:])
 		switch e {
 		case 0:
-			o.n += int(r)
-		case syscall.EINTR:
+			o.n += n
 		case syscall.EAGAIN:
 			return false
 		default:
@@ -75,6 +69,30 @@ func (o *rawOp) write(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// RawRead is one read(2) of the descriptor fd into p (not empty) as a raw
+// system call, retried on EINTR: on a non-blocking socket it never blocks,
+// so it needs none of the scheduler's bookkeeping (see fastConn). The count
+// is meaningless when the errno is not 0 (EAGAIN: no data yet).
+func RawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
+}
+
+// RawWrite is one write(2) of p (not empty) to fd, as RawRead; it may
+// write less than p, and EAGAIN means the socket buffer is full.
+func RawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
 }
 
 // WrapFast returns c as a fastConn when it is a TCP or Unix socket, else c.

@@ -63,6 +63,17 @@ var ErrBadStartup = errors.New("invalid startup packet")
 // ReadStartup reads one untyped packet (length-prefixed, no type byte) of at
 // most MaxStartLen bytes and decodes it.
 func ReadStartup(r io.Reader) (*Startup, error) {
+	pkt, err := ReadPacket(r)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartup(pkt[4:])
+}
+
+// ReadPacket reads one untyped packet (a startup message or an SSL, GSSENC
+// or cancel request), length word included, refusing lengths outside 8 to
+// MaxStartLen with ErrBadStartup.
+func ReadPacket(r io.Reader) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -71,11 +82,17 @@ func ReadStartup(r io.Reader) (*Startup, error) {
 	if n < 8 || n > MaxStartLen {
 		return nil, fmt.Errorf("%w: length %d", ErrBadStartup, n)
 	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(r, body); err != nil {
+	pkt := make([]byte, n)
+	copy(pkt, hdr[:])
+	if _, err := io.ReadFull(r, pkt[4:]); err != nil {
 		return nil, err
 	}
-	return ParseStartup(body)
+	return pkt, nil
+}
+
+// SSLRequest returns the untyped packet that asks a server for TLS.
+func SSLRequest() []byte {
+	return binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, CodeSSL)
 }
 
 // ParseStartup decodes the body of an untyped packet (everything after the
