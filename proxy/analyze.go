@@ -46,6 +46,23 @@ type analysis struct {
 	// COMMIT/END, ROLLBACK/ABORT (not savepoints, not AND CHAIN).
 	tx         txKind
 	txReadOnly bool
+	// txSnapshot is true when BEGIN asks for REPEATABLE READ or
+	// SERIALIZABLE: the transaction's first statement fixes its snapshot.
+	txSnapshot bool
+	// savepoint names the savepoint of a SAVEPOINT, RELEASE or ROLLBACK
+	// TO statement (tx txSavepoint, txRelease, txRollbackTo).
+	savepoint string
+	// local is true when every statement only changes the current
+	// transaction's settings (SET LOCAL, SET TRANSACTION, set_config(...,
+	// true)): a shard joining the transaction later replays them.
+	local bool
+	// noTxBlock is true for a statement Postgres refuses inside a
+	// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ALTER
+	// SYSTEM…): on several shards it runs shard by shard.
+	noTxBlock bool
+	// twoPhase is true for PREPARE TRANSACTION, COMMIT PREPARED and
+	// ROLLBACK PREPARED sent by the client.
+	twoPhase bool
 	// hintsOnly is true when every statement sets or resets a brownie.*
 	// routing hint: nothing the server must see before the transaction's
 	// first real statement.
@@ -64,6 +81,9 @@ const (
 	txBegin
 	txCommit
 	txRollback
+	txSavepoint
+	txRelease
+	txRollbackTo
 )
 
 // touchesState reports whether the session settings must be read back after
@@ -73,7 +93,7 @@ func (a *analysis) touchesState() bool {
 }
 
 // txWords start the transaction-control statements analyze classifies.
-var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort"}
+var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 
 // startsWithTxWord reports whether text's first word (after whitespace) is
 // one of txWords.
@@ -100,7 +120,8 @@ var noAnalysis = &analysis{}
 // keywords that any statement changing session state or needing a pin
 // contains; texts without any of them skip the parser (pgbench -S, most
 // application SELECTs).
-var stateKeywords = []string{"set", "listen", "prepare", "execute", "deallocate", "declare", "temp", "advisory", "discard", "into"}
+var stateKeywords = []string{"set", "listen", "prepare", "execute", "deallocate", "declare", "temp", "advisory", "discard", "into",
+	"vacuum", "concurrently", "system", "database", "tablespace", "reindex", "cluster"}
 
 // analyzer parses statement texts with the real Postgres parser, caching
 // results by text in a bounded LRU. Safe for concurrent use.
@@ -159,8 +180,15 @@ func parseAnalysis(text string) *analysis {
 	stmts := tree.GetStmts()
 	a.hintsOnly = len(stmts) > 0
 	a.noData = len(stmts) > 0
+	a.local = len(stmts) > 0
 	for _, raw := range stmts {
 		a.statement(raw.GetStmt())
+		if !isLocalSet(raw.GetStmt()) {
+			a.local = false
+		}
+		if noTxBlock(raw.GetStmt()) {
+			a.noTxBlock = true
+		}
 		switch n := raw.GetStmt(); {
 		case n.GetVariableSetStmt() != nil, n.GetTransactionStmt() != nil, n.GetDiscardStmt() != nil,
 			n.GetListenStmt() != nil, n.GetUnlistenStmt() != nil:
@@ -175,10 +203,63 @@ func parseAnalysis(text string) *analysis {
 	if len(stmts) == 1 {
 		a.classifyTx(stmts[0].GetStmt().GetTransactionStmt())
 	}
-	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData {
+	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData && !a.local && !a.noTxBlock && !a.twoPhase {
 		return noAnalysis
 	}
 	return a
+}
+
+// isLocalSet reports whether n only changes the current transaction's
+// settings: SET LOCAL, SET TRANSACTION …, or a SELECT of nothing but
+// set_config(…, …, true) calls with constant arguments.
+func isLocalSet(n *pg_query.Node) bool {
+	if v := n.GetVariableSetStmt(); v != nil {
+		return v.GetIsLocal() || v.GetKind() == pg_query.VariableSetKind_VAR_SET_MULTI && strings.HasPrefix(strings.ToLower(v.GetName()), "transaction")
+	}
+	sel := n.GetSelectStmt()
+	if sel == nil || len(sel.GetTargetList()) == 0 || len(sel.GetFromClause()) > 0 || sel.GetWhereClause() != nil {
+		return false
+	}
+	for _, t := range sel.GetTargetList() {
+		f := t.GetResTarget().GetVal().GetFuncCall()
+		if f == nil || len(f.GetFuncname()) == 0 || len(f.GetArgs()) != 3 {
+			return false
+		}
+		if strings.ToLower(f.GetFuncname()[len(f.GetFuncname())-1].GetString_().GetSval()) != "set_config" {
+			return false
+		}
+		local := f.GetArgs()[2].GetAConst()
+		if local == nil || local.GetBoolval() == nil || !local.GetBoolval().GetBoolval() {
+			return false
+		}
+	}
+	return true
+}
+
+// noTxBlock reports whether Postgres refuses n inside a transaction block.
+func noTxBlock(n *pg_query.Node) bool {
+	switch {
+	case n.GetVacuumStmt() != nil:
+		return n.GetVacuumStmt().GetIsVacuumcmd()
+	case n.GetIndexStmt() != nil:
+		return n.GetIndexStmt().GetConcurrent()
+	case n.GetDropStmt() != nil:
+		return n.GetDropStmt().GetConcurrent()
+	case n.GetReindexStmt() != nil:
+		for _, p := range n.GetReindexStmt().GetParams() {
+			if strings.EqualFold(p.GetDefElem().GetDefname(), "concurrently") {
+				return true
+			}
+		}
+		return n.GetReindexStmt().GetKind() == pg_query.ReindexObjectType_REINDEX_OBJECT_SYSTEM ||
+			n.GetReindexStmt().GetKind() == pg_query.ReindexObjectType_REINDEX_OBJECT_DATABASE
+	case n.GetClusterStmt() != nil:
+		return n.GetClusterStmt().GetRelation() == nil
+	case n.GetAlterSystemStmt() != nil, n.GetCreatedbStmt() != nil, n.GetDropdbStmt() != nil,
+		n.GetCreateTableSpaceStmt() != nil, n.GetDropTableSpaceStmt() != nil:
+		return true
+	}
+	return false
 }
 
 // classifyTx records what a lone transaction statement does.
@@ -191,9 +272,15 @@ func (a *analysis) classifyTx(t *pg_query.TransactionStmt) {
 		a.tx = txBegin
 		for _, o := range t.GetOptions() {
 			d := o.GetDefElem()
-			if d.GetDefname() == "transaction_read_only" {
+			switch d.GetDefname() {
+			case "transaction_read_only":
 				if c := d.GetArg().GetAConst(); c != nil && c.GetIval().GetIval() == 1 {
 					a.txReadOnly = true
+				}
+			case "transaction_isolation":
+				if c := d.GetArg().GetAConst(); c != nil {
+					lvl := strings.ToLower(c.GetSval().GetSval())
+					a.txSnapshot = lvl == "repeatable read" || lvl == "serializable"
 				}
 			}
 		}
@@ -201,6 +288,15 @@ func (a *analysis) classifyTx(t *pg_query.TransactionStmt) {
 		a.tx = txCommit
 	case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK:
 		a.tx = txRollback
+	case pg_query.TransactionStmtKind_TRANS_STMT_SAVEPOINT:
+		a.tx, a.savepoint = txSavepoint, t.GetSavepointName()
+	case pg_query.TransactionStmtKind_TRANS_STMT_RELEASE:
+		a.tx, a.savepoint = txRelease, t.GetSavepointName()
+	case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO:
+		a.tx, a.savepoint = txRollbackTo, t.GetSavepointName()
+	case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE, pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+		pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED:
+		a.twoPhase = true
 	}
 }
 

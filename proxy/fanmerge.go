@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
@@ -40,9 +42,10 @@ func (f *fanOut) answer(it fanItem) error {
 		return nil
 	}
 	var first [][]byte // the first leg's Describe answer (copies)
-	var tags [][]byte
+	var tags, others [][]byte
 	empty, legFailed := false, false
-	for _, l := range f.legs {
+	for i, l := range f.legs {
+		primary := !f.plan.broadcast || i == 0 // a broadcast answers with the first leg's rows
 		if l.failed {
 			continue
 		}
@@ -66,7 +69,7 @@ func (f *fanOut) answer(it fanItem) error {
 				f.failLeg(l, body)
 				legFailed = true
 			case typ == 'D' && it.typ == 'E':
-				if err := f.row(l, n, body); err != nil {
+				if err := f.rowOf(primary, l, n, body); err != nil {
 					return err
 				}
 				continue
@@ -82,6 +85,8 @@ func (f *fanOut) answer(it fanItem) error {
 				if keep {
 					first = append(first, msgCopy(typ, body))
 				}
+			case typ == 'C' && !primary:
+				others = append(others, slices.Clone(body))
 			case typ == 'C':
 				tags = append(tags, slices.Clone(body))
 			case typ == 'I':
@@ -95,6 +100,7 @@ func (f *fanOut) answer(it fanItem) error {
 	switch {
 	case legFailed:
 		f.sendError(nil)
+	case f.diverged(tags, others):
 	case it.typ == 'B':
 		f.emit('2', nil)
 	case it.typ == 'C':
@@ -133,12 +139,13 @@ func answers(it fanItem) string {
 // error), merged, until every leg has answered ReadyForQuery.
 func (f *fanOut) answerQuery() error {
 	for {
-		var tags [][]byte
+		var tags, others [][]byte
 		empty, described, copyRefused, active, legFailed := false, false, false, false, false
-		for _, l := range f.legs {
+		for i, l := range f.legs {
 			if l.done {
 				continue
 			}
+			primary := !f.plan.broadcast || i == 0 // a broadcast answers with the first leg's rows
 			active = true
 			ok, err := f.skipInjected(l)
 			if err != nil {
@@ -161,16 +168,20 @@ func (f *fanOut) answerQuery() error {
 				}
 				switch typ {
 				case 'T':
-					if !described {
+					if !described && primary {
 						f.emit('T', body)
 						described = true
 					}
 				case 'D':
-					if err := f.row(l, n, body); err != nil {
+					if err := f.rowOf(primary, l, n, body); err != nil {
 						return err
 					}
 				case 'C':
-					tags = append(tags, slices.Clone(body))
+					if primary {
+						tags = append(tags, slices.Clone(body))
+					} else {
+						others = append(others, slices.Clone(body))
+					}
 					break result
 				case 'I':
 					empty = true
@@ -207,6 +218,7 @@ func (f *fanOut) answerQuery() error {
 		switch {
 		case legFailed:
 			f.sendError(nil)
+		case f.diverged(tags, others):
 		case copyRefused:
 			e := pgerr.Errorf(pgerr.FeatureNotSupported, "COPY spanning shards is not supported")
 			e.Hint = "copy from each shard (brownie:shard hint), or add the team key (team_id) to the statement"
@@ -370,6 +382,42 @@ func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
 		}
 	}
 	return nil
+}
+
+// rowOf sends a leg's DataRow to the client when the leg is the one
+// answering (see row), or drops it.
+func (f *fanOut) rowOf(answering bool, l *fanLeg, n int, body []byte) error {
+	if answering {
+		return f.row(l, n, body)
+	}
+	if body == nil {
+		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+			return f.legLost(l, err)
+		}
+	}
+	return nil
+}
+
+// diverged checks a broadcast's command tags: every shard must report
+// what the first did (the same rows of a replicated table changed). It
+// fails the request and reports true when one did not: the shards'
+// copies differ, and committing would hide it.
+func (f *fanOut) diverged(tags, others [][]byte) bool {
+	if !f.plan.broadcast || len(tags) != 1 {
+		return false
+	}
+	for i, t := range others {
+		if string(t) != string(tags[0]) {
+			shard := f.legs[i+1].u.target.Shard
+			e := pgerr.Errorf(pgerr.DataCorrupted, "replicated tables differ between shards: %s reported %q where %s reported %q",
+				shard, strings.TrimSuffix(string(t), "\x00"), f.legs[0].u.target.Shard, strings.TrimSuffix(string(tags[0]), "\x00"))
+			e.Hint = "compare the replicated tables' rows on every shard and repair them; the statement was not applied"
+			f.ss.log.Error("replicated tables differ between shards", zap.String("shard", shard), zap.String("statement_tag", string(tags[0])))
+			f.sendError(e.Encode(nil)[5:])
+			return true
+		}
+	}
+	return false
 }
 
 // emit writes one message to the client, unless the request has failed

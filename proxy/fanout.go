@@ -17,7 +17,14 @@ import (
 type fanPlan struct {
 	targets  []router.Target
 	readOnly bool
-	explain  string
+	// broadcast: the statement changes replicated tables or the schema,
+	// identically on every shard; the client gets the first shard's
+	// answer, and every shard must give the same command tag.
+	broadcast bool
+	// noTxBlock: Postgres refuses the statement inside a transaction
+	// block (VACUUM, CREATE INDEX CONCURRENTLY…); it runs shard by shard.
+	noTxBlock bool
+	explain   string
 }
 
 // joins reports whether a statement planned as q may join a fan-out
@@ -62,6 +69,10 @@ type fanOut struct {
 	firstErr         []byte // body of the first ErrorResponse sent to the client
 	clientGone       bool
 	start            time.Time
+	// xt is the client's transaction spanning shards when the request is
+	// one of its statements: the legs are its connections, kept past the
+	// request.
+	xt *crossTx
 }
 
 // fanLeg is the request's connection to one shard.
@@ -79,6 +90,7 @@ type fanLeg struct {
 	broken   bool // the connection failed
 	prepared bool // its part of a two-phase commit is prepared
 	status   byte
+	tx       *txLeg // the transaction's leg, in a crossTx request
 }
 
 // fanItem is one client message of the request.
@@ -258,6 +270,16 @@ func (f *fanOut) message(typ byte, n int) error {
 			return f.bind(n, body, f.plan) // unknown statement: the server says so
 		}
 		r := ss.routeMessage('B', n, body, true, nil, false)
+		if r.refuse == nil && f.xt != nil {
+			// In a transaction spanning shards, a statement joins the
+			// request when it needs the same legs.
+			shards, plan := ss.crossShards(r)
+			if !slices.Equal(shards, f.shards()) {
+				f.queueError(errMixedPipeline())
+				return nil
+			}
+			return f.bind(n, body, plan)
+		}
 		switch {
 		case r.refuse != nil:
 			f.queueError(r.refuse)
@@ -318,6 +340,15 @@ func (f *fanOut) message(typ byte, n int) error {
 		return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected message type %q inside an extended-protocol request; send Sync first", typ)
 	}
 	return nil
+}
+
+// shards names the request's shards, in its legs' order.
+func (f *fanOut) shards() []string {
+	names := make([]string, len(f.legs))
+	for i, l := range f.legs {
+		names[i] = l.u.target.Shard
+	}
+	return names
 }
 
 // stmtNamed returns the client's statement name ("" for the unnamed one).
@@ -471,6 +502,18 @@ func (f *fanOut) settle() {
 	ss.mu.Unlock()
 	tx := f.txConn
 	switch {
+	case f.xt != nil:
+		if f.failed {
+			f.xt.failed = true
+		} else if !f.plan.readOnly {
+			for _, l := range f.legs {
+				l.tx.wrote = true
+			}
+		}
+		status = f.xt.status()
+		ss.mu.Lock()
+		ss.txStatus = status
+		ss.mu.Unlock()
 	case tx != nil:
 		if f.failed && tx.Value.txStatus == 'T' {
 			f.abort(tx.Value)
@@ -523,7 +566,7 @@ func (f *fanOut) release() {
 	defer ss.mu.Unlock()
 	for _, l := range f.legs {
 		switch {
-		case l.c == nil || l.c == f.txConn:
+		case l.c == nil || l.c == f.txConn || l.tx != nil: // the transaction's legs stay with it
 		case l.done && l.status == 'I' && !l.broken:
 			ss.keepLocked(l.c)
 		default:
@@ -546,7 +589,21 @@ func (f *fanOut) release() {
 // destroy closes every connection of a request that cannot finish (an
 // upstream broke): their transactions roll back.
 func (f *fanOut) destroy() {
+	if xt := f.xt; xt != nil && f.ss.xt == xt {
+		for _, l := range xt.legs {
+			l.c.Destroy()
+		}
+		xt.legs = nil
+		f.ss.mu.Lock()
+		f.ss.xt, f.ss.crossing = nil, false
+		f.ss.txBegin, f.ss.txReplay = nil, nil
+		f.ss.mu.Unlock()
+	}
 	for _, l := range f.legs {
+		if l.tx != nil {
+			l.c = nil
+			continue
+		}
 		if l.c != nil && l.c != f.txConn {
 			l.c.Destroy()
 			l.c = nil

@@ -75,6 +75,9 @@ func (ss *session) relay() {
 		ss.fan = nil
 		_ = ss.endFanOut(nil)
 	}
+	ss.lreq = nil
+	ss.abandonCross() // a transaction spanning shards left open
+
 	ss.finish(err)
 }
 
@@ -188,6 +191,12 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	if ss.fan != nil {
 		return ss.fan.message(typ, n)
 	}
+	if ss.lreq != nil {
+		return ss.localMessage(typ, n)
+	}
+	if ss.xt != nil {
+		return ss.crossMessage(typ, n)
+	}
 	routed := ss.srv.routingEnabled()
 	var body []byte
 	var err error
@@ -246,10 +255,27 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	if r.fan != nil {
 		ss.mu.Lock()
 		mixed := ss.up != nil && (!ss.synced || ss.copyIn)
-		ss.mu.Unlock()
 		if !mixed {
+			if err := ss.waitQuietLocked(); err != nil {
+				ss.mu.Unlock()
+				return ss.sessionError(err)
+			}
+			if ss.inTransactionLocked() {
+				// The shards join the client's transaction.
+				err := ss.enterCrossLocked()
+				ss.mu.Unlock()
+				if err != nil {
+					return ss.sessionError(err)
+				}
+				return ss.crossEntry(typ, n, body, a, r)
+			}
+			ss.mu.Unlock()
+			if r.fan.noTxBlock {
+				return ss.eachShard(typ, body, r.fan)
+			}
 			return ss.fanOutMessage(typ, n, body, r.fan)
 		}
+		ss.mu.Unlock()
 		r = ss.refusal(errMixedPipeline())
 	}
 
@@ -294,6 +320,12 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		return nil
 	}
 	refuse, err := ss.moveToLocked(r)
+	if errors.Is(err, errNeedCrossTx) {
+		if err = ss.enterCrossLocked(); err == nil {
+			ss.mu.Unlock()
+			return ss.crossEntry(typ, n, body, a, r)
+		}
+	}
 	if err == nil {
 		err = ss.replayDeferredLocked(typ)
 	}
@@ -301,8 +333,8 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.mu.Unlock()
 		return ss.sessionError(err)
 	}
-	if typ == 'Q' && a != nil && a.tx == txBegin {
-		ss.readOnlyTx = a.txReadOnly
+	if typ == 'Q' || typ == 'B' || typ == 'F' {
+		ss.noteTxStatementLocked(typ, body, a, r)
 	}
 	u := ss.up.Value
 	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
@@ -891,6 +923,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 		ss.wroteLocked(ss.txWrote, time.Now())
 		ss.txWrote = ""
 	}
+	if status == 'I' && ss.pending == 0 {
+		ss.txBegin, ss.txReplay, ss.txMovable = nil, nil, false
+	}
 	idle := ss.pending == 0 && ss.synced && !ss.copyIn && status == 'I'
 	if ss.resetting {
 		if idle {
@@ -1161,7 +1196,7 @@ func (ss *session) runningBackends() []backend {
 func (ss *session) drain() {
 	ss.mu.Lock()
 	ss.draining = true
-	idle := !ss.resetting && !ss.fanning && (ss.up == nil || (ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'))
+	idle := !ss.resetting && !ss.fanning && !ss.crossing && (ss.up == nil || (ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I'))
 	ss.mu.Unlock()
 	if idle {
 		ss.terminate(errShutdown)

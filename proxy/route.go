@@ -49,6 +49,17 @@ type routeResult struct {
 	// fan, when set, runs the message on several shards at once (see
 	// fanOut); target and compatible are unused.
 	fan *fanPlan
+	// anyShard: the statement may run on any shard (no table, or only
+	// replicated tables read). readOnly: it only reads; noData: it touches
+	// no table data (SET, SHOW, transaction control).
+	anyShard, readOnly, noData bool
+}
+
+// movable reports whether a transaction that ran only statements like
+// this one may move to another shard (see session.relocateLocked): a
+// read of nothing or of replicated tables, the same on every shard.
+func (r routeResult) movable() bool {
+	return r.refuse == nil && r.fan == nil && r.anyShard && r.readOnly
 }
 
 // routingEnabled reports whether statements are routed by the shard map
@@ -154,7 +165,7 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 			shard = d.Shards[0]
 		}
 	default:
-		return ss.routeFanOut(d, f)
+		return ss.routeFanOut(d, f, a)
 	}
 	noData := a != nil && a.noData
 	t, ok := ss.targetFor(shard, d)
@@ -173,7 +184,7 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 			zap.Bool("in_transaction", f.InTransaction), zap.Bool("read_only_transaction", f.ReadOnlyTransaction))
 	}
 	anyShard := d.Kind == router.AnyShard
-	return routeResult{target: t, compatible: func(c router.Target) bool {
+	return routeResult{target: t, anyShard: anyShard, readOnly: readOnly, noData: noData, compatible: func(c router.Target) bool {
 		// SET, transaction control and the like run wherever the session
 		// is; other statements need their shard (any, for AnyShard) and a
 		// primary unless they only read.
@@ -213,32 +224,21 @@ func (ss *session) wroteLocked(shard string, at time.Time) {
 }
 
 // routeFanOut completes the route of a statement that needs several
-// shards: a fan-out of a read, or of a write outside any transaction.
-// Writes to replicated tables and schema changes (every shard, atomically)
-// and writes spanning shards inside a transaction need two-phase commit
-// and are refused.
-func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts) routeResult {
+// shards: a read (merged), a write spanning shards, or a write to
+// replicated tables or the schema on every shard (broadcast). Outside a
+// transaction a write commits on every shard or none (two-phase); inside
+// one the shards join the client's transaction (crossTx). One INSERT of
+// rows for several shards is refused: each shard would get every row.
+func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *analysis) routeResult {
 	s := ss.srv
-	refuse := func(e *pgerr.Error) routeResult {
+	if d.Inserts && !d.Broadcast {
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "INSERT of rows for shards %s in one statement is not supported", strings.Join(d.Shards, ", "))
+		e.Hint = "insert each team's rows with a statement of their own"
 		e.Detail = d.Explain()
 		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
 		return ss.refusal(e)
 	}
-	switch {
-	case d.Broadcast:
-		e := pgerr.Errorf(pgerr.FeatureNotSupported, "statement changes replicated tables or the schema on shards %s; writes on every shard are not supported yet", strings.Join(d.Shards, ", "))
-		e.Hint = "apply it to each shard directly (brownie:shard hint) until atomic writes on every shard are available"
-		return refuse(e)
-	case d.Inserts:
-		e := pgerr.Errorf(pgerr.FeatureNotSupported, "INSERT of rows for shards %s in one statement is not supported", strings.Join(d.Shards, ", "))
-		e.Hint = "insert each team's rows with a statement of their own"
-		return refuse(e)
-	case !d.ReadOnly && f.InTransaction:
-		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a write on shards %s inside a transaction is not supported yet", strings.Join(d.Shards, ", "))
-		e.Hint = "add the team key (team_id) to the statement, SET LOCAL brownie.team_id first, or run it outside the transaction"
-		return refuse(e)
-	}
-	plan := &fanPlan{readOnly: d.ReadOnly, explain: d.Explain()}
+	plan := &fanPlan{readOnly: d.ReadOnly, broadcast: d.Broadcast, noTxBlock: a != nil && a.noTxBlock, explain: d.Explain()}
 	for _, shard := range d.Shards {
 		t, ok := ss.targetFor(shard, d)
 		if !ok {
@@ -408,6 +408,15 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 			ss.cond.Wait() // let the requests in flight finish, then decide again
 			continue
 		}
+		if ss.srv.routingEnabled() && ss.quietLocked() && ss.txStatus != 'I' {
+			if ss.txMovable && ss.txStatus == 'T' {
+				if err := ss.relocateLocked(); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return nil, errNeedCrossTx
+		}
 		e := errCrossShard(cur, r.target)
 		ss.srv.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
 		return e, nil
@@ -565,6 +574,7 @@ func (ss *session) deferBegin(a *analysis, sql string) (bool, error) {
 		}
 		ss.deferred = append(ss.deferred, sql)
 		ss.readOnlyTx = a.txReadOnly
+		ss.txSnapshot = a.txSnapshot
 		tag = "BEGIN"
 	case deferred && a.tx == txCommit:
 		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
@@ -606,6 +616,9 @@ func (ss *session) replayDeferredLocked(typ byte) error {
 		ss.pending++
 		ss.injected.Add(1)
 	}
+	iso := strings.ToLower(ss.want["default_transaction_isolation"])
+	ss.txBegin, ss.txReplay = ss.deferred, nil
+	ss.txMovable = !ss.txSnapshot && iso != "repeatable read" && iso != "serializable"
 	ss.deferred = nil
 	ss.txStatus = 'T'
 	if _, err := ss.uw.Write(out); err != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,7 +84,9 @@ func TestAnalysisClassifiesTransactionControlAndHintStatements(t *testing.T) {
 		{"ROLLBACK", txRollback, false, false, true},
 		{"abort", txRollback, false, false, true},
 		{"COMMIT AND CHAIN", txNone, false, false, true},
-		{"ROLLBACK TO SAVEPOINT a", txNone, false, false, true},
+		{"ROLLBACK TO SAVEPOINT a", txRollbackTo, false, false, true},
+		{"SAVEPOINT sa_1", txSavepoint, false, false, true},
+		{"release savepoint sa_1", txRelease, false, false, true},
 		{"BEGIN; SELECT 1", txNone, false, false, false},
 		{"SET LOCAL brownie.team_id = 'x'", txNone, false, true, true},
 		{"SET brownie.shard = 'shard-1'; RESET brownie.role", txNone, false, true, true},
@@ -97,5 +100,56 @@ func TestAnalysisClassifiesTransactionControlAndHintStatements(t *testing.T) {
 		if a.tx != c.tx || a.txReadOnly != c.ro || a.hintsOnly != c.hintsOnly || a.noData != c.noData {
 			t.Errorf("%q: tx=%d ro=%v hintsOnly=%v noData=%v; want %d %v %v %v", c.sql, a.tx, a.txReadOnly, a.hintsOnly, a.noData, c.tx, c.ro, c.hintsOnly, c.noData)
 		}
+	}
+	if a := z.analyze("ROLLBACK TO SAVEPOINT a"); a.savepoint != "a" {
+		t.Errorf("ROLLBACK TO SAVEPOINT a names savepoint %q", a.savepoint)
+	}
+}
+
+func TestAnalysisFindsWhatATransactionSpanningShardsReplaysOrRunsAlone(t *testing.T) {
+	z := newAnalyzer(10)
+	for _, c := range []struct {
+		sql                        string
+		local, noTxBlock, snapshot bool
+	}{
+		{"SET LOCAL statement_timeout = '5s'", true, false, false},
+		{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", true, false, false},
+		{"SELECT set_config('search_path', 'x', true)", true, false, false},
+		{"SELECT set_config('search_path', 'x', false)", false, false, false},
+		{"SET statement_timeout = '5s'", false, false, false},
+		{"BEGIN ISOLATION LEVEL SERIALIZABLE", false, false, true},
+		{"BEGIN ISOLATION LEVEL READ COMMITTED", false, false, false},
+		{"VACUUM items", false, true, false},
+		{"ANALYZE items", false, false, false},
+		{"CREATE INDEX CONCURRENTLY i ON t (a)", false, true, false},
+		{"CREATE INDEX i ON t (a)", false, false, false},
+		{"DROP INDEX CONCURRENTLY i", false, true, false},
+		{"REINDEX (CONCURRENTLY) TABLE t", false, true, false},
+		{"ALTER SYSTEM SET work_mem = '8MB'", false, true, false},
+	} {
+		a := z.analyze(c.sql)
+		if a.local != c.local || a.noTxBlock != c.noTxBlock || a.txSnapshot != c.snapshot {
+			t.Errorf("%q: local=%v noTxBlock=%v snapshot=%v; want %v %v %v", c.sql, a.local, a.noTxBlock, a.txSnapshot, c.local, c.noTxBlock, c.snapshot)
+		}
+	}
+	// What a leg opened later replays: RELEASE drops the savepoint (and
+	// later ones) but keeps settings; ROLLBACK TO keeps the savepoint and
+	// drops what followed.
+	var list []txStmt
+	for _, sql := range []string{"SET LOCAL a.x = '1'", "SAVEPOINT s", "SET LOCAL a.y = '2'", "SAVEPOINT t", "SET LOCAL a.z = '3'"} {
+		list = recordTxStmt(list, z.analyze(sql), sql)
+	}
+	text := func(l []txStmt) string {
+		var s []string
+		for _, x := range l {
+			s = append(s, x.sql)
+		}
+		return strings.Join(s, "; ")
+	}
+	if got := text(recordTxStmt(list, z.analyze("ROLLBACK TO SAVEPOINT t"), "")); got != "SET LOCAL a.x = '1'; SAVEPOINT s; SET LOCAL a.y = '2'; SAVEPOINT t" {
+		t.Errorf("after ROLLBACK TO t: %s", got)
+	}
+	if got := text(recordTxStmt(slices.Clone(list), z.analyze("RELEASE s"), "")); got != "SET LOCAL a.x = '1'; SET LOCAL a.y = '2'; SET LOCAL a.z = '3'" {
+		t.Errorf("after RELEASE s: %s", got)
 	}
 }

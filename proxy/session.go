@@ -126,6 +126,23 @@ type session struct {
 	fanning bool
 	fanUps  []*upstream
 
+	// xt is the client's transaction while it spans shards (xact.go);
+	// session goroutine only. crossing (under mu) is set while it exists.
+	// Under mu: txBegin are the statements that began the current
+	// transaction (its BEGIN, as replayed) and txReplay the local settings
+	// and savepoints it ran since, for shards it joins later; txMovable
+	// says it ran only reads of nothing or of replicated tables at READ
+	// COMMITTED, so it may move to another shard (relocateLocked);
+	// txSnapshot says the deferred BEGIN asked for REPEATABLE READ or
+	// SERIALIZABLE.
+	xt         *crossTx
+	lreq       *localReq // an extended-protocol request the sidecar answers (xact.go); session goroutine only
+	crossing   bool
+	txBegin    []string
+	txReplay   []txStmt
+	txMovable  bool
+	txSnapshot bool
+
 	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
 
 	discard atomic.Bool // stop writing upstream output to the client

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	cryptotls "crypto/tls"
 	"crypto/x509"
@@ -41,6 +42,7 @@ type upstream struct {
 	params        map[string]string
 	paramsVersion uint64
 	txStatus      byte
+	tag           string // the last command tag exec read
 	gen           uint64
 	serial        string
 
@@ -376,6 +378,8 @@ func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 					onRow(dr.Values)
 				}
 			}
+		case 'C':
+			u.tag = string(bytes.TrimSuffix(body, []byte{0}))
 		case 'E':
 			if first == nil {
 				first = upstreamError(body)

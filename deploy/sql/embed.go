@@ -67,4 +67,8 @@ const (
 	// SidecarFile creates the sidecar's own table (two-phase commit
 	// decisions); apply it in database "brownie_metadata" after SchemaFile.
 	SidecarFile = "02_sidecar.sql"
+	// ShardedFile drops what a shard of several cannot keep (foreign keys
+	// from replicated tables to sharded ones); apply it in database
+	// "brownie_metadata" after SidecarFile.
+	ShardedFile = "03_sharded.sql"
 )

@@ -9,11 +9,14 @@ import (
 
 func TestFilesAreInApplyOrder(t *testing.T) {
 	files := schemasql.Files()
-	if len(files) != 3 {
-		t.Fatalf("got %d files, want 3", len(files))
+	want := []string{schemasql.RolesFile, schemasql.SchemaFile, schemasql.SidecarFile, schemasql.ShardedFile}
+	if len(files) != len(want) {
+		t.Fatalf("got %d files, want %d", len(files), len(want))
 	}
-	if files[0].Name != schemasql.RolesFile || files[1].Name != schemasql.SchemaFile || files[2].Name != schemasql.SidecarFile {
-		t.Fatalf("got order %q, %q, %q", files[0].Name, files[1].Name, files[2].Name)
+	for i, f := range files {
+		if f.Name != want[i] {
+			t.Fatalf("file %d is %q, want %q", i, f.Name, want[i])
+		}
 	}
 	for _, f := range files {
 		if strings.TrimSpace(f.SQL) == "" {

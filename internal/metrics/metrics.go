@@ -50,6 +50,16 @@ type Metrics struct {
 	FanOutShards      prometheus.Histogram
 	TwoPhaseCommits   *prometheus.CounterVec
 	TwoPhaseRecovered *prometheus.CounterVec
+	// CrossShardTx counts client transactions that spanned shards, by
+	// outcome (committed, rolled_back, unknown, or moved: a transaction
+	// that had only read replicated tables moved to its statement's shard
+	// instead) and number of shards (1, 2, 3+). MergedReads counts reads
+	// spanning shards whose rows were merged, by kind (order, limit,
+	// aggregate, group, distinct); Refused counts statements refused as
+	// impossible to run exactly across shards, by reason.
+	CrossShardTx *prometheus.CounterVec
+	MergedReads  *prometheus.CounterVec
+	Refused      *prometheus.CounterVec
 
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
@@ -169,6 +179,18 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_two_phase_recovered_total",
 			Help: "Prepared parts of writes spanning shards, left behind by a failed or crashed sidecar, that the recovery committed or rolled back.",
 		}, []string{"action"}),
+		CrossShardTx: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_cross_shard_transactions_total",
+			Help: "Client transactions that spanned shards, by outcome (committed, rolled_back, unknown, moved) and number of shards (1, 2, 3+).",
+		}, []string{"outcome", "shards"}),
+		MergedReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_merged_reads_total",
+			Help: "Reads spanning shards whose rows the sidecar merged, by kind: order, limit, aggregate, group, distinct (a read may count under several).",
+		}, []string{"kind"}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_cross_shard_refused_total",
+			Help: "Statements refused with 0A000 because they cannot run exactly across shards, by reason.",
+		}, []string{"reason"}),
 	}
 	m.ShardMapValid.Set(1)
 	for _, o := range []string{"committed", "rolled_back", "unknown"} {
@@ -177,12 +199,17 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, a := range []string{"committed", "rolled_back"} {
 		m.TwoPhaseRecovered.WithLabelValues(a)
 	}
+	for _, o := range []string{"committed", "rolled_back", "unknown"} {
+		for _, n := range []string{"2", "3+"} {
+			m.CrossShardTx.WithLabelValues(o, n)
+		}
+	}
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid,
-		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered)
+		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused)
 	return m
 }

@@ -20,7 +20,7 @@ const (
 // EnsureBrownieDatabase makes the running primary hold the Brownie metadata
 // database: it applies deploy/sql/00_roles.sql in database postgres, creates
 // database brownie_metadata owned by BrownieRole if it is missing, and applies
-// deploy/sql/01_schema.sql and 02_sidecar.sql in it. It is idempotent. It fails on a replica,
+// deploy/sql/01_schema.sql, 02_sidecar.sql and 03_sharded.sql in it. It is idempotent. It fails on a replica,
 // which receives the schema through replication.
 func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 	if c.IsReplica() {
@@ -29,7 +29,8 @@ func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 	roles, ok1 := schemasql.Lookup(schemasql.RolesFile)
 	schema, ok2 := schemasql.Lookup(schemasql.SchemaFile)
 	sidecar, ok3 := schemasql.Lookup(schemasql.SidecarFile)
-	if !ok1 || !ok2 || !ok3 {
+	sharded, ok4 := schemasql.Lookup(schemasql.ShardedFile)
+	if !ok1 || !ok2 || !ok3 || !ok4 {
 		return errors.New("pgcluster: embedded schema files are missing")
 	}
 	if _, err := c.Exec(ctx, "postgres", roles.SQL); err != nil {
@@ -48,7 +49,7 @@ func (c *Cluster) EnsureBrownieDatabase(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, f := range []schemasql.File{schema, sidecar} {
+	for _, f := range []schemasql.File{schema, sidecar, sharded} {
 		if _, err := c.Exec(ctx, BrownieDatabase, f.SQL); err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}

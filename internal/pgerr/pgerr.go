@@ -43,6 +43,7 @@ const (
 	TransactionRollback     Code = "40000" // a write spanning shards was rolled back by the two-phase recovery
 	UndefinedTable          Code = "42P01"
 	ProgramLimitExceeded    Code = "54000" // a statement too large to route
+	DataCorrupted           Code = "XX001" // replicated tables differ between shards
 )
 
 // Class returns the two-character SQLSTATE class, or "" for a malformed code.

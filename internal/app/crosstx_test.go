@@ -1,0 +1,279 @@
+package app
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestTransactionsSpanningShards runs client transactions that need both
+// shards: writes on two shards and to replicated tables commit together
+// (two-phase) or not at all, savepoints apply to every shard (also to one
+// joining after the savepoint), a failed statement fails the whole
+// transaction, a departing client leaves nothing behind, and DDL runs on
+// every shard atomically.
+func TestTransactionsSpanningShards(t *testing.T) {
+	e := startRouting(t)
+	ctx := context.Background()
+	a, b := e.teamOn(t, "shard-0"), e.teamOn(t, "shard-1")
+	items := func(shard string) string {
+		return e.direct(t, shard, "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM items WHERE id >= 5000")
+	}
+	dir := func(shard string) string {
+		return e.direct(t, shard, "SELECT coalesce(string_agg(id || '=' || name, ',' ORDER BY id), '') FROM dir")
+	}
+	expect := func(t *testing.T, what, want0, want1 string) {
+		t.Helper()
+		if got0, got1 := items("shard-0"), items("shard-1"); got0 != want0 || got1 != want1 {
+			t.Errorf("%s: items %q on shard-0 and %q on shard-1, want %q and %q", what, got0, got1, want0, want1)
+		}
+	}
+	sameDir := func(t *testing.T, want string) {
+		t.Helper()
+		if d0, d1 := dir("shard-0"), dir("shard-1"); d0 != want || d1 != want {
+			t.Errorf("replicated table dir: %q on shard-0, %q on shard-1, want %q on both", d0, d1, want)
+		}
+	}
+	nonePrepared := func(t *testing.T) {
+		t.Helper()
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			if n := e.direct(t, shard, "SELECT count(*) FROM pg_prepared_xacts"); n != "0" {
+				t.Errorf("%s holds %s prepared transactions, want 0", shard, n)
+			}
+		}
+	}
+	exec := func(t *testing.T, q pgx.Tx, sql string, args ...any) {
+		t.Helper()
+		if _, err := q.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	conn := e.sc.connect(t, "")
+
+	t.Run("WritesOnTwoShardsAndReplicatedTablesCommitTogether", func(t *testing.T) {
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+			id := 5000
+			if mode == pgx.QueryExecModeSimpleProtocol {
+				id = 5010
+			}
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exec(t, tx, "INSERT INTO dir (id, name) VALUES ($1, 'signup')", mode, id)
+			exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, $2)", mode, a, id)
+			exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, $2)", mode, b, id+1)
+			var n int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM dir WHERE id = $1", mode, id).Scan(&n); err != nil || n != 1 {
+				t.Errorf("the transaction reads its own replicated write: %d, %v", n, err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatalf("commit (%v): %v", mode, err)
+			}
+		}
+		expect(t, "after two commits", "5000,5010", "5001,5011")
+		sameDir(t, "1=one,2=two,5000=signup,5010=signup")
+		nonePrepared(t)
+		_, body := e.sc.get(t, "/metrics")
+		if !strings.Contains(body, `brownie_sidecar_cross_shard_transactions_total{outcome="committed",shards="2"} 2`) {
+			t.Errorf("metrics lack two committed cross-shard transactions:\n%s", grepLines(body, "cross_shard"))
+		}
+	})
+
+	t.Run("RollbackAndFailuresLeaveNoShardChanged", func(t *testing.T) {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5100)", a)
+		exec(t, tx, "UPDATE dir SET name = 'gone' WHERE id = 1")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5101)", b)
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// A failed statement fails the transaction; COMMIT rolls it back.
+		tx, err = conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5102)", a)
+		exec(t, tx, "INSERT INTO dir (id, name) VALUES (5102, 'x')")
+		if _, err := tx.Exec(ctx, "INSERT INTO items (team_id, id) VALUES ($1, 1/0)", b); pgErrCode(err) != "22012" {
+			t.Errorf("division by zero on shard-1: %v, want 22012", err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); pgErrCode(err) != "25P02" {
+			t.Errorf("a statement after the failure: %v, want 25P02", err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO items (team_id, id) VALUES ($1, 5103)", a); pgErrCode(err) != "25P02" {
+			t.Errorf("a keyed statement after the failure: %v, want 25P02", err)
+		}
+		if err := tx.Commit(ctx); err == nil || !strings.Contains(err.Error(), "rollback") {
+			t.Errorf("commit of a failed transaction: %v, want pgx's rollback error", err)
+		}
+		expect(t, "after a rollback and a failed transaction", "5000,5010", "5001,5011")
+		sameDir(t, "1=one,2=two,5000=signup,5010=signup")
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			t.Errorf("the session after the failed transaction: %v", err)
+		}
+	})
+
+	t.Run("SavepointsApplyToEveryShard", func(t *testing.T) {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5200)", a)
+		// shard-1 joins after the savepoint: rolling back to it undoes its
+		// work too.
+		exec(t, tx, "SAVEPOINT s1")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5201)", b)
+		exec(t, tx, "ROLLBACK TO SAVEPOINT s1")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5203)", b)
+		exec(t, tx, "SAVEPOINT s2")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5204)", a)
+		// A failure inside a savepoint is undone by rolling back to it.
+		if _, err := tx.Exec(ctx, "INSERT INTO dir (id, name) VALUES (1, 'dup')"); pgErrCode(err) != "23505" {
+			t.Errorf("duplicate key: %v, want 23505", err)
+		}
+		exec(t, tx, "ROLLBACK TO SAVEPOINT s2")
+		exec(t, tx, "RELEASE SAVEPOINT s1")
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, "after savepoints", "5000,5010,5200", "5001,5011,5203")
+		nonePrepared(t)
+	})
+
+	t.Run("ATransactionThatOnlyReadReplicatedTablesMovesToItsShard", func(t *testing.T) {
+		moved := func() float64 {
+			_, body := e.sc.get(t, "/metrics")
+			v, _ := metricValue(body, `brownie_sidecar_cross_shard_transactions_total{outcome="moved",shards="1"}`)
+			return v
+		}
+		before := moved()
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		if err := tx.QueryRow(ctx, "SELECT name FROM dir WHERE id = $1", 1).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5300)", b)
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5301)", b)
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The lookup ran on shard-0 (the first healthy shard); the team's
+		// statements then needed shard-1: the transaction moved there.
+		if m := moved(); m != before+1 {
+			t.Errorf("moved transactions went from %v to %v, want one more", before, m)
+		}
+		expect(t, "after a moved transaction", "5000,5010,5200", "5001,5011,5203,5300,5301")
+	})
+
+	t.Run("ADepartingClientLeavesNothing", func(t *testing.T) {
+		c := e.sc.connect(t, "")
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5400)", a)
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5401)", b)
+		exec(t, tx, "INSERT INTO dir (id, name) VALUES (5400, 'left')")
+		c.Close(ctx)
+		waitFor(t, 10*time.Second, "the departed client's rows to stay away and its locks to go", func() bool {
+			var n int
+			err := conn.QueryRow(ctx, "SELECT count(*) FROM items WHERE id = 5400 AND team_id = $1", a).Scan(&n)
+			return err == nil && n == 0 && e.direct(t, "shard-0", "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted AND pid <> pg_backend_pid() AND pid IN (SELECT pid FROM pg_stat_activity WHERE state LIKE 'idle in transaction%')") == "0"
+		})
+		expect(t, "after a client left mid-transaction", "5000,5010,5200", "5001,5011,5203,5300,5301")
+		sameDir(t, "1=one,2=two,5000=signup,5010=signup")
+		// The same key again: no lock is left held.
+		tx, err = conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO dir (id, name) VALUES (5400, 'again')")
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("SchemaChangesRunOnEveryShardAtomically", func(t *testing.T) {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "CREATE TABLE ddl_one (id int PRIMARY KEY)")
+		exec(t, tx, "ALTER TABLE ddl_one ADD COLUMN note text")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5500)", b)
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			if got := e.direct(t, shard, "SELECT count(*) FROM information_schema.columns WHERE (table_name = 'ddl_one' AND column_name = 'id') OR (table_name = 'ddl_one' AND column_name = 'note')"); got != "2" {
+				t.Errorf("%s: %s of the 2 new columns, want 2", shard, got)
+			}
+		}
+		// A statement failing on one shard leaves no shard changed.
+		if _, err := e.primary("shard-1").Primary.Exec(ctx, "brownie_metadata", `CREATE TABLE ddl_clash (id int); GRANT ALL ON ddl_clash TO "brownie-fastapi-server"`); err != nil {
+			t.Fatal(err)
+		}
+		tx, err = conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "CREATE TABLE ddl_two (id int)")
+		if _, err := tx.Exec(ctx, "CREATE TABLE ddl_clash (id int)"); pgErrCode(err) != "42P07" {
+			t.Errorf("a table that exists on shard-1: %v, want 42P07", err)
+		}
+		_ = tx.Rollback(ctx)
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			if got := e.direct(t, shard, "SELECT count(*) FROM pg_tables WHERE tablename = 'ddl_two' OR (tablename = 'ddl_clash' AND '"+shard+"' = 'shard-0')"); got != "0" {
+				t.Errorf("%s: the failed migration left %s tables, want 0", shard, got)
+			}
+		}
+		// Outside a transaction: all-or-nothing too (two-phase), and
+		// statements that cannot run in a transaction run shard by shard.
+		if _, err := conn.Exec(ctx, "CREATE TABLE ddl_clash (id int)"); pgErrCode(err) != "42P07" {
+			t.Errorf("autocommit DDL failing on shard-1: %v, want 42P07", err)
+		}
+		if got := e.direct(t, "shard-0", "SELECT count(*) FROM pg_tables WHERE tablename = 'ddl_clash'"); got != "0" {
+			t.Errorf("autocommit DDL that failed on shard-1 created the table on shard-0")
+		}
+		if _, err := conn.Exec(ctx, "CREATE INDEX CONCURRENTLY ddl_one_note ON ddl_one (note)"); err != nil {
+			t.Errorf("CREATE INDEX CONCURRENTLY on every shard: %v", err)
+		}
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			if got := e.direct(t, shard, "SELECT count(*) FROM pg_indexes WHERE indexname = 'ddl_one_note'"); got != "1" {
+				t.Errorf("%s has %s index ddl_one_note, want 1", shard, got)
+			}
+		}
+		_, err = conn.Exec(ctx, "CREATE INDEX CONCURRENTLY ddl_one_note ON ddl_one (note)")
+		if pgErrCode(err) != "42P07" || !strings.Contains(err.Error(), "shard-0") {
+			t.Errorf("CREATE INDEX CONCURRENTLY that fails: %v, want 42P07 naming the shards", err)
+		}
+		nonePrepared(t)
+	})
+
+	t.Run("ReplicatedRowsThatDifferAreNotWrittenOver", func(t *testing.T) {
+		if _, err := e.primary("shard-1").Primary.Exec(ctx, "brownie_metadata", "DELETE FROM dir WHERE id = 5010"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := conn.Exec(ctx, "UPDATE dir SET name = 'renamed' WHERE id = 5010")
+		if pgErrCode(err) != "XX001" {
+			t.Errorf("update of a replicated row missing on shard-1: %v, want XX001", err)
+		}
+		if got := dir("shard-0"); !strings.Contains(got, "5010=signup") {
+			t.Errorf("shard-0's copy was changed: %s", got)
+		}
+	})
+
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
