@@ -24,7 +24,9 @@ type fanPlan struct {
 	// noTxBlock: Postgres refuses the statement inside a transaction
 	// block (VACUUM, CREATE INDEX CONCURRENTLY…); it runs shard by shard.
 	noTxBlock bool
-	explain   string
+	// ddl: the statement changes the schema (not replicated rows).
+	ddl     bool
+	explain string
 }
 
 // joins reports whether a statement planned as q may join a fan-out
@@ -91,6 +93,7 @@ type fanLeg struct {
 	prepared bool // its part of a two-phase commit is prepared
 	status   byte
 	tx       *txLeg // the transaction's leg, in a crossTx request
+	nowSet   bool   // brownie.now is queued on it (pintime.go)
 }
 
 // fanItem is one client message of the request.
@@ -123,7 +126,11 @@ func (ss *session) fanOutMessage(typ byte, n int, body []byte, plan *fanPlan) er
 		return ss.endFanOut(err)
 	}
 	if typ == 'Q' {
-		f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'Q', n), body...) })
+		sql, err := f.pinTime(string(body[:len(body)-1]))
+		if err != nil {
+			f.queueError(pgerr.From(err))
+		}
+		f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
 		return ss.endFanOut(f.run())
 	}
 	ss.fan = f
@@ -371,6 +378,13 @@ func (f *fanOut) bind(n int, body []byte, plan *fanPlan) error {
 		f.plan.readOnly = false
 	}
 	def := ss.stmtNamed(name)
+	if def != nil && f.pinning() {
+		var err error
+		if def, err = f.pinnedDef(def); err != nil {
+			f.queueError(pgerr.From(err))
+			return nil
+		}
+	}
 	f.add(fanItem{typ: 'B'}, func(l *fanLeg) {
 		if def == nil { // unknown: let the server say so
 			l.out = append(wire.AppendHeader(l.out, 'B', n), body...)

@@ -238,7 +238,8 @@ func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *anal
 		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
 		return ss.refusal(e)
 	}
-	plan := &fanPlan{readOnly: d.ReadOnly, broadcast: d.Broadcast, noTxBlock: a != nil && a.noTxBlock, explain: d.Explain()}
+	plan := &fanPlan{readOnly: d.ReadOnly, broadcast: d.Broadcast, ddl: d.Reason == router.ReasonSchemaChange,
+		noTxBlock: a != nil && a.noTxBlock, explain: d.Explain()}
 	for _, shard := range d.Shards {
 		t, ok := ss.targetFor(shard, d)
 		if !ok {

@@ -66,6 +66,7 @@ type Server struct {
 	listeners []net.Listener
 	analyzer  *analyzer
 	health    *health
+	catalog   columnCache // replicated tables' columns, for pinning the time of their writes
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID

@@ -22,6 +22,9 @@ type stmtDef struct {
 	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
 	// it runs the refusal instead.
 	poison bool
+	// pinned is the statement's rewrite for writes to replicated tables
+	// (pintime.go); set by the session goroutine of the client owning def.
+	pinned *pinnedStmt
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {

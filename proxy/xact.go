@@ -39,6 +39,9 @@ type crossTx struct {
 	// savepoint) every statement gets 25P02, and COMMIT rolls back.
 	failed bool
 	start  time.Time
+	// now is the transaction's brownie.now, set on its legs at its first
+	// write to replicated tables (pintime.go); "" until then.
+	now string
 }
 
 // txLeg is the transaction's connection to one shard's primary.
@@ -46,6 +49,7 @@ type txLeg struct {
 	c     *pool.Conn[*upstream]
 	shard string
 	wrote bool // a statement that may write ran on it
+	now   bool // brownie.now is set on it (pintime.go)
 }
 
 // txStmt is a statement a leg opened later replays.
@@ -417,6 +421,9 @@ func (ss *session) crossQuery(n int, body []byte, a *analysis, r *routeResult) e
 	if err != nil {
 		return ss.crossFailed(err)
 	}
+	if sql, err = f.pinTime(sql); err != nil {
+		f.queueError(pgerr.From(err))
+	}
 	f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
 	return ss.endFanOut(f.run())
 }
@@ -486,6 +493,14 @@ func (ss *session) crossControl(a *analysis, sql string) (failed bool, err error
 	}
 	if !f.failed {
 		xt.replay = recordTxStmt(xt.replay, a, sql)
+		if xt.now != "" && !slices.ContainsFunc(xt.replay, func(s txStmt) bool { return strings.HasPrefix(s.sql, "SET LOCAL "+router.NowSetting) }) {
+			// Rolled back to before the first write to replicated tables:
+			// the next one sets brownie.now again.
+			xt.now = ""
+			for _, l := range xt.legs {
+				l.now = false
+			}
+		}
 	}
 	ss.txStatus = xt.status()
 	ss.mu.Unlock()

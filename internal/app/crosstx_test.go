@@ -260,6 +260,67 @@ func TestTransactionsSpanningShards(t *testing.T) {
 		nonePrepared(t)
 	})
 
+	t.Run("ReplicatedRowsGetTheSameTimeOnEveryShard", func(t *testing.T) {
+		stamps := func(shard string) string {
+			return e.direct(t, shard, "SELECT string_agg(id || ':' || coalesce(note, '') || ':' || created_at || ':' || updated_at || ':' || day, ',' ORDER BY id) FROM stamps")
+		}
+		// In a transaction spanning shards, with the extended protocol (a
+		// prepared statement) and the simple one; a savepoint rolled back
+		// past the first write; then outside any transaction.
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5600)", b)
+		exec(t, tx, "SAVEPOINT before_stamps")
+		exec(t, tx, "INSERT INTO stamps (id) VALUES ($1)", 1)
+		exec(t, tx, "ROLLBACK TO SAVEPOINT before_stamps")
+		exec(t, tx, "INSERT INTO stamps (id, note) VALUES ($1, $2)", 1, "ext")
+		exec(t, tx, "INSERT INTO stamps (id, note) VALUES (2, 'simple')")
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5601)", a)
+		var first, second time.Time
+		if err := tx.QueryRow(ctx, "SELECT created_at FROM stamps WHERE id = 1").Scan(&first); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO stamps (id, note) VALUES ($1, 'autocommit')", 3); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "UPDATE stamps SET updated_at = now(), note = note || '!' WHERE id = $1", 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT created_at FROM stamps WHERE id = 2").Scan(&second); err != nil {
+			t.Fatal(err)
+		}
+		if !first.Equal(second) {
+			t.Errorf("two rows of one transaction got created_at %v and %v, want one time (now() is the transaction's)", first, second)
+		}
+		s0, s1 := stamps("shard-0"), stamps("shard-1")
+		if s0 != s1 || strings.Count(s0, ",") != 2 {
+			t.Errorf("replicated rows differ between shards or are missing:\nshard-0 %s\nshard-1 %s", s0, s1)
+		}
+		// A default each shard would evaluate on its own is refused.
+		if _, err := e.primary("shard-0").Primary.Exec(ctx, "brownie_metadata", "ALTER TABLE stamps ALTER COLUMN note SET DEFAULT md5(random()::text)"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.primary("shard-1").Primary.Exec(ctx, "brownie_metadata", "ALTER TABLE stamps ALTER COLUMN note SET DEFAULT md5(random()::text)"); err != nil {
+			t.Fatal(err)
+		}
+		// A schema change through the sidecar clears its column cache.
+		if _, err := conn.Exec(ctx, "ALTER TABLE stamps ALTER COLUMN day SET DEFAULT '2020-01-01'"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(ctx, "INSERT INTO stamps (id) VALUES (4)")
+		if pgErrCode(err) != "0A000" || !strings.Contains(err.Error(), "note") {
+			t.Errorf("an INSERT leaving a random default to each shard: %v, want 0A000 naming the column", err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO stamps (id, note) VALUES (4, 'given')"); err != nil {
+			t.Errorf("the same INSERT with the value given: %v", err)
+		}
+	})
+
 	t.Run("ReplicatedRowsThatDifferAreNotWrittenOver", func(t *testing.T) {
 		if _, err := e.primary("shard-1").Primary.Exec(ctx, "brownie_metadata", "DELETE FROM dir WHERE id = 5010"); err != nil {
 			t.Fatal(err)

@@ -30,8 +30,10 @@ CREATE TABLE events (team_id uuid NOT NULL, id bigint NOT NULL);
 CREATE TABLE logs   (team_id uuid, id bigint NOT NULL);
 CREATE TABLE teams2 (id uuid PRIMARY KEY, name text NOT NULL);
 CREATE TABLE dir    (id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE stamps (id int PRIMARY KEY, note text, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz DEFAULT CURRENT_TIMESTAMP, day date DEFAULT current_date);
 INSERT INTO dir VALUES (1, 'one'), (2, 'two');
-GRANT ALL ON items, events, logs, teams2, dir TO "brownie-fastapi-server";
+GRANT ALL ON items, events, logs, teams2, dir, stamps TO "brownie-fastapi-server";
+ALTER TABLE stamps OWNER TO "brownie-fastapi-server";
 `
 
 // routingMap is the shard map of the routing tests; %s are the hosts, then
@@ -53,6 +55,7 @@ tables:
   logs:   {sharded_by: team_id, keyless: default, default_shard: shard-1, null_shard: shard-1}
   teams2: {sharded_by: id, keyless: reject}
   dir: replicated
+  stamps: replicated
 overrides: {%s}
 `, h(srv.Shards[0].Primary.Port()), h(srv.Shards[0].Replica.Port()),
 		h(srv.Shards[1].Primary.Port()), h(srv.Shards[1].Replica.Port()), overrides)

@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+// A write to replicated tables runs on every shard, and each shard would
+// evaluate now() (and defaults calling it) at its own transaction start:
+// the copies of a row would differ. router.PinTime rewrites such writes
+// to read the transaction-local setting brownie.now instead, and the
+// request sets it, to one value, on every shard first. The value is the
+// time of the transaction's first such write; within a transaction it
+// stays the same, as now() does.
+
+// columnCache holds the columns of the tables written by replicated
+// writes, read from the catalog of the shard answering the request, so
+// that INSERTs can be given their time-dependent defaults. Schema
+// changes run through the sidecar clear it. Safe for concurrent use.
+type columnCache struct {
+	mu     sync.Mutex
+	tables map[string][]router.Column
+	gen    uint64 // grows at every clear
+}
+
+func (c *columnCache) get(table string) ([]router.Column, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cols, ok := c.tables[table]
+	return cols, c.gen, ok
+}
+
+func (c *columnCache) put(table string, cols []router.Column, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return // a schema change came in between
+	}
+	if c.tables == nil {
+		c.tables = map[string][]router.Column{}
+	}
+	c.tables[table] = cols
+}
+
+func (c *columnCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tables = nil
+	c.gen++
+}
+
+// generation is the cache's current generation.
+func (c *columnCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// columnsSQL reads a table's columns and defaults in order.
+const columnsSQL = `SELECT a.attname, coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`
+
+// pinning reports whether the request writes replicated tables (and so
+// needs its time pinned).
+func (f *fanOut) pinning() bool {
+	return f.plan.broadcast && !f.plan.readOnly && !f.plan.ddl && len(f.legs) > 1
+}
+
+// columns returns a table's columns from the cache, or from the catalog
+// of the request's first leg. Called before the request is sent.
+func (f *fanOut) columns(table string) ([]router.Column, bool) {
+	cache := &f.ss.srv.catalog
+	cols, gen, ok := cache.get(table)
+	if ok {
+		return cols, cols != nil
+	}
+	err := f.legs[0].u.exec(fmt.Sprintf(columnsSQL, quoteLiteral(table)), func(row [][]byte) {
+		if len(row) == 2 {
+			cols = append(cols, router.Column{Name: string(row[0]), Default: string(row[1])})
+		}
+	})
+	if err != nil {
+		return nil, false
+	}
+	cache.put(table, cols, gen)
+	return cols, cols != nil
+}
+
+// pinTime rewrites sql when the request writes replicated tables, and
+// queues, on every leg that lacks it, the setting the rewritten text
+// reads. A schema change clears the column cache instead.
+func (f *fanOut) pinTime(sql string) (string, error) {
+	if f.plan.ddl {
+		f.ss.srv.catalog.clear()
+	}
+	if !f.pinning() {
+		return sql, nil
+	}
+	out, changed, err := router.PinTime(sql, f.columns)
+	if err != nil || !changed {
+		return sql, err
+	}
+	f.setNow()
+	return out, nil
+}
+
+// pinnedDef returns the statement to prepare for def in a request that
+// writes replicated tables: def itself, or its pinned rewrite (cached on
+// def), with the setting queued as pinTime does.
+func (f *fanOut) pinnedDef(def *stmtDef) (*stmtDef, error) {
+	gen := f.ss.srv.catalog.generation()
+	if p := def.pinned; p != nil && p.gen == gen {
+		if p.def != nil {
+			f.setNow()
+			return p.def, nil
+		}
+		return def, nil
+	}
+	out, changed, err := router.PinTime(def.query, f.columns)
+	if err != nil {
+		return nil, err
+	}
+	p := &pinnedStmt{gen: gen}
+	if changed {
+		p.def = newStmtDef(out, def.oids, def.a)
+		f.setNow()
+	}
+	def.pinned = p
+	if p.def != nil {
+		return p.def, nil
+	}
+	return def, nil
+}
+
+// pinnedStmt is a statement's rewrite for replicated writes (nil def:
+// none needed), valid for one generation of the column cache.
+type pinnedStmt struct {
+	def *stmtDef
+	gen uint64
+}
+
+// setNow queues SET LOCAL brownie.now on every leg that lacks it: once
+// per transaction spanning shards (kept for legs opened later), or in
+// the wrapping transaction of a write outside one.
+func (f *fanOut) setNow() {
+	now := ""
+	if f.xt != nil {
+		if f.xt.now == "" {
+			f.xt.now = time.Now().UTC().Format("2006-01-02 15:04:05.999999+00")
+			sql := "SET LOCAL " + router.NowSetting + " = " + quoteLiteral(f.xt.now)
+			f.xt.replay = append(f.xt.replay, txStmt{sql: sql})
+		}
+		now = f.xt.now
+	} else {
+		now = time.Now().UTC().Format("2006-01-02 15:04:05.999999+00")
+	}
+	sql := "SET LOCAL " + router.NowSetting + " = " + quoteLiteral(now)
+	for _, l := range f.legs {
+		if l.tx != nil && l.tx.now {
+			continue
+		}
+		if l.tx != nil {
+			l.tx.now = true
+		}
+		if l.nowSet {
+			continue
+		}
+		l.nowSet = true
+		l.out = appendQuery(l.out, sql)
+		l.exp = append(l.exp, expectation{kind: expQueryInjected})
+	}
+}
