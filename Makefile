@@ -25,11 +25,12 @@ build:
 
 # deps installs the Postgres server and client tools the tests and the dev
 # stack run (initdb, pg_ctl, pg_basebackup, psql, pgbench), plus the Python
-# drivers used by driver-compatibility tests.
+# drivers and tools of the driver-compatibility tests: psycopg 3, psycopg2,
+# SQLAlchemy and Alembic (the API replay and Alembic tests).
 deps:
-	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null || ! /usr/bin/python3 -c 'import psycopg' 2>/dev/null; then \
-		echo "installing PostgreSQL and psycopg 3"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg >/dev/null; \
+	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null || ! /usr/bin/python3 -c 'import psycopg, psycopg2, sqlalchemy, alembic' 2>/dev/null; then \
+		echo "installing PostgreSQL, psycopg 3, psycopg2, SQLAlchemy and Alembic"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg python3-psycopg2 python3-sqlalchemy python3-alembic >/dev/null; \
 	fi
 
 # deps-backup installs the storage servers the backup tests run against:
