@@ -44,26 +44,19 @@ func (p *fanPlan) joins(q *fanPlan) bool {
 // request to every leg, then reads the legs' answers message by message,
 // leg after leg in shard-map order, streaming rows to the client as they
 // come and merging the rest: one RowDescription, one command tag counting
-// every shard's rows, the first error. Rows are concatenated, not merged:
-// ORDER BY, LIMIT and aggregates apply per shard.
+// every shard's rows, the first error.
 //
 // A write outside any transaction runs on every leg inside its own BEGIN
 // and is committed, in two phases (twophase.go), only when every leg
-// succeeded; else it is rolled back everywhere. In a transaction, only
-// reads fan out: the shard the transaction runs on answers on the
-// transaction's connection (seeing its uncommitted writes), the others on
-// connections of their own.
+// succeeded; else it is rolled back everywhere. Inside a transaction the
+// request runs on the transaction's legs (xt, see crossTx), which it
+// leaves open.
 type fanOut struct {
 	ss    *session
 	plan  *fanPlan
 	legs  []*fanLeg
 	items []fanItem // messages whose answers are still to read, in order
 	wrap  bool      // a write outside a transaction: BEGIN … COMMIT on every leg
-	// txConn is the connection of the client's open transaction, detached
-	// for the request and attached again after it; txLeg is its leg when
-	// its shard is in the plan.
-	txConn *pool.Conn[*upstream]
-	txLeg  *fanLeg
 	// skipRest: an error was queued in the request, so later messages are
 	// not sent (the server would skip them up to Sync). failed: an error
 	// reached the client; answers up to ReadyForQuery are dropped.
@@ -141,9 +134,9 @@ func (ss *session) fanOutMessage(typ byte, n int, body []byte, plan *fanPlan) er
 	return nil
 }
 
-// beginFanOut waits until nothing is in flight, takes the session's
-// transaction connection (if any) out of the relay, and takes a connection
-// for every shard of plan.
+// beginFanOut parks the session's idle upstream (if any) and takes a
+// connection for every shard of plan, for a request outside any
+// transaction (inside one, crossRequest serves it).
 func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 	f := &fanOut{ss: ss, plan: plan, start: time.Now()}
 	ss.mu.Lock()
@@ -166,37 +159,22 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 			ss.cond.Wait()
 			continue
 		}
-		f.txConn = ss.stopRelayLocked()
-		if f.txConn == nil {
-			ss.mu.Unlock()
-			return nil, ss.sessionError(pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream lost"))
-		}
-		break
+		ss.mu.Unlock()
+		return nil, pgerr.Errorf(pgerr.InternalError, "a request spanning shards outside a transaction found the session in one")
 	}
 	ss.fanning = true
-	inTx := f.txConn != nil || len(ss.deferred) > 0
 	ss.mu.Unlock()
-	f.wrap = !plan.readOnly && !inTx
-	if f.txConn != nil && f.txConn.Value.txStatus == 'E' {
-		f.queueError(errInFailedTx) // as Postgres answers in a failed transaction
-		return f, nil
-	}
+	f.wrap = !plan.readOnly
 	for _, t := range plan.targets {
-		l := &fanLeg{}
-		if f.txConn != nil && f.txConn.Value.target.Shard == t.Shard {
-			l.c, f.txLeg = f.txConn, l
-		} else {
-			c, err := ss.takeConn(t)
-			if err != nil {
-				for _, l := range f.legs { // unused: still idle
-					l.done, l.status = true, 'I'
-				}
-				f.release()
-				return nil, ss.sessionError(err)
+		c, err := ss.takeConn(t)
+		if err != nil {
+			for _, l := range f.legs { // unused: still idle
+				l.done, l.status = true, 'I'
 			}
-			l.c = c
+			f.release()
+			return nil, ss.sessionError(err)
 		}
-		l.u = l.c.Value
+		l := &fanLeg{c: c, u: c.Value}
 		if f.wrap {
 			l.out = appendQuery(l.out, "BEGIN")
 			l.exp = append(l.exp, expectation{kind: expQueryInjected})
@@ -505,18 +483,12 @@ func (f *fanOut) run() (err error) {
 }
 
 // settle answers ReadyForQuery and gives the legs back: connections of
-// their own to their pools (or parked, for a session with state), the
-// transaction's connection to the relay. A failure inside a transaction
-// aborts it upstream, as the client now expects.
+// their own to their pools (or parked, for a session with state); a
+// transaction's legs stay with it, failed when the request failed.
 func (f *fanOut) settle() {
 	ss := f.ss
 	status := byte('I')
-	ss.mu.Lock()
-	deferred := len(ss.deferred) > 0
-	ss.mu.Unlock()
-	tx := f.txConn
-	switch {
-	case f.xt != nil:
+	if f.xt != nil {
 		if f.failed {
 			f.xt.failed = true
 		} else if !f.plan.readOnly {
@@ -528,27 +500,6 @@ func (f *fanOut) settle() {
 		ss.mu.Lock()
 		ss.txStatus = status
 		ss.mu.Unlock()
-	case tx != nil:
-		if f.failed && tx.Value.txStatus == 'T' {
-			f.abort(tx.Value)
-		}
-		status = tx.Value.txStatus
-	case deferred && f.failed && len(f.legs) > 0 && f.legs[0].status == 'I':
-		// The transaction the sidecar deferred failed: start it on the
-		// first leg and abort it there, so what follows sees it failed.
-		tx, f.txConn = f.legs[0].c, f.legs[0].c
-		f.legs[0].c = nil
-		ss.mu.Lock()
-		qs := ss.deferred
-		ss.deferred = nil
-		ss.mu.Unlock()
-		for _, q := range qs {
-			_ = tx.Value.exec(q, nil)
-		}
-		f.abort(tx.Value)
-		status = tx.Value.txStatus
-	case deferred:
-		status = 'T'
 	}
 	if !f.clientGone {
 		w := &ss.cw
@@ -562,41 +513,20 @@ func (f *fanOut) settle() {
 	f.release()
 }
 
-// abort puts the transaction on u in the failed state with the request's
-// first error, as a failed statement of the transaction would.
-func (f *fanOut) abort(u *upstream) {
-	e := pgerr.Errorf(pgerr.InFailedSQLTransaction, "a statement spanning shards failed")
-	if f.firstErr != nil {
-		e = upstreamError(f.firstErr)
-	}
-	_ = u.exec(raiseStatement(e), nil)
-}
-
-// release gives back every leg's connection and attaches the transaction
-// connection again.
+// release gives back every leg's connection but a transaction's.
 func (f *fanOut) release() {
 	ss := f.ss
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, l := range f.legs {
 		switch {
-		case l.c == nil || l.c == f.txConn || l.tx != nil: // the transaction's legs stay with it
+		case l.c == nil || l.tx != nil: // the transaction's legs stay with it
 		case l.done && l.status == 'I' && !l.broken:
 			ss.keepLocked(l.c)
 		default:
 			l.c.Destroy()
 		}
 		l.c = nil
-	}
-	if f.txConn != nil {
-		if ss.ended {
-			ss.mu.Unlock()
-			f.txConn.Destroy()
-			ss.mu.Lock()
-		} else {
-			ss.startRelayLocked(f.txConn)
-		}
-		f.txConn = nil
 	}
 }
 
@@ -618,14 +548,10 @@ func (f *fanOut) destroy() {
 			l.c = nil
 			continue
 		}
-		if l.c != nil && l.c != f.txConn {
+		if l.c != nil {
 			l.c.Destroy()
 			l.c = nil
 		}
-	}
-	if f.txConn != nil {
-		f.txConn.Destroy()
-		f.txConn = nil
 	}
 	f.ss.mu.Lock()
 	f.ss.txStatus = 'I'
