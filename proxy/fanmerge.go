@@ -31,7 +31,7 @@ func (f *fanOut) answer(it fanItem) error {
 	case !it.sent:
 		return nil
 	case it.typ == 'Q':
-		return f.answerQuery()
+		return f.answerQuery(it)
 	case it.typ == 'S':
 		for _, l := range f.legs {
 			l.exp = nil // every earlier item is answered; the server skips the rest after an error
@@ -137,10 +137,16 @@ func answers(it fanItem) string {
 // answerQuery reads the answers to a simple Query, result by result: each
 // leg's next result (rows, then a command tag, an empty-query answer or an
 // error), merged, until every leg has answered ReadyForQuery.
-func (f *fanOut) answerQuery() error {
+func (f *fanOut) answerQuery(it fanItem) error {
+	if it.copyIn {
+		if err := f.copyIn(it.sql); err != nil {
+			return err
+		}
+	}
+	var copyOut *copyOptions // the COPY TO STDOUT being relayed
 	for {
 		var tags, others [][]byte
-		empty, described, copyRefused, active, legFailed := false, false, false, false, false
+		empty, described, copyRefused, active, legFailed, copyDone := false, false, false, false, false, false
 		for i, l := range f.legs {
 			if l.done {
 				continue
@@ -197,16 +203,36 @@ func (f *fanOut) answerQuery() error {
 					f.ready(l, body)
 					break result
 				case 'G', 'W':
-					// COPY FROM STDIN spanning shards: refuse it on the leg,
+					// A COPY FROM STDIN the sidecar did not expect (inside a
+					// query of several statements): refuse it on the leg,
 					// which then answers with an error.
-					msg := "COPY spanning shards is not supported"
-					fail := wire.AppendHeader(nil, 'f', len(msg)+1)
-					if err := f.write(l, append(append(fail, msg...), 0)); err != nil {
+					if err := f.write(l, copyFail("COPY spanning shards inside a query of several statements is not supported")); err != nil {
 						return err
 					}
 				case 'H':
-					copyRefused = true // COPY TO STDOUT: its data is dropped
-				case 'd', 'c':
+					// COPY TO STDOUT: the shards' rows one after the other;
+					// a header line comes from the first shard only.
+					switch {
+					case len(body) > 0 && body[0] == 1:
+						copyRefused = true // binary: shards' streams cannot be joined
+					case copyOut == nil:
+						o, _ := parseCopy(it.sql)
+						copyOut = &o
+						f.emit('H', body)
+						l.skipHeader = false
+					default:
+						l.skipHeader = copyOut.header
+					}
+				case 'd':
+					switch {
+					case copyRefused:
+					case l.skipHeader:
+						l.skipHeader = false
+					default:
+						f.emit('d', body)
+					}
+				case 'c':
+					copyDone = true
 				default:
 					return f.legLost(l, fmt.Errorf("unexpected message %q answering a query", typ))
 				}
@@ -220,10 +246,14 @@ func (f *fanOut) answerQuery() error {
 			f.sendError(nil)
 		case f.diverged(tags, others):
 		case copyRefused:
-			e := pgerr.Errorf(pgerr.FeatureNotSupported, "COPY spanning shards is not supported")
-			e.Hint = "copy from each shard (brownie:shard hint), or add the team key (team_id) to the statement"
+			e := pgerr.Errorf(pgerr.FeatureNotSupported, "binary COPY TO spanning shards is not supported")
+			e.Hint = "copy in text or CSV format, or from each shard (brownie:shard hint)"
+			f.ss.srv.metrics.Refused.WithLabelValues("copy").Inc()
 			f.sendError(e.Encode(nil)[5:])
 		case len(tags) > 0:
+			if copyDone {
+				f.emit('c', nil)
+			}
 			f.emit('C', mergeTags(tags))
 		case empty:
 			f.emit('I', nil)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
@@ -25,7 +26,9 @@ type fanPlan struct {
 	// block (VACUUM, CREATE INDEX CONCURRENTLY…); it runs shard by shard.
 	noTxBlock bool
 	// ddl: the statement changes the schema (not replicated rows).
-	ddl     bool
+	ddl bool
+	// copy, for COPY FROM STDIN into a sharded table, splits its rows.
+	copy    *router.CopySplit
 	explain string
 }
 
@@ -87,6 +90,9 @@ type fanLeg struct {
 	status   byte
 	tx       *txLeg // the transaction's leg, in a crossTx request
 	nowSet   bool   // brownie.now is queued on it (pintime.go)
+	// skipHeader: the leg's next CopyData is a COPY TO header line the
+	// first leg already sent.
+	skipHeader bool
 }
 
 // fanItem is one client message of the request.
@@ -95,6 +101,9 @@ type fanItem struct {
 	stmt bool         // Describe of a statement (answers 't' then 'T' or 'n')
 	sent bool         // sent to the legs (not skipped after an error)
 	err  *pgerr.Error // for 'x'
+	// sql is a Query's text; copyIn: it is a COPY FROM STDIN (fancopy.go).
+	sql    string
+	copyIn bool
 }
 
 // expFanItem marks, in a leg's expectations, the answer to the next item.
@@ -123,7 +132,7 @@ func (ss *session) fanOutMessage(typ byte, n int, body []byte, plan *fanPlan) er
 		if err != nil {
 			f.queueError(pgerr.From(err))
 		}
-		f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
+		f.addQuery(sql)
 		return ss.endFanOut(f.run())
 	}
 	ss.fan = f
@@ -216,6 +225,25 @@ func (f *fanOut) add(it fanItem, msg func(*fanLeg)) {
 		msg(l) // may queue injected Parse and Close expectations first
 		l.exp = append(l.exp, expectation{kind: expFanItem})
 	}
+}
+
+// addQuery queues a simple Query; a COPY FROM STDIN is marked for its
+// data phase.
+func (f *fanOut) addQuery(sql string) {
+	it := fanItem{typ: 'Q', sql: sql}
+	if o, ok := isCopy(sql); ok && o.from {
+		it.copyIn = true
+	}
+	f.add(it, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
+}
+
+// isCopy parses sql when it starts with COPY.
+func isCopy(sql string) (copyOptions, bool) {
+	t := strings.TrimLeft(sql, " \t\r\n")
+	if len(t) < 4 || !strings.EqualFold(t[:4], "copy") {
+		return copyOptions{}, false
+	}
+	return parseCopy(sql)
 }
 
 // queueError queues a sidecar error at this point of the request: later
@@ -356,6 +384,15 @@ func (f *fanOut) bind(n int, body []byte, plan *fanPlan) error {
 		f.plan.readOnly = false
 	}
 	def := ss.stmtNamed(name)
+	if def != nil {
+		if _, ok := isCopy(def.query); ok {
+			e := pgerr.Errorf(pgerr.FeatureNotSupported, "COPY spanning shards with the extended protocol is not supported")
+			e.Hint = "send COPY as a simple query"
+			ss.srv.metrics.Refused.WithLabelValues("copy").Inc()
+			f.queueError(e)
+			return nil
+		}
+	}
 	if def != nil && f.pinning() {
 		var err error
 		if def, err = f.pinnedDef(def); err != nil {

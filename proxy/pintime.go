@@ -97,6 +97,14 @@ func (f *fanOut) pinTime(sql string) (string, error) {
 	if f.plan.ddl {
 		f.ss.srv.catalog.clear()
 	}
+	if f.plan.copy != nil {
+		// The columns of a COPY without a column list are read now: once
+		// the COPY runs, the legs are busy.
+		if o, ok := isCopy(sql); ok && o.columns == nil {
+			f.columns(o.table)
+		}
+		return sql, nil
+	}
 	if !f.pinning() {
 		return sql, nil
 	}

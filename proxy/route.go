@@ -239,7 +239,7 @@ func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *anal
 		return ss.refusal(e)
 	}
 	plan := &fanPlan{readOnly: d.ReadOnly, broadcast: d.Broadcast, ddl: d.Reason == router.ReasonSchemaChange,
-		noTxBlock: a != nil && a.noTxBlock, explain: d.Explain()}
+		noTxBlock: a != nil && a.noTxBlock, copy: d.Copy, explain: d.Explain()}
 	for _, shard := range d.Shards {
 		t, ok := ss.targetFor(shard, d)
 		if !ok {

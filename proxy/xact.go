@@ -424,7 +424,7 @@ func (ss *session) crossQuery(n int, body []byte, a *analysis, r *routeResult) e
 	if sql, err = f.pinTime(sql); err != nil {
 		f.queueError(pgerr.From(err))
 	}
-	f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
+	f.addQuery(sql)
 	return ss.endFanOut(f.run())
 }
 

@@ -37,6 +37,10 @@ type StmtPlan struct {
 
 	setHints []setHint // SET brownie.* / set_config('brownie.*', ...)
 	hintErr  error     // an invalid SET brownie.* statement
+
+	// copyInto is the sharded table of a COPY … FROM: its rows are split
+	// by their keys (Decision.Copy).
+	copyInto *tableRef
 }
 
 // tableUse is one use of a non-sharded table.
@@ -182,7 +186,10 @@ func (b *builder) top(n *pg.Node) {
 			b.p.readOnly = false
 		}
 		if cp.GetRelation() != nil {
-			b.rangeVar(cp.GetRelation(), &scope{}, cp.GetIsFrom(), cp.GetIsFrom())
+			e := b.rangeVar(cp.GetRelation(), &scope{}, cp.GetIsFrom(), cp.GetIsFrom())
+			if e != nil && e.ref != nil && cp.GetIsFrom() && len(b.p.refs) == 1 {
+				b.p.copyInto, b.p.refs = e.ref, nil
+			}
 		}
 	case n.GetDeclareCursorStmt() != nil:
 		b.top(n.GetDeclareCursorStmt().GetQuery())

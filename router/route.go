@@ -161,8 +161,21 @@ type Decision struct {
 	// brownie.*, RESET, set_config with literal or Bind values), validated,
 	// for the proxy to track for the session or transaction.
 	SetHints []Hint
+	// Copy, for COPY … FROM STDIN into a sharded table, says how to split
+	// its rows: each row goes to the shard of its key column's value
+	// (Kind AllShards; the proxy sends each shard its rows).
+	Copy *CopySplit
 
 	why []why
+}
+
+// CopySplit describes the rows of a COPY into a sharded table.
+type CopySplit struct {
+	// Table is the table as named in the statement; KeyColumn its key
+	// column.
+	Table, KeyColumn string
+	// NullShard receives rows whose key is NULL; "" refuses them.
+	NullShard string
 }
 
 // why is one table's part in a decision, for Explain.
@@ -209,6 +222,10 @@ func (d Decision) Explain() string {
 		}
 		switch w.reason {
 		case ReasonKey, ReasonOverride:
+			if w.more < 0 {
+				b.WriteString("rows split by key")
+				continue
+			}
 			if w.more > 0 {
 				b.WriteString("and " + strconv.Itoa(w.more) + " more keys")
 				continue
@@ -357,6 +374,16 @@ func (s *snapshot) route(f SessionFacts, ch commentHints, p *StmtPlan, st *StmtI
 		d.Reason = ReasonUnparsed
 		d.why = []why{{reason: ReasonUnparsed}}
 		return s.anyShard(d, f, team, hasTeam), nil
+	}
+	if shardHint < 0 && p.copyInto != nil && n > 1 {
+		ref := p.copyInto
+		d.Kind, d.Reason = AllShards, ReasonKey
+		d.Copy = &CopySplit{Table: ref.name, KeyColumn: ref.t.KeyColumn, NullShard: ref.t.NullShard}
+		for _, sh := range s.m.Shards {
+			d.Shards = append(d.Shards, sh.Name)
+		}
+		d.why = []why{{table: ref.name, reason: ReasonKey, more: -1}}
+		return d, nil
 	}
 	if shardHint >= 0 {
 		d.Kind, d.Shards, d.Reason = OneShard, []string{s.m.Shards[shardHint].Name}, ReasonHint

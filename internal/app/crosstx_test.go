@@ -1,12 +1,17 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // TestTransactionsSpanningShards runs client transactions that need both
@@ -336,5 +341,120 @@ func TestTransactionsSpanningShards(t *testing.T) {
 
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCopyAcrossShards copies rows into a sharded table through the
+// sidecar on two shards: each row lands on its key's shard, in one
+// transaction per shard committed together; a bad row leaves no shard
+// changed; a replicated table gets every row on every shard; COPY TO
+// concatenates the shards' rows.
+func TestCopyAcrossShards(t *testing.T) {
+	e := startRouting(t)
+	ctx := context.Background()
+	conn := e.sc.connect(t, "")
+	a, b := e.teamOn(t, "shard-0"), e.teamOn(t, "shard-1")
+	count := func(shard, sql string) int {
+		n, err := strconv.Atoi(e.direct(t, shard, sql))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// 100,000 rows in text format, with pgconn's CopyFrom (text stream).
+	var data strings.Builder
+	want := map[string]int{}
+	for i := range 100000 {
+		team := a
+		if i%3 == 0 {
+			team = b
+		}
+		want[e.shardOf(t, team)]++
+		fmt.Fprintf(&data, "%s\t%d\tnote %d\\twith a tab\n", uuidText(team), 700000+i, i)
+	}
+	tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader(data.String()), "COPY items (team_id, id, note) FROM STDIN")
+	if err != nil || tag.String() != "COPY 100000" {
+		t.Fatalf("COPY of 100,000 rows: %q, %v", tag, err)
+	}
+	for shard, n := range want {
+		if got := count(shard, "SELECT count(*) FROM items WHERE id >= 700000"); got != n {
+			t.Errorf("%s holds %d copied rows, want %d", shard, got, n)
+		}
+	}
+	if got := e.direct(t, "shard-1", "SELECT note FROM items WHERE id = 700000"); got != "note 0\twith a tab" {
+		t.Errorf("escapes in copied text: %q", got)
+	}
+	if n := count("shard-0", "SELECT count(*) FROM items WHERE id >= 700000 AND team_id <> '"+uuidText(a)+"'"); n != 0 {
+		t.Errorf("shard-0 holds %d rows of another team", n)
+	}
+
+	// CSV with a header, quoted keys and a quoted newline; NULL keys go
+	// to the table's null shard (logs: shard-1).
+	csv := "team_id,id\n\"" + uuidText(a) + "\",1\n" + uuidText(b) + ",2\n,3\n"
+	if tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader(csv), "COPY logs (team_id, id) FROM STDIN WITH (FORMAT csv, HEADER true)"); err != nil || tag.String() != "COPY 3" {
+		t.Errorf("CSV COPY: %q, %v", tag, err)
+	}
+	if got0, got1 := e.direct(t, "shard-0", "SELECT string_agg(id::text, ',' ORDER BY id) FROM logs"), e.direct(t, "shard-1", "SELECT string_agg(id::text, ',' ORDER BY id) FROM logs"); got0 != "1" || got1 != "2,3" {
+		t.Errorf("CSV rows: shard-0 %q, shard-1 %q; want 1 and 2,3", got0, got1)
+	}
+
+	// A bad key fails the COPY on every shard.
+	bad := uuidText(a) + "\t800001\n" + "not-a-uuid\t800002\n" + uuidText(b) + "\t800003\n"
+	_, err = conn.PgConn().CopyFrom(ctx, strings.NewReader(bad), "COPY items (team_id, id) FROM STDIN")
+	if code := pgErrCode(err); code != "22P02" {
+		t.Errorf("COPY with a malformed key: %v, want 22P02", err)
+	}
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		if n := count(shard, "SELECT count(*) FROM items WHERE id > 800000"); n != 0 {
+			t.Errorf("%s kept %d rows of the failed COPY", shard, n)
+		}
+	}
+	// A row failing on one shard (a constraint) leaves the other unchanged too.
+	if _, err := conn.Exec(ctx, "INSERT INTO dir (id, name) VALUES (77, 'seven')"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.PgConn().CopyFrom(ctx, strings.NewReader(uuidText(a)+"\t800004\n"+uuidText(b)+"\t\\N\n"), "COPY items (team_id, id) FROM STDIN")
+	if code := pgErrCode(err); code != "23502" {
+		t.Errorf("COPY with a NULL id on shard-1: %v, want 23502", err)
+	}
+	if n := count("shard-0", "SELECT count(*) FROM items WHERE id = 800004"); n != 0 {
+		t.Errorf("shard-0 kept the row of a COPY that failed on shard-1")
+	}
+
+	// Into a replicated table: every shard gets every row.
+	if tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader("80\teighty\n81\teighty-one\n"), "COPY dir FROM STDIN"); err != nil || tag.String() != "COPY 2" {
+		t.Errorf("COPY into a replicated table: %q, %v; want COPY 2", tag, err)
+	}
+	for _, shard := range []string{"shard-0", "shard-1"} {
+		if n := count(shard, "SELECT count(*) FROM dir WHERE id IN (80, 81)"); n != 2 {
+			t.Errorf("%s holds %d of the 2 copied replicated rows", shard, n)
+		}
+	}
+
+	// COPY TO STDOUT of rows on both shards (events: keyless policy all):
+	// concatenated, one header.
+	for i, team := range []pgtype.UUID{a, b, b} {
+		if _, err := conn.Exec(ctx, "INSERT INTO events (team_id, id) VALUES ($1, $2)", team, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	tag, err = conn.PgConn().CopyTo(ctx, &out, "COPY (SELECT id FROM events ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)")
+	lines := strings.Fields(out.String())
+	slices.Sort(lines)
+	if err != nil || tag.String() != "COPY 3" || strings.Join(lines, ",") != "1,2,3,id" {
+		t.Errorf("COPY TO of both shards: %q, %v, %q; want COPY 3 and one header", tag, err, out.String())
+	}
+	out.Reset()
+	if _, err := conn.PgConn().CopyTo(ctx, &out, "COPY events TO STDOUT WITH (FORMAT binary)"); pgErrCode(err) != "0A000" {
+		t.Errorf("binary COPY TO across shards: %v, want 0A000", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+		t.Errorf("the session after the COPYs: %v", err)
+	}
+	nonePrepared := e.direct(t, "shard-0", "SELECT count(*) FROM pg_prepared_xacts") + e.direct(t, "shard-1", "SELECT count(*) FROM pg_prepared_xacts")
+	if nonePrepared != "00" {
+		t.Errorf("prepared transactions left: %s", nonePrepared)
 	}
 }

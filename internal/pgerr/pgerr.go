@@ -44,6 +44,8 @@ const (
 	UndefinedTable          Code = "42P01"
 	ProgramLimitExceeded    Code = "54000" // a statement too large to route
 	DataCorrupted           Code = "XX001" // replicated tables differ between shards
+	BadCopyFileFormat       Code = "22P04" // a COPY row the sidecar cannot split
+	NotNullViolation        Code = "23502" // a COPY row with no routing key
 )
 
 // Class returns the two-character SQLSTATE class, or "" for a malformed code.
