@@ -251,6 +251,11 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			return err
 		}
 	}
+	if typ == 'B' && routed && bindFull {
+		if done, err := ss.deferBind(body); done || err != nil {
+			return err
+		}
+	}
 	r := ss.routeMessage(typ, n, body, bindFull, a, refused != "")
 	if r.fan != nil {
 		ss.mu.Lock()

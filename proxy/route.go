@@ -560,8 +560,42 @@ func (ss *session) releaseParked() {
 // transaction that ran nothing just ends it. It reports whether it
 // answered.
 func (ss *session) deferBegin(a *analysis, sql string) (bool, error) {
-	if a == nil || !ss.srv.routingEnabled() {
+	tag, status, ok := ss.deferTx(a, sql, true)
+	if !ok {
 		return false, nil
+	}
+	return true, ss.cw.send(true, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: status})
+}
+
+// deferBind is deferBegin for a Bind of a transaction-control statement
+// (psycopg 3 sends BEGIN, COMMIT and ROLLBACK with the extended
+// protocol): the sidecar answers the request itself (BindComplete now,
+// the command tag at Execute, ReadyForQuery at Sync: see localReq). It
+// reports whether it answered.
+func (ss *session) deferBind(body []byte) (bool, error) {
+	_, name, _, err := bindHeader(body)
+	if err != nil {
+		return false, nil
+	}
+	def := ss.stmtNamed(name)
+	if def == nil || def.a == nil || def.a.tx == txNone {
+		return false, nil
+	}
+	tag, status, ok := ss.deferTx(def.a, def.query, false)
+	if !ok {
+		return false, nil
+	}
+	ss.lreq = &localReq{tag: tag, status: status}
+	return true, ss.cw.send(false, &pgproto3.BindComplete{})
+}
+
+// deferTx decides whether the sidecar answers a transaction-control
+// statement itself (see deferBegin) and does its bookkeeping: the tag and
+// transaction status to answer with. hints allows hint-only SET LOCALs
+// (their values are in the text).
+func (ss *session) deferTx(a *analysis, sql string, hints bool) (string, byte, bool) {
+	if a == nil || !ss.srv.routingEnabled() {
+		return "", 0, false
 	}
 	ss.mu.Lock()
 	idle := !ss.ended && (ss.up == nil || ss.switchableLocked()) && ss.txStatus == 'I'
@@ -583,11 +617,11 @@ func (ss *session) deferBegin(a *analysis, sql string) (bool, error) {
 	case deferred && a.tx == txRollback:
 		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
 		tag, status = "ROLLBACK", 'I'
-	case deferred && a.hintsOnly:
+	case deferred && a.hintsOnly && hints:
 		ss.mu.Unlock()
 		hs, err := ss.srv.router.SessionHints(sql)
 		if err != nil {
-			return false, nil // the replay on an upstream reports it in order
+			return "", 0, false // the replay on an upstream reports it in order
 		}
 		ss.mu.Lock()
 		ss.applyHintsLocked(hs)
@@ -595,10 +629,10 @@ func (ss *session) deferBegin(a *analysis, sql string) (bool, error) {
 		tag = "SET"
 	default:
 		ss.mu.Unlock()
-		return false, nil
+		return "", 0, false
 	}
 	ss.mu.Unlock()
-	return true, ss.cw.send(true, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: status})
+	return tag, status, true
 }
 
 // replayDeferredLocked sends the deferred BEGIN (and hint settings) ahead

@@ -508,19 +508,31 @@ func (ss *session) crossControl(a *analysis, sql string) (failed bool, err error
 	return f.failed, ss.endFanOut(nil)
 }
 
-// localReq is an extended-protocol request the sidecar answers itself
-// (Bind of a transaction-control statement inside a transaction spanning
-// shards, as psycopg 3 sends COMMIT): BindComplete, NoData, the
-// statement's own answer at Execute, ReadyForQuery at Sync.
+// localReq is an extended-protocol request the sidecar answers itself, a
+// Bind of a transaction-control statement as psycopg 3 sends BEGIN and
+// COMMIT: BindComplete, NoData, the statement's answer at Execute,
+// ReadyForQuery at Sync. Either the statement runs at Execute on every leg
+// of a transaction spanning shards (a, sql), or its answer is known
+// already (tag and status: a BEGIN the sidecar defers, the end of a
+// transaction that ran nothing).
 type localReq struct {
 	a            *analysis
 	sql          string
+	tag          string
+	status       byte
 	done, failed bool
 }
 
 // localMessage serves one message of the local request, up to its Sync.
 func (ss *session) localMessage(typ byte, n int) error {
 	lr := ss.lreq
+	if typ == 'B' && lr.tag != "" && lr.done && !lr.failed {
+		// The next statement of a pipeline that began with a deferred
+		// BEGIN: it runs as usual (the BEGIN is replayed before it) and
+		// the upstream answers the Sync.
+		ss.lreq = nil
+		return ss.forwardMessage(typ, n)
+	}
 	var body []byte
 	if typ != 'S' && typ != 'H' {
 		if n > maxAnalyzed {
@@ -537,7 +549,11 @@ func (ss *session) localMessage(typ byte, n int) error {
 	switch typ {
 	case 'S':
 		ss.lreq = nil
-		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: ss.crossStatus()})
+		status := ss.crossStatus()
+		if lr.tag != "" {
+			status = lr.status
+		}
+		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: status})
 	case 'H':
 		return ss.cw.send(true)
 	case 'D':
@@ -546,6 +562,10 @@ func (ss *session) localMessage(typ byte, n int) error {
 		}
 		return ss.cw.send(false, &pgproto3.NoData{})
 	case 'E':
+		if lr.tag != "" {
+			lr.done = true
+			return ss.cw.send(false, &pgproto3.CommandComplete{CommandTag: []byte(lr.tag)})
+		}
 		if lr.done {
 			return ss.cw.send(false, &pgproto3.CommandComplete{CommandTag: []byte(strings.ToUpper(strings.Fields(lr.sql + " x")[0]))})
 		}
