@@ -7,8 +7,11 @@
 // upstream connection is at a protocol-safe point (last client message was
 // Sync, Query, CopyDone or CopyFail, every ReadyForQuery received, status
 // idle) and only then returns it to its pool; in any doubt it destroys it.
-// Routing decisions come from package router; upstream certificates from
-// package tls; the pool from package pool.
+// Routing decisions come from package router; which host is a shard's
+// primary and which replica may serve a read from package health (whose
+// checker the proxy owns, dialling its connections and lending them to
+// two-phase recovery); upstream certificates from package tls; the pool
+// from package pool.
 //
 // A session holds at most one attached upstream, relayed by its relay
 // goroutine (relay.go), and moves between targets only at a safe point

@@ -72,7 +72,7 @@ func (s *Server) primaryTarget(shard string) (router.Target, bool) {
 	if !ok {
 		return router.Target{}, false
 	}
-	return router.Target{Shard: shard, Role: router.Primary, Host: s.health.primary(shard, sh.Primary)}, true
+	return router.Target{Shard: shard, Role: router.Primary, Host: s.health.Primary(shard, sh.Primary)}, true
 }
 
 // factsLocked is what the router needs to know about the session. Called
@@ -157,7 +157,7 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 			}
 		}
 		for _, name := range d.Shards {
-			if shard == "" && s.health.primaryOK(name) {
+			if shard == "" && s.health.PrimaryOK(name) {
 				shard = name
 			}
 		}
@@ -207,7 +207,7 @@ func (ss *session) targetFor(shard string, d router.Decision) (router.Target, bo
 		wroteAt = time.Now() // a write on the shard is not committed yet
 	}
 	ss.mu.Unlock()
-	if h, ok := s.health.replica(shard, wroteAt, s.replicaBusy(shard)); ok {
+	if h, ok := s.health.Replica(shard, wroteAt, s.replicaBusy(shard)); ok {
 		t = router.Target{Shard: shard, Role: router.Replica, Host: h}
 	}
 	return t, true
@@ -298,7 +298,7 @@ func (ss *session) greetingTargets() (router.Target, bool) {
 	}
 	names := s.router.Map().ShardNames()
 	for _, name := range names {
-		if s.health.primaryOK(name) {
+		if s.health.PrimaryOK(name) {
 			pt, _ := s.primaryTarget(name)
 			return pt, false
 		}
@@ -466,7 +466,7 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 	}
 	c, err := ss.acquire(t, false)
 	if err != nil && t.Role == router.Replica {
-		ss.srv.health.ban(t.Host.Addr, err)
+		ss.srv.health.Ban(t.Host.Addr, err)
 		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
 			c, err = ss.acquire(pt, false)
 		}

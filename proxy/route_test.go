@@ -11,20 +11,6 @@ import (
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-func TestParseLSNReadsPostgresTextForm(t *testing.T) {
-	for in, want := range map[string]uint64{"0/0": 0, "0/3016000": 0x3016000, "1/FF": 1<<32 | 0xff, "AB/CDEF0123": 0xAB<<32 | 0xCDEF0123} {
-		got, err := parseLSN(in)
-		if err != nil || got != want {
-			t.Errorf("parseLSN(%q) = %x, %v; want %x", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "3016000", "x/1", "1/x", "1/123456789"} {
-		if _, err := parseLSN(bad); err == nil {
-			t.Errorf("parseLSN(%q) accepted", bad)
-		}
-	}
-}
-
 func TestRaiseStatementIsOneDoBlockWhateverTheMessage(t *testing.T) {
 	e := pgerr.Errorf(pgerr.ServerRejected, `team 'x' $brw$; DROP TABLE t; -- \ $$ END`)
 	e.Detail = `detail with ' and \' and $body$`

@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/metrics"
 	"github.com/brownie/brownie-sidecar/internal/netx"
@@ -65,7 +66,7 @@ type Server struct {
 
 	listeners []net.Listener
 	analyzer  *analyzer
-	health    *health
+	health    *health.Checker
 	catalog   columnCache // replicated tables' columns, for pinning the time of their writes
 
 	mu       sync.Mutex
@@ -99,7 +100,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
 	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
-	s.health = newHealth(s)
+	s.health = health.New(health.Config{
+		Interval: cfg.Routing.HealthInterval, Timeout: cfg.Routing.HealthTimeout, BanTime: cfg.Routing.BanTime,
+		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
+		ReplicaSelection: cfg.Routing.ReplicaSelection,
+	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth})
 	var errs []error
 	if cfg.Listen.TLSCert != "" {
 		cert, err := cryptotls.LoadX509KeyPair(cfg.Listen.TLSCert, cfg.Listen.TLSKey)
@@ -307,6 +312,16 @@ func (s *Server) certGeneration() uint64 {
 		return 0
 	}
 	return b.Generation
+}
+
+// dialHealth opens a health checker's connection to t: application_name
+// health.AppName, no pool, no dial metrics.
+func (s *Server) dialHealth(ctx context.Context, t router.Target) (health.Conn, error) {
+	u, err := s.dialer.dialAs(ctx, t, health.AppName)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return u, nil
 }
 
 func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, error) {

@@ -3,6 +3,8 @@ package proxy
 import (
 	"cmp"
 	"slices"
+
+	"github.com/brownie/brownie-sidecar/health"
 )
 
 // ServerStatus is a point-in-time report of a Server for the admin port's
@@ -86,3 +88,12 @@ func (s *Server) Status() ServerStatus {
 	}
 	return out
 }
+
+// ShardsReady returns nil when every shard's primary answered its last
+// health check (and, before the first round, the reason it is not known).
+// Safe for concurrent use.
+func (s *Server) ShardsReady() error { return s.health.Ready() }
+
+// ShardStatus reports every shard's hosts as the last health checks saw
+// them, in map order. Safe for concurrent use; it never blocks on I/O.
+func (s *Server) ShardStatus() []health.ShardStatus { return s.health.Status() }

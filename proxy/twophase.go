@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 )
 
@@ -246,8 +247,8 @@ func (s *Server) recoveryRound(ctx context.Context) {
 	rows := map[string][]string{} // shard → decision rows seen before the scan
 	complete := true
 	for _, sh := range m.Shards {
-		err := s.onPrimary(ctx, sh.Name, func(u *upstream) error {
-			return u.exec("SELECT gid FROM brownie_sidecar.commit_log ORDER BY committed_at LIMIT "+strconv.Itoa(maxForgotten), func(r [][]byte) {
+		err := s.onPrimary(ctx, sh.Name, func(c health.Conn) error {
+			return c.Exec("SELECT gid FROM brownie_sidecar.commit_log ORDER BY committed_at LIMIT "+strconv.Itoa(maxForgotten), func(r [][]byte) {
 				rows[sh.Name] = append(rows[sh.Name], string(r[0]))
 			})
 		})
@@ -258,8 +259,8 @@ func (s *Server) recoveryRound(ctx context.Context) {
 	}
 	parts := map[string][]preparedPart{}
 	for _, sh := range m.Shards {
-		err := s.onPrimary(ctx, sh.Name, func(u *upstream) error {
-			return u.exec("SELECT gid, extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'brownie:%'", func(r [][]byte) {
+		err := s.onPrimary(ctx, sh.Name, func(c health.Conn) error {
+			return c.Exec("SELECT gid, extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'brownie:%'", func(r [][]byte) {
 				secs, _ := strconv.ParseFloat(string(r[1]), 64)
 				parts[string(r[0])] = append(parts[string(r[0])], preparedPart{sh.Name, time.Duration(secs * float64(time.Second))})
 			})
@@ -290,8 +291,8 @@ func (s *Server) recoveryRound(ctx context.Context) {
 		if len(done) == 0 {
 			continue
 		}
-		err := s.onPrimary(ctx, shard, func(u *upstream) error {
-			return u.exec("DELETE FROM brownie_sidecar.commit_log WHERE gid IN ("+strings.Join(done, ",")+")", nil)
+		err := s.onPrimary(ctx, shard, func(c health.Conn) error {
+			return c.Exec("DELETE FROM brownie_sidecar.commit_log WHERE gid IN ("+strings.Join(done, ",")+")", nil)
 		})
 		if err != nil {
 			s.log.Warn("two-phase recovery: cannot delete decision rows", zap.String("shard", shard), zap.Error(err))
@@ -320,15 +321,15 @@ func (s *Server) resolve(ctx context.Context, gid string, parts []preparedPart) 
 	g := quoteLiteral(gid)
 	anchorAge := time.Duration(-1)
 	committed := false
-	err := s.onPrimary(ctx, anchor, func(u *upstream) error {
-		err := u.exec("SELECT extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts WHERE gid = "+g, func(r [][]byte) {
+	err := s.onPrimary(ctx, anchor, func(c health.Conn) error {
+		err := c.Exec("SELECT extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts WHERE gid = "+g, func(r [][]byte) {
 			secs, _ := strconv.ParseFloat(string(r[0]), 64)
 			anchorAge = time.Duration(secs * float64(time.Second))
 		})
 		if err != nil || anchorAge >= 0 {
 			return err
 		}
-		return u.exec("SELECT 1 FROM brownie_sidecar.commit_log WHERE gid = "+g, func([][]byte) { committed = true })
+		return c.Exec("SELECT 1 FROM brownie_sidecar.commit_log WHERE gid = "+g, func([][]byte) { committed = true })
 	})
 	if err != nil {
 		return fmt.Errorf("asking anchor shard %s: %w", anchor, err)
@@ -359,7 +360,7 @@ func (s *Server) resolve(ctx context.Context, gid string, parts []preparedPart) 
 // finishPart commits or rolls back (q) a write's prepared part on shard.
 // A part already finished (42704) is not an error.
 func (s *Server) finishPart(ctx context.Context, gid, shard, action, q string) error {
-	err := s.onPrimary(ctx, shard, func(u *upstream) error { return u.exec(q, nil) })
+	err := s.onPrimary(ctx, shard, func(c health.Conn) error { return c.Exec(q, nil) })
 	if pgerr.From(err).Code == pgerr.UndefinedObject {
 		return nil
 	}
@@ -372,11 +373,11 @@ func (s *Server) finishPart(ctx context.Context, gid, shard, action, q string) e
 }
 
 // onPrimary runs fn on the sidecar's own connection to shard's current
-// primary (see health.onHost).
-func (s *Server) onPrimary(ctx context.Context, shard string, fn func(*upstream) error) error {
+// primary (see health.Checker.OnHost).
+func (s *Server) onPrimary(ctx context.Context, shard string, fn func(health.Conn) error) error {
 	t, ok := s.primaryTarget(shard)
 	if !ok {
 		return fmt.Errorf("shard %s is not in the shard map", shard)
 	}
-	return s.health.onHost(ctx, t, fn)
+	return s.health.OnHost(ctx, t, fn)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
@@ -108,6 +109,19 @@ func (u *upstream) Alive() bool {
 // with.
 func (u *upstream) Generation() uint64 { return u.gen }
 
+var _ health.Conn = (*upstream)(nil)
+
+// Exec is exec, for the health checker's connections and the work it lends
+// them to (two-phase recovery).
+func (u *upstream) Exec(sql string, onRow func([][]byte)) error { return u.exec(sql, onRow) }
+
+// InTransaction reports whether the last ReadyForQuery left the connection
+// anywhere but idle.
+func (u *upstream) InTransaction() bool { return u.txStatus != 'I' }
+
+// SetDeadline sets the read and write deadline of the connection.
+func (u *upstream) SetDeadline(t time.Time) error { return u.conn.SetDeadline(t) }
+
 // dialer opens upstream connections presenting the current client
 // certificate. Safe for concurrent use.
 type dialer struct {
@@ -126,10 +140,6 @@ type dialer struct {
 func (d *dialer) dial(ctx context.Context, t router.Target) (*upstream, error) {
 	return d.dialAs(ctx, t, "")
 }
-
-// healthAppName is the application_name of health-check connections, so
-// operators (and tests) can tell them from pooled ones in pg_stat_activity.
-const healthAppName = "brownie-sidecar-health"
 
 // dialAs is dial with an application_name ("" for none).
 func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*upstream, error) {

@@ -1,9 +1,9 @@
 // Package router decides where a statement goes in a sharded Brownie
 // cluster. It is pure and synchronous: (session facts, statement) →
 // decision. It opens no sockets, starts no goroutines, reads no files
-// except in LoadMap, and never blocks on I/O; health, replica lag,
-// read-your-writes, map-file watching and the execution of fan-outs belong
-// to the proxy.
+// except in LoadMap, and never blocks on I/O; health, replica lag and
+// read-your-writes belong to package health, map-file watching to
+// internal/app, and the execution of fan-outs to the proxy.
 //
 // It owns:
 //   - the shard map model and its YAML format (ParseMap, LoadMap), an

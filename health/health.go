@@ -1,4 +1,4 @@
-package proxy
+package health
 
 import (
 	"context"
@@ -12,9 +12,15 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/internal/metrics"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/router"
 )
+
+// AppName is the application_name Deps.Dial should give the checker's
+// connections, so operators (and tests) can tell them from pooled ones in
+// pg_stat_activity.
+const AppName = "brownie-sidecar-health"
 
 // healthQuery reads a host's role and WAL position in one round trip: the
 // WAL insert position on a primary (which covers commits still in WAL
@@ -28,6 +34,59 @@ const healthQuery = `SELECT pg_is_in_recovery(),
 // lsnSamples is how many recent primary WAL positions a shard remembers
 // for read-your-writes.
 const lsnSamples = 64
+
+// Config is what the checker needs from the sidecar configuration.
+type Config struct {
+	// Interval is the period of the checks (HEALTH_CHECK_INTERVAL);
+	// Timeout bounds one check, connect and query (HEALTH_CHECK_TIMEOUT),
+	// and every OnHost call.
+	Interval time.Duration
+	Timeout  time.Duration
+	// BanTime is how long a replica that failed is left out of reads
+	// (REPLICA_BAN_TIME).
+	BanTime time.Duration
+	// MaxLag and MaxLagBytes are the replay delay and WAL distance above
+	// which a replica gets no reads (MAX_REPLICA_LAG,
+	// MAX_REPLICA_LAG_BYTES).
+	MaxLag      time.Duration
+	MaxLagBytes int64
+	// ReplicaSelection is round_robin or least_busy (REPLICA_SELECTION).
+	ReplicaSelection string
+}
+
+// Conn is one authenticated upstream connection, idle when Dial returns
+// it. The checker uses it from one goroutine at a time and owns it until
+// it closes it; package proxy implements it.
+type Conn interface {
+	// Exec runs one simple-protocol query to completion, passing each
+	// DataRow's text values to onRow (which may be nil; the values are
+	// only valid during the call). It returns the first error the server
+	// reported as a *pgerr.Error, or the I/O error that broke the
+	// connection.
+	Exec(sql string, onRow func([][]byte)) error
+	// InTransaction reports whether the last ReadyForQuery left the
+	// connection anywhere but idle: in a transaction block, or a failed
+	// one.
+	InTransaction() bool
+	// SetDeadline bounds every read and write; the zero time removes the
+	// bound.
+	SetDeadline(t time.Time) error
+	// Close ends the connection. Safe to call more than once.
+	Close() error
+}
+
+// Deps are the checker's collaborators.
+type Deps struct {
+	// Router supplies the current shard map; each round checks the hosts
+	// of the map current when it starts.
+	Router *router.Router
+	// Metrics receives the host metrics (up, role, lag, failovers).
+	Metrics *metrics.Metrics
+	Log     *zap.Logger
+	// Dial opens a connection to t's host, with application_name AppName
+	// and no client's settings, bounded by ctx. Called concurrently.
+	Dial func(ctx context.Context, t router.Target) (Conn, error)
+}
 
 // hostHealth is what the last check of one host found. Immutable once
 // published in a healthView.
@@ -75,16 +134,21 @@ type healthView struct {
 	Shards map[string]*shardHealth
 }
 
-// health checks every host of the shard map periodically over its own
-// connection, outside the pools, and publishes healthView snapshots that
-// routing reads without locks. Run owns the check connections.
-type health struct {
-	srv  *Server
-	log  *zap.Logger
-	view atomic.Pointer[healthView]
+// Checker checks every host of the shard map periodically over its own
+// connection, outside the pools, and publishes snapshots that routing
+// reads without locks. Run owns the check connections. All methods are
+// safe for concurrent use; before the first round ends, Primary returns
+// the map's primary, PrimaryOK true, Replica nothing and Ready an error.
+type Checker struct {
+	cfg     Config
+	router  *router.Router
+	metrics *metrics.Metrics
+	dial    func(context.Context, router.Target) (Conn, error)
+	log     *zap.Logger
+	view    atomic.Pointer[healthView]
 
 	mu     sync.Mutex
-	conns  map[string]*upstream      // check connection per host address
+	conns  map[string]Conn           // check connection per host address
 	closed bool                      // Run ended: connections are closed, not kept
 	banned map[string]time.Time      // replica address → end of its ban
 	prev   map[string]*hostHealth    // last result per address
@@ -94,25 +158,29 @@ type health struct {
 	rounds chan struct{}             // closed and replaced after each round
 }
 
-func newHealth(s *Server) *health {
-	return &health{srv: s, log: s.log.Named("health"), conns: map[string]*upstream{},
-		banned: map[string]time.Time{}, prev: map[string]*hostHealth{}, chosen: map[string]router.Host{},
-		rr: map[string]*atomic.Uint64{}, lsns: map[string][]lsnSample{}, rounds: make(chan struct{})}
+// New returns a checker over deps.Router's shard map. It opens no
+// connections and starts no goroutines: call Run once.
+func New(cfg Config, deps Deps) *Checker {
+	return &Checker{cfg: cfg, router: deps.Router, metrics: deps.Metrics, dial: deps.Dial, log: deps.Log,
+		conns: map[string]Conn{}, banned: map[string]time.Time{}, prev: map[string]*hostHealth{},
+		chosen: map[string]router.Host{}, rr: map[string]*atomic.Uint64{}, lsns: map[string][]lsnSample{},
+		rounds: make(chan struct{})}
 }
 
-// Run checks every host each HealthInterval until ctx ends, then closes
-// the check connections.
-func (h *health) Run(ctx context.Context) {
+// Run checks every host each Interval until ctx ends, then closes the
+// check connections; connections OnHost returns afterwards are closed
+// rather than kept. Call it once.
+func (h *Checker) Run(ctx context.Context) {
 	defer func() {
 		h.mu.Lock()
 		for _, u := range h.conns {
 			_ = u.Close()
 		}
-		h.conns = map[string]*upstream{}
+		h.conns = map[string]Conn{}
 		h.closed = true
 		h.mu.Unlock()
 	}()
-	t := time.NewTicker(h.srv.cfg.Routing.HealthInterval)
+	t := time.NewTicker(h.cfg.Interval)
 	defer t.Stop()
 	for {
 		h.round(ctx)
@@ -125,7 +193,7 @@ func (h *health) Run(ctx context.Context) {
 }
 
 // waitRound returns a channel closed when the next round of checks ends.
-func (h *health) waitRound() <-chan struct{} {
+func (h *Checker) waitRound() <-chan struct{} {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.rounds
@@ -133,8 +201,8 @@ func (h *health) waitRound() <-chan struct{} {
 
 // round checks every host of the current map concurrently and publishes
 // the result.
-func (h *health) round(ctx context.Context) {
-	m := h.srv.router.Map()
+func (h *Checker) round(ctx context.Context) {
+	m := h.router.Map()
 	type job struct {
 		shard string
 		host  router.Host
@@ -164,11 +232,11 @@ func (h *health) round(ctx context.Context) {
 }
 
 // check runs the health query on one host.
-func (h *health) check(ctx context.Context, shard string, host router.Host, role router.Role) *hostHealth {
+func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role) *hostHealth {
 	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true, CheckedAt: time.Now()}
 	var row [][]byte
-	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, func(u *upstream) error {
-		return u.exec(healthQuery, func(v [][]byte) {
+	err := h.OnHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, func(c Conn) error {
+		return c.Exec(healthQuery, func(v [][]byte) {
 			row = make([][]byte, len(v))
 			for i := range v {
 				if v[i] != nil {
@@ -196,14 +264,15 @@ func (h *health) check(ctx context.Context, shard string, host router.Host, role
 	return res
 }
 
-// onHost runs fn on the sidecar's own connection to t's host (dialled
-// when missing, application_name brownie-sidecar-health, no client's
-// settings on it), bounded by HealthTimeout. The connection is kept for
-// the next call unless it broke (an error other than the server's
-// ErrorResponse) or was left in a transaction. Safe for concurrent use: a
-// caller finding the connection taken dials another.
-func (h *health) onHost(ctx context.Context, t router.Target, fn func(*upstream) error) error {
-	timeout := h.srv.cfg.Routing.HealthTimeout
+// OnHost runs fn on the checker's own connection to t's host (dialled
+// when missing through Deps.Dial, so with no client's settings on it),
+// bounded by Timeout. The connection is kept for the next call unless it
+// broke (an error other than the server's *pgerr.Error) or was left in a
+// transaction; fn must not keep it. It returns fn's error, or the dial's.
+// Safe for concurrent use: a caller finding the connection taken dials
+// another.
+func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) error) error {
+	timeout := h.cfg.Timeout
 	h.mu.Lock()
 	u := h.conns[t.Host.Addr]
 	delete(h.conns, t.Host.Addr)
@@ -212,17 +281,17 @@ func (h *health) onHost(ctx context.Context, t router.Target, fn func(*upstream)
 	if u == nil {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		var err error
-		u, err = h.srv.dialer.dialAs(cctx, t, healthAppName)
+		u, err = h.dial(cctx, t)
 		cancel()
 		if err != nil {
 			return err
 		}
 	}
-	_ = u.conn.SetDeadline(start.Add(timeout))
+	_ = u.SetDeadline(start.Add(timeout))
 	err := fn(u)
-	_ = u.conn.SetDeadline(time.Time{})
+	_ = u.SetDeadline(time.Time{})
 	var pe *pgerr.Error
-	if (err != nil && !errors.As(err, &pe)) || u.txStatus != 'I' {
+	if (err != nil && !errors.As(err, &pe)) || u.InTransaction() {
 		_ = u.Close()
 		return err
 	}
@@ -239,8 +308,8 @@ func (h *health) onHost(ctx context.Context, t router.Target, fn func(*upstream)
 
 // publish computes the shards' primaries, lags and bans from a round's
 // results and swaps the view in.
-func (h *health) publish(m *router.Map, results []*hostHealth) {
-	cfg := h.srv.cfg.Routing
+func (h *Checker) publish(m *router.Map, results []*hostHealth) {
+	cfg := h.cfg
 	now := time.Now()
 	byShard := map[string][]*hostHealth{}
 	for _, r := range results {
@@ -275,7 +344,7 @@ func (h *health) publish(m *router.Map, results []*hostHealth) {
 			if primary.Host.Addr != cur.Addr {
 				h.log.Warn("shard primary changed", zap.String("shard", sh.Name),
 					zap.String("from", cur.Addr), zap.String("to", primary.Host.Addr))
-				h.srv.metrics.Failovers.WithLabelValues(sh.Name).Inc()
+				h.metrics.Failovers.WithLabelValues(sh.Name).Inc()
 			}
 			sv.Primary, sv.PrimaryOK = primary.Host, true
 			h.chosen[sh.Name] = primary.Host
@@ -306,13 +375,13 @@ func (h *health) publish(m *router.Map, results []*hostHealth) {
 			}
 			r.BannedUntil = h.banned[r.Host.Addr]
 			h.prev[r.Host.Addr] = r
-			h.srv.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
+			h.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
 			if r.Up {
-				h.srv.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
+				h.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
 			}
 			if r.InRecovery {
-				h.srv.metrics.ReplicaLagSeconds.WithLabelValues(sh.Name, r.Host.Addr).Set(r.LagSeconds)
-				h.srv.metrics.ReplicaLagBytes.WithLabelValues(sh.Name, r.Host.Addr).Set(float64(r.LagBytes))
+				h.metrics.ReplicaLagSeconds.WithLabelValues(sh.Name, r.Host.Addr).Set(r.LagSeconds)
+				h.metrics.ReplicaLagBytes.WithLabelValues(sh.Name, r.Host.Addr).Set(float64(r.LagBytes))
 			}
 		}
 		view.Shards[sh.Name] = sv
@@ -330,17 +399,20 @@ func boolGauge(b bool) float64 {
 	return 0
 }
 
-// ban leaves a replica out of reads for REPLICA_BAN_TIME after a session
-// failed to use it.
-func (h *health) ban(addr string, err error) {
+// Ban leaves the replica at addr out of reads for BanTime after a session
+// failed to use it (err, logged). A later ban extends an earlier one; a
+// failed check bans too.
+func (h *Checker) Ban(addr string, err error) {
 	h.mu.Lock()
-	h.banned[addr] = time.Now().Add(h.srv.cfg.Routing.BanTime)
+	h.banned[addr] = time.Now().Add(h.cfg.BanTime)
 	h.mu.Unlock()
-	h.log.Warn("replica banned", zap.String("addr", addr), zap.Duration("for", h.srv.cfg.Routing.BanTime), zap.Error(err))
+	h.log.Warn("replica banned", zap.String("addr", addr), zap.Duration("for", h.cfg.BanTime), zap.Error(err))
 }
 
-// primary returns the host taking writes for shard.
-func (h *health) primary(shard string, configured router.Host) router.Host {
+// Primary returns the host taking writes for shard: the one the last
+// round chose, or configured (the map's primary) before the first round
+// or for a shard the last round did not know.
+func (h *Checker) Primary(shard string, configured router.Host) router.Host {
 	if v := h.view.Load(); v != nil {
 		if sv := v.Shards[shard]; sv != nil {
 			return sv.Primary
@@ -349,9 +421,9 @@ func (h *health) primary(shard string, configured router.Host) router.Host {
 	return configured
 }
 
-// primaryOK reports whether shard's primary answered its last check; true
-// before the first check.
-func (h *health) primaryOK(shard string) bool {
+// PrimaryOK reports whether shard's primary answered its last check; true
+// before the first check and for a shard the last round did not know.
+func (h *Checker) PrimaryOK(shard string) bool {
 	v := h.view.Load()
 	if v == nil {
 		return true
@@ -360,11 +432,13 @@ func (h *health) primaryOK(shard string) bool {
 	return sv == nil || sv.PrimaryOK
 }
 
-// replica chooses a standby of shard for a read: healthy, not banned,
-// within MAX_REPLICA_LAG and MAX_REPLICA_LAG_BYTES and, when the session
-// wrote on the shard at wroteAt, replayed past that write. ok is false when
-// none qualifies (the read goes to the primary).
-func (h *health) replica(shard string, wroteAt time.Time, busy func(router.Host) int) (router.Host, bool) {
+// Replica chooses a standby of shard for a read: healthy, not banned,
+// within MaxLag and MaxLagBytes and, when the session wrote on the shard
+// at wroteAt (non-zero), replayed past that write. Among those it takes
+// the one with the fewest busy(host) when ReplicaSelection is least_busy
+// and busy is not nil, else the next in round-robin order. ok is false
+// when none qualifies (the read goes to the primary).
+func (h *Checker) Replica(shard string, wroteAt time.Time, busy func(router.Host) int) (router.Host, bool) {
 	v := h.view.Load()
 	if v == nil {
 		return router.Host{}, false
@@ -388,13 +462,13 @@ func (h *health) replica(shard string, wroteAt time.Time, busy func(router.Host)
 			return router.Host{}, false
 		}
 	}
-	cfg := h.srv.cfg.Routing
+	cfg := h.cfg
 	now := time.Now()
 	h.mu.Lock()
 	var ok []router.Host
 	for _, r := range sv.Hosts {
 		if !r.Up || !r.InRecovery || h.banned[r.Host.Addr].After(now) || r.LSN < need ||
-			r.LagBytes > uint64(cfg.MaxReplicaLagBytes) || r.LagSeconds > cfg.MaxReplicaLag.Seconds() {
+			r.LagBytes > uint64(cfg.MaxLagBytes) || r.LagSeconds > cfg.MaxLag.Seconds() {
 			continue
 		}
 		ok = append(ok, r.Host)
@@ -415,14 +489,15 @@ func (h *health) replica(shard string, wroteAt time.Time, busy func(router.Host)
 	return ok[int(sv.rr.Add(1)%uint64(len(ok)))], true
 }
 
-// ready reports whether every shard's primary answered its last check.
-func (h *health) ready() error {
+// Ready returns nil when every shard's primary answered its last check
+// (and, before the first round, the reason it is not known).
+func (h *Checker) Ready() error {
 	v := h.view.Load()
 	if v == nil {
 		return fmt.Errorf("health checks have not completed yet")
 	}
 	var bad []string
-	for _, sh := range h.srv.router.Map().Shards {
+	for _, sh := range h.router.Map().Shards {
 		if sv := v.Shards[sh.Name]; sv == nil || !sv.PrimaryOK {
 			bad = append(bad, sh.Name)
 		}
@@ -448,61 +523,4 @@ func parseLSN(s string) (uint64, error) {
 		return 0, err
 	}
 	return h<<32 | l, nil
-}
-
-// ShardsReady returns nil when every shard's primary answered its last
-// health check (and, before the first round, the reason it is not known).
-func (s *Server) ShardsReady() error { return s.health.ready() }
-
-// ShardStatus is one shard in /status.
-type ShardStatus struct {
-	Name      string       `json:"name"`
-	Primary   string       `json:"primary"`
-	PrimaryOK bool         `json:"primary_ok"`
-	Hosts     []HostStatus `json:"hosts"`
-}
-
-// HostStatus is one host of a shard in /status.
-type HostStatus struct {
-	Addr        string     `json:"addr"`
-	MapRole     string     `json:"map_role"`
-	Role        string     `json:"role,omitempty"` // as the host reports it: primary or replica
-	Up          bool       `json:"up"`
-	LagSeconds  float64    `json:"lag_seconds"`
-	LagBytes    uint64     `json:"lag_bytes"`
-	BannedUntil *time.Time `json:"banned_until,omitempty"`
-	LastError   string     `json:"last_error,omitempty"`
-	CheckedAt   time.Time  `json:"checked_at"`
-}
-
-// ShardStatus reports every shard's hosts as the last health checks saw
-// them, in map order. Safe for concurrent use.
-func (s *Server) ShardStatus() []ShardStatus {
-	v := s.health.view.Load()
-	var out []ShardStatus
-	now := time.Now()
-	for _, sh := range s.router.Map().Shards {
-		st := ShardStatus{Name: sh.Name, Primary: sh.Primary.Addr}
-		if v != nil && v.Shards[sh.Name] != nil {
-			sv := v.Shards[sh.Name]
-			st.Primary, st.PrimaryOK = sv.Primary.Addr, sv.PrimaryOK
-			for _, r := range sv.Hosts {
-				hs := HostStatus{Addr: r.Host.Addr, MapRole: r.Configured.String(), Up: r.Up,
-					LagSeconds: r.LagSeconds, LagBytes: r.LagBytes, LastError: r.LastError, CheckedAt: r.CheckedAt}
-				if r.Up {
-					hs.Role = "primary"
-					if r.InRecovery {
-						hs.Role = "replica"
-					}
-				}
-				if r.BannedUntil.After(now) {
-					b := r.BannedUntil
-					hs.BannedUntil = &b
-				}
-				st.Hosts = append(st.Hosts, hs)
-			}
-		}
-		out = append(out, st)
-	}
-	return out
 }
