@@ -30,8 +30,12 @@ func (f *fanOut) answer(it fanItem) error {
 		return nil
 	case !it.sent:
 		return nil
+	case it.typ == 'Q' && it.merge != nil:
+		return f.answerMergedQuery(it.merge)
 	case it.typ == 'Q':
 		return f.answerQuery(it)
+	case it.typ == 'E' && it.merge != nil:
+		return f.answerMergedExecute(it.merge)
 	case it.typ == 'S':
 		for _, l := range f.legs {
 			l.exp = nil // every earlier item is answered; the server skips the rest after an error
@@ -107,7 +111,20 @@ func (f *fanOut) answer(it fanItem) error {
 		f.emit('3', nil)
 	case it.typ == 'D':
 		for _, m := range first {
-			f.emit(m[0], m[1:])
+			if it.merge != nil && m[0] == 'T' {
+				// A merged statement's portal: the shards describe
+				// ShardSQL; the merge reads that, the client gets its own.
+				it.merge.rowDesc = m[1:]
+				desc, err := it.merge.plan.Describe(m[1:])
+				if err != nil {
+					f.sendError(pgerr.From(err).Encode(nil)[5:])
+					break
+				}
+				m = append([]byte{'T'}, desc...)
+			}
+			if !it.hidden {
+				f.emit(m[0], m[1:])
+			}
 		}
 	case len(tags) > 0:
 		f.emit('C', mergeTags(tags))

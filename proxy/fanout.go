@@ -71,6 +71,9 @@ type fanOut struct {
 	// one of its statements: the legs are its connections, kept past the
 	// request.
 	xt *crossTx
+	// cur is the merge of the statement last bound in the request (nil:
+	// its rows are concatenated).
+	cur *mergeState
 }
 
 // fanLeg is the request's connection to one shard.
@@ -104,6 +107,10 @@ type fanItem struct {
 	// sql is a Query's text; copyIn: it is a COPY FROM STDIN (fancopy.go).
 	sql    string
 	copyIn bool
+	// merge merges the answer's rows (merged.go); hidden: a Describe the
+	// sidecar added for the merge, not answered to the client.
+	merge  *mergeState
+	hidden bool
 }
 
 // expFanItem marks, in a leg's expectations, the answer to the next item.
@@ -234,7 +241,12 @@ func (f *fanOut) addQuery(sql string) {
 	if o, ok := isCopy(sql); ok && o.from {
 		it.copyIn = true
 	}
-	f.add(it, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
+	sent, ms, err := f.planQueryMerge(sql)
+	if err != nil {
+		f.queueError(pgerr.From(err))
+	}
+	it.merge = ms
+	f.add(it, func(l *fanLeg) { l.out = appendQuery(l.out, sent) })
 }
 
 // isCopy parses sql when it starts with COPY.
@@ -306,7 +318,10 @@ func (f *fanOut) message(typ byte, n int) error {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Describe message")
 		}
 		if body[0] == 'P' {
-			f.add(fanItem{typ: 'D'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'D', n), body...) })
+			if f.cur != nil {
+				f.cur.hasDescribed = true
+			}
+			f.add(fanItem{typ: 'D', merge: f.cur}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'D', n), body...) })
 			return nil
 		}
 		name, _, err := cstr(body[1:])
@@ -330,7 +345,12 @@ func (f *fanOut) message(typ byte, n int) error {
 			f.queueError(e)
 			return nil
 		}
-		f.add(fanItem{typ: 'E'}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'E', n), body...) })
+		if ms := f.cur; ms != nil && !ms.hasDescribed && !f.skipRest {
+			// The merge needs the shards' RowDescription: ask for it.
+			ms.hasDescribed = true
+			f.add(fanItem{typ: 'D', merge: ms, hidden: true}, func(l *fanLeg) { l.out = describePortal(l.out, body) })
+		}
+		f.add(fanItem{typ: 'E', merge: f.cur}, func(l *fanLeg) { l.out = append(wire.AppendHeader(l.out, 'E', n), body...) })
 	case 'C':
 		if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Close message")
@@ -400,12 +420,26 @@ func (f *fanOut) bind(n int, body []byte, plan *fanPlan) error {
 			return nil
 		}
 	}
+	f.cur = nil
+	var formats []int16
+	if def != nil {
+		mdef, fm, ms, err := f.mergedBind(def, body)
+		if err != nil {
+			f.queueError(pgerr.From(err))
+			return nil
+		}
+		def, formats, f.cur = mdef, fm, ms
+	}
 	f.add(fanItem{typ: 'B'}, func(l *fanLeg) {
 		if def == nil { // unknown: let the server say so
 			l.out = append(wire.AppendHeader(l.out, 'B', n), body...)
 			return
 		}
 		sname := f.prepare(l, def, name == "")
+		if f.cur != nil {
+			l.out, _ = appendBind(l.out, body, sname, formats) // body decoded in mergedBind
+			return
+		}
 		l.out = wire.AppendHeader(l.out, 'B', n-len(name)+len(sname))
 		l.out = append(append(l.out, portal...), 0)
 		l.out = append(append(l.out, sname...), 0)

@@ -96,6 +96,7 @@ func (f *fanOut) columns(table string) ([]router.Column, bool) {
 func (f *fanOut) pinTime(sql string) (string, error) {
 	if f.plan.ddl {
 		f.ss.srv.catalog.clear()
+		f.ss.srv.merges.clear()
 	}
 	if f.plan.copy != nil {
 		// The columns of a COPY without a column list are read now: once

@@ -25,6 +25,9 @@ type stmtDef struct {
 	// pinned is the statement's rewrite for writes to replicated tables
 	// (pintime.go); set by the session goroutine of the client owning def.
 	pinned *pinnedStmt
+	// merged is the statement's ShardSQL for reads merged across shards
+	// (merged.go); set like pinned.
+	merged *stmtDef
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {
