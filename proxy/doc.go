@@ -17,6 +17,10 @@
 // goroutine (relay.go), and moves between targets only at a safe point
 // (route.go). A request the router sends to several shards is a fan-out
 // (fanout.go, fanmerge.go): the session goroutine takes a connection per
-// shard, runs the request on all of them synchronously and merges the
-// answers, then attaches its transaction's upstream again.
+// shard and runs the request on all of them synchronously; reads are
+// merged by package merge (merged.go), COPY rows split by key
+// (fancopy.go), writes to replicated tables made deterministic
+// (pintime.go). A transaction that needs a second shard becomes a crossTx
+// (xact.go): one leg per shard until it ends, each request a fan-out over
+// its legs, the commit two-phase when several legs wrote (twophase.go).
 package proxy
