@@ -82,11 +82,9 @@ func startPG(t *testing.T, rng *rand.Rand, nrows int) *pgEnv {
 	start := time.Now()
 	defer func() { t.Logf("databases loaded in %v", time.Since(start)) }()
 	for _, db := range dbs {
-		t0 := time.Now()
 		if _, err := env.cluster.Exec(ctx, "postgres", "CREATE DATABASE "+db); err != nil {
 			t.Fatal(err)
 		}
-		t1 := time.Now()
 		var ins strings.Builder
 		ins.WriteString(testSchema)
 		var vals []string
@@ -101,7 +99,6 @@ func startPG(t *testing.T, rng *rand.Rand, nrows int) *pgEnv {
 		if _, err := env.cluster.Exec(ctx, db, ins.String()); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s: create %v, load %v", db, t1.Sub(t0), time.Since(t1))
 		conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=%s timezone=America/St_Johns",
 			env.cluster.SocketDir(), env.cluster.Port(), db))
 		if err != nil {

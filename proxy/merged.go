@@ -31,8 +31,14 @@ type mergeCatalog struct {
 	plans *lru.Cache[string, mergeEntry]
 
 	mu        sync.Mutex
-	enums     map[uint32]map[string]float64 // nil value: not an enum
-	collation string                        // the shards' database collation, once read
+	enums     map[enumKey]map[string]float64 // nil value: not an enum
+	collation string                         // the shards' database collation, once read
+}
+
+// enumKey names a type on one shard: type OIDs differ between shards.
+type enumKey struct {
+	shard string
+	oid   uint32
 }
 
 type mergeEntry struct {
@@ -41,14 +47,14 @@ type mergeEntry struct {
 }
 
 func newMergeCatalog() *mergeCatalog {
-	return &mergeCatalog{plans: lru.New[string, mergeEntry](4096), enums: map[uint32]map[string]float64{}}
+	return &mergeCatalog{plans: lru.New[string, mergeEntry](4096), enums: map[enumKey]map[string]float64{}}
 }
 
 // clear forgets what a schema change may change (enum labels).
 func (c *mergeCatalog) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.enums = map[uint32]map[string]float64{}
+	c.enums = map[enumKey]map[string]float64{}
 }
 
 // mergePlan returns the merge plan of sql (nil when its rows need no
@@ -69,19 +75,20 @@ func (s *Server) onFirstPrimary(fn func(health.Conn) error) error {
 	return s.onPrimary(context.Background(), s.router.Map().Shards[0].Name, fn)
 }
 
-// enumOrder returns the sort positions of an enum type's labels, read
-// once per type from the first shard's catalog (every shard has the same
-// schema).
-func (s *Server) enumOrder(oid uint32) (map[string]float64, bool) {
+// enumOrder returns the sort positions of the labels of enum type oid on
+// shard (the shard whose RowDescription named the type: OIDs differ
+// between shards), read once per type from that shard's catalog.
+func (s *Server) enumOrder(shard string, oid uint32) (map[string]float64, bool) {
 	c := s.merges
+	key := enumKey{shard, oid}
 	c.mu.Lock()
-	m, ok := c.enums[oid]
+	m, ok := c.enums[key]
 	c.mu.Unlock()
 	if ok {
 		return m, m != nil
 	}
 	var labels map[string]float64
-	err := s.onFirstPrimary(func(conn health.Conn) error {
+	err := s.onPrimary(context.Background(), shard, func(conn health.Conn) error {
 		return conn.Exec("SELECT enumlabel, enumsortorder FROM pg_catalog.pg_enum WHERE enumtypid = "+strconv.FormatUint(uint64(oid), 10), func(row [][]byte) {
 			if len(row) == 2 {
 				f, err := strconv.ParseFloat(string(row[1]), 64)
@@ -98,7 +105,7 @@ func (s *Server) enumOrder(oid uint32) (map[string]float64, bool) {
 		return nil, false // not cached: the next merge asks again
 	}
 	c.mu.Lock()
-	c.enums[oid] = labels
+	c.enums[key] = labels
 	c.mu.Unlock()
 	return labels, labels != nil
 }
@@ -328,7 +335,8 @@ func (f *fanOut) runMerge(ms *mergeState) error {
 		}
 		srcs[i] = sources[i]
 	}
-	opt := merge.Options{EnumOrder: ss.srv.enumOrder}
+	shard := f.legs[0].u.target.Shard // whose RowDescription ms.rowDesc is
+	opt := merge.Options{EnumOrder: func(oid uint32) (map[string]float64, bool) { return ss.srv.enumOrder(shard, oid) }}
 	emitted, err := ms.plan.Run(ms.params, ms.paramFormats, ms.rowDesc, ms.clientFormats, srcs, func(row []byte) error {
 		f.emit('D', row)
 		if f.clientGone {
