@@ -71,8 +71,11 @@ func TestFlagsDefaultToTheAcceptanceMatrix(t *testing.T) {
 	if o.duration != 10*time.Second || len(o.clients) != 3 || len(o.protocols) != 3 || o.rssClients != 2000 || o.skipRSS {
 		t.Fatalf("defaults = %+v", o)
 	}
-	if o.repeat != 1 || !slices.Equal(o.modes, []string{"session", "transaction"}) {
-		t.Fatalf("repeat %d, modes %q; want 1 and both tables", o.repeat, o.modes)
+	if o.repeat != 1 || !slices.Equal(o.modes, []string{"session", "transaction", "sharded"}) {
+		t.Fatalf("repeat %d, modes %q; want 1 and every table", o.repeat, o.modes)
+	}
+	if o.shardedClients != 10 || o.fanoutIncidents != 100000 {
+		t.Fatalf("sharded clients %d, fan-out incidents %d; want 10 and 100000", o.shardedClients, o.fanoutIncidents)
 	}
 }
 
@@ -179,7 +182,7 @@ func TestReportComparesTheSidecarWithPgBouncerPerRow(t *testing.T) {
 
 const preparedErr = `pgbench: error: client 3 script 0 aborted in command 1 query 0: ERROR:  prepared statement "P_0" does not exist`
 
-// txnTable is a transaction table as issue 3 asks for it, with PgBouncer's
+// txnTable is a transaction table with its fixed rows, with PgBouncer's
 // prepared row failing as expected.
 func txnTable(sidecarPrepared float64) *table {
 	bouncerPrepared := result{exitErr: errors.New("exit status 2"), stderr: []string{"pgbench: error: client 0 aborted", preparedErr}, logPath: "txn-prepared-c50-pgbouncer.log"}

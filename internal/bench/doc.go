@@ -4,14 +4,15 @@
 // holding the same client certificate upstream, all in the same run on the
 // same machine.
 //
-// It prints one markdown table per pool mode (-modes):
+// It prints one markdown table per pool mode, and the sharded table
+// (-modes):
 //
 //   - session (pool 60): for every protocol (simple, extended, prepared)
 //     and client count (1, 10, 50) it runs `pgbench -S` against the three
 //     targets back to back; TPS, mean latency and the sidecar/PgBouncer and
 //     sidecar/direct ratios, judged against "sidecar TPS ≥ PgBouncer's in
 //     every row".
-//   - transaction (pool 10, issue 3): a second PgBouncer (pool_mode =
+//   - transaction (pool 10, fixed rows): a second PgBouncer (pool_mode =
 //     transaction) and a second sidecar (POOL_MODE=transaction), started
 //     after the session pair is stopped, run the fixed rows simple and
 //     extended at 10 and 50 clients and prepared at 50. PgBouncer 1.18 has
@@ -20,6 +21,29 @@
 //     printed, which does not fail the benchmark (any other failure does).
 //     Judged against "sidecar TPS ≥ PgBouncer's in every row both can run"
 //     and "sidecar prepared TPS ≥ its own extended TPS".
+//   - sharded (sharded.go, workload.go): the sidecar over shards. The one
+//     database is restarted with the settings of two more clusters made
+//     for this table (shard-0, shard-1: each the primary of one shard,
+//     with the Brownie schema); the shard maps (deploy/shardmap/brownie.yaml
+//     with one shard, the one database, and with the two shards) are
+//     written to the work directory. The same rows are loaded straight
+//     into the one database and, by the sidecar's own placement
+//     (router.Place), into the shards: 100,000 incidents of one
+//     organization (-fanout-incidents) and, per target, 100 teams with 20
+//     incidents and a user. Three targets — the one database directly
+//     (TLS with the client certificate), a sidecar with the one-shard map
+//     and a sidecar on the two shards, both in transaction mode, pool 10
+//     per shard — run three workloads with this program's pgx clients
+//     (extended protocol, unnamed statements, client-made uuids, every
+//     answer checked): the keyless fan-out read `ORDER BY created_at DESC
+//     LIMIT 50` (1 and -sharded-clients clients), a single-team request
+//     transaction and a signup transaction (organization, team and user:
+//     two-phase commit on two shards). TPS, mean/p50/p95 latency and the
+//     sidecars' CPU per transaction, judged against "single-team on two
+//     shards ≥ 0.90 × one shard", "signup on two shards ≥ 0.50 × the one
+//     database" and "fan-out latency on two shards ≤ 1.30 × the one
+//     database". A wrong answer (a fan-out read that does not return
+//     exactly the newest 50 incidents in order) fails the run.
 //
 // With -repeat N every row is N rounds of its targets (A, B, A, B, ...) and
 // each cell shows the median TPS and median latency of its N runs, with the
@@ -31,9 +55,9 @@
 //
 // It owns the work directory (.bench by default, recreated on every run) and
 // every process it starts there: one PostgreSQL cluster through
-// internal/pgcluster, PgBouncer and the sidecar binary (bin/brownie-sidecar,
-// built by `make build`) as child processes, one pair per table, and
-// pgbench runs. All of them
+// internal/pgcluster (and the sharded table's two shards), PgBouncer and
+// the sidecar binary (bin/brownie-sidecar, built by `make build`) as child
+// processes, one pair per table, and pgbench runs. All of them
 // are stopped when the program returns, fails or is interrupted. It never
 // touches the sidecar's source or configuration beyond the environment of
 // the process it starts.
@@ -52,9 +76,11 @@
 // Usage:
 //
 //	go run ./internal/bench [-duration 10s] [-repeat 1]
-//	    [-modes session,transaction] [-clients 1,10,50]
+//	    [-modes session,transaction,sharded] [-clients 1,10,50]
 //	    [-protocols simple,extended,prepared] [-skip-rss] [-rss-clients 2000]
 //	    [-reference] [-sidecar-env NAME=VALUE]
+//	    [-sharded-clients 10] [-fanout-incidents 100000]
 //
-// -clients and -protocols choose the session table's rows only.
+// -clients and -protocols choose the session table's rows only. PgBouncer
+// and pgbench are needed only by the session and transaction tables.
 package main

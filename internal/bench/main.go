@@ -55,17 +55,31 @@ type options struct {
 	// reference adds a second PgBouncer to both tables and the reference
 	// relays (refKinds) to the session table.
 	reference bool
+	// shardedClients is the client count of the sharded table's rows (its
+	// fan-out read also runs with one client).
+	shardedClients int
+	// fanoutIncidents is how many incidents the sharded table's fan-out
+	// read orders.
+	fanoutIncidents int
 }
 
 var allProtocols = []string{"simple", "extended", "prepared"}
 
-// Pool modes, one table each.
+// Tables: the pool modes, one table each, and the sharded table (one
+// database, the sidecar on one shard and on two shards; sharded.go).
 const (
 	modeSession     = "session"
 	modeTransaction = "transaction"
+	modeSharded     = "sharded"
 )
 
-var allModes = []string{modeSession, modeTransaction}
+var allModes = []string{modeSession, modeTransaction, modeSharded}
+
+// usesPgbench reports whether a table of modes runs pgbench -S against
+// PgBouncer (the session and transaction tables).
+func usesPgbench(modes []string) bool {
+	return slices.Contains(modes, modeSession) || slices.Contains(modes, modeTransaction)
+}
 
 // rowSpec is a (protocol, clients) row before it runs.
 type rowSpec struct {
@@ -73,7 +87,7 @@ type rowSpec struct {
 	clients int
 }
 
-// txnRows are the rows of the transaction table, fixed by issue 3 whatever
+// txnRows are the rows of the transaction table, fixed whatever
 // -clients and -protocols say: the sidecar's extended and prepared rows at
 // 50 clients are compared with each other.
 var txnRows = []rowSpec{
@@ -107,7 +121,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.reference, "reference", false, "also run each table against a second, identical PgBouncer (the noise of a ratio) and the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
-	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows)")
+	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
+	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
+	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -156,6 +172,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.repeat < 1 {
 		errs = append(errs, errors.New("-repeat must be at least 1"))
+	}
+	if o.shardedClients < 1 || o.shardedClients > maxBenchClients {
+		errs = append(errs, fmt.Errorf("-sharded-clients must be between 1 and %d", maxBenchClients))
+	}
+	if o.fanoutIncidents < fanoutLimit {
+		errs = append(errs, fmt.Errorf("-fanout-incidents must be at least %d (the fan-out read's LIMIT)", fanoutLimit))
 	}
 	return o, errors.Join(errs...)
 }
@@ -228,6 +250,7 @@ func newBench(opts options, log io.Writer) (*bench, error) {
 		return nil, err
 	}
 	var errs []error
+	pgbench := usesPgbench(opts.modes)
 	if b.sidecar, err = filepath.Abs(opts.sidecarBin); err != nil {
 		errs = append(errs, err)
 	} else if fi, err := os.Stat(b.sidecar); err != nil || fi.IsDir() {
@@ -236,11 +259,12 @@ func newBench(opts options, log io.Writer) (*bench, error) {
 	if b.binDir, err = pgcluster.FindBinDir(); err != nil {
 		errs = append(errs, err)
 	} else if b.pgbench = filepath.Join(b.binDir, "pgbench"); !isFile(b.pgbench) {
-		if b.pgbench, err = exec.LookPath("pgbench"); err != nil {
+		if b.pgbench, err = exec.LookPath("pgbench"); err != nil && pgbench {
 			errs = append(errs, errors.New("pgbench not found; install PostgreSQL with `make deps`"))
 		}
 	}
-	if b.bouncer, err = exec.LookPath("pgbouncer"); err != nil {
+	// Only the session and transaction tables run PgBouncer.
+	if b.bouncer, err = exec.LookPath("pgbouncer"); err != nil && pgbench {
 		if b.bouncer = "/usr/sbin/pgbouncer"; !isFile(b.bouncer) {
 			errs = append(errs, errors.New("pgbouncer not found; install it with `apt-get install pgbouncer` (make deps-bench)"))
 		}
@@ -287,7 +311,11 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	if err := b.startPostgres(ctx, map[string]string{"max_connections": "300"}); err != nil {
 		return nil, err
 	}
-	if err := b.initPgbench(ctx); err != nil {
+	if usesPgbench(b.opts.modes) {
+		if err := b.initPgbench(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := b.pg.EnsureBrownieDatabase(ctx); err != nil {
 		return nil, err
 	}
 	rep := &report{
@@ -315,6 +343,11 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 	if slices.Contains(b.opts.modes, modeTransaction) {
 		if err := b.runMode(ctx, rep, modeTransaction, txnPoolSize, txnRows); err != nil {
+			return rep, err
+		}
+	}
+	if slices.Contains(b.opts.modes, modeSharded) {
+		if err := b.runSharded(ctx, rep); err != nil {
 			return rep, err
 		}
 	}
@@ -358,7 +391,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 	}
 	defer func() {
 		side.stop()
-		tbl.sidecarLog = readSidecarLog(side.proc.logPath, 0, -1)
+		tbl.sidecarLogs = append(tbl.sidecarLogs, namedLog{name: colSidecar, log: readSidecarLog(side.proc.logPath, 0, -1)})
 	}()
 
 	var targets []target
@@ -394,7 +427,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 	}
 	b.logf("%s table: pool %d, %d rows x %d targets x %d runs of %s", mode, poolSize, len(rows), len(targets), b.opts.repeat, b.opts.duration)
 	tbl.loadBefore = loadAverage()
-	err = b.runTable(ctx, tbl, targets, rows, tag)
+	err = b.runTable(ctx, tbl, targets, rows, tag, b.runPgbench, "simple")
 	tbl.loadAfter = loadAverage()
 	return err
 }
@@ -411,33 +444,39 @@ func roundOrder(n, shift int) []int {
 // warmupDuration is the length of the unrecorded warm-up run per target.
 const warmupDuration = 5 * time.Second
 
-// runTable runs the warm-up and then every row into tbl. Within a row the
-// targets run back to back, and with -repeat N the row is N such rounds;
-// each round (and each row) starts one target further along (A B C, B C A,
-// C A B, ...), because a target's place in the round biases it (a
-// PgBouncer run later in the round measured 10 % below an identical one
+// runFunc runs one measurement: proto (a pgbench protocol, or a workload of
+// the sharded table) with clients against t for dur. tag, if set, prefixes
+// its log file.
+type runFunc func(ctx context.Context, t target, proto string, clients int, dur time.Duration, tag string) result
+
+// runTable runs the warm-up and then every row into tbl with run. Within a
+// row the targets run back to back, and with -repeat N the row is N such
+// rounds; each round (and each row) starts one target further along (A B
+// C, B C A, C A B, ...), because a target's place in the round biases it
+// (a PgBouncer run later in the round measured 10 % below an identical one
 // run earlier), so drift and place fall on the targets alike. Each cell is
 // the median of its N runs. tag, if set, prefixes the log files.
 //
-// The warm-up runs the largest client count against each target once, so
-// both poolers hold as many upstream connections as any row needs and the
-// table's data pages are cached before the first recorded run. PostgreSQL
-// on a small machine starts a TLS backend in tens of milliseconds, which
-// would otherwise eat into the first short run through each pooler.
-func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows []rowSpec, tag string) error {
+// The warm-up runs warmProto with the largest client count against each
+// target once, so both poolers hold as many upstream connections as any
+// row needs and the table's data pages are cached before the first
+// recorded run. PostgreSQL on a small machine starts a TLS backend in tens
+// of milliseconds, which would otherwise eat into the first short run
+// through each pooler.
+func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows []rowSpec, tag string, run runFunc, warmProto string) error {
 	warmClients := 0
 	for _, spec := range rows {
 		warmClients = max(warmClients, spec.clients)
 	}
 	for _, t := range targets {
-		b.logf("warm-up: %s, %d clients, %s", t.name, warmClients, warmupDuration)
-		r := b.runPgbench(ctx, t, "simple", warmClients, warmupDuration, joinTag(tag, "warmup"))
+		b.logf("warm-up: %s, %s, %d clients, %s", t.name, warmProto, warmClients, warmupDuration)
+		r := run(ctx, t, warmProto, warmClients, warmupDuration, joinTag(tag, "warmup"))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if r.exitErr != nil || len(r.stderr) > 0 || r.failedTx > 0 {
 			b.logf("  warm-up against %s FAILED: %s", t.name, r.summary())
-			tbl.warmupErrors = append(tbl.warmupErrors, runError{target: t.name, proto: "simple", clients: warmClients, res: r})
+			tbl.warmupErrors = append(tbl.warmupErrors, runError{target: t.name, proto: warmProto, clients: warmClients, res: r})
 		}
 	}
 	for n, spec := range rows {
@@ -449,7 +488,7 @@ func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows
 			}
 			for _, j := range roundOrder(len(targets), i+n) {
 				t := targets[j]
-				r := b.runPgbench(ctx, t, spec.proto, spec.clients, b.opts.duration, runTag)
+				r := run(ctx, t, spec.proto, spec.clients, b.opts.duration, runTag)
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -460,7 +499,7 @@ func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows
 				case r.failed():
 					b.logf("  %-9s %-8s c=%-3d FAILED: %s", t.name, spec.proto, spec.clients, r.summary())
 				default:
-					b.logf("  %-9s %-8s c=%-3d %10.0f tps %8.3f ms", t.name, spec.proto, spec.clients, r.tps, r.latencyMs)
+					b.logf("  %-9s %-8s c=%-3d %10.0f tps %8.3f ms%s", t.name, spec.proto, spec.clients, r.tps, r.latencyMs, percentiles(r))
 				}
 			}
 		}
@@ -474,12 +513,20 @@ func (b *bench) runTable(ctx context.Context, tbl *table, targets []target, rows
 			case m.failed():
 				b.logf("  %-9s %-8s c=%-3d %d of %d runs FAILED", t.name, spec.proto, spec.clients, m.failedRuns, m.runs)
 			default:
-				b.logf("  %-9s %-8s c=%-3d median of %d: %10.0f tps %8.3f ms", t.name, spec.proto, spec.clients, m.runs, m.tps, m.latencyMs)
+				b.logf("  %-9s %-8s c=%-3d median of %d: %10.0f tps %8.3f ms%s", t.name, spec.proto, spec.clients, m.runs, m.tps, m.latencyMs, percentiles(m))
 			}
 		}
 		tbl.rows = append(tbl.rows, row)
 	}
 	return nil
+}
+
+// percentiles is " (p50 x, p95 y)" for a result that measured them, else "".
+func percentiles(r result) string {
+	if r.p95Ms <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (p50 %.3f, p95 %.3f)", r.p50Ms, r.p95Ms)
 }
 
 // joinTag joins non-empty log-file name prefixes with "-".

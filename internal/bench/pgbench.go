@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,6 +30,9 @@ type target struct {
 	// pid is the pooler's process, whose CPU time per transaction is
 	// measured; 0 for PostgreSQL reached directly.
 	pid int
+	// pgPids are the postmasters of the clusters behind the target, whose
+	// CPU time (with every backend's) the sharded table measures too.
+	pgPids []int
 }
 
 // result is the outcome of one pgbench run.
@@ -53,6 +57,15 @@ type result struct {
 	// transaction in microseconds, 0 when not measured; for a combined
 	// cell, the median over the runs that measured it.
 	cpuUs float64
+	// pgCPUUs is, likewise, the CPU time per transaction of the PostgreSQL
+	// clusters the run used (every process of each, from /proc), measured
+	// only by the sharded table; 0 otherwise.
+	pgCPUUs float64
+
+	// p50Ms and p95Ms are the median and 95th percentile latency, measured
+	// only by the sharded table's own client (workload.go), 0 otherwise;
+	// for a combined cell, medians like latencyMs.
+	p50Ms, p95Ms float64
 }
 
 // failed reports whether the run cannot be trusted: pgbench failed, said
@@ -80,16 +93,16 @@ func (r result) preparedError() string {
 }
 
 // combineRuns folds the runs of one cell into one result: median TPS and
-// median latency over the runs that produced numbers (each median taken on
-// its own), transaction counts summed, and the first failed run's exit
-// status, stderr and log kept so that the cell fails if any run failed. A
-// single run is returned unchanged.
+// median latencies (mean, p50, p95) over the runs that produced numbers
+// (each median taken on its own), transaction counts summed, and the first
+// failed run's exit status, stderr and log kept so that the cell fails if
+// any run failed. A single run is returned unchanged.
 func combineRuns(runs []result) result {
 	if len(runs) == 1 {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, cpu []float64
+	var tps, lat, p50, p95, cpu, pgCPU []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
@@ -97,9 +110,14 @@ func combineRuns(runs []result) result {
 		if r.cpuUs > 0 {
 			cpu = append(cpu, r.cpuUs)
 		}
+		if r.pgCPUUs > 0 {
+			pgCPU = append(pgCPU, r.pgCPUUs)
+		}
 		if r.parsed {
 			tps = append(tps, r.tps)
 			lat = append(lat, r.latencyMs)
+			p50 = append(p50, r.p50Ms)
+			p95 = append(p95, r.p95Ms)
 		} else {
 			out.incomplete++
 		}
@@ -111,10 +129,11 @@ func combineRuns(runs []result) result {
 		}
 	}
 	out.runTPS = tps
-	out.cpuUs = median(cpu)
+	out.cpuUs, out.pgCPUUs = median(cpu), median(pgCPU)
 	if len(tps) > 0 {
 		out.parsed = true
 		out.tps, out.latencyMs = median(tps), median(lat)
+		out.p50Ms, out.p95Ms = median(p50), median(p95)
 	}
 	if failed != nil {
 		out.exitErr, out.stderr, out.logPath = failed.exitErr, failed.stderr, failed.logPath
@@ -158,7 +177,7 @@ func (r result) summary() string {
 		parts = append(parts, fmt.Sprintf("%d failed transactions", r.failedTx))
 	}
 	if !r.parsed {
-		parts = append(parts, "no tps/latency in output")
+		parts = append(parts, "no TPS or latency measured")
 	} else if r.incomplete > 0 {
 		parts = append(parts, fmt.Sprintf("%d of %d runs without tps/latency in output", r.incomplete, r.runs))
 	}
@@ -277,20 +296,64 @@ func cpuTicks(pid int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	_, ticks, err := parseStat(b)
+	if err != nil {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return ticks, nil
+}
+
+// parseStat returns the parent pid and the CPU time (utime + stime) in
+// clock ticks from the text of /proc/PID/stat.
+func parseStat(b []byte) (ppid int, ticks int64, err error) {
 	// The command name (field 2) is parenthesised and may hold spaces;
-	// utime and stime are fields 14 and 15, the 12th and 13th after it.
+	// ppid is field 4, utime and stime are fields 14 and 15: the 2nd, 12th
+	// and 13th after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return 0, 0, errors.New("no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return 0, 0, errors.New("too few fields")
 	}
+	ppid, err0 := strconv.Atoi(f[1])
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	if err := errors.Join(err0, err1, err2); err != nil {
+		return 0, 0, err
 	}
-	return utime + stime, nil
+	return ppid, utime + stime, nil
+}
+
+// treeTicks returns the CPU time, in clock ticks, of the processes roots
+// and of their children: a PostgreSQL postmaster and its backends and
+// background workers. A child that exits between two readings takes its
+// time with it, so the difference of two readings undercounts by the
+// backends that ended in between (none, while a run holds its
+// connections).
+func treeTicks(roots ...int) (int64, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	var sum int64
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		ppid, ticks, err := parseStat(b)
+		if err != nil {
+			continue
+		}
+		if slices.Contains(roots, pid) || slices.Contains(roots, ppid) {
+			sum += ticks
+		}
+	}
+	return sum, nil
 }

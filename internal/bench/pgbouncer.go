@@ -21,7 +21,7 @@ import (
 const benchPoolSize = 60
 
 // txnPoolSize is the upstream pool size of PgBouncer and the sidecar during
-// the transaction table (issue 3): 10 upstream connections shared by up to
+// the transaction table: 10 upstream connections shared by up to
 // 50 clients.
 const txnPoolSize = 10
 

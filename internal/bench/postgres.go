@@ -22,14 +22,17 @@ import (
 // may delete.
 const markerName = ".brownie-bench"
 
-// prepareDir recreates the work directory: it stops a cluster an earlier,
-// killed run may have left running, deletes the directory (only if it is
-// empty or carries the marker) and writes fresh development certificates.
+// prepareDir recreates the work directory: it stops the clusters an
+// earlier, killed run may have left running (the database and the sharded
+// table's shards), deletes the directory (only if it is empty or carries
+// the marker) and writes fresh development certificates.
 func (b *bench) prepareDir(ctx context.Context) error {
-	pgDir := filepath.Join(b.dir, "pg")
-	if isFile(filepath.Join(pgDir, "data", "PG_VERSION")) {
-		if err := pgcluster.StopDir(ctx, pgDir, io.Discard); err != nil {
-			return fmt.Errorf("stop the cluster an earlier run left in %s: %w", pgDir, err)
+	for _, name := range []string{"pg", "shard-0", "shard-1"} {
+		pgDir := filepath.Join(b.dir, name)
+		if isFile(filepath.Join(pgDir, "data", "PG_VERSION")) {
+			if err := pgcluster.StopDir(ctx, pgDir, io.Discard); err != nil {
+				return fmt.Errorf("stop the cluster an earlier run left in %s: %w", pgDir, err)
+			}
 		}
 	}
 	entries, err := os.ReadDir(b.dir)
@@ -154,6 +157,9 @@ func (b *bench) versions(ctx context.Context) []string {
 	pg, err := b.pg.Exec(ctx, "postgres", "SHOW server_version")
 	if err != nil {
 		pg = "unknown"
+	}
+	if !usesPgbench(b.opts.modes) {
+		return []string{"PostgreSQL " + pg, first(b.sidecar, "version")}
 	}
 	return []string{
 		"PostgreSQL " + pg,

@@ -26,20 +26,29 @@ const (
 )
 
 // table is the measurements of one pool mode: PgBouncer and the sidecar
-// (and, in session mode, PostgreSQL directly) for every row.
+// (and, in session mode, PostgreSQL directly) for every row; or, for
+// modeSharded, one database, the sidecar on one shard and on two for every
+// workload.
 type table struct {
-	mode         string   // modeSession or modeTransaction
-	poolSize     int      // upstream connections of either pooler
+	mode         string   // modeSession, modeTransaction or modeSharded
+	poolSize     int      // upstream connections of either pooler (per shard)
 	targets      []string // column names, in the order rows hold results
 	rows         []row
 	warmupErrors []runError
-	sidecarLog   sidecarLog // the table sidecar's output
+	sidecarLogs  []namedLog // the table's sidecars' output
 	loadBefore   float64    // 1-minute load average before and after the table
 	loadAfter    float64
+	sharded      *shardedInfo // modeSharded only: what the clusters held
 }
 
-// row is one (protocol, clients) line of a table; res is indexed like the
-// table's targets.
+// namedLog is one sidecar's output, named after its column.
+type namedLog struct {
+	name string
+	log  sidecarLog
+}
+
+// row is one (protocol, clients) line of a table — (workload, clients) in
+// the sharded table; res is indexed like the table's targets.
 type row struct {
 	proto   string
 	clients int
@@ -86,6 +95,12 @@ type report struct {
 	skipRSS     bool
 	rss         *rssResult
 	sidecarEnv  map[string]string // extra sidecar environment, if any
+}
+
+// hasPgbenchTables reports whether the report has a session or
+// transaction table.
+func (r *report) hasPgbenchTables() bool {
+	return slices.ContainsFunc(r.tables, func(t *table) bool { return t.mode != modeSharded })
 }
 
 // hasRows reports whether any table has a measured row.
@@ -194,12 +209,16 @@ func (t *table) evalPreparedVsExtended() preparedEval {
 func (r *report) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Brownie sidecar benchmark\n\n")
-	fmt.Fprintf(&b, "%s, %d CPUs. `pgbench -S -T %d -n`, scale %d, `-j min(clients,2)`.",
-		r.started.Format("2006-01-02 15:04 MST"), r.cpus, int(r.duration/time.Second), r.scale)
+	fmt.Fprintf(&b, "%s, %d CPUs.", r.started.Format("2006-01-02 15:04 MST"), r.cpus)
+	if r.hasPgbenchTables() {
+		fmt.Fprintf(&b, " `pgbench -S -T %d -n`, scale %d, `-j min(clients,2)`.", int(r.duration/time.Second), r.scale)
+	} else {
+		fmt.Fprintf(&b, " Runs of %d s.", int(r.duration/time.Second))
+	}
 	if r.repeat > 1 {
 		fmt.Fprintf(&b, " Every cell is the median of %d runs (TPS and latency each on its own), the targets of a row taking turns run by run; ±x%% is half the range of the runs' TPS relative to the median.", r.repeat)
 	}
-	b.WriteString(" PgBouncer and the sidecar hold the client certificate upstream (TLS, verify-full) and take plaintext loopback clients.\n\n")
+	b.WriteString(" The poolers hold the client certificate upstream (TLS, verify-full) and take plaintext loopback clients.\n\n")
 	if len(r.versions) > 0 {
 		fmt.Fprintf(&b, "Versions: %s.\n\n", strings.Join(r.versions, "; "))
 	}
@@ -212,6 +231,10 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
 	}
 	for _, t := range r.tables {
+		if t.mode == modeSharded {
+			r.writeShardedTable(&b, t)
+			continue
+		}
 		r.writeTable(&b, t)
 	}
 	r.writeRSS(&b)
@@ -229,7 +252,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		b.WriteString(" Direct = PostgreSQL over TLS (verify-full) with the client certificate.")
 	}
 	if t.mode == modeTransaction {
-		b.WriteString(" Rows fixed by issue 3, whatever -clients and -protocols say.")
+		b.WriteString(" Fixed rows, whatever -clients and -protocols say.")
 	}
 	b.WriteString("\n\n")
 	if t.loadBefore >= 0 && t.loadAfter >= 0 && len(t.rows) > 0 {
@@ -443,7 +466,7 @@ func (r *report) writeErrors(b *strings.Builder) {
 			lines = append(lines, fmt.Sprintf("number of failed transactions: %d", res.failedTx))
 		}
 		if !res.parsed {
-			lines = append(lines, "(no tps/latency lines in pgbench output)")
+			lines = append(lines, "(no TPS or latency measured)")
 		} else if res.incomplete > 0 {
 			lines = append(lines, fmt.Sprintf("(%d of %d runs without tps/latency lines in pgbench output)", res.incomplete, res.runs))
 		}
@@ -482,14 +505,25 @@ func (r *report) writeErrors(b *strings.Builder) {
 		errs = append(errs, section("idle sessions to the sidecar", r.rss.errors))
 	}
 	if len(errs) == 0 {
-		b.WriteString("\nNo errors: every pgbench run exited 0 with nothing on stderr and no failed transactions")
-		if expected > 0 {
-			fmt.Fprintf(b, " (apart from the %d expected failure(s) marked †)", expected)
+		var clean []string
+		if r.hasPgbenchTables() {
+			s := "every pgbench run exited 0 with nothing on stderr and no failed transactions"
+			if expected > 0 {
+				s += fmt.Sprintf(" (apart from the %d expected failure(s) marked †)", expected)
+			}
+			clean = append(clean, s)
 		}
+		if slices.ContainsFunc(r.tables, func(t *table) bool { return t.mode == modeSharded }) {
+			clean = append(clean, "every transaction of the sharded table succeeded with the answers it must give")
+		}
+		text := strings.Join(clean, ", ")
 		if r.rss != nil {
-			b.WriteString(", and every idle session reached ReadyForQuery")
+			if text != "" {
+				text += ", and "
+			}
+			text += "every idle session reached ReadyForQuery"
 		}
-		b.WriteString(".\n")
+		b.WriteString("\nNo errors: " + text + ".\n")
 	} else {
 		b.WriteString("\n## Errors (verbatim)\n\n")
 		b.WriteString(strings.Join(errs, "\n"))
@@ -512,7 +546,9 @@ func (r *report) writeErrors(b *strings.Builder) {
 		}
 	}
 	for _, t := range r.tables {
-		addLog(fmt.Sprintf("during the %s table", t.mode), t.sidecarLog)
+		for _, l := range t.sidecarLogs {
+			addLog(fmt.Sprintf("%s, during the %s table", l.name, t.mode), l.log)
+		}
 	}
 	if r.rss != nil {
 		addLog("while the idle sessions opened and were measured", r.rss.logOpen)
