@@ -63,6 +63,9 @@ type analysis struct {
 	// twoPhase is true for PREPARE TRANSACTION, COMMIT PREPARED and
 	// ROLLBACK PREPARED sent by the client.
 	twoPhase bool
+	// cursor is true for DECLARE … CURSOR: its FETCHes would read one
+	// shard only.
+	cursor bool
 	// hintsOnly is true when every statement sets or resets a brownie.*
 	// routing hint: nothing the server must see before the transaction's
 	// first real statement.
@@ -203,7 +206,7 @@ func parseAnalysis(text string) *analysis {
 	if len(stmts) == 1 {
 		a.classifyTx(stmts[0].GetStmt().GetTransactionStmt())
 	}
-	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData && !a.local && !a.noTxBlock && !a.twoPhase {
+	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData && !a.local && !a.noTxBlock && !a.twoPhase && !a.cursor {
 		return noAnalysis
 	}
 	return a
@@ -338,6 +341,7 @@ func (a *analysis) statement(n *pg_query.Node) {
 			a.discard = true
 		}
 	case n.GetDeclareCursorStmt() != nil:
+		a.cursor = true
 		if n.GetDeclareCursorStmt().GetOptions()&0x0020 != 0 { // CURSOR_OPT_HOLD
 			a.pinFor(PinHoldCursor)
 		}

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/brownie/brownie-sidecar/internal/lru"
 	"github.com/brownie/brownie-sidecar/router"
 )
 
@@ -24,6 +25,25 @@ type columnCache struct {
 	mu     sync.Mutex
 	tables map[string][]router.Column
 	gen    uint64 // grows at every clear
+	// pinned caches router.PinTime's rewrites by generation and statement
+	// text (set by newColumnCache).
+	pinned *lru.Cache[pinKey, pinnedText]
+}
+
+func newColumnCache() *columnCache {
+	return &columnCache{pinned: lru.New[pinKey, pinnedText](2048)}
+}
+
+type pinKey struct {
+	gen uint64
+	sql string
+}
+
+// pinnedText is a cached rewrite.
+type pinnedText struct {
+	out     string
+	changed bool
+	err     error
 }
 
 func (c *columnCache) get(table string) ([]router.Column, uint64, bool) {
@@ -73,7 +93,7 @@ func (f *fanOut) pinning() bool {
 // columns returns a table's columns from the cache, or from the catalog
 // of the request's first leg. Called before the request is sent.
 func (f *fanOut) columns(table string) ([]router.Column, bool) {
-	cache := &f.ss.srv.catalog
+	cache := f.ss.srv.catalog
 	cols, gen, ok := cache.get(table)
 	if ok {
 		return cols, cols != nil
@@ -109,12 +129,25 @@ func (f *fanOut) pinTime(sql string) (string, error) {
 	if !f.pinning() {
 		return sql, nil
 	}
-	out, changed, err := router.PinTime(sql, f.columns)
+	out, changed, err := f.pin(sql)
 	if err != nil || !changed {
 		return sql, err
 	}
 	f.setNow()
 	return out, nil
+}
+
+// pin is router.PinTime with the catalog of the request's first leg,
+// cached by text for the column cache's generation.
+func (f *fanOut) pin(sql string) (string, bool, error) {
+	cache := f.ss.srv.catalog
+	key := pinKey{cache.generation(), sql}
+	if p, ok := cache.pinned.Get(key); ok {
+		return p.out, p.changed, p.err
+	}
+	out, changed, err := router.PinTime(sql, f.columns)
+	cache.pinned.Add(key, pinnedText{out: out, changed: changed, err: err})
+	return out, changed, err
 }
 
 // pinnedDef returns the statement to prepare for def in a request that
@@ -129,7 +162,7 @@ func (f *fanOut) pinnedDef(def *stmtDef) (*stmtDef, error) {
 		}
 		return def, nil
 	}
-	out, changed, err := router.PinTime(def.query, f.columns)
+	out, changed, err := f.pin(def.query)
 	if err != nil {
 		return nil, err
 	}

@@ -231,6 +231,14 @@ func (ss *session) wroteLocked(shard string, at time.Time) {
 // rows for several shards is refused: each shard would get every row.
 func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *analysis) routeResult {
 	s := ss.srv
+	if a != nil && a.cursor {
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a cursor over rows on shards %s is not supported", strings.Join(d.Shards, ", "))
+		e.Hint = "read the rows with one query (merged across shards), or add the team key (team_id) so the cursor reads one shard"
+		e.Detail = d.Explain()
+		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
+		s.metrics.Refused.WithLabelValues("cursor").Inc()
+		return ss.refusal(e)
+	}
 	if d.Inserts && !d.Broadcast {
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "INSERT of rows for shards %s in one statement is not supported", strings.Join(d.Shards, ", "))
 		e.Hint = "insert each team's rows with a statement of their own"

@@ -67,7 +67,7 @@ type Server struct {
 	listeners []net.Listener
 	analyzer  *analyzer
 	health    *health.Checker
-	catalog   columnCache   // replicated tables' columns, for pinning the time of their writes
+	catalog   *columnCache  // replicated tables' columns, for pinning the time of their writes
 	merges    *mergeCatalog // merge plans and the catalog facts merges need
 
 	mu       sync.Mutex
@@ -96,7 +96,7 @@ type upstreamPool = pool.Pool[*upstream]
 func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: deps.Log, router: deps.Router, metrics: deps.Metrics, certs: deps.Certs,
-		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{}, analyzer: newAnalyzer(10000), merges: newMergeCatalog(),
+		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{}, analyzer: newAnalyzer(10000), merges: newMergeCatalog(), catalog: newColumnCache(),
 		dialer: &dialer{certs: deps.Certs, sslMode: cfg.SSLMode, database: cfg.Database, user: cfg.User,
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
