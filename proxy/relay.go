@@ -626,7 +626,7 @@ func (ss *session) prepareLocked(q *[]expectation, out []byte, u *upstream, def 
 // dropped and stream bytes copied, and flushes when no more client input
 // is buffered. Only the session goroutine writes upstream, through its own
 // buffered writer: once the relay goroutine hands the connection back to
-// the pool, nothing of this session's is left in a shared buffer.
+// the pool, nothing of the session's is left in a shared buffer.
 func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 	if _, err := ss.uw.Write(out); err != nil {
 		return ss.upstreamWriteFailed(err)

@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 
 	watcher := newMapWatcher(cfg.Routing.ShardMapFile, mapData, rt, log.Named("shardmap"), m)
 
-	// --- admin port (issue 6) ---
+	// --- admin port ---
 	// started turns /startup to 200 once the listeners are open. adminCtx
 	// is the base of every admin request's context: cancelling it aborts a
 	// backup or restore still running when shutdown gives up waiting.

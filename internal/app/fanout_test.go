@@ -90,7 +90,7 @@ func testFanOut(t *testing.T, e *routingEnv, a, b pgtype.UUID) {
 		t.Errorf("count(*)::int spanning shards: %v, want 0A000 naming the aggregate", err)
 	}
 	// Outside transactions the reads go to the replicas of both shards
-	// (once they have replayed this session's writes: read-your-writes).
+	// (once they have replayed the client's own writes: read-your-writes).
 	waitFor(t, 10*time.Second, "a fan-out read served by both replicas", func() bool {
 		rows, err := conn.Query(ctx10(t), "SELECT DISTINCT inet_server_port(), pg_is_in_recovery() FROM events")
 		if err != nil {
