@@ -26,6 +26,7 @@ import (
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
+	"github.com/brownie/brownie-sidecar/twophase"
 )
 
 var randRead = rand.Read
@@ -67,6 +68,7 @@ type Server struct {
 	listeners []net.Listener
 	analyzer  *analyzer
 	health    *health.Checker
+	twoPhase  *twophase.Recovery
 	catalog   *columnCache  // replicated tables' columns, for pinning the time of their writes
 	merges    *mergeCatalog // merge plans and the catalog facts merges need
 
@@ -106,6 +108,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
 		ReplicaSelection: cfg.Routing.ReplicaSelection,
 	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth})
+	s.twoPhase = twophase.New(twophase.Config{Timeout: cfg.Routing.TwoPhaseTimeout, Interval: cfg.Routing.TwoPhaseRecoveryInterval},
+		twophase.Deps{Router: deps.Router, OnPrimary: s.onPrimary, Metrics: deps.Metrics, Log: deps.Log})
 	var errs []error
 	if cfg.Listen.TLSCert != "" {
 		cert, err := cryptotls.LoadX509KeyPair(cfg.Listen.TLSCert, cfg.Listen.TLSKey)

@@ -41,6 +41,10 @@ type StmtPlan struct {
 	// copyInto is the sharded table of a COPY … FROM: its rows are split
 	// by their keys (Decision.Copy).
 	copyInto *tableRef
+	// apart names two sharded tables of one query level that are not
+	// joined on their key columns: spanning shards, the join would miss
+	// the pairs whose rows live on different shards.
+	apart []string
 }
 
 // tableUse is one use of a non-sharded table.
@@ -576,6 +580,17 @@ func (b *builder) level(sc *scope, quals []qual) {
 func (b *builder) constrain(sc *scope, quals []qual) {
 	own := map[*tableRef]*cons{}
 	var edges []edge
+	joined := map[*tableRef]*tableRef{} // union-find of key-joined references
+	var find func(r *tableRef) *tableRef
+	find = func(r *tableRef) *tableRef {
+		if p, ok := joined[r]; ok && p != r {
+			root := find(p)
+			joined[r] = root
+			return root
+		}
+		return r
+	}
+	join := func(x, y *tableRef) { joined[find(x)] = find(y) }
 	for _, q := range quals {
 		can := func(r *tableRef) bool { return q.restrict == nil || q.restrict[r] }
 		if q.using != nil {
@@ -585,6 +600,7 @@ func (b *builder) constrain(sc *scope, quals []qual) {
 						if l.ref == nil || r.ref == nil || l.ref.t.KeyColumn != col || r.ref.t.KeyColumn != col {
 							continue
 						}
+						join(l.ref, r.ref)
 						if can(r.ref) {
 							edges = append(edges, edge{l.ref, r.ref})
 						}
@@ -606,6 +622,7 @@ func (b *builder) constrain(sc *scope, quals []qual) {
 			}
 		}
 		for _, e := range eqs {
+			join(e.from, e.to)
 			if can(e.to) {
 				edges = append(edges, e)
 			}
@@ -614,10 +631,16 @@ func (b *builder) constrain(sc *scope, quals []qual) {
 			}
 		}
 	}
+	var first *tableRef
 	for _, e := range sc.entries {
 		r := e.ref
 		if r == nil || r.insert {
 			continue
+		}
+		if first == nil {
+			first = r
+		} else if find(r) != find(first) && b.p.apart == nil {
+			b.p.apart = []string{first.name, r.name}
 		}
 		// Every reference whose constraint flows into r through equalities.
 		seen := map[*tableRef]bool{r: true}

@@ -169,6 +169,15 @@ type Decision struct {
 	why []why
 }
 
+// errApart refuses a statement spanning shards that joins two sharded
+// tables on something other than their keys.
+func errApart(names []string) error {
+	e := pgerr.Errorf(pgerr.FeatureNotSupported, "a join of sharded tables %s and %s on columns other than their keys across shards is not supported", names[0], names[1])
+	e.Detail = "Each shard joins only its own rows, so pairs of rows on different shards would be missed."
+	e.Hint = "join them on their key columns (team_id), or add the team key so the statement runs on one shard"
+	return e
+}
+
 // CopySplit describes the rows of a COPY into a sharded table.
 type CopySplit struct {
 	// Table is the table as named in the statement; KeyColumn its key
@@ -521,6 +530,9 @@ func (s *snapshot) route(f SessionFacts, ch commentHints, p *StmtPlan, st *StmtI
 		d.Kind = AllShards
 	default:
 		d.Kind = SomeShards
+	}
+	if count > 1 && p.apart != nil && !d.Broadcast {
+		return Decision{}, errApart(p.apart)
 	}
 	d.Replica = s.replicaOK(d, f)
 	return d, nil
