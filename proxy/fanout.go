@@ -281,11 +281,9 @@ func (f *fanOut) message(typ byte, n int) error {
 	}
 	switch typ {
 	case 'P':
-		pm, err := decodeParse(body)
-		if err != nil {
-			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		if err := ss.defineFrom(body); err != nil {
+			return err
 		}
-		ss.define(pm, ss.srv.analyzer.analyze(pm.query))
 		f.items = append(f.items, fanItem{typ: '1'})
 	case 'B':
 		if f.skipRest {

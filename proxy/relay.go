@@ -364,6 +364,17 @@ func (ss *session) define(pm parseMsg, a *analysis) {
 	}
 }
 
+// defineFrom records the statement a Parse body defines, as define does.
+// Session goroutine only.
+func (ss *session) defineFrom(body []byte) error {
+	pm, err := decodeParse(body)
+	if err != nil {
+		return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+	}
+	ss.define(pm, ss.srv.analyzer.analyze(pm.query))
+	return nil
+}
+
 // undefine forgets the statement a Close of a statement (body 'S' name)
 // names. Session goroutine only.
 func (ss *session) undefine(body []byte) error {

@@ -340,11 +340,9 @@ func (ss *session) crossMessage(typ byte, n int) error {
 	}
 	switch typ {
 	case 'P':
-		pm, err := decodeParse(body)
-		if err != nil {
-			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		if err := ss.defineFrom(body); err != nil {
+			return err
 		}
-		ss.define(pm, ss.srv.analyzer.analyze(pm.query))
 		return ss.cw.send(false, &pgproto3.ParseComplete{})
 	case 'C':
 		if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
@@ -574,11 +572,9 @@ func (ss *session) localMessage(typ byte, n int) error {
 		lr.failed = failed
 		return err
 	case 'P':
-		pm, err := decodeParse(body)
-		if err != nil {
-			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		if err := ss.defineFrom(body); err != nil {
+			return err
 		}
-		ss.define(pm, ss.srv.analyzer.analyze(pm.query))
 		return ss.cw.send(false, &pgproto3.ParseComplete{})
 	case 'C':
 		if len(body) >= 2 && body[0] == 'S' {
