@@ -271,11 +271,8 @@ func (f *fanOut) message(typ byte, n int) error {
 	ss := f.ss
 	var body []byte
 	if typ != 'S' && typ != 'H' {
-		if n > maxAnalyzed {
-			return pgerr.Fatalf(pgerr.ProgramLimitExceeded, "a %q message of %d bytes inside a request spanning shards is too large", typ, n)
-		}
 		var err error
-		if body, err = ss.cr.Body(); err != nil {
+		if body, err = ss.boundedBody(typ, n); err != nil {
 			return err
 		}
 	}
@@ -371,6 +368,16 @@ func (f *fanOut) message(typ byte, n int) error {
 		return pgerr.Fatalf(pgerr.ProtocolViolation, "unexpected message type %q inside an extended-protocol request; send Sync first", typ)
 	}
 	return nil
+}
+
+// boundedBody reads the body of a client message the session goroutine
+// answers or rewrites itself (inside requests spanning shards, or local
+// ones): bodies larger than maxAnalyzed end the session with 54000.
+func (ss *session) boundedBody(typ byte, n int) ([]byte, error) {
+	if n > maxAnalyzed {
+		return nil, pgerr.Fatalf(pgerr.ProgramLimitExceeded, "a %q message of %d bytes inside a request spanning shards is too large", typ, n)
+	}
+	return ss.cr.Body()
 }
 
 // shards names the request's shards, in its legs' order.

@@ -331,10 +331,7 @@ func (ss *session) crossMessage(typ byte, n int) error {
 		ss.fan = f
 		return f.message(typ, n)
 	}
-	if n > maxAnalyzed {
-		return pgerr.Fatalf(pgerr.ProgramLimitExceeded, "a %q message of %d bytes inside a transaction spanning shards is too large", typ, n)
-	}
-	body, err := ss.cr.Body()
+	body, err := ss.boundedBody(typ, n)
 	if err != nil {
 		return err
 	}
@@ -533,11 +530,8 @@ func (ss *session) localMessage(typ byte, n int) error {
 	}
 	var body []byte
 	if typ != 'S' && typ != 'H' {
-		if n > maxAnalyzed {
-			return pgerr.Fatalf(pgerr.ProgramLimitExceeded, "a %q message of %d bytes is too large", typ, n)
-		}
 		var err error
-		if body, err = ss.cr.Body(); err != nil {
+		if body, err = ss.boundedBody(typ, n); err != nil {
 			return err
 		}
 	}
