@@ -203,7 +203,13 @@ func (ss *session) enterCrossLocked() error {
 			return pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream lost")
 		}
 		shard := c.Value.target.Shard
-		if c.Value.target.Role != router.Primary {
+		switch {
+		case c.Value.txStatus == 'I':
+			// The session's own connection (session mode) while its BEGIN
+			// is still deferred: not in the transaction, it stays the
+			// session's, and becomes a leg when opened as one.
+			ss.keepLocked(c)
+		case c.Value.target.Role != router.Primary:
 			// A read-only transaction on a replica: it joins the shard's
 			// primary instead (its snapshot so far is the replica's).
 			ss.mu.Unlock()
@@ -214,7 +220,7 @@ func (ss *session) enterCrossLocked() error {
 				return err
 			}
 			ss.keepLocked(c)
-		} else {
+		default:
 			xt.legs = append(xt.legs, &txLeg{c: c, shard: shard, wrote: wrote == shard})
 			xt.failed = c.Value.txStatus == 'E'
 		}

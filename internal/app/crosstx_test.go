@@ -339,10 +339,62 @@ func TestTransactionsSpanningShards(t *testing.T) {
 		}
 	})
 
+	t.Run("SessionMode", func(t *testing.T) {
+		// In session mode the client keeps a connection of its own while
+		// its BEGIN is deferred: that connection is not in the transaction
+		// and must not be taken for a leg of it.
+		sc := startSidecar(t, e.srv, map[string]string{
+			"SHARD_MAP_FILE": e.mapFile, "POOL_MODE": "session", "HEALTH_CHECK_INTERVAL": "100ms",
+		})
+		waitFor(t, 15*time.Second, "session-mode sidecar ready", func() bool {
+			code, _ := sc.get(t, "/ready")
+			return code == 200
+		})
+		sconn := sc.connect(t, "")
+		run := func(t *testing.T, mode pgx.QueryExecMode, sql string, args ...any) {
+			t.Helper()
+			if _, err := sconn.Exec(ctx, sql, append([]any{mode}, args...)...); err != nil {
+				t.Fatalf("%s (%v): %v", sql, mode, err)
+			}
+		}
+		// BEGIN and COMMIT as pgx's Exec sends them: prepared in the
+		// statement-cache mode (the BEGIN's Parse takes the session's
+		// connection), simple queries in the simple mode.
+		for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+			id := 7100 + 10*i
+			// A write first, so the session's connection is a primary's.
+			run(t, mode, "UPDATE items SET id = id WHERE team_id = $1 AND id = -1", a)
+			run(t, mode, "BEGIN")
+			run(t, mode, "INSERT INTO dir (id, name) VALUES ($1, 'session')", id)
+			run(t, mode, "INSERT INTO stamps (id, note) VALUES ($1, 'session')", id)
+			run(t, mode, "INSERT INTO items (team_id, id) VALUES ($1, $2)", a, id)
+			run(t, mode, "INSERT INTO items (team_id, id) VALUES ($1, $2)", b, id+1)
+			run(t, mode, "COMMIT")
+		}
+		run(t, pgx.QueryExecModeCacheStatement, "BEGIN")
+		run(t, pgx.QueryExecModeCacheStatement, "INSERT INTO dir (id, name) VALUES (7199, 'rolled back')")
+		run(t, pgx.QueryExecModeCacheStatement, "INSERT INTO items (team_id, id) VALUES ($1, 7199)", b)
+		run(t, pgx.QueryExecModeCacheStatement, "ROLLBACK")
+		for shard, want := range map[string]string{"shard-0": "7100,7110", "shard-1": "7101,7111"} {
+			if got := e.direct(t, shard, "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM items WHERE id >= 7100"); got != want {
+				t.Errorf("items on %s: %q, want %q", shard, got, want)
+			}
+			if got := e.direct(t, shard, "SELECT coalesce(string_agg(id || '=' || name, ',' ORDER BY id), '') FROM dir WHERE id >= 7100"); got != "7100=session,7110=session" {
+				t.Errorf("replicated table dir on %s: %q", shard, got)
+			}
+		}
+		if s0, s1 := e.direct(t, "shard-0", stampsAbove7100), e.direct(t, "shard-1", stampsAbove7100); s0 != s1 || !strings.Contains(s0, "7110") {
+			t.Errorf("replicated table stamps: %q on shard-0, %q on shard-1, want the same two rows", s0, s1)
+		}
+		nonePrepared(t)
+	})
+
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
 }
+
+const stampsAbove7100 = "SELECT coalesce(string_agg(id || '=' || created_at, ',' ORDER BY id), '') FROM stamps WHERE id >= 7100"
 
 // TestCopyAcrossShards copies rows into a sharded table through the
 // sidecar on two shards: each row lands on its key's shard, in one
