@@ -81,9 +81,10 @@ func brownieMapFor(t *testing.T, srv *pgtest.Server) string {
 // sidecar routing over it with the shipped Brownie shard map, plus a router
 // with the same map to predict placement.
 type brownieShards struct {
-	srv *pgtest.Server
-	sc  *sidecar
-	rt  *router.Router
+	srv     *pgtest.Server
+	sc      *sidecar
+	rt      *router.Router
+	mapFile string
 }
 
 // startBrownieShards starts two shards (each with a streaming replica when
@@ -113,7 +114,7 @@ func startBrownieShards(t *testing.T, replicas bool, setup string) *brownieShard
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &brownieShards{srv: srv}
+	b := &brownieShards{srv: srv, mapFile: mapFile}
 	if b.rt, err = router.New(m); err != nil {
 		t.Fatal(err)
 	}
@@ -504,9 +505,18 @@ func TestBrownieAPIGivesTheSameAnswersOnTwoShardsAsOnOneDatabase(t *testing.T) {
 	}
 	b := startBrownieShards(t, true, "")
 
+	// Each driver mode through the transaction-mode sidecar, then psycopg
+	// 3 through a session-mode sidecar on the same shards.
+	type replayCase struct{ name, mode string }
+	cases := make([]replayCase, 0, len(replayModes)+1)
 	for _, mode := range replayModes {
-		t.Run(mode, func(t *testing.T) {
-			spec := replaySpec{Seed: mode, Prefix: mode, Teams: replayTeams(t, b.rt, mode)}
+		cases = append(cases, replayCase{mode, mode})
+	}
+	cases = append(cases, replayCase{"psycopg3-session-pool", "psycopg3"})
+	for _, rc := range cases {
+		t.Run(rc.name, func(t *testing.T) {
+			mode := rc.mode
+			spec := replaySpec{Seed: rc.name, Prefix: rc.name, Teams: replayTeams(t, b.rt, rc.name)}
 			ref := runAPIReplay(t, mode, plain.DSN(plain.Primary, "replay_reference")+" "+replayTimeZone, spec)
 			checkReplayReference(t, ref)
 			again := runAPIReplay(t, mode, plain.DSN(plain.Primary, "replay_again")+" "+replayTimeZone, spec)
@@ -514,9 +524,20 @@ func TestBrownieAPIGivesTheSameAnswersOnTwoShardsAsOnOneDatabase(t *testing.T) {
 				t.Fatalf("the script is not deterministic on the plain database (%s):\n%s", mode, d)
 			}
 
-			got := runAPIReplay(t, mode, b.sc.dsn(replayTimeZone), spec)
+			sc := b.sc
+			if rc.name != mode {
+				sc = startSidecar(t, b.srv, map[string]string{
+					"SHARD_MAP_FILE": b.mapFile, "POOL_MODE": "session", "LOG_LEVEL": "info",
+					"HEALTH_CHECK_INTERVAL": "100ms", "HEALTH_CHECK_TIMEOUT": "2s",
+				})
+				waitFor(t, 15*time.Second, "session-mode sidecar ready", func() bool {
+					code, _ := sc.get(t, "/ready")
+					return code == 200
+				})
+			}
+			got := runAPIReplay(t, mode, sc.dsn(replayTimeZone), spec)
 			if d := diffReplay("plain database", ref.Transcript, "sidecar", got.Transcript); d != "" {
-				t.Errorf("%s through the sidecar on two shards differs from the plain database:\n%s", mode, d)
+				t.Errorf("%s through the sidecar on two shards differs from the plain database:\n%s", rc.name, d)
 			}
 			b.sameOnEveryShard(t, "organizations", "SELECT * FROM organizations ORDER BY id")
 			b.sameOnEveryShard(t, "users", "SELECT * FROM users ORDER BY id")
