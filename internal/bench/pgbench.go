@@ -33,6 +33,11 @@ type target struct {
 	// pgPids are the postmasters of the clusters behind the target, whose
 	// CPU time (with every backend's) the sharded table measures too.
 	pgPids []int
+	// peers are further clusters (ports on host) each client of the
+	// sharded table connects to as well, for peerTx, which then runs every
+	// workload of the target instead of the workload's own transaction.
+	peers  []int
+	peerTx peerTxFunc
 }
 
 // result is the outcome of one pgbench run.

@@ -52,6 +52,9 @@ type shardedInfo struct {
 	settings  map[string]string
 	shards    []shardLoad // sidecar-2's shards, in hash order
 	plans     []planNote  // the fan-out read's plan on each cluster
+	// twin holds the signup's floor (twin.go), one row per signup row of
+	// the table, with the one result of colTwin2.
+	twin []row
 }
 
 // shardLoad is what one shard of sidecar-2 was loaded with.
@@ -204,8 +207,40 @@ func (b *bench) runSharded(ctx context.Context, rep *report) error {
 	b.logf("sharded table: pool %d per shard, %d rows x %d targets x %d runs of %s", txnPoolSize, len(rows), len(targets), b.opts.repeat, b.opts.duration)
 	tbl.loadBefore = loadAverage()
 	err = b.runTable(ctx, tbl, targets, rows, modeSharded, run, wlTeamTx)
+	if err == nil {
+		twin := target{name: colTwin2, host: "localhost", port: shards[0].Port(), tls: true, pgPids: pids[1:], peerTx: twinSignup(rt, twoMap.ShardNames())}
+		for _, c := range shards[1:] {
+			twin.peers = append(twin.peers, c.Port())
+		}
+		err = b.runTwin(ctx, info, twin, rows, envs[colSidecar2])
+	}
 	tbl.loadAfter = loadAverage()
 	return err
+}
+
+// runTwin runs the signup's floor (twin.go) for every signup row, as
+// many rounds as the table's targets ran.
+func (b *bench) runTwin(ctx context.Context, info *shardedInfo, t target, rows []rowSpec, env *workloadEnv) error {
+	for _, spec := range rows {
+		if spec.proto != wlSignup {
+			continue
+		}
+		var runs []result
+		for i := range b.opts.repeat {
+			r := b.runWorkload(ctx, t, env, wlSignup, spec.clients, b.opts.duration, joinTag(modeSharded, fmt.Sprintf("twin-r%d", i+1)))
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if r.failed() {
+				b.logf("  %-9s %-8s c=%-3d FAILED: %s", t.name, spec.proto, spec.clients, r.summary())
+			} else {
+				b.logf("  %-9s %-8s c=%-3d %10.0f tps %8.3f ms%s", t.name, spec.proto, spec.clients, r.tps, r.latencyMs, percentiles(r))
+			}
+			runs = append(runs, r)
+		}
+		info.twin = append(info.twin, row{proto: spec.proto, clients: spec.clients, res: []result{combineRuns(runs)}})
+	}
+	return nil
 }
 
 // startShards creates and starts n clusters in the work directory

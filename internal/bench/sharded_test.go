@@ -403,3 +403,30 @@ func TestThousandsSeparatesWithCommas(t *testing.T) {
 		}
 	}
 }
+
+func TestTheSignupFloorIsReportedAgainstTheOneDatabaseAndTheSidecar(t *testing.T) {
+	tbl := shardedTable(
+		row{proto: wlSignup, clients: 10, res: []result{lat(1200, 8), lat(1100, 9), lat(300, 30)}},
+	)
+	floor := lat(480, 20)
+	floor.pgCPUUs = 1900
+	tbl.sharded.twin = []row{{proto: wlSignup, clients: 10, res: []result{floor}}}
+	var b strings.Builder
+	tbl.writeTwin(&b)
+	for _, want := range []string{
+		"**client-2**",
+		"- 10 clients: 480 TPS, mean latency 20.000 ms, PostgreSQL CPU 1900 µs per signup; 0.40 of the one database's TPS",
+		"below the 0.50 target with no sidecar at all",
+		"the sidecar on two shards reaches 0.62 of this floor",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("floor paragraph lacks %q:\n%s", want, b.String())
+		}
+	}
+	tbl.sharded.twin[0].res[0] = result{failedTx: 1, stderr: []string{"boom"}}
+	b.Reset()
+	tbl.writeTwin(&b)
+	if !strings.Contains(b.String(), "- 10 clients: failed") {
+		t.Errorf("a failed floor run is not reported as failed:\n%s", b.String())
+	}
+}

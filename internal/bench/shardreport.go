@@ -239,6 +239,46 @@ func (r *report) writeShardedTable(b *strings.Builder, t *table) {
 		fmt.Fprintf(b, "- %s: **%s** (%s).\n", st.text, verdict(v.ok()), strings.Join(v.details, "; "))
 	}
 	b.WriteString("\n")
+	if t.sharded != nil {
+		t.writeTwin(b)
+	}
+}
+
+// writeTwin renders the signup's floor (twin.go) beside the table's
+// signup rows.
+func (t *table) writeTwin(b *strings.Builder) {
+	if len(t.sharded.twin) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "The signup's floor on two shards (**%s**, internal/bench/twin.go): this program's client runs the signup on both shard primaries itself, with no sidecar — the organization and the user on both, the team on its shard, the two-phase commit with the decision row — in fewer round trips than the sidecar (each shard's BEGIN and first insert in one pipeline, both shards at once). No sidecar can run this protocol faster on these clusters.\n\n", colTwin2)
+	di, s2 := t.col(colDirect), t.col(colSidecar2)
+	for _, tw := range t.sharded.twin {
+		fl := tw.res[0]
+		line := fmt.Sprintf("- %d clients: ", tw.clients)
+		if fl.failed() || !fl.parsed {
+			b.WriteString(line + "failed (see its logs in the work directory).\n")
+			continue
+		}
+		line += fmt.Sprintf("%.0f TPS, mean latency %.3f ms, PostgreSQL CPU %s µs per signup", fl.tps, fl.latencyMs, shardCPUCell(fl))
+		for _, r := range t.rows {
+			if r.proto != wlSignup || r.clients != tw.clients || di < 0 {
+				continue
+			}
+			if q, ok := ratio(fl, r.res[di]); ok {
+				line += fmt.Sprintf("; %s of the one database's TPS (whose PostgreSQL CPU is %s µs)", q, shardCPUCell(r.res[di]))
+				if fl.tps < 0.5*r.res[di].tps {
+					line += ", below the 0.50 target with no sidecar at all"
+				}
+			}
+			if s2 >= 0 {
+				if q, ok := ratio(r.res[s2], fl); ok {
+					line += fmt.Sprintf("; the sidecar on two shards reaches %s of this floor", q)
+				}
+			}
+		}
+		b.WriteString(line + ".\n")
+	}
+	b.WriteString("\n")
 }
 
 // thousands formats n with commas: 100000 → "100,000".

@@ -94,6 +94,10 @@ func newWorkloadEnv(d *dataset, target string) (*workloadEnv, error) {
 // txFunc runs one transaction of a workload on c and checks its answers.
 type txFunc func(ctx context.Context, c *pgx.Conn, rng *rand.Rand, env *workloadEnv) error
 
+// peerTxFunc runs one transaction over a client's connection to each of
+// its target's clusters (target.port, then target.peers).
+type peerTxFunc func(ctx context.Context, conns []*pgx.Conn, rng *rand.Rand, env *workloadEnv) error
+
 var workloadTx = map[string]txFunc{
 	wlFanout: fanoutRead,
 	wlTeamTx: teamTransaction,
@@ -262,10 +266,16 @@ func (b *bench) runWorkload(ctx context.Context, t target, env *workloadEnv, nam
 	logDir := filepath.Join(b.dir, "sharded")
 	_ = os.MkdirAll(logDir, 0o755)
 	r := result{logPath: filepath.Join(logDir, logName)}
-	tx, ok := workloadTx[name]
-	if !ok {
-		r.stderr = []string{"unknown workload " + name}
-		return r
+	tx := t.peerTx
+	if tx == nil {
+		one, ok := workloadTx[name]
+		if !ok {
+			r.stderr = []string{"unknown workload " + name}
+			return r
+		}
+		tx = func(ctx context.Context, conns []*pgx.Conn, rng *rand.Rand, env *workloadEnv) error {
+			return one(ctx, conns[0], rng, env)
+		}
 	}
 	cfg, err := pgx.ParseConfig(b.connString(t))
 	if err != nil {
@@ -276,10 +286,11 @@ func (b *bench) runWorkload(ctx context.Context, t target, env *workloadEnv, nam
 	// pgbench -M extended; parameter types from the Go values.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 
-	conns := make([]*pgx.Conn, clients)
+	// Each client's connections: to the target, then to each peer.
+	conns := make([][]*pgx.Conn, clients)
 	defer func() {
-		for _, c := range conns {
-			if c != nil {
+		for _, cc := range conns {
+			for _, c := range cc {
 				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_ = c.Close(cctx)
 				cancel()
@@ -288,10 +299,16 @@ func (b *bench) runWorkload(ctx context.Context, t target, env *workloadEnv, nam
 	}()
 	connStart := time.Now()
 	for i := range conns {
-		if conns[i], err = pgx.ConnectConfig(ctx, cfg); err != nil {
-			r.stderr = []string{fmt.Sprintf("client %d: connect: %v", i, err)}
-			b.writeWorkloadLog(r, t, name, clients, dur, nil)
-			return r
+		for _, port := range append([]int{t.port}, t.peers...) {
+			pc := cfg.Copy()
+			pc.Port = uint16(port)
+			c, err := pgx.ConnectConfig(ctx, pc)
+			if err != nil {
+				r.stderr = []string{fmt.Sprintf("client %d: connect to port %d: %v", i, port, err)}
+				b.writeWorkloadLog(r, t, name, clients, dur, nil)
+				return r
+			}
+			conns[i] = append(conns[i], c)
 		}
 	}
 	connTime := time.Since(connStart)
@@ -332,10 +349,12 @@ func (b *bench) runWorkload(ctx context.Context, t target, env *workloadEnv, nam
 						errs = append(errs, fmt.Sprintf("client %d: %v", i, err))
 						mu.Unlock()
 					}
-					if c.PgConn().TxStatus() != 'I' && !c.IsClosed() {
-						rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-						_, _ = c.Exec(rctx, "ROLLBACK")
-						cancel()
+					for _, c := range c {
+						if c.PgConn().TxStatus() != 'I' && !c.IsClosed() {
+							rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+							_, _ = c.Exec(rctx, "ROLLBACK")
+							cancel()
+						}
 					}
 					break
 				}
