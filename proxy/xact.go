@@ -50,6 +50,9 @@ type txLeg struct {
 	shard string
 	wrote bool // a statement that may write ran on it
 	now   bool // brownie.now is set on it (pintime.go)
+	// opening begins the transaction on the leg: sent ahead of its first
+	// request, then "".
+	opening string
 }
 
 // txStmt is a statement a leg opened later replays.
@@ -232,8 +235,10 @@ func (ss *session) enterCrossLocked() error {
 }
 
 // openLeg adds a leg on shard to the transaction: a connection to the
-// shard's primary with the client's settings, in a transaction begun as
-// the client began it, with its local settings and savepoints.
+// shard's primary with the client's settings. The statements that begin
+// the transaction there as the client began it (BEGIN with its options,
+// local settings, savepoints) are not run yet: crossRequest sends them
+// ahead of the leg's first request, in the same write.
 func (ss *session) openLeg(shard string) (*txLeg, error) {
 	xt := ss.xt
 	t, ok := ss.srv.primaryTarget(shard)
@@ -248,18 +253,7 @@ func (ss *session) openLeg(shard string) (*txLeg, error) {
 	for _, s := range xt.replay {
 		q = append(q, s.sql)
 	}
-	if err := c.Value.exec(strings.Join(q, ";\n"), nil); err != nil || c.Value.txStatus != 'T' {
-		if err == nil {
-			err = pgerr.Errorf(pgerr.InternalError, "opening the transaction on shard %s left it in state %q", shard, c.Value.txStatus)
-		}
-		if c.Value.txStatus == 'I' && c.Value.Alive() {
-			c.Release()
-		} else {
-			c.Destroy()
-		}
-		return nil, err
-	}
-	l := &txLeg{c: c, shard: shard}
+	l := &txLeg{c: c, shard: shard, opening: strings.Join(q, ";\n")}
 	xt.legs = append(xt.legs, l)
 	return l, nil
 }
@@ -280,7 +274,15 @@ func (ss *session) crossRequest(shards []string, plan *fanPlan) (*fanOut, error)
 				return nil, err
 			}
 		}
-		f.legs = append(f.legs, &fanLeg{c: l.c, u: l.c.Value, tx: l})
+		fl := &fanLeg{c: l.c, u: l.c.Value, tx: l}
+		if l.opening != "" {
+			// The leg's transaction begins in the request's first write;
+			// its answers are swallowed, and an error fails the leg.
+			fl.out = appendQuery(fl.out, l.opening)
+			fl.exp = append(fl.exp, expectation{kind: expQueryInjected})
+			l.opening = ""
+		}
+		f.legs = append(f.legs, fl)
 	}
 	if len(f.legs) > 1 {
 		ss.srv.metrics.FanOutShards.Observe(float64(len(f.legs)))
