@@ -376,6 +376,7 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			r.BannedUntil = h.banned[r.Host.Addr]
 			h.prev[r.Host.Addr] = r
 			h.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
+			h.metrics.HostBanned.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.BannedUntil.After(now)))
 			if r.Up {
 				h.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
 			}
