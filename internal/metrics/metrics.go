@@ -201,6 +201,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{"committed", "rolled_back", "unknown"} {
 		m.TwoPhaseCommits.WithLabelValues(o) // exported at 0, for alerts on increase()
 	}
+	for _, r := range []string{"ok", "invalid"} {
+		m.ShardMapReloads.WithLabelValues(r)
+	}
 	for _, a := range []string{"committed", "rolled_back"} {
 		m.TwoPhaseRecovered.WithLabelValues(a)
 	}
