@@ -16,7 +16,7 @@ FUZZTIME  ?= 10s
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup clean
+.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean
 
 all: build
 
@@ -54,6 +54,15 @@ deps-backup:
 		echo "installing azurite $(AZURITE_VERSION)"; \
 		npm install -g --no-fund --no-audit --loglevel=error azurite@$(AZURITE_VERSION); }
 
+# deps-monitoring installs Prometheus (prometheus, promtool) and
+# Alertmanager (amtool) from Debian: the monitoring tests check the rules
+# and their unit tests with promtool, the Alertmanager configuration with
+# amtool, and run a real Prometheus against a sidecar.
+deps-monitoring:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
+		echo "installing prometheus and prometheus-alertmanager"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
+
 deps-bench: deps
 	@command -v pgbouncer >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 
@@ -66,7 +75,7 @@ lint:
 
 # test runs everything: lint, the whole suite with race detection on the
 # concurrent packages, and short fuzz runs over the committed corpora.
-test: deps deps-backup lint
+test: deps deps-backup deps-monitoring lint
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
 	$(MAKE) fuzz FUZZTIME=5s
