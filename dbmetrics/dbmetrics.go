@@ -216,6 +216,9 @@ func (c *Collector) Round(ctx context.Context) {
 		}
 	}
 	if c.lease == nil {
+		if len(c.shards()) == 0 {
+			return // no primary known yet (before the first health checks)
+		}
 		cctx, cancel := context.WithTimeout(ctx, c.cfg.QueryTimeout)
 		lease, ok, err := c.elector.TryAcquire(cctx)
 		cancel()
