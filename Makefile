@@ -8,15 +8,15 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
-RACE_PKGS := ./pool/... ./proxy/... ./health/... ./twophase/... ./tls/... ./backup/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/...
-RACE_RE   := /(pool|proxy|health|twophase|tls|backup|internal/app|internal/vaulttest|internal/netx)$$
+RACE_PKGS := ./pool/... ./proxy/... ./health/... ./twophase/... ./tls/... ./backup/... ./dbmetrics/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/...
+RACE_RE   := /(pool|proxy|health|twophase|tls|backup|dbmetrics|internal/app|internal/vaulttest|internal/netx)$$
 FUZZTIME  ?= 10s
 # BENCH_ARGS are internal/bench's flags (see its doc.go); -reference adds
 # a second PgBouncer to each table (the noise of a ratio) and the minimal
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup clean
+.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean
 
 all: build
 
@@ -54,6 +54,15 @@ deps-backup:
 		echo "installing azurite $(AZURITE_VERSION)"; \
 		npm install -g --no-fund --no-audit --loglevel=error azurite@$(AZURITE_VERSION); }
 
+# deps-monitoring installs Prometheus (prometheus, promtool) and
+# Alertmanager (amtool) from Debian: the monitoring tests check the rules
+# and their unit tests with promtool, the Alertmanager configuration with
+# amtool, and run a real Prometheus against a sidecar.
+deps-monitoring:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
+		echo "installing prometheus and prometheus-alertmanager"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
+
 deps-bench: deps
 	@command -v pgbouncer >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 
@@ -66,7 +75,7 @@ lint:
 
 # test runs everything: lint, the whole suite with race detection on the
 # concurrent packages, and short fuzz runs over the committed corpora.
-test: deps deps-backup lint
+test: deps deps-backup deps-monitoring lint
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
 	$(MAKE) fuzz FUZZTIME=5s

@@ -80,6 +80,17 @@ func NewPGAdvisoryLocker(deps LockerDeps) *PGAdvisoryLocker {
 // TryLock connects to the first shard's primary and tries the advisory
 // lock once.
 func (l *PGAdvisoryLocker) TryLock(ctx context.Context) (func(), bool, error) {
+	lease, ok, err := l.TryAcquire(ctx)
+	if !ok {
+		return nil, false, err
+	}
+	return lease.Release, true, nil
+}
+
+// TryAcquire is TryLock returning the held lock as a Lease, for holders
+// that keep it for a long time and must notice when it is lost. ok is
+// false, with a nil error, when another session holds the lock.
+func (l *PGAdvisoryLocker) TryAcquire(ctx context.Context) (*Lease, bool, error) {
 	var shards []Shard
 	if l.shards != nil {
 		shards = l.shards()
@@ -90,31 +101,74 @@ func (l *PGAdvisoryLocker) TryLock(ctx context.Context) (func(), bool, error) {
 	first := shards[0]
 	conn, err := l.target.connect(ctx, first, l.target.database)
 	if err != nil {
-		return nil, false, fmt.Errorf("backup lock on shard %s: %w", first.Name, err)
+		return nil, false, fmt.Errorf("advisory lock on shard %s: %w", first.Name, err)
 	}
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", l.key).Scan(&ok); err != nil {
 		closeConn(conn)
-		return nil, false, fmt.Errorf("backup lock on shard %s: %w", first.Name, err)
+		return nil, false, fmt.Errorf("advisory lock on shard %s: %w", first.Name, err)
 	}
 	if !ok {
 		closeConn(conn)
 		return nil, false, nil
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			var released bool
-			if err := conn.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", l.key).Scan(&released); err != nil || !released {
-				// Closing the session releases the lock anyway.
-				l.log.Warn("backup lock release failed", zap.String("shard", first.Name),
-					zap.Error(errors.Join(err, errors.New("lock was not held"))))
-			}
-			closeConn(conn)
-		})
-	}, true, nil
+	return &Lease{conn: conn, key: l.key, shard: first.Name, log: l.log}, true, nil
+}
+
+// Lease is a held session advisory lock: it lives as long as its
+// connection. Check and Release may be called from different goroutines;
+// Release is idempotent.
+type Lease struct {
+	mu    sync.Mutex // serialises use of conn
+	conn  *pgx.Conn
+	key   int64
+	shard string
+	log   *zap.Logger
+	once  sync.Once
+	done  bool
+}
+
+// Check reports an error when the lock may have been lost: the lease was
+// released, or its connection no longer answers (a server restart or a
+// network failure ends the session and with it the lock). A nil error
+// means the session, and so the lock, was alive at the time of the call.
+func (l *Lease) Check(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return errors.New("advisory lock released")
+	}
+	var held bool
+	err := l.conn.QueryRow(ctx,
+		"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "+
+			"AND objsubid = 1 "+
+			"AND objid = ($1::bigint & 4294967295)::oid AND classid = ($1::bigint >> 32)::oid)", l.key).Scan(&held)
+	if err != nil {
+		return fmt.Errorf("advisory lock on shard %s: %w", l.shard, err)
+	}
+	if !held {
+		return fmt.Errorf("advisory lock on shard %s is no longer held", l.shard)
+	}
+	return nil
+}
+
+// Release releases the lock and closes its connection. It is idempotent
+// and safe to call from any goroutine.
+func (l *Lease) Release() {
+	l.once.Do(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.done = true
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var released bool
+		if err := l.conn.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", l.key).Scan(&released); err != nil || !released {
+			// Closing the session releases the lock anyway.
+			l.log.Warn("advisory lock release failed", zap.String("shard", l.shard),
+				zap.Error(errors.Join(err, errors.New("lock was not held"))))
+		}
+		closeConn(l.conn)
+	})
 }
 
 // closeConn closes conn within a short bound.

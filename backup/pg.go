@@ -47,6 +47,9 @@ type pgTarget struct {
 	database, user, sslMode string
 	certs                   CertsFunc
 	tempDir                 string
+	// appName is the connections' application_name; empty is
+	// "brownie-sidecar-backup".
+	appName string
 }
 
 // credDir is a private directory holding the client certificate for one
@@ -132,6 +135,10 @@ func (t *pgTarget) conninfo(ctx context.Context, s Shard, db string, c *credDir,
 		}
 		kv = []string{"host", s.ServerName, "hostaddr", addr}
 	}
+	appName := t.appName
+	if appName == "" {
+		appName = "brownie-sidecar-backup"
+	}
 	kv = append(kv,
 		"port", strconv.Itoa(s.Port),
 		"dbname", db,
@@ -141,7 +148,7 @@ func (t *pgTarget) conninfo(ctx context.Context, s Shard, db string, c *credDir,
 		"sslkey", c.key,
 		"sslrootcert", c.ca,
 		"connect_timeout", strconv.Itoa(int(connectTimeout/time.Second)),
-		"application_name", "brownie-sidecar-backup",
+		"application_name", appName,
 	)
 	kv = append(kv, extra...)
 	parts := make([]string, 0, len(kv)/2)
@@ -276,4 +283,39 @@ func toolError(tool string, err error, stderr *tailBuffer) error {
 // quoteIdent quotes an SQL identifier.
 func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// Connector opens pgx connections to shard primaries as the sidecar: with
+// its current client certificate, written to a private directory (0700,
+// key 0600) only while pgx parses the settings and removed before dialling,
+// exactly as the backup's own connections are made. Other components that
+// query the shards themselves (database metrics) use it. It is safe for
+// concurrent use and holds no connection of its own.
+type Connector struct {
+	target pgTarget
+}
+
+// ConnectorDeps configures NewConnector; Database, User, SSLMode, Certs and
+// TempDir mean what they mean in LockerDeps.
+type ConnectorDeps struct {
+	Database string
+	User     string
+	SSLMode  string
+	Certs    CertsFunc
+	TempDir  string
+	// AppName is the connections' application_name, so that they can be
+	// told apart in pg_stat_activity; empty is "brownie-sidecar-backup".
+	AppName string
+}
+
+// NewConnector returns a Connector. It does no I/O.
+func NewConnector(deps ConnectorDeps) *Connector {
+	return &Connector{target: pgTarget{database: deps.Database, user: deps.User, sslMode: deps.SSLMode,
+		certs: deps.Certs, tempDir: deps.TempDir, appName: deps.AppName}}
+}
+
+// Connect opens a connection to the configured database on s. The caller
+// owns the connection and must close it.
+func (c *Connector) Connect(ctx context.Context, s Shard) (*pgx.Conn, error) {
+	return c.target.connect(ctx, s, c.target.database)
 }

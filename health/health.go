@@ -340,11 +340,12 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			}
 		}
 		sv := &shardHealth{Primary: cur, Hosts: hosts}
+		failovers := h.metrics.Failovers.WithLabelValues(sh.Name) // exported at 0, for alerts on increase()
 		if primary != nil {
 			if primary.Host.Addr != cur.Addr {
 				h.log.Warn("shard primary changed", zap.String("shard", sh.Name),
 					zap.String("from", cur.Addr), zap.String("to", primary.Host.Addr))
-				h.metrics.Failovers.WithLabelValues(sh.Name).Inc()
+				failovers.Inc()
 			}
 			sv.Primary, sv.PrimaryOK = primary.Host, true
 			h.chosen[sh.Name] = primary.Host
@@ -376,6 +377,7 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			r.BannedUntil = h.banned[r.Host.Addr]
 			h.prev[r.Host.Addr] = r
 			h.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
+			h.metrics.HostBanned.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.BannedUntil.After(now)))
 			if r.Up {
 				h.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
 			}

@@ -179,7 +179,20 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		defer bm.Close()
 	}
 
+	dbm, err := newDBMetrics(cfg, log.Named("dbmetrics"), reg, certs, rt, px)
+	if err != nil {
+		px.Close()
+		return fmt.Errorf("database metrics: %w", err)
+	}
+
 	watcher := newMapWatcher(cfg.Routing.ShardMapFile, mapData, rt, log.Named("shardmap"), m)
+	checks := []admin.Check{
+		{Name: "proxy", Ready: px.Ready},
+		{Name: "certificate", Ready: certReady(certs)},
+		{Name: "shards", Ready: px.ShardsReady},
+		{Name: "shard_map", Ready: watcher.Ready},
+	}
+	reg.MustRegister(newReadyCollector(checks))
 
 	// --- admin port ---
 	// started turns /startup to 200 once the listeners are open. adminCtx
@@ -212,12 +225,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		h := admin.New(admin.Deps{
 			Log: log.Named("admin"), Gatherer: gatherer, Pprof: cfg.Admin.Pprof, Token: token,
 			Started: started.Load, Version: Version, StartedAt: startedAt, Backups: backups,
-			Checks: []admin.Check{
-				{Name: "proxy", Ready: px.Ready},
-				{Name: "certificate", Ready: certReady(certs)},
-				{Name: "shards", Ready: px.ShardsReady},
-				{Name: "shard_map", Ready: watcher.Ready},
-			},
+			Checks: checks,
 			Status: map[string]func() any{
 				"pools":       func() any { return px.Status().Pools },
 				"sessions":    func() any { return px.Status().Sessions },
@@ -259,6 +267,16 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		}
 	}()
 
+	// Database metrics (one sidecar of the cluster collects: they elect
+	// with an advisory lock of their own on the first shard's primary).
+	dbmDone := make(chan struct{})
+	go func() {
+		defer close(dbmDone)
+		if dbm != nil {
+			_ = dbm.Run(mapCtx)
+		}
+	}()
+
 	certCtx, stopCerts := context.WithCancel(context.Background())
 	certsDone := make(chan struct{})
 	go func() {
@@ -294,6 +312,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 	stopMap()
 	<-mapDone
 	<-backupsDone
+	<-dbmDone
 	log.Info("sidecar stopped")
 	return err
 }

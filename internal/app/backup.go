@@ -25,25 +25,33 @@ func newBackups(cfg config.Config, log *zap.Logger, reg prometheus.Registerer, c
 	}
 	return backup.New(cfg.Backup, backup.Deps{
 		Log: log, Registerer: reg, Version: Version,
-		Shards: func() []backup.Shard {
-			m := rt.Map()
-			var out []backup.Shard
-			for _, st := range px.ShardStatus() {
-				sh, _ := m.Shard(st.Name)
-				host, port, err := net.SplitHostPort(st.Primary)
-				if err != nil {
-					continue
-				}
-				p, _ := strconv.Atoi(port)
-				name := sh.Primary.ServerName
-				if name == "" && st.Name == m.Shards[0].Name && cfg.Routing.ShardMapFile == "" {
-					name = cfg.DB.ServerName
-				}
-				out = append(out, backup.Shard{Name: st.Name, Host: host, Port: p, ServerName: name})
-			}
-			return out
-		},
+		Shards:   shardPrimaries(cfg, rt, px),
 		Database: cfg.DB.Name, User: cfg.DB.User, SSLMode: cfg.DB.SSLMode,
 		Certs: backup.CertsFromSource(certs),
 	})
+}
+
+// shardPrimaries returns every shard's current primary as the health
+// checks see it (after a failover, the promoted one), in map order, for
+// the components that connect to the primaries themselves: backups and
+// database metrics.
+func shardPrimaries(cfg config.Config, rt *router.Router, px *proxy.Server) func() []backup.Shard {
+	return func() []backup.Shard {
+		m := rt.Map()
+		var out []backup.Shard
+		for _, st := range px.ShardStatus() {
+			sh, _ := m.Shard(st.Name)
+			host, port, err := net.SplitHostPort(st.Primary)
+			if err != nil {
+				continue
+			}
+			p, _ := strconv.Atoi(port)
+			name := sh.Primary.ServerName
+			if name == "" && st.Name == m.Shards[0].Name && cfg.Routing.ShardMapFile == "" {
+				name = cfg.DB.ServerName
+			}
+			out = append(out, backup.Shard{Name: st.Name, Host: host, Port: p, ServerName: name})
+		}
+		return out
+	}
 }

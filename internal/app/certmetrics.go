@@ -21,6 +21,14 @@ type certCollector struct {
 	logins, loginFail, renewals, renewFail                         *prometheus.Desc
 }
 
+// refreshFailureReasons are the tls Reason constants.
+var refreshFailureReasons = []string{
+	brownietls.ReasonRead, brownietls.ReasonParse, brownietls.ReasonMismatch, brownietls.ReasonExpired,
+	brownietls.ReasonNotYetValid, brownietls.ReasonCA, brownietls.ReasonVaultUnreachable,
+	brownietls.ReasonVaultUnavailable, brownietls.ReasonVaultDenied, brownietls.ReasonVaultRejected,
+	brownietls.ReasonNotFound, brownietls.ReasonLogin,
+}
+
 func newCertCollector(src brownietls.Source) prometheus.Collector {
 	return &certCollector{
 		src: src,
@@ -66,9 +74,13 @@ func (c *certCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.generation, prometheus.GaugeValue, float64(s.Generation), s.Source)
 	ch <- prometheus.MustNewConstMetric(c.rotations, prometheus.CounterValue, float64(s.Rotations), s.Source)
 	ch <- prometheus.MustNewConstMetric(c.fail, prometheus.CounterValue, float64(s.Failures), s.Source)
-	reasons := make([]string, 0, len(s.FailuresByReason))
+	// Every known reason is exported, at 0 until it happens, so that
+	// alerts and dashboards on increase() see the first failure.
+	reasons := slices.Clone(refreshFailureReasons)
 	for r := range s.FailuresByReason {
-		reasons = append(reasons, r)
+		if !slices.Contains(reasons, r) {
+			reasons = append(reasons, r)
+		}
 	}
 	slices.Sort(reasons)
 	for _, r := range reasons {

@@ -18,14 +18,16 @@ import (
 
 // Config is the whole sidecar configuration. It is immutable after Load.
 type Config struct {
-	DB       DB
-	Listen   Listen
-	Pool     Pool
-	Routing  Routing
-	Admin    Admin
-	Vault    Vault
-	Backup   Backup
-	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	DB      DB
+	Listen  Listen
+	Pool    Pool
+	Routing Routing
+	Admin   Admin
+	Vault   Vault
+	Backup  Backup
+	// DBMetrics configures the database and entity gauges.
+	DBMetrics DBMetrics
+	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is "json" (default, for production) or "console".
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
 	// ShutdownTimeout bounds how long running transactions may take to
@@ -378,5 +380,6 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.Vault.validate()...)
 	errs = append(errs, c.Backup.validate()...)
+	errs = append(errs, c.DBMetrics.validate()...)
 	return errors.Join(errs...)
 }

@@ -37,6 +37,7 @@ type Metrics struct {
 	HostRole          *prometheus.GaugeVec   // shard, addr: 1 primary, 0 standby
 	ReplicaLagSeconds *prometheus.GaugeVec   // shard, addr
 	ReplicaLagBytes   *prometheus.GaugeVec   // shard, addr
+	HostBanned        *prometheus.GaugeVec   // shard, addr: 1 while left out of reads
 	ShardMapReloads   *prometheus.CounterVec // result
 	ShardMapValid     prometheus.Gauge
 
@@ -154,6 +155,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_replica_lag_bytes",
 			Help: "WAL distance between a standby's replayed position and its primary's.",
 		}, []string{"shard", "addr"}),
+		HostBanned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_host_banned",
+			Help: "1 while the host gets no reads because it failed a health check or a connection (for REPLICA_BAN_TIME), as of the last health check.",
+		}, []string{"shard", "addr"}),
 		ShardMapReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_shard_map_reloads_total",
 			Help: "Shard map file reloads, by result (ok, invalid).",
@@ -196,6 +201,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{"committed", "rolled_back", "unknown"} {
 		m.TwoPhaseCommits.WithLabelValues(o) // exported at 0, for alerts on increase()
 	}
+	for _, r := range []string{"ok", "invalid"} {
+		m.ShardMapReloads.WithLabelValues(r)
+	}
 	for _, a := range []string{"committed", "rolled_back"} {
 		m.TwoPhaseRecovered.WithLabelValues(a)
 	}
@@ -209,7 +217,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
-		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.ShardMapReloads, m.ShardMapValid,
+		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.ShardMapReloads, m.ShardMapValid,
 		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused)
 	return m
 }
