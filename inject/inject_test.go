@@ -64,7 +64,7 @@ func appPod(annotations map[string]string) *corev1.Pod {
 	return &corev1.Pod{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Name: "api-1", Namespace: "brownie-apps", Annotations: annotations},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "api", Image: "brownie/api:1"}}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "api", Image: "brownie/api:1"}}},
 	}
 }
 
