@@ -411,3 +411,60 @@ func TestWrongValuesFailTheChartSchema(t *testing.T) {
 		}
 	}
 }
+
+func TestVaultFilesMatchTheChartValues(t *testing.T) {
+	var values struct {
+		Namespaces struct {
+			Apps []string `json:"apps"`
+		} `json:"namespaces"`
+		Vault struct {
+			PKIMount string `json:"pkiMount"`
+			PKIRole  string `json:"pkiRole"`
+			Audience string `json:"audience"`
+		} `json:"vault"`
+		Database struct {
+			User string `json:"user"`
+		} `json:"database"`
+	}
+	data, err := os.ReadFile(filepath.Join(gen.ChartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &values); err != nil {
+		t.Fatal(err)
+	}
+	policy, err := os.ReadFile("vault/brownie-sidecar-policy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"sign", "issue"} {
+		if p := fmt.Sprintf("path %q", values.Vault.PKIMount+"/"+op+"/"+values.Vault.PKIRole); !strings.Contains(string(policy), p) {
+			t.Errorf("policy lacks %s", p)
+		}
+	}
+	var role struct {
+		Namespaces []string `json:"bound_service_account_namespaces"`
+		Audience   string   `json:"audience"`
+		Policies   []string `json:"token_policies"`
+	}
+	var pki struct {
+		AllowedDomains []string `json:"allowed_domains"`
+		ClientFlag     bool     `json:"client_flag"`
+		ServerFlag     bool     `json:"server_flag"`
+	}
+	for file, v := range map[string]any{"vault/kubernetes-role.json": &role, "vault/pki-role.json": &pki} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
+	if role.Audience != values.Vault.Audience || !slices.Equal(role.Namespaces, values.Namespaces.Apps) || !slices.Contains(role.Policies, "brownie-sidecar") {
+		t.Errorf("kubernetes role %+v does not match the chart's audience %q and app namespaces %v", role, values.Vault.Audience, values.Namespaces.Apps)
+	}
+	if !slices.Equal(pki.AllowedDomains, []string{values.Database.User}) || !pki.ClientFlag || pki.ServerFlag {
+		t.Errorf("PKI role %+v: want client certificates for %q only", pki, values.Database.User)
+	}
+}
