@@ -16,7 +16,7 @@ FUZZTIME  ?= 10s
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean
+.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean generate
 
 all: build
 
@@ -68,6 +68,12 @@ deps-bench: deps
 
 dev: deps build
 	./$(BIN) dev $(DEV_ARGS)
+
+# generate refreshes the generated deployment files: the Helm chart's copies
+# of the rules, dashboards, SQL and Postgres settings, and the kustomize base
+# rendered from the chart (a test fails when they are stale).
+generate:
+	$(GO) generate ./deploy
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -40,8 +40,13 @@ type FileConfig struct {
 	// Dir unless absolute. Default "client.key".
 	KeyFile string
 	// CAFile holds the CA certificates that verify the upstream server,
-	// relative to Dir unless absolute. Default "ca.crt". It is required.
+	// relative to Dir unless absolute. Default "ca.crt". It is required
+	// unless NoCA is set.
 	CAFile string
+	// NoCA reads no CA file: the source serves a certificate that verifies
+	// no peer, such as a server certificate from a Kubernetes TLS Secret
+	// (tls.crt, tls.key). Bundle.Roots and Bundle.CAs are then empty.
+	NoCA bool
 	// Debounce coalesces bursts of file events before a reload. Default
 	// 200ms.
 	Debounce time.Duration
@@ -135,6 +140,17 @@ func (s *FileSource) Current() (*Bundle, error) {
 // reads an atomic pointer. It does not check validity: an expired certificate
 // is still offered, and callers check Bundle.ValidAt before dialing.
 func (s *FileSource) GetClientCertificate(*cryptotls.CertificateRequestInfo) (*cryptotls.Certificate, error) {
+	if b := s.current.Load(); b != nil {
+		return &b.Certificate, nil
+	}
+	return nil, ErrNoCertificate
+}
+
+// GetCertificate returns the certificate in use for a crypto/tls server
+// (tls.Config.GetCertificate), so a server presents a rotated certificate
+// from its next handshake on. It only reads an atomic pointer and does not
+// check validity.
+func (s *FileSource) GetCertificate(*cryptotls.ClientHelloInfo) (*cryptotls.Certificate, error) {
 	if b := s.current.Load(); b != nil {
 		return &b.Certificate, nil
 	}
@@ -269,9 +285,11 @@ func (s *FileSource) load() (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	caPEM, err := readFile("CA certificate", s.caPath)
-	if err != nil {
-		return nil, err
+	var caPEM []byte
+	if !s.cfg.NoCA {
+		if caPEM, err = readFile("CA certificate", s.caPath); err != nil {
+			return nil, err
+		}
 	}
 
 	chain, err := parseCertificates(certPEM)
@@ -290,10 +308,12 @@ func (s *FileSource) load() (*Bundle, error) {
 		return nil, &CertError{Reason: ReasonMismatch, path: s.keyPath,
 			Msg: fmt.Sprintf("client key %s does not match certificate %s (serial %s)", s.keyPath, s.certPath, serial)}
 	}
-	cas, err := parseCertificates(caPEM)
-	if err != nil {
-		return nil, &CertError{Reason: ReasonCA, path: s.caPath,
-			Msg: fmt.Sprintf("parse CA certificate %s: %v", s.caPath, err)}
+	var cas []*x509.Certificate
+	if !s.cfg.NoCA {
+		if cas, err = parseCertificates(caPEM); err != nil {
+			return nil, &CertError{Reason: ReasonCA, path: s.caPath,
+				Msg: fmt.Sprintf("parse CA certificate %s: %v", s.caPath, err)}
+		}
 	}
 	der := make([][]byte, len(chain))
 	for i, c := range chain {
@@ -391,7 +411,11 @@ func (s *FileSource) watch() (*fsnotify.Watcher, error) {
 		return nil, err
 	}
 	seen := map[string]bool{}
-	for _, p := range []string{s.certPath, s.keyPath, s.caPath} {
+	paths := []string{s.certPath, s.keyPath}
+	if !s.cfg.NoCA {
+		paths = append(paths, s.caPath)
+	}
+	for _, p := range paths {
 		dir := filepath.Dir(p)
 		if seen[dir] {
 			continue

@@ -605,3 +605,25 @@ func TestPollReportsACertificateThatExpiresWhileServed(t *testing.T) {
 		t.Errorf("status = %+v", st)
 	}
 }
+
+func TestNoCASourceServesAServerPairWithoutACAFile(t *testing.T) {
+	ca := testCA(t)
+	dir := t.TempDir()
+	crt, key, serial := issueClient(t, ca, LeafOptions{Server: true})
+	for name, data := range map[string][]byte{"tls.crt": crt, "tls.key": key} {
+		if err := WriteFileAtomic(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewFileSource(FileConfig{Dir: dir, CertFile: "tls.crt", KeyFile: "tls.key"}, nil); err == nil {
+		t.Fatal("a source without ca.crt loaded without NoCA")
+	}
+	s, err := NewFileSource(FileConfig{Dir: dir, CertFile: "tls.crt", KeyFile: "tls.key", NoCA: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.GetCertificate(nil)
+	if err != nil || c.Leaf.SerialNumber.Text(16) != serial {
+		t.Fatalf("GetCertificate: %v", err)
+	}
+}

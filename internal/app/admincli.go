@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/brownie/brownie-sidecar/backup"
@@ -47,16 +48,25 @@ const backupUsage = `usage: brownie-sidecar backup [--addr HOST:PORT] create
 // manifests).
 const maxResponseBytes = 64 << 20
 
+// backupSubcommands are the words backupCommand accepts after "backup".
+var backupSubcommands = []string{"create", "list", "show", "restore"}
+
+// backupFlags returns the flag set of the backup commands.
+func backupFlags() (fs *flag.FlagSet, addr, into, confirm *string) {
+	fs = flag.NewFlagSet("backup", flag.ContinueOnError)
+	addr = fs.String("addr", "", "admin address, HOST:PORT or a URL (default: ADMIN_ADDR with METRICS_PORT)")
+	into = fs.String("into", "", "restore: new database to restore into, on every shard")
+	confirm = fs.String("confirm", "", "restore: the backup name again, to restore in place")
+	return fs, addr, into, confirm
+}
+
 // backupCommand implements `backup create|list|show|restore`: it calls the
 // running sidecar's admin API, prints the JSON answer indented on stdout,
 // and reports errors on stderr with ExitFail (ExitConfig for usage and
 // configuration errors). Flags may come before or after the arguments.
 func backupCommand(ctx context.Context, args []string, environ map[string]string, out IO) int {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	fs, addr, into, confirm := backupFlags()
 	fs.SetOutput(io.Discard)
-	addr := fs.String("addr", "", "admin address, HOST:PORT or a URL (default: ADMIN_ADDR with METRICS_PORT)")
-	into := fs.String("into", "", "restore: new database to restore into, on every shard")
-	confirm := fs.String("confirm", "", "restore: the backup name again, to restore in place")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -89,7 +99,7 @@ func backupCommand(ctx context.Context, args []string, environ map[string]string
 	case sub == "restore" && len(pos) == 2:
 		method, path = http.MethodPost, "/backup/restore"
 		body = backup.RestoreRequest{BackupName: pos[1], TargetDatabase: *into, Confirm: *confirm}
-	case sub == "create" || sub == "list" || sub == "show" || sub == "restore":
+	case slices.Contains(backupSubcommands, sub):
 		return usageErr("wrong number of arguments for " + sub)
 	default:
 		return usageErr(fmt.Sprintf("unknown command %q", sub))

@@ -8,6 +8,7 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -59,8 +60,42 @@ commands:
                           restore in place, replacing the live database
                           (backup commands: --addr HOST:PORT overrides ADMIN_ADDR and
                           METRICS_PORT; the token comes from ADMIN_TOKEN or ADMIN_TOKEN_FILE)
+  inject                  serve the sidecar injector (Kubernetes mutating admission
+                          webhook), configured from the INJECT_* variables
   version                 print the version
 `
+
+// command is one subcommand of the binary. Main dispatches through
+// commands, and the runbook test checks every invocation the docs name
+// against the same table.
+type command struct {
+	name string
+	// subs are the words accepted after the name (backup create…); nil
+	// when the command takes none.
+	subs []string
+	// flags returns the command's flag set (fresh at each call), nil when
+	// it has no flags.
+	flags func() *flag.FlagSet
+	run   func(ctx context.Context, args []string, environ map[string]string, out IO) int
+}
+
+// commands are the binary's subcommands.
+var commands = []command{
+	{name: "run", run: func(ctx context.Context, _ []string, environ map[string]string, out IO) int {
+		return runCommand(ctx, environ, out, nil)
+	}},
+	{name: "dev", run: devCommand, flags: func() *flag.FlagSet { fs, _ := devFlags(); return fs }},
+	{name: "certs", subs: []string{"dev"}, run: func(_ context.Context, args []string, environ map[string]string, out IO) int {
+		return certsCommand(args, environ, out)
+	}, flags: func() *flag.FlagSet { fs, _, _ := certsDevFlags(nil); return fs }},
+	{name: "backup", subs: backupSubcommands, run: backupCommand,
+		flags: func() *flag.FlagSet { fs, _, _, _ := backupFlags(); return fs }},
+	{name: "inject", run: injectCommand},
+	{name: "version", run: func(_ context.Context, _ []string, _ map[string]string, out IO) int {
+		fmt.Fprintln(out.Stdout, "brownie-sidecar", Version)
+		return ExitOK
+	}},
+}
 
 // Main runs the command named by args (args[0] is the program name) and
 // returns the process exit code. ctx is cancelled to request a graceful
@@ -71,20 +106,16 @@ func Main(ctx context.Context, args []string, environ map[string]string, out IO)
 		cmd, rest = args[1], args[2:]
 	}
 	switch cmd {
-	case "run":
-		return runCommand(ctx, environ, out, nil)
-	case "dev":
-		return devCommand(ctx, rest, environ, out)
-	case "certs":
-		return certsCommand(rest, environ, out)
-	case "backup":
-		return backupCommand(ctx, rest, environ, out)
-	case "version", "--version":
-		fmt.Fprintln(out.Stdout, "brownie-sidecar", Version)
-		return ExitOK
+	case "--version":
+		cmd = "version"
 	case "help", "-h", "--help":
 		fmt.Fprint(out.Stdout, usage)
 		return ExitOK
+	}
+	for _, c := range commands {
+		if c.name == cmd {
+			return c.run(ctx, rest, environ, out)
+		}
 	}
 	fmt.Fprintf(out.Stderr, "unknown command %q\n%s", cmd, usage)
 	return ExitConfig

@@ -13,10 +13,8 @@ func certsCommand(args []string, environ map[string]string, out IO) int {
 		fmt.Fprintln(out.Stderr, "usage: brownie-sidecar certs dev --out DIR [--cn NAME]")
 		return ExitConfig
 	}
-	fs := flag.NewFlagSet("certs dev", flag.ContinueOnError)
+	fs, dir, cn := certsDevFlags(environ)
 	fs.SetOutput(out.Stderr)
-	dir := fs.String("out", "dev-certs", "directory to write ca.crt, server.crt, server.key, client.crt, client.key")
-	cn := fs.String("cn", defaultString(environ["DB_USER"], "brownie-fastapi-server"), "client certificate common name (the database role)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return ExitConfig
 	}
@@ -26,6 +24,15 @@ func certsCommand(args []string, environ map[string]string, out IO) int {
 	}
 	fmt.Fprintf(out.Stdout, "wrote development CA, server and client (CN %s) certificates to %s\n", *cn, *dir)
 	return ExitOK
+}
+
+// certsDevFlags returns the flag set of `certs dev`: --out and --cn (whose
+// default is DB_USER).
+func certsDevFlags(environ map[string]string) (fs *flag.FlagSet, dir, cn *string) {
+	fs = flag.NewFlagSet("certs dev", flag.ContinueOnError)
+	dir = fs.String("out", "dev-certs", "directory to write ca.crt, server.crt, server.key, client.crt, client.key")
+	cn = fs.String("cn", defaultString(environ["DB_USER"], "brownie-fastapi-server"), "client certificate common name (the database role)")
+	return fs, dir, cn
 }
 
 func defaultString(v, def string) string {

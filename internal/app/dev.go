@@ -24,19 +24,34 @@ type devShard struct {
 	primary, replica *pgcluster.Cluster
 }
 
+// devOptions are the dev command's flags.
+type devOptions struct {
+	dir, listen, adminAddr string
+	reset                  bool
+	basePort               int
+}
+
+// devFlags returns the dev command's flag set, writing into the options.
+func devFlags() (*flag.FlagSet, *devOptions) {
+	o := &devOptions{}
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.StringVar(&o.dir, "dir", ".dev", "directory holding the development stack")
+	fs.BoolVar(&o.reset, "reset", false, "delete the development stack and start over")
+	fs.IntVar(&o.basePort, "base-port", 15432, "first Postgres port: shard N uses base+10N (primary) and base+10N+1 (replica)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:6432", "sidecar listen address")
+	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:8001", "admin HTTP address")
+	return fs, o
+}
+
 // devCommand runs the embedded development stack: dev certificates, two
 // shards of a primary and a streaming replica each (cert-only pg_hba), the
 // Brownie schema on every shard, and the sidecar on 127.0.0.1:6432 with the
 // admin port on 127.0.0.1:8001. Everything lives under --dir (default
 // .dev) and is reused by the next run; --reset starts over.
 func devCommand(ctx context.Context, args []string, environ map[string]string, out IO) int {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs, o := devFlags()
 	fs.SetOutput(out.Stderr)
-	dir := fs.String("dir", ".dev", "directory holding the development stack")
-	reset := fs.Bool("reset", false, "delete the development stack and start over")
-	basePort := fs.Int("base-port", 15432, "first Postgres port: shard N uses base+10N (primary) and base+10N+1 (replica)")
-	listen := fs.String("listen", "127.0.0.1:6432", "sidecar listen address")
-	adminAddr := fs.String("admin", "127.0.0.1:8001", "admin HTTP address")
+	dir, reset, basePort, listen, adminAddr := &o.dir, &o.reset, &o.basePort, &o.listen, &o.adminAddr
 	if err := fs.Parse(args); err != nil {
 		return ExitConfig
 	}

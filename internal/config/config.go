@@ -365,16 +365,7 @@ func (c Config) Validate() error {
 		add("POOL_RETIRE_INTERVAL and POOL_RESET_TIMEOUT must be positive")
 	}
 	errs = append(errs, c.Admin.validate()...)
-	switch strings.ToLower(c.LogLevel) {
-	case "debug", "info", "warn", "warning", "error":
-	default:
-		add("LOG_LEVEL %q is not one of debug, info, warn, error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "json", "console":
-	default:
-		add("LOG_FORMAT %q is not one of json, console", c.LogFormat)
-	}
+	errs = append(errs, c.validateLog()...)
 	if c.ShutdownTimeout < 0 {
 		add("SHUTDOWN_TIMEOUT must not be negative")
 	}
@@ -382,4 +373,20 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Backup.validate()...)
 	errs = append(errs, c.DBMetrics.validate()...)
 	return errors.Join(errs...)
+}
+
+// validateLog reports a bad LOG_LEVEL or LOG_FORMAT.
+func (c Config) validateLog() []error {
+	var errs []error
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_LEVEL %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_FORMAT %q is not one of json, console", c.LogFormat))
+	}
+	return errs
 }
