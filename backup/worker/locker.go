@@ -1,6 +1,8 @@
-package backup
+package worker
 
 import (
+	"github.com/brownie/brownie-sidecar/backup"
+
 	"context"
 	"errors"
 	"fmt"
@@ -20,11 +22,6 @@ type Locker interface {
 	TryLock(ctx context.Context) (unlock func(), ok bool, err error)
 }
 
-// AdvisoryLockKey is the key of the session advisory lock that
-// PGAdvisoryLocker takes in the Brownie database on the first shard's
-// primary: the ASCII bytes of "brownbkp" read as a big-endian int64.
-const AdvisoryLockKey int64 = 0x62726f776e626b70 // "brownbkp"
-
 // PGAdvisoryLocker is a Locker holding a Postgres session advisory lock
 // (pg_try_advisory_lock) on the first shard's primary, over its own pgx
 // connection authenticated with the sidecar's current client certificate.
@@ -35,7 +32,7 @@ const AdvisoryLockKey int64 = 0x62726f776e626b70 // "brownbkp"
 // TryLock opens one connection.
 type PGAdvisoryLocker struct {
 	target pgTarget
-	shards func() []Shard
+	shards func() ([]backup.Shard, error)
 	key    int64
 	log    *zap.Logger
 }
@@ -46,15 +43,15 @@ var _ Locker = (*PGAdvisoryLocker)(nil)
 // in Deps.
 type LockerDeps struct {
 	Log      *zap.Logger
-	Shards   func() []Shard
+	Shards   func() ([]backup.Shard, error)
 	Database string
 	User     string
 	SSLMode  string
-	Certs    CertsFunc
+	Certs    backup.CertsFunc
 	// TempDir is where the certificate files are briefly written while the
 	// connection settings are parsed; empty is the system default.
 	TempDir string
-	// Key overrides AdvisoryLockKey (tests use it to run independent
+	// Key overrides backup.AdvisoryLockKey (tests use it to run independent
 	// elections on one server).
 	Key int64
 }
@@ -63,7 +60,7 @@ type LockerDeps struct {
 func NewPGAdvisoryLocker(deps LockerDeps) *PGAdvisoryLocker {
 	key := deps.Key
 	if key == 0 {
-		key = AdvisoryLockKey
+		key = backup.AdvisoryLockKey
 	}
 	log := deps.Log
 	if log == nil {
@@ -80,12 +77,15 @@ func NewPGAdvisoryLocker(deps LockerDeps) *PGAdvisoryLocker {
 // TryLock connects to the first shard's primary and tries the advisory
 // lock once.
 func (l *PGAdvisoryLocker) TryLock(ctx context.Context) (func(), bool, error) {
-	var shards []Shard
+	var shards []backup.Shard
 	if l.shards != nil {
-		shards = l.shards()
+		var err error
+		if shards, err = l.shards(); err != nil {
+			return nil, false, err
+		}
 	}
 	if len(shards) == 0 {
-		return nil, false, ErrNoShards
+		return nil, false, backup.ErrNoShards
 	}
 	first := shards[0]
 	conn, err := l.target.connect(ctx, first, l.target.database)
