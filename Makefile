@@ -3,6 +3,9 @@
 
 GO        ?= go
 BIN       := bin/brownie-sidecar
+# The backup worker ships beside the sidecar, which starts it for each
+# backup, restore and listing (see README "Backups").
+WORKER    := bin/brownie-backup
 PG_BINDIR := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
@@ -22,6 +25,7 @@ all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/brownie-sidecar
+	$(GO) build -trimpath -o $(WORKER) ./cmd/brownie-backup
 
 # deps installs the Postgres server and client tools the tests and the dev
 # stack run (initdb, pg_ctl, pg_basebackup, psql, pgbench), plus the Python

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"gocloud.dev/blob"
 
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
@@ -84,7 +83,7 @@ func (c *cluster) roundTrip(t *testing.T, cfg config.Backup, target string) {
 		total += s.Bytes
 	}
 	if man.TotalBytes != total || man.Database != pgcluster.BrownieDatabase || man.SidecarVersion != "test" ||
-		man.Trigger != "manual" || man.Format != formatCustom || man.FinishedAt.Before(man.StartedAt) {
+		man.Trigger != "manual" || man.Format != FormatCustom || man.FinishedAt.Before(man.StartedAt) {
 		t.Errorf("manifest: %+v", man)
 	}
 
@@ -228,7 +227,8 @@ func (c *cluster) testFailedBackup(t *testing.T) {
 	clk := &clock{t: time.Date(2030, 1, 1, 2, 0, 0, 0, time.UTC)}
 	var mu sync.Mutex
 	shards := c.shards
-	m, _ := c.newManager(t, localConfig(t), Deps{Now: clk.Now, Shards: func() []Shard {
+	cfg := localConfig(t)
+	m, _ := c.newManager(t, cfg, Deps{Now: clk.Now, Shards: func() []Shard {
 		mu.Lock()
 		defer mu.Unlock()
 		return shards
@@ -243,7 +243,7 @@ func (c *cluster) testFailedBackup(t *testing.T) {
 	shards = []Shard{c.shards[0], {Name: "shard-b", Host: "127.0.0.1", Port: freePort(t)}}
 	mu.Unlock()
 	clk.Set(clk.Now().Add(time.Hour))
-	failed := backupName(clk.Now())
+	failed := Name(clk.Now())
 	if _, err := m.Create(ctx); err == nil || !strings.Contains(err.Error(), "shard-b") || errors.Is(err, ErrBusy) {
 		t.Fatalf("Create with shard-b down = %v, want an error about shard-b", err)
 	} else if strings.Contains(err.Error(), "PRIVATE KEY") {
@@ -254,9 +254,8 @@ func (c *cluster) testFailedBackup(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].Name != first.Name {
 		t.Fatalf("List = %+v, %v; want only %s", list, err, first.Name)
 	}
-	it := m.bucket.List(&blob.ListOptions{Prefix: failed + "/"})
-	if obj, err := it.Next(ctx); err != io.EOF {
-		t.Errorf("objects of the failed backup remain: %+v, %v", obj, err)
+	if entries, err := os.ReadDir(filepath.Join(cfg.Destination, failed)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("objects of the failed backup remain: %v, %v", entries, err)
 	}
 	st := m.Status()
 	if st.LastFailure == "" || st.LastFailureAt == nil || !st.LastFailureAt.Equal(clk.Now()) ||
@@ -279,6 +278,7 @@ func (c *cluster) testRetention(t *testing.T) {
 	cfg := localConfig(t)
 	cfg.RetentionDays = 30
 	m, _ := c.newManager(t, cfg, Deps{Now: clk.Now})
+	bucket := openLocalBucket(t, cfg.Destination)
 	day := 24 * time.Hour
 
 	create := func(at time.Time) string {
@@ -294,12 +294,12 @@ func (c *cluster) testRetention(t *testing.T) {
 	kept := create(t0.Add(-10 * day))
 	write := func(key string) {
 		t.Helper()
-		if err := m.bucket.WriteAll(ctx, key, []byte("x"), nil); err != nil {
+		if err := bucket.WriteAll(ctx, key, []byte("x"), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	oldIncomplete := backupName(t0.Add(-2 * day))
-	freshIncomplete := backupName(t0.Add(-time.Hour))
+	oldIncomplete := Name(t0.Add(-2 * day))
+	freshIncomplete := Name(t0.Add(-time.Hour))
 	write(oldIncomplete + "/shard-a.dump")
 	write(freshIncomplete + "/shard-a.dump")
 	others := []string{"notes.txt", "other/brownie-20000101T000000Z/manifest.json", "brownie-manual/x.dump"}
@@ -308,10 +308,7 @@ func (c *cluster) testRetention(t *testing.T) {
 	}
 	newest := create(t0)
 
-	names, err := m.backupNames(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	names := localBackupNames(t, cfg.Destination)
 	slices.Sort(names)
 	want := []string{kept, freshIncomplete, newest}
 	slices.Sort(want)
@@ -319,7 +316,7 @@ func (c *cluster) testRetention(t *testing.T) {
 		t.Errorf("backups after retention = %v, want %v (deleted: %s, %s)", names, want, expired, oldIncomplete)
 	}
 	for _, k := range others {
-		if ok, err := m.bucket.Exists(ctx, k); !ok || err != nil {
+		if ok, err := bucket.Exists(ctx, k); !ok || err != nil {
 			t.Errorf("retention touched %s: exists=%v err=%v", k, ok, err)
 		}
 	}
@@ -336,25 +333,19 @@ func (c *cluster) testTwoSidecars(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	key := 5000 + lockKeys.Add(1)
-	locker := func() Locker {
-		return NewPGAdvisoryLocker(LockerDeps{
-			Shards: func() []Shard { return c.shards }, Database: pgcluster.BrownieDatabase,
-			User: pgcluster.BrownieRole, SSLMode: config.SSLVerifyFull, Certs: c.certs, Key: key,
-		})
-	}
 	cfg := localConfig(t)
-	a, _ := c.newManager(t, cfg, Deps{Locker: locker()})
-	b, _ := c.newManager(t, cfg, Deps{Locker: locker()})
+	a, _ := c.newManager(t, cfg, Deps{LockKey: key})
+	b, _ := c.newManager(t, cfg, Deps{LockKey: key})
 	created := func(ms ...*Manager) (n float64) {
 		for _, m := range ms {
-			n += testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(runCreated))
+			n += testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(RunCreated))
 		}
 		return n
 	}
 	skipped := func(ms ...*Manager) (n float64) {
 		for _, m := range ms {
-			n += testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(runSkippedLocked)) +
-				testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(runSkippedExists))
+			n += testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(RunSkippedLocked)) +
+				testutil.ToFloat64(m.metrics.scheduledRuns.WithLabelValues(RunSkippedExists))
 		}
 		return n
 	}
@@ -378,13 +369,13 @@ func (c *cluster) testTwoSidecars(t *testing.T) {
 	// One after the other, the lock long released: the second sees the
 	// slot's backup and skips.
 	slot2 := slot.Add(24 * time.Hour)
-	if man, err := a.RunScheduled(ctx, slot2); err != nil || man == nil || man.Name != backupName(slot2) || man.Trigger != "scheduled" {
+	if man, err := a.RunScheduled(ctx, slot2); err != nil || man == nil || man.Name != Name(slot2) || man.Trigger != "scheduled" {
 		t.Fatalf("a.RunScheduled = %+v, %v", man, err)
 	}
 	if man, err := b.RunScheduled(ctx, slot2); err != nil || man != nil {
 		t.Fatalf("b.RunScheduled of a done slot = %+v, %v; want a skip", man, err)
 	}
-	if got := testutil.ToFloat64(b.metrics.scheduledRuns.WithLabelValues(runSkippedExists)); got < 1 {
+	if got := testutil.ToFloat64(b.metrics.scheduledRuns.WithLabelValues(RunSkippedExists)); got < 1 {
 		t.Errorf("b skipped_exists = %v", got)
 	}
 	list, err := a.List(ctx)
@@ -395,8 +386,8 @@ func (c *cluster) testTwoSidecars(t *testing.T) {
 	// Through Run on the real clock, a slot every 2 s.
 	cfg2 := localConfig(t)
 	cfg2.Schedule = "*/2 * * * * *"
-	a2, _ := c.newManager(t, cfg2, Deps{Locker: locker()})
-	b2, _ := c.newManager(t, cfg2, Deps{Locker: locker()})
+	a2, _ := c.newManager(t, cfg2, Deps{LockKey: key})
+	b2, _ := c.newManager(t, cfg2, Deps{LockKey: key})
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
 	runErrs := make(chan error, 2)
@@ -425,7 +416,7 @@ func (c *cluster) testTwoSidecars(t *testing.T) {
 			len(list), names(list), created(a2, b2), skipped(a2, b2))
 	}
 	for _, man := range list {
-		if tm, ok := nameTime(man.Name); !ok || tm.Second()%2 != 0 || man.Trigger != "scheduled" {
+		if tm, ok := ParseName(man.Name); !ok || tm.Second()%2 != 0 || man.Trigger != "scheduled" {
 			t.Errorf("scheduled backup %s is not named after a slot", man.Name)
 		}
 	}

@@ -30,3 +30,55 @@ var (
 	// ErrNoShards: the cluster has no shard to back up.
 	ErrNoShards = errors.New("no shards to back up")
 )
+
+// errorKinds names the sentinels on the worker protocol (ErrorKind,
+// FromWorker): an error crossing the process boundary keeps its sentinel,
+// so the admin API answers with the same HTTP status.
+var errorKinds = []struct {
+	kind string
+	err  error
+}{
+	{"disabled", ErrDisabled},
+	{"busy", ErrBusy},
+	{"not_found", ErrNotFound},
+	{"invalid_name", ErrInvalidName},
+	{"exists", ErrExists},
+	{"confirm_required", ErrConfirmRequired},
+	{"corrupt", ErrCorrupt},
+	{"shard_mismatch", ErrShardMismatch},
+	{"no_shards", ErrNoShards},
+}
+
+// ErrorKind returns the protocol name of the sentinel err wraps, or "".
+func ErrorKind(err error) string {
+	for _, k := range errorKinds {
+		if errors.Is(err, k.err) {
+			return k.kind
+		}
+	}
+	return ""
+}
+
+// kindError is an error reported by the worker: its text is the worker's,
+// and it wraps the sentinel its kind names (if any).
+type kindError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.sentinel }
+
+// errorFromWorker rebuilds an error reported by the worker.
+func errorFromWorker(we *WorkerError) error {
+	e := &kindError{msg: we.Message}
+	for _, k := range errorKinds {
+		if k.kind == we.Kind {
+			e.sentinel = k.err
+		}
+	}
+	if e.msg == "" {
+		e.msg = "backup worker failed"
+	}
+	return e
+}

@@ -27,20 +27,82 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/api/option"
 
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
+
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
+	"github.com/brownie/brownie-sidecar/internal/testbin"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// Idle keep-alive connections of the cloud SDKs' shared HTTP
-		// transports outlive the buckets that used them.
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"),
-	)
+	code := m.Run()
+	testbin.Cleanup()
+	if code == 0 {
+		if err := goleak.Find(
+			// Idle keep-alive connections of the cloud SDKs' shared HTTP
+			// transports (the emulators' test clients) outlive their use.
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"),
+		); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// workerPath builds the backup worker (cmd/brownie-backup) once and
+// returns its path: every Manager of the tests runs it, as the sidecar
+// does.
+func workerPath(t testing.TB) string {
+	t.Helper()
+	p, err := testbin.Build("github.com/brownie/brownie-sidecar/cmd/brownie-backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// quoteIdent quotes an SQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// openLocalBucket opens a local destination directly, as the worker does,
+// for tests that plant or inspect objects.
+func openLocalBucket(t *testing.T, dir string) *blob.Bucket {
+	t.Helper()
+	b, err := fileblob.OpenBucket(dir, &fileblob.Options{CreateDir: true, NoTempDir: true, Metadata: fileblob.MetadataDontWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// localBackupNames lists the backups, complete or not, of a local
+// destination: the directories named like backups that hold an object
+// (deleting a backup's objects may leave its empty directory).
+func localBackupNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if _, ok := ParseName(e.Name()); !ok || !e.IsDir() {
+			continue
+		}
+		if objs, err := os.ReadDir(filepath.Join(dir, e.Name())); err == nil && len(objs) > 0 {
+			names = append(names, e.Name())
+		}
+	}
+	return names
 }
 
 // depsTarget is the make target that installs the storage emulators.
@@ -234,7 +296,8 @@ func (c *cluster) certs() (certPEM, keyPEM, caPEM []byte, err error) {
 var lockKeys atomic.Int64
 
 // newManager builds a Manager for the cluster with cfg, a registry of its
-// own and, unless deps says otherwise, a PGAdvisoryLocker with a fresh key.
+// own, the worker and, unless deps says otherwise, an advisory lock key of
+// its own.
 func (c *cluster) newManager(t testing.TB, cfg config.Backup, deps Deps) (*Manager, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -262,12 +325,10 @@ func (c *cluster) newManager(t testing.TB, cfg config.Backup, deps Deps) (*Manag
 	deps.User = pgcluster.BrownieRole
 	deps.SSLMode = config.SSLVerifyFull
 	deps.Certs = c.certs
-	if deps.Locker == nil {
-		deps.Locker = NewPGAdvisoryLocker(LockerDeps{
-			Shards: deps.Shards, Database: deps.Database, User: deps.User, SSLMode: deps.SSLMode,
-			Certs: deps.Certs, Key: 1000 + lockKeys.Add(1),
-		})
+	if deps.LockKey == 0 {
+		deps.LockKey = 1000 + lockKeys.Add(1)
 	}
+	deps.Worker = workerPath(t)
 	m, err := New(cfg, deps)
 	if err != nil {
 		t.Fatalf("New: %v", err)

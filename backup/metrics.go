@@ -4,15 +4,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Scheduled-run outcomes, the values of the result label of
-// brownie_sidecar_backup_scheduled_runs_total.
-const (
-	runCreated       = "created"
-	runSkippedLocked = "skipped_locked"
-	runSkippedExists = "skipped_exists"
-	runFailed        = "failed"
-)
-
 // metrics are the package's instruments. Labels are bounded (result, shard
 // names from the shard map); none carries a team_id.
 type metrics struct {
@@ -76,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Duration of the last restore run by this sidecar, including checksum verification.",
 		}),
 	}
-	for _, r := range []string{runCreated, runSkippedLocked, runSkippedExists, runFailed} {
+	for _, r := range []string{RunCreated, RunSkippedLocked, RunSkippedExists, RunFailed} {
 		m.scheduledRuns.WithLabelValues(r)
 	}
 	for _, r := range []string{"ok", "failed"} {

@@ -2,8 +2,6 @@ package backup
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,13 +48,13 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 // seedLastSuccess fills Status.LastSuccess from the destination when this
-// sidecar has made no backup yet (best effort).
+// sidecar has made no backup yet (best effort; one worker run).
 func (m *Manager) seedLastSuccess(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	list, err := m.List(ctx)
 	if err != nil || len(list) == 0 {
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			m.log.Warn("backup list failed", zap.Error(err))
 		}
 		return
@@ -70,106 +68,55 @@ func (m *Manager) seedLastSuccess(ctx context.Context) {
 
 // RunScheduled runs the scheduled backup of slot, named after the slot
 // (brownie-<slot>), so that sidecars sharing a schedule agree on the name.
-// It takes the Locker first and skips the slot (nil manifest, nil error)
-// when another sidecar holds it, when this sidecar is busy, or when the
-// slot's backup already exists, checked under the lock: two sidecars with
-// the same schedule therefore make one backup per slot even if the first
-// releases the lock before the second tries it. Retention follows a
-// success. It is idempotent per slot.
+// The worker takes the advisory lock first and skips the slot (nil
+// manifest, nil error) when another sidecar holds it or when the slot's
+// backup already exists, checked under the lock; this sidecar skips it
+// when it is busy. Two sidecars with the same schedule therefore make one
+// backup per slot even if the first releases the lock before the second
+// tries it. Retention follows a success. It is idempotent per slot.
 func (m *Manager) RunScheduled(ctx context.Context, slot time.Time) (*Manifest, error) {
 	if !m.cfg.Enabled() {
 		return nil, ErrDisabled
 	}
-	name := backupName(slot)
+	name := Name(slot)
 	log := m.log.With(zap.String("backup", name))
 	if !m.begin(opBackup) {
-		m.metrics.scheduledRuns.WithLabelValues(runSkippedLocked).Inc()
+		m.metrics.scheduledRuns.WithLabelValues(RunSkippedLocked).Inc()
 		log.Info("scheduled backup skipped", zap.String("reason", "busy"))
 		return nil, nil
 	}
 	defer m.end()
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	ctx, cancel := m.opTimeout(ctx)
 	defer cancel()
 
-	unlock, ok, err := m.locker.TryLock(ctx)
+	res, err := m.runWorker(ctx, WorkerRequest{Op: OpScheduled, Slot: slot.UTC()})
 	if err != nil {
-		m.metrics.scheduledRuns.WithLabelValues(runFailed).Inc()
+		m.metrics.scheduledRuns.WithLabelValues(RunFailed).Inc()
 		m.recordFailure(name, err)
 		return nil, err
 	}
-	if !ok {
-		m.metrics.scheduledRuns.WithLabelValues(runSkippedLocked).Inc()
+	switch {
+	case res.Outcome == RunSkippedLocked:
+		m.metrics.scheduledRuns.WithLabelValues(RunSkippedLocked).Inc()
 		log.Info("scheduled backup skipped", zap.String("reason", "locked"))
 		return nil, nil
-	}
-	defer unlock()
-	exists, err := m.bucket.Exists(ctx, manifestKey(name))
-	if err != nil {
-		m.metrics.scheduledRuns.WithLabelValues(runFailed).Inc()
-		err = fmt.Errorf("check backup %s: %w", name, err)
-		m.recordFailure(name, err)
-		return nil, err
-	}
-	if exists {
-		m.metrics.scheduledRuns.WithLabelValues(runSkippedExists).Inc()
+	case res.Outcome == RunSkippedExists:
+		m.metrics.scheduledRuns.WithLabelValues(RunSkippedExists).Inc()
 		log.Info("scheduled backup skipped", zap.String("reason", "exists"))
 		return nil, nil
-	}
-	man, err := m.create(ctx, name, slot.UTC(), "scheduled")
-	if err != nil {
-		m.metrics.scheduledRuns.WithLabelValues(runFailed).Inc()
+	case res.Error != nil || res.Manifest == nil:
+		m.metrics.scheduledRuns.WithLabelValues(RunFailed).Inc()
+		we := res.Error
+		if we == nil {
+			we = &WorkerError{Message: "backup worker returned no manifest", Failure: true}
+		}
+		err := errorFromWorker(we)
+		if we.Failure {
+			m.recordFailure(name, err)
+		}
 		return nil, err
 	}
-	m.metrics.scheduledRuns.WithLabelValues(runCreated).Inc()
-	return man, nil
-}
-
-// incompleteMaxAge is how old a backup without a manifest must be before
-// retention deletes it; younger ones may still be running elsewhere.
-const incompleteMaxAge = 24 * time.Hour
-
-// applyRetention deletes, except keep, the complete backups started more
-// than RetentionDays before now and the incomplete ones whose name is more
-// than a day old. Objects that are not backups, and backups whose manifest
-// cannot be read, are never touched. It returns the first error after
-// trying every backup.
-func (m *Manager) applyRetention(ctx context.Context, keep string) error {
-	if m.cfg.RetentionDays <= 0 {
-		return nil
-	}
-	now := m.now()
-	cutoff := now.Add(-time.Duration(m.cfg.RetentionDays) * 24 * time.Hour)
-	names, err := m.backupNames(ctx)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, name := range names {
-		if name == keep {
-			continue
-		}
-		reason := ""
-		man, err := m.readManifest(ctx, name)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			if t, ok := nameTime(name); ok && t.Before(now.Add(-incompleteMaxAge)) {
-				reason = "incomplete"
-			}
-		case err != nil:
-			m.log.Warn("backup retention skipped", zap.String("backup", name), zap.Error(err))
-		case man.StartedAt.Before(cutoff):
-			reason = "expired"
-		}
-		if reason == "" {
-			continue
-		}
-		n, err := m.deleteBackup(ctx, name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		m.metrics.retentionDelete.Inc()
-		m.log.Info("backup deleted", zap.String("backup", name), zap.String("reason", reason), zap.Int("objects", n))
-	}
-	return errors.Join(errs...)
+	m.metrics.scheduledRuns.WithLabelValues(RunCreated).Inc()
+	m.recordSuccess(res.Manifest, res.RetentionDeleted, "scheduled")
+	return res.Manifest, nil
 }

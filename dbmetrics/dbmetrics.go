@@ -3,13 +3,14 @@ package dbmetrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -22,12 +23,17 @@ import (
 // independent.
 const AdvisoryLockKey int64 = 0x62726f776e6d6574 // "brownmet"
 
-// Conn is the part of a pgx connection a collection uses; *pgx.Conn
-// implements it.
+// Conn is one authenticated connection to a shard's primary, as the
+// sidecar's own health checks hold (health.Conn implements it). A
+// collection uses it from one goroutine and closes it.
 type Conn interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	Close(ctx context.Context) error
+	// Exec runs one simple-protocol query to completion, passing each
+	// row's text values to onRow (valid only during the call).
+	Exec(sql string, onRow func([][]byte)) error
+	// SetDeadline bounds every read and write; the zero time removes it.
+	SetDeadline(t time.Time) error
+	// Close ends the connection; safe to call more than once.
+	Close() error
 }
 
 // Elector elects the one collecting sidecar. Implementations must be safe
@@ -290,61 +296,68 @@ func (c *Collector) collect(ctx context.Context) {
 // collectShard runs the queries on one shard's primary over a new
 // connection, each bounded by QueryTimeout.
 func (c *Collector) collectShard(ctx context.Context, shard string) (*snapshot, error) {
-	bounded := func(f func(ctx context.Context) error) error {
-		qctx, cancel := context.WithTimeout(ctx, c.cfg.QueryTimeout)
-		defer cancel()
-		return f(qctx)
-	}
-	var conn Conn
-	if err := bounded(func(ctx context.Context) (err error) {
-		conn, err = c.connect(ctx, shard)
-		return err
-	}); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.QueryTimeout)
+	conn, err := c.connect(cctx, shard)
+	cancel()
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), c.cfg.QueryTimeout)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
+	defer conn.Close()
 
 	s := &snapshot{tables: map[string]float64{}, conns: map[string]float64{}}
 	for _, st := range connectionStates {
 		s.conns[st] = 0
 	}
-	err := bounded(func(ctx context.Context) error {
-		var size int64
-		if err := conn.QueryRow(ctx, sizeQuery).Scan(&size); err != nil {
-			return err
+	query := func(sql string, columns int, row func(vals []float64, text string)) error {
+		return bounded(ctx, conn, c.cfg.QueryTimeout, func() error {
+			var bad error
+			err := conn.Exec(sql, func(cols [][]byte) {
+				if bad != nil {
+					return
+				}
+				if len(cols) != columns {
+					bad = fmt.Errorf("%d columns, want %d", len(cols), columns)
+					return
+				}
+				first := 0
+				text := ""
+				if columns == 2 {
+					text, first = string(cols[0]), 1
+				}
+				vals := make([]float64, 0, columns-first)
+				for _, col := range cols[first:] {
+					v, err := strconv.ParseFloat(string(col), 64)
+					if err != nil {
+						bad = fmt.Errorf("not a number: %q", col)
+						return
+					}
+					vals = append(vals, v)
+				}
+				row(vals, text)
+			})
+			return cmpErr(err, bad)
+		})
+	}
+	rows := 0
+	err = query(sizeQuery, 1, func(v []float64, _ string) { s.dbSize, rows = v[0], rows+1 })
+	if err == nil && rows != 1 {
+		err = errors.New("the database size query returned no row")
+	}
+	if err == nil {
+		err = query(tablesQuery, 2, func(v []float64, name string) { s.tables[name] = v[0] })
+	}
+	if err == nil {
+		err = query(connectionsQuery, 2, func(v []float64, state string) { s.conns[stateLabel(state)] += v[0] })
+	}
+	if err == nil {
+		rows = 0
+		err = query(entitiesQuery, len(entityNames), func(v []float64, _ string) {
+			copy(s.entities[:], v)
+			rows++
+		})
+		if err == nil && rows != 1 {
+			err = errors.New("the entity count query returned no row")
 		}
-		s.dbSize = float64(size)
-		return nil
-	})
-	if err == nil {
-		err = bounded(func(ctx context.Context) error {
-			return scanPairs(ctx, conn, tablesQuery, func(name string, v int64) { s.tables[name] = float64(v) })
-		})
-	}
-	if err == nil {
-		err = bounded(func(ctx context.Context) error {
-			return scanPairs(ctx, conn, connectionsQuery, func(state string, v int64) { s.conns[stateLabel(state)] += float64(v) })
-		})
-	}
-	if err == nil {
-		err = bounded(func(ctx context.Context) error {
-			var n [len(entityNames)]int64
-			dest := make([]any, len(n))
-			for i := range n {
-				dest[i] = &n[i]
-			}
-			if err := conn.QueryRow(ctx, entitiesQuery).Scan(dest...); err != nil {
-				return err
-			}
-			for i, v := range n {
-				s.entities[i] = float64(v)
-			}
-			return nil
-		})
 	}
 	if err != nil {
 		return nil, err
@@ -353,22 +366,34 @@ func (c *Collector) collectShard(ctx context.Context, shard string) (*snapshot, 
 	return s, nil
 }
 
-// scanPairs runs a query returning (text, bigint) rows.
-func scanPairs(ctx context.Context, conn Conn, sql string, add func(string, int64)) error {
-	rows, err := conn.Query(ctx, sql)
-	if err != nil {
+// bounded runs f with conn's deadline at timeout from now (or ctx's
+// deadline, if sooner); ctx ending interrupts it.
+func bounded(ctx context.Context, conn Conn, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var k string
-		var v int64
-		if err := rows.Scan(&k, &v); err != nil {
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	err := f()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return err
+}
+
+// cmpErr is the first non-nil error.
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
-		add(k, v)
 	}
-	return rows.Err()
+	return nil
 }
 
 // stateLabel turns a pg_stat_activity state into a label value:

@@ -3,18 +3,16 @@ package dbmetrics_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
-	"github.com/brownie/brownie-sidecar/backup"
 	"github.com/brownie/brownie-sidecar/dbmetrics"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
@@ -50,52 +48,35 @@ INSERT INTO agent_configs (id, org_id, version, name, agent_type, is_active, con
 }
 
 // fixture is shards of a real cluster and collectors over them, each with
-// its own registry, connecting and electing exactly as the sidecar does.
+// its own registry, connecting with the client certificate and electing
+// with the advisory lock exactly as the sidecar does (the sidecar's own
+// connections are its wire client; here they are pgconn's).
 type fixture struct {
 	srv    *pgtest.Server
-	shards []backup.Shard
+	shards []string
+	dsn    map[string]string
 }
 
 func (f *fixture) collector(t *testing.T, reg *prometheus.Registry) *dbmetrics.Collector {
 	t.Helper()
-	certs := func() ([]byte, []byte, []byte, error) {
-		var out [3][]byte
-		for i, name := range []string{"client.crt", "client.key", "ca.crt"} {
-			b, err := readFile(f.srv.CertDir, name)
-			if err != nil {
-				return nil, nil, nil, err
-			}
-			out[i] = b
+	dial := func(ctx context.Context, shard string) (dbmetrics.Conn, error) {
+		dsn, ok := f.dsn[shard]
+		if !ok {
+			return nil, fmt.Errorf("no shard %s", shard)
 		}
-		return out[0], out[1], out[2], nil
+		c, err := pgconn.Connect(ctx, dsn)
+		if err != nil {
+			return nil, err
+		}
+		return wireConn{c}, nil
 	}
-	shards := func() []backup.Shard { return f.shards }
-	connector := backup.NewConnector(backup.ConnectorDeps{Database: "brownie_metadata", User: pgcluster.BrownieRole,
-		SSLMode: "verify-full", Certs: certs, AppName: "brownie-sidecar-dbmetrics"})
-	locker := backup.NewPGAdvisoryLocker(backup.LockerDeps{Shards: shards, Database: "brownie_metadata",
-		User: pgcluster.BrownieRole, SSLMode: "verify-full", Certs: certs, Key: dbmetrics.AdvisoryLockKey})
 	c, err := dbmetrics.New(config.DBMetrics{Interval: time.Second, QueryTimeout: 5 * time.Second}, dbmetrics.Deps{
 		Registerer: reg,
-		Shards: func() []string {
-			var names []string
-			for _, s := range f.shards {
-				names = append(names, s.Name)
-			}
-			return names
-		},
-		Connect: func(ctx context.Context, shard string) (dbmetrics.Conn, error) {
-			for _, s := range f.shards {
-				if s.Name == shard {
-					conn, err := connector.Connect(ctx, s)
-					if err != nil {
-						return nil, err
-					}
-					return conn, nil
-				}
-			}
-			return nil, fmt.Errorf("no shard %s", shard)
-		},
-		Elector: elector{locker},
+		Shards:     func() []string { return f.shards },
+		Connect:    dial,
+		Elector: dbmetrics.AdvisoryElector{Dial: func(ctx context.Context) (dbmetrics.Conn, error) {
+			return dial(ctx, f.shards[0])
+		}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -103,14 +84,30 @@ func (f *fixture) collector(t *testing.T, reg *prometheus.Registry) *dbmetrics.C
 	return c
 }
 
-type elector struct{ l *backup.PGAdvisoryLocker }
+// wireConn is a dbmetrics.Conn over pgconn.
+type wireConn struct{ c *pgconn.PgConn }
 
-func (e elector) TryAcquire(ctx context.Context) (dbmetrics.Lease, bool, error) {
-	l, ok, err := e.l.TryAcquire(ctx)
-	if !ok {
-		return nil, false, err
+func (w wireConn) Exec(sql string, onRow func([][]byte)) error {
+	results, err := w.c.Exec(context.Background(), sql).ReadAll()
+	if err != nil {
+		return err
 	}
-	return l, true, nil
+	for _, r := range results {
+		for _, row := range r.Rows {
+			if onRow != nil {
+				onRow(row)
+			}
+		}
+	}
+	return nil
+}
+
+func (w wireConn) SetDeadline(t time.Time) error { return w.c.Conn().SetDeadline(t) }
+
+func (w wireConn) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return w.c.Close(ctx)
 }
 
 // samples gathers reg as "name{label=value,...}" → value, labels sorted
@@ -142,9 +139,11 @@ func samples(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 
 func newFixture(t *testing.T, shards int) *fixture {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true, Shards: shards})
-	f := &fixture{srv: srv}
+	f := &fixture{srv: srv, dsn: map[string]string{}}
 	for i, sh := range srv.Shards {
-		f.shards = append(f.shards, backup.Shard{Name: "shard-" + strconv.Itoa(i), Host: "localhost", Port: sh.Primary.Port()})
+		name := "shard-" + strconv.Itoa(i)
+		f.shards = append(f.shards, name)
+		f.dsn[name] = srv.DSN(sh.Primary, "brownie_metadata") + " application_name=brownie-sidecar-dbmetrics"
 	}
 	return f
 }
@@ -316,5 +315,3 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-func readFile(dir, name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }

@@ -174,3 +174,19 @@ func (s *Server) onPrimary(ctx context.Context, shard string, fn func(health.Con
 	}
 	return s.health.OnHost(ctx, t, fn)
 }
+
+// DialPrimary opens a connection of its own to shard's current primary,
+// authenticated as the sidecar, with application_name appName, outside
+// every pool. The caller owns it and must close it; it may be used from
+// one goroutine at a time.
+func (s *Server) DialPrimary(ctx context.Context, shard, appName string) (health.Conn, error) {
+	t, ok := s.primaryTarget(shard)
+	if !ok {
+		return nil, fmt.Errorf("shard %s has no known primary", shard)
+	}
+	u, err := s.dialer.dialAs(ctx, t, appName)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return u, nil
+}

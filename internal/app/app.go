@@ -141,7 +141,7 @@ func runCommand(ctx context.Context, environ map[string]string, out IO, onStart 
 		return ExitConfig
 	}
 	defer log.Sync()
-	if err := Run(ctx, cfg, log, onStart); err != nil {
+	if err := Run(ctx, cfg, environ, log, onStart); err != nil {
 		log.Error("sidecar failed", zap.Error(err))
 		return ExitFail
 	}
@@ -172,7 +172,9 @@ func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 // Run runs the sidecar with a validated configuration until ctx ends, then
 // shuts down gracefully: readiness turns 503, listeners close, sessions
 // drain within ShutdownTimeout. It returns nil after a clean shutdown.
-func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(Started)) error {
+// environ is the environment cfg was loaded from; the backup worker gets
+// what is left of it without the configuration's own variables.
+func Run(ctx context.Context, cfg config.Config, environ map[string]string, log *zap.Logger, onStart func(Started)) error {
 	startedAt := time.Now()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -201,7 +203,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		return err
 	}
 
-	bm, err := newBackups(cfg, log.Named("backup"), reg, certs, rt, px)
+	bm, err := newBackups(cfg, environ, log.Named("backup"), reg, certs, rt, px)
 	if err != nil {
 		px.Close()
 		return fmt.Errorf("backups: %w", err)
@@ -210,7 +212,7 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, onStart func(S
 		defer bm.Close()
 	}
 
-	dbm, err := newDBMetrics(cfg, log.Named("dbmetrics"), reg, certs, rt, px)
+	dbm, err := newDBMetrics(cfg, log.Named("dbmetrics"), reg, rt, px)
 	if err != nil {
 		px.Close()
 		return fmt.Errorf("database metrics: %w", err)

@@ -2,6 +2,8 @@ package app
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,17 +16,29 @@ import (
 	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
 
+// workerName is the backup worker program shipped beside brownie-sidecar.
+const workerName = "brownie-backup"
+
 // newBackups builds the backup manager over the shards' current primaries
 // (after a failover, the promoted one) and the sidecar's own client
 // certificate. With BACKUP_PROVIDER unset it is nil: the /backup/
-// endpoints answer 503.
-func newBackups(cfg config.Config, log *zap.Logger, reg prometheus.Registerer, certs brownietls.Source,
-	rt *router.Router, px *proxy.Server) (*backup.Manager, error) {
+// endpoints answer 503. The worker is BACKUP_WORKER, else brownie-backup
+// beside the running executable; it gets environ without the sidecar's
+// configuration variables.
+func newBackups(cfg config.Config, environ map[string]string, log *zap.Logger, reg prometheus.Registerer,
+	certs brownietls.Source, rt *router.Router, px *proxy.Server) (*backup.Manager, error) {
 	if cfg.Backup.Provider == "" {
 		return nil, nil
 	}
+	worker := cfg.Backup.Worker
+	if worker == "" {
+		if exe, err := os.Executable(); err == nil {
+			worker = filepath.Join(filepath.Dir(exe), workerName)
+		}
+	}
 	return backup.New(cfg.Backup, backup.Deps{
 		Log: log, Registerer: reg, Version: Version,
+		Worker: worker, WorkerEnv: backup.WorkerEnviron(environ),
 		Shards:   shardPrimaries(cfg, rt, px),
 		Database: cfg.DB.Name, User: cfg.DB.User, SSLMode: cfg.DB.SSLMode,
 		Certs: backup.CertsFromSource(certs),

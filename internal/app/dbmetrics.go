@@ -2,39 +2,43 @@ package app
 
 import (
 	"context"
-	"fmt"
+	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/brownie/brownie-sidecar/backup"
 	"github.com/brownie/brownie-sidecar/dbmetrics"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/proxy"
 	"github.com/brownie/brownie-sidecar/router"
-	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
 
+// dbMetricsAppName is the application_name of the collector's
+// connections, so that pg_stat_activity tells them apart.
+const dbMetricsAppName = "brownie-sidecar-dbmetrics"
+
 // newDBMetrics builds the database metrics collector over the shards'
-// current primaries, connecting with the sidecar's own client certificate
-// as backups do and elected with the backups' advisory lock under its own
-// key. With DB_METRICS_INTERVAL unset it is nil.
-func newDBMetrics(cfg config.Config, log *zap.Logger, reg prometheus.Registerer, certs brownietls.Source,
-	rt *router.Router, px *proxy.Server) (*dbmetrics.Collector, error) {
+// current primaries, on connections of its own made as the health checks'
+// are (the sidecar's client certificate, its own wire client), elected
+// with an advisory lock of its own on the first shard's primary. With
+// DB_METRICS_INTERVAL unset it is nil.
+func newDBMetrics(cfg config.Config, log *zap.Logger, reg prometheus.Registerer, rt *router.Router, px *proxy.Server) (*dbmetrics.Collector, error) {
 	if !cfg.DBMetrics.Enabled() {
 		return nil, nil
 	}
 	primaries := shardPrimaries(cfg, rt, px)
-	connector := backup.NewConnector(backup.ConnectorDeps{
-		Database: cfg.DB.Name, User: cfg.DB.User, SSLMode: cfg.DB.SSLMode,
-		Certs: backup.CertsFromSource(certs), TempDir: cfg.Backup.TempDir, AppName: "brownie-sidecar-dbmetrics",
-	})
-	locker := backup.NewPGAdvisoryLocker(backup.LockerDeps{
-		Log: log, Shards: primaries, Database: cfg.DB.Name, User: cfg.DB.User, SSLMode: cfg.DB.SSLMode,
-		Certs: backup.CertsFromSource(certs), TempDir: cfg.Backup.TempDir, Key: dbmetrics.AdvisoryLockKey,
-	})
+	dial := func(ctx context.Context, shard string) (dbmetrics.Conn, error) {
+		return px.DialPrimary(ctx, shard, dbMetricsAppName)
+	}
 	return dbmetrics.New(cfg.DBMetrics, dbmetrics.Deps{
-		Log: log, Registerer: reg, Elector: advisoryElector{locker},
+		Log: log, Registerer: reg,
+		Elector: dbmetrics.AdvisoryElector{Dial: func(ctx context.Context) (dbmetrics.Conn, error) {
+			names := rt.Map().ShardNames()
+			if len(names) == 0 {
+				return nil, errors.New("the shard map has no shard")
+			}
+			return dial(ctx, names[0])
+		}},
 		Shards: func() []string {
 			var names []string
 			for _, s := range primaries() {
@@ -42,28 +46,6 @@ func newDBMetrics(cfg config.Config, log *zap.Logger, reg prometheus.Registerer,
 			}
 			return names
 		},
-		Connect: func(ctx context.Context, shard string) (dbmetrics.Conn, error) {
-			for _, s := range primaries() {
-				if s.Name == shard {
-					conn, err := connector.Connect(ctx, s)
-					if err != nil {
-						return nil, err
-					}
-					return conn, nil
-				}
-			}
-			return nil, fmt.Errorf("shard %s is not in the shard map", shard)
-		},
+		Connect: dial,
 	})
-}
-
-// advisoryElector adapts backup.PGAdvisoryLocker to dbmetrics.Elector.
-type advisoryElector struct{ l *backup.PGAdvisoryLocker }
-
-func (e advisoryElector) TryAcquire(ctx context.Context) (dbmetrics.Lease, bool, error) {
-	lease, ok, err := e.l.TryAcquire(ctx)
-	if !ok {
-		return nil, false, err
-	}
-	return lease, true, nil
 }

@@ -17,10 +17,19 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
+	"github.com/brownie/brownie-sidecar/internal/testbin"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	testbin.Cleanup()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // sidecar is one in-process sidecar run through the same runCommand that
@@ -75,6 +84,15 @@ func startSidecar(t *testing.T, srv *pgtest.Server, extra map[string]string) *si
 	}
 	for k, v := range extra {
 		env[k] = v
+	}
+	if env["BACKUP_PROVIDER"] != "" && env["BACKUP_WORKER"] == "" {
+		// The sidecar runs in-process: its executable is the test binary,
+		// so the worker is not beside it.
+		w, err := testbin.Build("github.com/brownie/brownie-sidecar/cmd/brownie-backup")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env["BACKUP_WORKER"] = w
 	}
 	sc.certDir = env["LOCAL_CERT_DIR"]
 	ctx, cancel := context.WithCancel(context.Background())

@@ -88,6 +88,10 @@ type Backup struct {
 	// client certificate for pg_dump and pg_restore is made; empty is the
 	// system default.
 	TempDir string `env:"BACKUP_TEMP_DIR"`
+	// Worker is the backup worker program (brownie-backup), which runs
+	// every backup, restore and listing in a process of its own; empty is
+	// brownie-backup in the directory of the sidecar's executable.
+	Worker string `env:"BACKUP_WORKER"`
 }
 
 // Enabled reports whether backups are configured.

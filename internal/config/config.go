@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -389,4 +390,28 @@ func (c Config) validateLog() []error {
 		errs = append(errs, fmt.Errorf("LOG_FORMAT %q is not one of json, console", c.LogFormat))
 	}
 	return errs
+}
+
+// Variables returns the name of every environment variable the
+// configuration reads, sorted. Child processes that receive the
+// configuration another way (the backup worker) get an environment
+// without them.
+func Variables() []string {
+	var out []string
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+			switch {
+			case key != "":
+				out = append(out, key)
+			case f.Type.Kind() == reflect.Struct:
+				walk(f.Type)
+			}
+		}
+	}
+	walk(reflect.TypeFor[Config]())
+	slices.Sort(out)
+	return slices.Compact(out)
 }

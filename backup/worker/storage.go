@@ -1,6 +1,8 @@
-package backup
+package worker
 
 import (
+	"github.com/brownie/brownie-sidecar/backup"
+
 	"context"
 	"errors"
 	"fmt"
@@ -70,7 +72,7 @@ func openBucket(ctx context.Context, cfg config.Backup) (b *blob.Bucket, closeFn
 			b, err = azureblob.OpenBucket(ctx, client, nil)
 		}
 	case "":
-		return nil, nil, ErrDisabled
+		return nil, nil, backup.ErrDisabled
 	default:
 		return nil, nil, fmt.Errorf("unknown backup provider %q", cfg.Provider)
 	}

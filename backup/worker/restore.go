@@ -1,6 +1,8 @@
-package backup
+package worker
 
 import (
+	"github.com/brownie/brownie-sidecar/backup"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -27,10 +29,10 @@ const inPlaceLockTimeout = "60s"
 //
 // Nothing is touched until every check passed: the name is valid, an
 // in-place restore (empty TargetDatabase) carries Confirm equal to the
-// backup name (else ErrConfirmRequired), the backup is complete, its
-// shards are the cluster's shards (ErrShardMismatch) and every object has
-// its manifest's size and SHA-256, read in full (ErrCorrupt). A target
-// database must not exist on any shard (ErrExists); it is created on every
+// backup name (else backup.ErrConfirmRequired), the backup is complete, its
+// shards are the cluster's shards (backup.ErrShardMismatch) and every object has
+// its manifest's size and SHA-256, read in full (backup.ErrCorrupt). A target
+// database must not exist on any shard (backup.ErrExists); it is created on every
 // shard and, if any shard fails, every database this restore created is
 // dropped. Each shard is restored by pg_restore --exit-on-error
 // --single-transaction --no-owner (in place also --clean --if-exists), so a
@@ -42,90 +44,61 @@ const inPlaceLockTimeout = "60s"
 //
 // The result is returned whenever the restore started (with OK false and
 // an error on failure); the error wraps the sentinels above when they
-// apply. It fails with ErrBusy while a backup or restore runs.
-func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (*RestoreResult, error) {
-	if !m.cfg.Enabled() {
-		return nil, ErrDisabled
+// apply. BACKUP_TIMEOUT bounds it. It does not serialise operations: the
+// sidecar runs one backup or restore at a time.
+func (e *Engine) Restore(ctx context.Context, req backup.RestoreRequest) (*backup.RestoreResult, error) {
+	db, inPlace, err := backup.CheckRestoreRequest(req, e.pg.database)
+	if err != nil {
+		return nil, err
 	}
-	if _, ok := nameTime(req.BackupName); !ok {
-		return nil, fmt.Errorf("%w: backup_name must look like brownie-20060102T150405Z", ErrInvalidName)
-	}
-	inPlace := req.TargetDatabase == ""
-	db := req.TargetDatabase
-	if inPlace {
-		if req.Confirm != req.BackupName {
-			return nil, ErrConfirmRequired
-		}
-		db = m.pg.database
-	} else {
-		if !dbNameRE.MatchString(db) {
-			return nil, fmt.Errorf("%w: target_database must be a letter or underscore followed by up to 62 letters, digits or underscores", ErrInvalidName)
-		}
-		if db == m.pg.database {
-			return nil, fmt.Errorf("target database %s is the live database (%w); leave target_database empty and confirm to restore in place", db, ErrExists)
-		}
-	}
-	if !m.begin(opRestore) {
-		return nil, ErrBusy
-	}
-	defer m.end()
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-
 	start := time.Now()
-	log := m.log.With(zap.String("backup", req.BackupName), zap.String("database", db), zap.Bool("in_place", inPlace))
-	res, err := m.restore(ctx, req.BackupName, db, inPlace, log)
+	log := e.log.With(zap.String("backup", req.BackupName), zap.String("database", db), zap.Bool("in_place", inPlace))
+	res, err := e.restore(ctx, req.BackupName, db, inPlace, log)
 	if res != nil {
 		res.Duration = time.Since(start)
 	}
-	m.metrics.restoreDuration.Set(time.Since(start).Seconds())
-	if err != nil {
-		m.metrics.restores.WithLabelValues("failed").Inc()
-		log.Error("restore failed", zap.Error(err))
-		return res, err
-	}
-	m.metrics.restores.WithLabelValues("ok").Inc()
-	log.Info("restore finished", zap.Duration("duration", res.Duration))
-	return res, nil
+	return res, err
 }
 
-func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, log *zap.Logger) (*RestoreResult, error) {
-	man, err := m.readManifest(ctx, name)
+func (e *Engine) restore(ctx context.Context, name, db string, inPlace bool, log *zap.Logger) (*backup.RestoreResult, error) {
+	man, err := e.readManifest(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	current, err := m.currentShards()
+	current, err := e.currentShards()
 	if err != nil {
 		return nil, err
 	}
-	byName := make(map[string]Shard, len(current))
+	byName := make(map[string]backup.Shard, len(current))
 	for _, s := range current {
 		byName[s.Name] = s
 	}
-	shards := make([]Shard, len(man.Shards))
+	shards := make([]backup.Shard, len(man.Shards))
 	for i, sm := range man.Shards {
 		s, ok := byName[sm.Shard]
 		if !ok {
-			return nil, fmt.Errorf("%w: backup has shard %s, the cluster does not", ErrShardMismatch, sm.Shard)
+			return nil, fmt.Errorf("%w: backup has shard %s, the cluster does not", backup.ErrShardMismatch, sm.Shard)
 		}
 		shards[i] = s
 		delete(byName, sm.Shard)
 	}
 	if len(byName) > 0 {
 		extra := slices.Sorted(maps.Keys(byName))
-		return nil, fmt.Errorf("%w: the cluster has shards %s, the backup does not", ErrShardMismatch, strings.Join(extra, ", "))
+		return nil, fmt.Errorf("%w: the cluster has shards %s, the backup does not", backup.ErrShardMismatch, strings.Join(extra, ", "))
 	}
 
-	if err := m.verifyAll(ctx, man); err != nil {
+	if err := e.verifyAll(ctx, man); err != nil {
 		return nil, err
 	}
 	log.Info("backup verified", zap.Int64("bytes", man.TotalBytes))
 
-	res := &RestoreResult{BackupName: name, Database: db, Shards: make([]ShardRestoreResult, len(shards))}
+	res := &backup.RestoreResult{BackupName: name, Database: db, Shards: make([]backup.ShardRestoreResult, len(shards))}
 	for i, s := range shards {
 		res.Shards[i].Shard = s.Name
 	}
-	creds, err := m.pg.writeCreds()
+	creds, err := e.pg.writeCreds()
 	if err != nil {
 		return res, err
 	}
@@ -135,11 +108,11 @@ func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, lo
 		}
 	}()
 
-	var created []Shard
+	var created []backup.Shard
 	if !inPlace {
-		created, err = m.createDatabases(ctx, shards, db, creds)
+		created, err = e.createDatabases(ctx, shards, db, creds)
 		if err != nil {
-			m.dropDatabases(ctx, created, db, creds, log)
+			e.dropDatabases(ctx, created, db, creds, log)
 			for i := range res.Shards {
 				res.Shards[i].Error = err.Error()
 			}
@@ -148,7 +121,7 @@ func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, lo
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(m.cfg.Concurrency)
+	g.SetLimit(e.cfg.Concurrency)
 	for i, s := range shards {
 		g.Go(func() error {
 			if gctx.Err() != nil {
@@ -156,7 +129,7 @@ func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, lo
 				return gctx.Err()
 			}
 			t0 := time.Now()
-			err := m.restoreShard(gctx, name, man.Shards[i], s, db, inPlace, creds)
+			err := e.restoreShard(gctx, name, man.Shards[i], s, db, inPlace, creds)
 			res.Shards[i].Duration = time.Since(t0)
 			if err != nil {
 				res.Shards[i].Error = err.Error()
@@ -169,7 +142,7 @@ func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, lo
 	}
 	if err := g.Wait(); err != nil {
 		if !inPlace {
-			m.dropDatabases(ctx, created, db, creds, log)
+			e.dropDatabases(ctx, created, db, creds, log)
 			for i := range res.Shards {
 				res.Shards[i].OK = false
 			}
@@ -182,21 +155,21 @@ func (m *Manager) restore(ctx context.Context, name, db string, inPlace bool, lo
 
 // verifyAll reads every object of the backup in full and checks its size
 // and SHA-256 against the manifest.
-func (m *Manager) verifyAll(ctx context.Context, man *Manifest) error {
+func (e *Engine) verifyAll(ctx context.Context, man *backup.Manifest) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(m.cfg.Concurrency)
+	g.SetLimit(e.cfg.Concurrency)
 	for _, sm := range man.Shards {
 		g.Go(func() error {
-			r, err := m.bucket.NewReader(gctx, objectKey(man.Name, sm.Object), nil)
+			r, err := e.bucket.NewReader(gctx, objectKey(man.Name, sm.Object), nil)
 			if err != nil {
 				if gcerrors.Code(err) == gcerrors.NotFound {
-					return fmt.Errorf("%w: shard %s: object %s is missing", ErrCorrupt, sm.Shard, sm.Object)
+					return fmt.Errorf("%w: shard %s: object %s is missing", backup.ErrCorrupt, sm.Shard, sm.Object)
 				}
 				return fmt.Errorf("shard %s: read %s: %w", sm.Shard, sm.Object, err)
 			}
 			defer r.Close()
 			if r.Size() != sm.Bytes {
-				return fmt.Errorf("%w: shard %s: object %s has %d bytes, the manifest says %d", ErrCorrupt, sm.Shard, sm.Object, r.Size(), sm.Bytes)
+				return fmt.Errorf("%w: shard %s: object %s has %d bytes, the manifest says %d", backup.ErrCorrupt, sm.Shard, sm.Object, r.Size(), sm.Bytes)
 			}
 			h := sha256.New()
 			n, err := io.Copy(h, r)
@@ -205,7 +178,7 @@ func (m *Manager) verifyAll(ctx context.Context, man *Manifest) error {
 			}
 			if n != sm.Bytes || hex.EncodeToString(h.Sum(nil)) != sm.SHA256 {
 				return fmt.Errorf("%w: shard %s: object %s has SHA-256 %x (%d bytes), the manifest says %s (%d bytes)",
-					ErrCorrupt, sm.Shard, sm.Object, h.Sum(nil), n, sm.SHA256, sm.Bytes)
+					backup.ErrCorrupt, sm.Shard, sm.Object, h.Sum(nil), n, sm.SHA256, sm.Bytes)
 			}
 			return nil
 		})
@@ -217,11 +190,11 @@ func (m *Manager) verifyAll(ctx context.Context, man *Manifest) error {
 // live database (encoding, collation, ctype) and from template0, after
 // checking that it exists on none. It returns the shards where it created
 // it, also on error.
-func (m *Manager) createDatabases(ctx context.Context, shards []Shard, db string, creds *credDir) ([]Shard, error) {
+func (e *Engine) createDatabases(ctx context.Context, shards []backup.Shard, db string, creds *credDir) ([]backup.Shard, error) {
 	type liveDB struct{ encoding, collate, ctype string }
 	live := make([]liveDB, len(shards))
 	for i, s := range shards {
-		conn, err := m.pg.connectWith(ctx, s, m.pg.database, creds, false)
+		conn, err := e.pg.connectWith(ctx, s, e.pg.database, creds, false)
 		if err != nil {
 			return nil, fmt.Errorf("shard %s: %w", s.Name, err)
 		}
@@ -237,12 +210,12 @@ func (m *Manager) createDatabases(ctx context.Context, shards []Shard, db string
 			return nil, fmt.Errorf("shard %s: %w", s.Name, err)
 		}
 		if exists {
-			return nil, fmt.Errorf("target database %s on shard %s: %w", db, s.Name, ErrExists)
+			return nil, fmt.Errorf("target database %s on shard %s: %w", db, s.Name, backup.ErrExists)
 		}
 	}
-	var created []Shard
+	var created []backup.Shard
 	for i, s := range shards {
-		conn, err := m.pg.connectWith(ctx, s, m.pg.database, creds, false)
+		conn, err := e.pg.connectWith(ctx, s, e.pg.database, creds, false)
 		if err != nil {
 			return created, fmt.Errorf("shard %s: %w", s.Name, err)
 		}
@@ -259,11 +232,11 @@ func (m *Manager) createDatabases(ctx context.Context, shards []Shard, db string
 
 // dropDatabases drops database db on the given shards, best effort: it
 // runs after a failed restore, whose context may be over.
-func (m *Manager) dropDatabases(ctx context.Context, shards []Shard, db string, creds *credDir, log *zap.Logger) {
+func (e *Engine) dropDatabases(ctx context.Context, shards []backup.Shard, db string, creds *credDir, log *zap.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	for _, s := range shards {
-		conn, err := m.pg.connectWith(ctx, s, m.pg.database, creds, false)
+		conn, err := e.pg.connectWith(ctx, s, e.pg.database, creds, false)
 		if err == nil {
 			if _, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(db)); err != nil {
 				// A pg_restore backend may still be on its way out.
@@ -280,12 +253,12 @@ func (m *Manager) dropDatabases(ctx context.Context, shards []Shard, db string, 
 }
 
 // restoreShard streams the shard's object into pg_restore.
-func (m *Manager) restoreShard(ctx context.Context, name string, sm ShardManifest, s Shard, db string, inPlace bool, creds *credDir) error {
+func (e *Engine) restoreShard(ctx context.Context, name string, sm backup.ShardManifest, s backup.Shard, db string, inPlace bool, creds *credDir) error {
 	var extra []string
 	if inPlace {
 		extra = []string{"options", "-c lock_timeout=" + inPlaceLockTimeout}
 	}
-	info, err := m.pg.conninfo(ctx, s, db, creds, extra...)
+	info, err := e.pg.conninfo(ctx, s, db, creds, extra...)
 	if err != nil {
 		return err
 	}
@@ -297,12 +270,12 @@ func (m *Manager) restoreShard(ctx context.Context, name string, sm ShardManifes
 
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r, err := m.bucket.NewReader(rctx, objectKey(name, sm.Object), nil)
+	r, err := e.bucket.NewReader(rctx, objectKey(name, sm.Object), nil)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", sm.Object, err)
 	}
 	defer r.Close()
-	cmd, stderr := toolCommand(rctx, m.pgRestore, creds, args...)
+	cmd, stderr := toolCommand(rctx, e.pgRestore, creds, args...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
@@ -311,7 +284,7 @@ func (m *Manager) restoreShard(ctx context.Context, name string, sm ShardManifes
 		return fmt.Errorf("start pg_restore: %w", err)
 	}
 	feedErr := feedVerified(stdin, r, sm.Bytes, sm.SHA256)
-	if errors.Is(feedErr, ErrCorrupt) || (feedErr != nil && !isBrokenPipe(feedErr)) {
+	if errors.Is(feedErr, backup.ErrCorrupt) || (feedErr != nil && !isBrokenPipe(feedErr)) {
 		// Kill pg_restore before it can see the end of its input: it has
 		// not had the held-back tail, so it has not committed.
 		cancel()
@@ -336,7 +309,7 @@ const holdBack = 64
 
 // feedVerified copies src to dst, hashing it, and writes the last holdBack
 // bytes only once the whole of src has wantSize bytes and SHA-256 wantSHA.
-// It returns an error wrapping ErrCorrupt on a mismatch.
+// It returns an error wrapping backup.ErrCorrupt on a mismatch.
 func feedVerified(dst io.Writer, src io.Reader, wantSize int64, wantSHA string) error {
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
@@ -349,7 +322,7 @@ func feedVerified(dst io.Writer, src io.Reader, wantSize int64, wantSHA string) 
 			h.Write(chunk)
 			n += int64(k)
 			if n > wantSize {
-				return fmt.Errorf("%w: object is longer than the manifest says", ErrCorrupt)
+				return fmt.Errorf("%w: object is longer than the manifest says", backup.ErrCorrupt)
 			}
 			if emit := len(held) + len(chunk) - holdBack; emit > 0 {
 				fromHeld := min(emit, len(held))
@@ -375,7 +348,7 @@ func feedVerified(dst io.Writer, src io.Reader, wantSize int64, wantSHA string) 
 		}
 	}
 	if n != wantSize || hex.EncodeToString(h.Sum(nil)) != wantSHA {
-		return fmt.Errorf("%w: object changed since it was verified", ErrCorrupt)
+		return fmt.Errorf("%w: object changed since it was verified", backup.ErrCorrupt)
 	}
 	_, err := dst.Write(held)
 	return err

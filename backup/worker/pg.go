@@ -1,6 +1,8 @@
-package backup
+package worker
 
 import (
+	"github.com/brownie/brownie-sidecar/backup"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -18,24 +20,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Shard is one shard's current primary, as the sidecar's shard map and
-// health checks see it when a backup or restore starts.
-type Shard struct {
-	// Name identifies the shard in manifests and object names; it must be
-	// made of letters, digits, '.', '_' and '-'.
-	Name string
-	// Host and Port address the primary.
-	Host string
-	Port int
-	// ServerName, when set, is the name verify-full checks in the server's
-	// certificate instead of Host.
-	ServerName string
-}
-
-// CertsFunc returns the sidecar's current client certificate, its private
-// key and the CA bundle that verifies the servers, all PEM-encoded.
-type CertsFunc func() (certPEM, keyPEM, caPEM []byte, err error)
-
 // connectTimeout bounds each connection attempt of pg_dump, pg_restore and
 // pgx.
 const connectTimeout = 15 * time.Second
@@ -45,11 +29,8 @@ const connectTimeout = 15 * time.Second
 // metadata queries.
 type pgTarget struct {
 	database, user, sslMode string
-	certs                   CertsFunc
+	certs                   backup.CertsFunc
 	tempDir                 string
-	// appName is the connections' application_name; empty is
-	// "brownie-sidecar-backup".
-	appName string
 }
 
 // credDir is a private directory holding the client certificate for one
@@ -122,7 +103,7 @@ func (c *credDir) remove() error {
 // ServerName it connects to hostaddr (Host, resolved if needed) and
 // verifies host=ServerName, as libpq does. extra are further keywords
 // (alternating keys and values).
-func (t *pgTarget) conninfo(ctx context.Context, s Shard, db string, c *credDir, extra ...string) (string, error) {
+func (t *pgTarget) conninfo(ctx context.Context, s backup.Shard, db string, c *credDir, extra ...string) (string, error) {
 	kv := []string{"host", s.Host}
 	if s.ServerName != "" && s.ServerName != s.Host {
 		addr := s.Host
@@ -135,10 +116,6 @@ func (t *pgTarget) conninfo(ctx context.Context, s Shard, db string, c *credDir,
 		}
 		kv = []string{"host", s.ServerName, "hostaddr", addr}
 	}
-	appName := t.appName
-	if appName == "" {
-		appName = "brownie-sidecar-backup"
-	}
 	kv = append(kv,
 		"port", strconv.Itoa(s.Port),
 		"dbname", db,
@@ -148,7 +125,7 @@ func (t *pgTarget) conninfo(ctx context.Context, s Shard, db string, c *credDir,
 		"sslkey", c.key,
 		"sslrootcert", c.ca,
 		"connect_timeout", strconv.Itoa(int(connectTimeout/time.Second)),
-		"application_name", appName,
+		"application_name", "brownie-sidecar-backup",
 	)
 	kv = append(kv, extra...)
 	parts := make([]string, 0, len(kv)/2)
@@ -171,7 +148,7 @@ func quoteConninfo(v string) string {
 // connect opens a pgx connection to database db on shard s with the current
 // certificate. The certificate files exist only while the configuration is
 // parsed (pgx loads them into memory); they are removed before dialling.
-func (t *pgTarget) connect(ctx context.Context, s Shard, db string) (*pgx.Conn, error) {
+func (t *pgTarget) connect(ctx context.Context, s backup.Shard, db string) (*pgx.Conn, error) {
 	c, err := t.writeCreds()
 	if err != nil {
 		return nil, err
@@ -182,8 +159,8 @@ func (t *pgTarget) connect(ctx context.Context, s Shard, db string) (*pgx.Conn, 
 
 // connectWith is connect with existing certificate files, which it removes
 // before dialling when removeFiles is set.
-func (t *pgTarget) connectWith(ctx context.Context, s Shard, db string, c *credDir, removeFiles bool) (*pgx.Conn, error) {
-	info, err := t.conninfo(ctx, Shard{Name: s.Name, Host: s.Host, Port: s.Port}, db, c)
+func (t *pgTarget) connectWith(ctx context.Context, s backup.Shard, db string, c *credDir, removeFiles bool) (*pgx.Conn, error) {
+	info, err := t.conninfo(ctx, backup.Shard{Name: s.Name, Host: s.Host, Port: s.Port}, db, c)
 	if err != nil {
 		return nil, err
 	}
@@ -214,23 +191,6 @@ func setServerName(tc *tls.Config, name string) {
 	if tc != nil && !tc.InsecureSkipVerify {
 		tc.ServerName = name
 	}
-}
-
-// pgTool finds a PostgreSQL client program in dir, or on PATH when dir is
-// empty.
-func pgTool(dir, name string) (string, error) {
-	if dir != "" {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err != nil || fi.IsDir() {
-			return "", fmt.Errorf("%s not found in BACKUP_PG_BIN_DIR %s", name, dir)
-		}
-		return p, nil
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s not found on PATH; install the PostgreSQL client tools (postgresql-client) or set BACKUP_PG_BIN_DIR", name)
-	}
-	return p, nil
 }
 
 // toolCommand builds a pg_dump or pg_restore command with a minimal
@@ -283,39 +243,4 @@ func toolError(tool string, err error, stderr *tailBuffer) error {
 // quoteIdent quotes an SQL identifier.
 func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
-}
-
-// Connector opens pgx connections to shard primaries as the sidecar: with
-// its current client certificate, written to a private directory (0700,
-// key 0600) only while pgx parses the settings and removed before dialling,
-// exactly as the backup's own connections are made. Other components that
-// query the shards themselves (database metrics) use it. It is safe for
-// concurrent use and holds no connection of its own.
-type Connector struct {
-	target pgTarget
-}
-
-// ConnectorDeps configures NewConnector; Database, User, SSLMode, Certs and
-// TempDir mean what they mean in LockerDeps.
-type ConnectorDeps struct {
-	Database string
-	User     string
-	SSLMode  string
-	Certs    CertsFunc
-	TempDir  string
-	// AppName is the connections' application_name, so that they can be
-	// told apart in pg_stat_activity; empty is "brownie-sidecar-backup".
-	AppName string
-}
-
-// NewConnector returns a Connector. It does no I/O.
-func NewConnector(deps ConnectorDeps) *Connector {
-	return &Connector{target: pgTarget{database: deps.Database, user: deps.User, sslMode: deps.SSLMode,
-		certs: deps.Certs, tempDir: deps.TempDir, appName: deps.AppName}}
-}
-
-// Connect opens a connection to the configured database on s. The caller
-// owns the connection and must close it.
-func (c *Connector) Connect(ctx context.Context, s Shard) (*pgx.Conn, error) {
-	return c.target.connect(ctx, s, c.target.database)
 }
