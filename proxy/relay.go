@@ -399,6 +399,14 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				ss.mu.Lock()
 				break // inside a transaction: the upstream answers, in order
 			}
+			if !routed && ss.cr.Buffered() == 0 && len(ss.held) == 0 {
+				// The client sent the Parse alone and waits before the
+				// rest of its request: it goes upstream now, so the server
+				// sees the request's timing (a statement_timeout running
+				// from the Parse) as from the client.
+				ss.mu.Lock()
+				break
+			}
 			ss.define(pm, a)
 			if !routed {
 				// Answered when the request ends here, or sent upstream

@@ -108,7 +108,7 @@ var statementSequences = []struct {
 	sessionOnly bool
 	rounds      [][]pgproto3.FrontendMessage
 }{
-	{"a timeout between Parse and Describe ends the whole request", true, [][]pgproto3.FrontendMessage{
+	{"a timeout between Parse and Describe ends the whole request", false, [][]pgproto3.FrontendMessage{
 		{&pgproto3.Query{String: "SET statement_timeout = '100ms'"}},
 		{&pgproto3.Parse{Name: "t1", Query: "select 1"}, pause(250 * time.Millisecond), &pgproto3.Describe{ObjectType: 'S', Name: "t1"},
 			&pgproto3.Parse{Name: "t2", Query: "select 2"}, pause(250 * time.Millisecond), &pgproto3.Describe{ObjectType: 'S', Name: "t2"}, &pgproto3.Sync{}},
