@@ -19,7 +19,7 @@ FUZZTIME  ?= 10s
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean generate
+.PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean generate
 
 all: build
 
@@ -88,7 +88,16 @@ lint:
 test: deps deps-backup deps-monitoring lint
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
+	$(MAKE) test-conformance
 	$(MAKE) fuzz FUZZTIME=5s
+
+# test-conformance runs pgx's own test suite (the version in go.mod, from
+# the module cache) through the sidecar in session and in transaction
+# mode against a real cert-only Postgres, and compares its failing tests
+# with internal/conformance/testdata/pgx-expected-failures.txt: a new
+# failure fails, and so does a listed test that passes. About 5 minutes.
+test-conformance: deps
+	$(GO) test -count=1 -timeout 25m ./internal/conformance -run '^TestPgxSuiteThroughSidecar$$' -conformance -v
 
 fuzz:
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime $(FUZZTIME)

@@ -1,13 +1,16 @@
 package proxy
 
 import (
+	"errors"
 	"strings"
 	"unsafe"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/brownie/brownie-sidecar/internal/lru"
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
 )
 
 // Pin reasons: session state that cannot follow a client from one upstream
@@ -74,6 +77,16 @@ type analysis struct {
 	// transaction control, DISCARD, LISTEN): such a statement is not a
 	// write that read-your-writes must wait for.
 	noData bool
+	// ddl is true when a statement changes the schema (CREATE, ALTER,
+	// DROP…): statements prepared before it may be stale (see
+	// Server.schemaGen).
+	ddl bool
+	// deallocate names the statement of a text that is exactly one
+	// DEALLOCATE name; deallocateAll marks DEALLOCATE ALL.
+	deallocate    string
+	deallocateAll bool
+	// discardAll marks a text that is exactly DISCARD ALL.
+	discardAll bool
 }
 
 // txKind is the transaction-control role of a statement text.
@@ -95,8 +108,10 @@ func (a *analysis) touchesState() bool {
 	return len(a.setNames) > 0 || len(a.reset) > 0 || a.resetAll || a.discard
 }
 
-// txWords start the transaction-control statements analyze classifies.
-var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
+// txWords start the transaction-control statements analyze classifies,
+// and the statements that change the schema.
+var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release",
+	"create", "alter", "drop", "comment", "grant", "revoke", "truncate", "reindex", "security", "import"}
 
 // startsWithTxWord reports whether text's first word (after whitespace) is
 // one of txWords.
@@ -129,11 +144,39 @@ var stateKeywords = []string{"set", "listen", "prepare", "execute", "deallocate"
 // analyzer parses statement texts with the real Postgres parser, caching
 // results by text in a bounded LRU. Safe for concurrent use.
 type analyzer struct {
-	cache *lru.Cache[string, *analysis]
+	cache  *lru.Cache[string, *analysis]
+	syntax *lru.Cache[string, *pgerr.Error] // by text: its syntax error, or nil
 }
 
 func newAnalyzer(max int) *analyzer {
-	return &analyzer{cache: lru.New[string, *analysis](max)}
+	return &analyzer{cache: lru.New[string, *analysis](max), syntax: lru.New[string, *pgerr.Error](max)}
+}
+
+// maxSyntaxChecked bounds the statements syntaxError parses; larger ones
+// are left to the server.
+const maxSyntaxChecked = 64 << 10
+
+// syntaxError returns the syntax error Postgres reports for text, worded
+// and positioned as Postgres words it (the parser is Postgres's own), or
+// nil when the text parses or is too large to check here. Errors of the
+// parser other than syntax errors (their SQLSTATE is not known here) are
+// left to the server. Results are cached by text.
+func (z *analyzer) syntaxError(text string) *pgerr.Error {
+	if len(text) > maxSyntaxChecked {
+		return nil
+	}
+	if e, ok := z.syntax.Get(text); ok {
+		return e
+	}
+	var found *pgerr.Error
+	if _, err := pg_query.Parse(text); err != nil {
+		var pe *parser.Error
+		if errors.As(err, &pe) && strings.HasPrefix(pe.Message, "syntax error") {
+			found = &pgerr.Error{Severity: pgerr.SevError, Code: pgerr.SyntaxError, Message: pe.Message,
+				Position: pe.Cursorpos, Routine: pe.Funcname}
+		}
+	}
+	return z.syntax.Add(text, found)
 }
 
 // analyze returns the analysis of text. A text the parser rejects gets no
@@ -186,6 +229,9 @@ func parseAnalysis(text string) *analysis {
 	a.local = len(stmts) > 0
 	for _, raw := range stmts {
 		a.statement(raw.GetStmt())
+		if isDDL(raw.GetStmt()) {
+			a.ddl = true
+		}
 		if !isLocalSet(raw.GetStmt()) {
 			a.local = false
 		}
@@ -204,9 +250,14 @@ func parseAnalysis(text string) *analysis {
 		}
 	}
 	if len(stmts) == 1 {
-		a.classifyTx(stmts[0].GetStmt().GetTransactionStmt())
+		n := stmts[0].GetStmt()
+		a.classifyTx(n.GetTransactionStmt())
+		if d := n.GetDeallocateStmt(); d != nil {
+			a.deallocate, a.deallocateAll = d.GetName(), d.GetIsall()
+		}
+		a.discardAll = n.GetDiscardStmt() != nil && n.GetDiscardStmt().GetTarget() == pg_query.DiscardMode_DISCARD_ALL
 	}
-	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData && !a.local && !a.noTxBlock && !a.twoPhase && !a.cursor {
+	if !a.touchesState() && a.pin == "" && a.tx == txNone && !a.hintsOnly && !a.noData && !a.local && !a.noTxBlock && !a.twoPhase && !a.cursor && !a.ddl {
 		return noAnalysis
 	}
 	return a
@@ -237,6 +288,30 @@ func isLocalSet(n *pg_query.Node) bool {
 		}
 	}
 	return true
+}
+
+// isDDL reports whether n changes the schema: any CREATE, ALTER or DROP
+// statement, and the other utility statements that define or rename
+// objects. Counting a few harmless ones (ALTER ROLE) only costs fresh
+// preparations.
+func isDDL(n *pg_query.Node) bool {
+	m := n.ProtoReflect()
+	fd := m.WhichOneof(m.Descriptor().Oneofs().Get(0))
+	if fd == nil {
+		return false
+	}
+	name := string(fd.Name())
+	switch {
+	case strings.HasPrefix(name, "create_"), strings.HasPrefix(name, "alter_"), strings.HasPrefix(name, "drop"):
+		return name != "alter_system_stmt"
+	}
+	switch name {
+	case "define_stmt", "composite_type_stmt", "view_stmt", "rename_stmt", "index_stmt", "rule_stmt",
+		"grant_stmt", "grant_role_stmt", "truncate_stmt", "reindex_stmt", "import_foreign_schema_stmt",
+		"sec_label_stmt", "comment_stmt", "refresh_mat_view_stmt":
+		return true
+	}
+	return false
 }
 
 // noTxBlock reports whether Postgres refuses n inside a transaction block.
@@ -358,7 +433,13 @@ func (a *analysis) statement(n *pg_query.Node) {
 func (a *analysis) walk(m protoreflect.Message) {
 	switch v := m.Interface().(type) {
 	case *pg_query.RangeVar:
-		if v.GetRelpersistence() == "t" {
+		if v.GetRelpersistence() == "t" || strings.EqualFold(v.GetSchemaname(), "pg_temp") {
+			a.pinFor(PinTempTable)
+		}
+	case *pg_query.String:
+		// A name qualified with pg_temp (a temporary type or function)
+		// lives in the session's temporary schema.
+		if strings.EqualFold(v.GetSval(), "pg_temp") {
 			a.pinFor(PinTempTable)
 		}
 	case *pg_query.FuncCall:

@@ -23,4 +23,8 @@
 // (pintime.go). A transaction that needs a second shard becomes a crossTx
 // (xact.go): one leg per shard until it ends, each request a fan-out over
 // its legs, the commit two-phase when several legs wrote (twophase.go).
+// A CancelRequest reaches only the request it was sent for (cancel.go):
+// the backend running it is held until the cancel is delivered or
+// dropped, and a request still waiting for a connection is cancelled in
+// the pool's queue.
 package proxy

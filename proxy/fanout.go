@@ -192,6 +192,7 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 		}
 		l := &fanLeg{c: c, u: c.Value}
 		if f.wrap {
+			l.u.unnamed = nil // a simple Query drops the server's unnamed statement
 			l.out = appendQuery(l.out, "BEGIN")
 			l.exp = append(l.exp, expectation{kind: expQueryInjected})
 		}
@@ -229,6 +230,9 @@ func (f *fanOut) add(it fanItem, msg func(*fanLeg)) {
 		return
 	}
 	for _, l := range f.legs {
+		if it.typ == 'Q' {
+			l.u.unnamed = nil // a simple Query drops the server's unnamed statement
+		}
 		msg(l) // may queue injected Parse and Close expectations first
 		l.exp = append(l.exp, expectation{kind: expFanItem})
 	}
@@ -594,6 +598,7 @@ func (f *fanOut) release() {
 	ss := f.ss
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	ss.waitCancelsLocked() // a cancel being delivered holds the legs
 	for _, l := range f.legs {
 		switch {
 		case l.c == nil || l.tx != nil: // the transaction's legs stay with it

@@ -248,7 +248,7 @@ func (f *fanOut) mergedBind(def *stmtDef, body []byte) (*stmtDef, []int16, *merg
 		formats = p.ShardResultFormats(formats, len(formats)+p.HiddenColumns())
 	}
 	if def.merged == nil || def.merged.query != p.ShardSQL() {
-		def.merged = newStmtDef(p.ShardSQL(), def.oids, def.a)
+		def.merged = newStmtDef(p.ShardSQL(), def.oids, def.a, def.gen)
 	}
 	return def.merged, formats, ms, nil
 }

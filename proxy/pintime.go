@@ -168,7 +168,7 @@ func (f *fanOut) pinnedDef(def *stmtDef) (*stmtDef, error) {
 	}
 	p := &pinnedStmt{gen: gen}
 	if changed {
-		p.def = newStmtDef(out, def.oids, def.a)
+		p.def = newStmtDef(out, def.oids, def.a, def.gen)
 		f.setNow()
 	}
 	def.pinned = p
@@ -212,6 +212,7 @@ func (f *fanOut) setNow() {
 			continue
 		}
 		l.nowSet = true
+		l.u.unnamed = nil // a simple Query drops the server's unnamed statement
 		l.out = appendQuery(l.out, sql)
 		l.exp = append(l.exp, expectation{kind: expQueryInjected})
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -27,6 +28,7 @@ const (
 	expParse         expKind = iota // client Parse: forward ParseComplete
 	expParseInjected                // sidecar Parse (re-prepare): swallow ParseComplete
 	expParseCached                  // client Parse already prepared: a Close stood in; CloseComplete → ParseComplete
+	expParseError                   // a failing Parse stood in for a client Parse the sidecar refuses: its error is replaced by err
 	expClose                        // client Close: forward CloseComplete
 	expCloseInjected                // sidecar Close (LRU eviction): swallow CloseComplete
 	expSync                         // Sync: forward ReadyForQuery
@@ -38,9 +40,19 @@ type expectation struct {
 	kind expKind
 	key  string    // statement key for Parse kinds; "" for the unnamed statement
 	at   time.Time // when a client request (Query, FunctionCall, Sync) was sent
+	// For a client's Parse (expParse, expParseCached): the client's name
+	// and definition, forgotten when the server fails or skips the Parse.
+	client *clientParse
+	err    *pgerr.Error // expParseError: the error the client gets
 }
 
-func (k expKind) isParse() bool { return k <= expParseCached }
+// clientParse names the statement a client's Parse defined.
+type clientParse struct {
+	name string
+	def  *stmtDef
+}
+
+func (k expKind) isParse() bool { return k <= expParseError }
 func (k expKind) ends() bool    { return k == expSync || k == expQuery || k == expQueryInjected }
 
 // nonexistent is a statement name no client or sidecar statement uses:
@@ -61,6 +73,17 @@ func (ss *session) transactionMode() bool {
 	return ss.srv.cfg.Pool.Mode == config.PoolTransaction
 }
 
+// passthrough reports whether the session's statements go to the server
+// under the client's own names: in session mode without a shard map the
+// session keeps one upstream from its first statement to its end, so the
+// client gets Postgres's own statement semantics (duplicate names,
+// DEALLOCATE, pg_prepared_statements, errors at the Parse) byte for byte.
+// With a shard map a session may move between shards, and its statements
+// are prepared under sidecar names wherever it goes.
+func (ss *session) passthrough() bool {
+	return !ss.transactionMode() && !ss.srv.routingEnabled()
+}
+
 // relay runs an attached (session mode) or detached (transaction mode)
 // session until the client leaves, then cleans up.
 func (ss *session) relay() {
@@ -77,8 +100,30 @@ func (ss *session) relay() {
 	}
 	ss.lreq = nil
 	ss.abandonCross() // a transaction spanning shards left open
+	if errors.Is(err, errUpstreamWrite) {
+		ss.awaitLostReport(err)
+	}
 
 	ss.finish(err)
+}
+
+// awaitLostReport waits (bounded) for the relay goroutine to read the end
+// of an upstream whose write failed and report it to the client, and
+// reports it itself when the relay did not.
+func (ss *session) awaitLostReport(err error) {
+	ss.mu.Lock()
+	done, c := ss.relayDone, ss.up
+	ss.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if done != nil {
+		select {
+		case <-done:
+		case <-time.After(2 * lostReadGrace):
+		}
+	}
+	ss.reportLost(c.Value, err)
 }
 
 // relayJob is one attachment for the relay goroutine to serve.
@@ -115,10 +160,26 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	start := time.Now()
 	var c *pool.Conn[*upstream]
 	var err error
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	ss.mu.Lock()
+	if ss.queueable && !ss.ended {
+		ss.acquireCancel = cancel // a CancelRequest may end the wait
+	}
+	ss.mu.Unlock()
 	if checked {
-		c, err = p.AcquireChecked(context.Background())
+		c, err = p.AcquireChecked(ctx)
 	} else {
-		c, err = p.Acquire(context.Background())
+		c, err = p.Acquire(ctx)
+	}
+	ss.mu.Lock()
+	ss.acquireCancel = nil
+	ss.mu.Unlock()
+	if errors.Is(context.Cause(ctx), errQueuedCancel) {
+		if err == nil {
+			c.Release()
+		}
+		return nil, errCanceled()
 	}
 	if ss.waitObs == nil || ss.waitFor != t {
 		ss.waitObs, ss.waitFor = ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()), t
@@ -149,6 +210,9 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 // Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up = c
+	if u := c.Value; u.clients != nil {
+		u.clients.Store(backendKey{u.target.Host.Addr, u.pid}, ss.pid)
+	}
 	ss.pending, ss.synced, ss.copyIn, ss.txStatus = 0, true, false, c.Value.txStatus
 	ss.expect = ss.expect[:0]
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
@@ -188,6 +252,12 @@ func (ss *session) clientToUpstream() error {
 // that keep protocol-level prepared statements working on whichever
 // upstream serves the client.
 func (ss *session) forwardMessage(typ byte, n int) error {
+	if ss.skipStatus != 0 {
+		return ss.skipToSync(typ)
+	}
+	if ss.parseFailed.Load() {
+		ss.forgetFailedParses()
+	}
 	if ss.fan != nil {
 		return ss.fan.message(typ, n)
 	}
@@ -232,6 +302,23 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 		}
 		a = ss.srv.analyzer.analyze(pm.query)
+	}
+	if typ == 'Q' && a != nil && a.ddl {
+		ss.schemaChange()
+	} else if typ == 'B' {
+		if _, name, _, herr := bindHeader(body); herr == nil {
+			if def := ss.stmtNamed(name); def != nil && def.a != nil && def.a.ddl {
+				ss.schemaChange()
+			}
+		}
+	}
+	if typ == 'Q' && a != nil && (a.deallocate != "" || a.deallocateAll) && !ss.passthrough() {
+		if done, err := ss.deallocate(a); done || err != nil {
+			return err
+		}
+	}
+	if typ == 'Q' && a != nil && a.discardAll && !ss.passthrough() {
+		ss.stmts, ss.unnamed = map[string]*stmtDef{}, nil // the client's own; the server's go upstream
 	}
 	refused := ""
 	if a != nil && a.pin != "" {
@@ -285,7 +372,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	}
 
 	ss.mu.Lock()
-	if !ss.ended && (ss.up == nil || (routed && ss.quietLocked())) {
+	if !ss.ended && !ss.passthrough() && (ss.up == nil || (routed && ss.quietLocked())) {
 		// Nothing is in flight (and, without routing, no upstream is
 		// held), so Parse, Sync and Flush need no upstream. Answering them
 		// here keeps a client that prepares synchronously between
@@ -301,23 +388,47 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		case ss.up != nil:
 			status = ss.txStatus
 		}
+		detached := ss.up == nil && len(ss.deferred) == 0
 		switch {
 		case typ == 'P' && refused == "":
 			ss.mu.Unlock()
+			if e := ss.checkParse(pm); e != nil {
+				if detached {
+					return ss.failLocal(e, status)
+				}
+				ss.mu.Lock()
+				break // inside a transaction: the upstream answers, in order
+			}
+			if !routed && ss.cr.Buffered() == 0 && len(ss.held) == 0 {
+				// The client sent the Parse alone and waits before the
+				// rest of its request: it goes upstream now, so the server
+				// sees the request's timing (a statement_timeout running
+				// from the Parse) as from the client.
+				ss.mu.Lock()
+				break
+			}
 			ss.define(pm, a)
+			if !routed {
+				// Answered when the request ends here, or sent upstream
+				// with the request's next message, which then gets the
+				// server's own answer (an error at the Parse, in place of
+				// ParseComplete, as from Postgres).
+				ss.held = append(ss.held, heldParse{pm: pm, a: a})
+				return nil
+			}
 			return ss.cw.send(false, &pgproto3.ParseComplete{})
 		case typ == 'S':
 			ss.mu.Unlock()
-			return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: status})
+			return ss.cw.send(true, ss.takeHeld(&pgproto3.ReadyForQuery{TxStatus: status})...)
 		case typ == 'C' && len(body) >= 2 && body[0] == 'S':
 			ss.mu.Unlock()
 			if err := ss.undefine(body); err != nil {
 				return err
 			}
-			return ss.cw.send(false, &pgproto3.CloseComplete{})
+			return ss.cw.send(false, ss.takeHeld(&pgproto3.CloseComplete{})...)
 		case typ == 'H':
 			ss.mu.Unlock()
-			return ss.cw.send(true)
+			return ss.cw.send(true, ss.takeHeld()...)
 		}
 	}
 	if typ == 'H' && ss.up != nil && ss.pending == 0 && ss.synced {
@@ -336,21 +447,46 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	}
 	if err != nil {
 		ss.mu.Unlock()
+		if pgerr.From(err).Code == pgerr.QueryCanceled {
+			return ss.answerCanceled(typ)
+		}
 		return ss.sessionError(err)
 	}
 	if typ == 'Q' || typ == 'B' || typ == 'F' {
 		ss.noteTxStatementLocked(typ, body, a, r)
 	}
 	u := ss.up.Value
+	var pre []byte
+	for _, h := range ss.held { // Parses held for the request: the server answers them now
+		ss.synced = false
+		pre = ss.parseUpstreamLocked(pre, h.pm, h.a, "", u, true)
+	}
+	ss.held = ss.held[:0]
 	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
 	ss.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	if len(pre) > 0 {
+		if _, err := ss.uw.Write(pre); err != nil {
+			return ss.upstreamWriteFailed(err)
+		}
+	}
 	if cap(out) <= 64<<10 {
 		ss.wbuf = out[:0] // keep the grown scratch buffer
 	}
 	return ss.writeUpstream(out, stream, skip)
+}
+
+// schemaChange records that the client sent a statement changing the
+// schema: a new schema generation starts now, and another when the
+// statement's transaction ends (statements prepared in between may have
+// seen the old schema). Session goroutine only.
+func (ss *session) schemaChange() {
+	ss.srv.schemaChanged()
+	ss.mu.Lock()
+	ss.ddlSent = true
+	ss.mu.Unlock()
 }
 
 // define records a statement the client prepared (its Parse answered by
@@ -360,7 +496,7 @@ func (ss *session) define(pm parseMsg, a *analysis) {
 	if pm.name == "" {
 		ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
 	} else {
-		ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a)
+		ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
 	}
 }
 
@@ -445,26 +581,13 @@ func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull bool, a *
 // peeked); refuse, when set, is raised in place of a Query or Bind.
 func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm parseMsg, a *analysis, refused string, refuse *pgerr.Error, u *upstream) (out []byte, stream, skip int, err error) {
 	m := ss.srv.metrics
+	if ss.passthrough() {
+		return ss.passThroughLocked(typ, n, body, bindFull, pm, a, u)
+	}
 	switch typ {
 	case 'P':
 		ss.synced = false
-		if pm.name == "" {
-			def := newUnnamedDef(pm.query, pm.oids, a)
-			def.poison = refused != ""
-			ss.unnamed, u.unnamed = def, def
-			ss.expect = append(ss.expect, expectation{kind: expParse})
-			return append(wire.AppendHeader(ss.wbuf[:0], 'P', n), body...), 0, 0, nil // as sent
-		}
-		def := newStmtDef(pm.query, pm.oids, a)
-		def.poison = refused != ""
-		ss.stmts[pm.name] = def
-		if _, ok := u.stmts.lookup(def.key); ok {
-			m.StmtCache.WithLabelValues("hit").Inc()
-			ss.expect = append(ss.expect, expectation{kind: expParseCached})
-			return appendClose(ss.wbuf[:0], 'S', nonexistent), 0, 0, nil
-		}
-		m.StmtCache.WithLabelValues("miss").Inc()
-		return ss.prepareLocked(&ss.expect, nil, u, def, expParse), 0, 0, nil
+		return ss.parseUpstreamLocked(ss.wbuf[:0], pm, a, refused, u, false), 0, 0, nil
 
 	case 'B', 'D':
 		var stmtName string
@@ -558,9 +681,27 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		ss.expect = append(ss.expect, expectation{kind: expClose})
 		return append(wire.AppendHeader(ss.wbuf[:0], 'C', n), body...), 0, 0, nil
 
+	}
+	return ss.rewriteCommonLocked(typ, n, body, a, refused, refuse, u)
+}
+
+// rewriteCommonLocked is rewriteLocked for the messages that need no
+// statement renaming: requests (Query, FunctionCall, Sync), COPY data and
+// the rest. Called with ss.mu held and the session attached.
+func (ss *session) rewriteCommonLocked(typ byte, n int, body []byte, a *analysis, refused string, refuse *pgerr.Error, u *upstream) (out []byte, stream, skip int, err error) {
+	m := ss.srv.metrics
+	switch typ {
 	case 'Q':
 		ss.pending++
 		ss.synced = true
+		// A simple Query drops the unnamed statement, the client's as the
+		// server's.
+		ss.unnamed, u.unnamed = nil, nil
+		if a != nil && a.discard {
+			// DISCARD ALL or DEALLOCATE ALL drops every statement of the
+			// server's, other clients' too: they prepare theirs again.
+			u.stmts.clear()
+		}
 		ss.expect = append(ss.expect, expectation{kind: expQuery, at: time.Now()})
 		if a != nil && a.touchesState() {
 			ss.dirty.note(a)
@@ -594,6 +735,91 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		ss.synced = false
 	}
 	return wire.AppendHeader(ss.wbuf[:0], typ, n), n, 0, nil
+}
+
+// parseUpstreamLocked appends to dst what sends a client's Parse to u:
+// the unnamed statement as it is; a named one under its sidecar name (or,
+// when u already has it, a Close standing in for its ParseComplete); a
+// name the client already uses, a failing Parse whose error becomes
+// Postgres's 42P05 (held Parses were checked when they arrived). Called
+// with ss.mu held and the session attached.
+func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, refused string, u *upstream, held bool) []byte {
+	m := ss.srv.metrics
+	if pm.name == "" {
+		def := newUnnamedDef(pm.query, pm.oids, a)
+		def.poison = refused != ""
+		ss.unnamed, u.unnamed = def, def
+		ss.expect = append(ss.expect, expectation{kind: expParse, client: &clientParse{def: def}})
+		return appendParse(dst, "", pm.query, pm.oids)
+	}
+	if !held && ss.stmts[pm.name] != nil {
+		ss.expect = append(ss.expect, expectation{kind: expParseError, err: errDuplicateStatement(pm.name)})
+		return appendParse(dst, nonexistent, "brw_duplicate_name", nil) // a syntax error, always
+	}
+	def := newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
+	def.poison = refused != ""
+	ss.stmts[pm.name] = def
+	cp := &clientParse{name: pm.name, def: def}
+	if _, ok := u.stmts.lookup(def.key); ok {
+		m.StmtCache.WithLabelValues("hit").Inc()
+		ss.expect = append(ss.expect, expectation{kind: expParseCached, client: cp})
+		return appendClose(dst, 'S', nonexistent)
+	}
+	m.StmtCache.WithLabelValues("miss").Inc()
+	out := ss.prepareLocked(&ss.expect, dst, u, def, expParse)
+	ss.expect[len(ss.expect)-1].client = cp
+	return out
+}
+
+// passThroughLocked is rewriteLocked for a passthrough session: messages
+// go upstream as the client sent them; the sidecar only keeps the
+// bookkeeping that matches answers with requests and notes statements that
+// change session settings. Called with ss.mu held and the session attached.
+func (ss *session) passThroughLocked(typ byte, n int, body []byte, bindFull bool, pm parseMsg, a *analysis, u *upstream) (out []byte, stream, skip int, err error) {
+	whole := func() ([]byte, int, int, error) {
+		return append(wire.AppendHeader(ss.wbuf[:0], typ, n), body...), 0, 0, nil
+	}
+	switch typ {
+	case 'P':
+		ss.synced = false
+		def := newUnnamedDef(pm.query, pm.oids, a)
+		if pm.name == "" {
+			ss.unnamed = def
+		} else {
+			ss.stmts[pm.name] = def
+		}
+		u.unnamed = nil
+		ss.expect = append(ss.expect, expectation{kind: expParse, client: &clientParse{name: pm.name, def: def}})
+		return whole()
+	case 'B':
+		ss.synced = false
+		if _, stmtName, _, herr := bindHeader(body); herr == nil {
+			def := ss.unnamed
+			if stmtName != "" {
+				def = ss.stmts[stmtName]
+			}
+			if def != nil && def.a != nil && def.a.touchesState() {
+				ss.dirty.note(def.a)
+			}
+		}
+		if !bindFull {
+			return wire.AppendHeader(ss.wbuf[:0], typ, n), n, 0, nil
+		}
+		return whole()
+	case 'C':
+		ss.synced = false
+		if len(body) >= 2 && body[0] == 'S' {
+			if name, _, cerr := cstr(body[1:]); cerr == nil && name != "" {
+				delete(ss.stmts, name)
+			}
+		}
+		ss.expect = append(ss.expect, expectation{kind: expClose})
+		return whole()
+	case 'D':
+		ss.synced = false
+		return whole()
+	}
+	return ss.rewriteCommonLocked(typ, n, body, a, "", nil, u)
 }
 
 // ensurePreparedLocked makes sure def is prepared on u (injecting a Parse
@@ -675,13 +901,22 @@ func (ss *session) upstreamWriteFailed(err error) error {
 	return ss.upstreamWriteFailedLocked(err)
 }
 
+// upstreamWriteFailedLocked handles a failed write to the attached
+// upstream. The connection is not closed at once: the relay goroutine
+// first reads what the server sent before it went away (its FATAL, which
+// the client gets as its one error), then reports the loss; a short read
+// deadline bounds the wait when the server sent nothing.
 func (ss *session) upstreamWriteFailedLocked(err error) error {
 	ss.log.Warn("upstream write failed", zap.Error(err))
 	if ss.up != nil {
-		_ = ss.up.Value.conn.Close()
+		_ = ss.up.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
 	}
 	return errUpstreamWrite
 }
+
+// lostReadGrace bounds how long the relay goroutine keeps reading an
+// upstream whose write failed, for the server's last words.
+const lostReadGrace = 500 * time.Millisecond
 
 // sessionError reports an error met while attaching mid-session and ends
 // the session.
@@ -766,9 +1001,19 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			forward, typ = ss.completeLocked(typ, u)
 		case 'E':
 			m.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+			if staleStatementError(body) {
+				ss.srv.schemaChanged()
+			}
+			if fatalError(body) {
+				ss.fatalSeen.Store(true)
+			}
 			ss.mu.Lock()
 			if ss.resetting {
 				ss.resetFailed = true
+			}
+			if len(ss.expect) > 0 && ss.expect[0].kind == expParseError {
+				body = ss.expect[0].err.Encode(nil)[5:] // the sidecar's error stands in for the server's
+				n = len(body)
 			}
 			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
@@ -784,10 +1029,18 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			ss.copyIn = true
 			ss.mu.Unlock()
 		case 'A':
-			// A notification from this backend names the client's own
-			// (sidecar) PID, so clients can recognise their own.
-			if len(body) >= 4 && binary.BigEndian.Uint32(body) == u.pid {
-				binary.BigEndian.PutUint32(body, ss.pid)
+			// A notification names the sidecar pid of the client whose
+			// transaction sent it (the client's own, from this backend), so
+			// clients see the pids they were given, as from Postgres.
+			if len(body) >= 4 {
+				switch from := binary.BigEndian.Uint32(body); {
+				case from == u.pid:
+					binary.BigEndian.PutUint32(body, ss.pid)
+				case u.clients != nil:
+					if pid, ok := u.clients.Load(backendKey{u.target.Host.Addr, from}); ok {
+						binary.BigEndian.PutUint32(body, pid.(uint32))
+					}
+				}
 			}
 		case 'Z':
 			if len(body) != 1 {
@@ -896,12 +1149,167 @@ func (ss *session) dropSkippedLocked(u *upstream) {
 	if len(ss.expect) > 0 && (ss.expect[0].kind == expQuery || ss.expect[0].kind == expQueryInjected) {
 		return // simple query: its ReadyForQuery still comes
 	}
+	ss.expect = ss.expect[ss.skipToEndLocked(u):]
+}
+
+// skipToEndLocked records that the server failed or skipped the messages
+// queued before the first request end (Sync, Query), and returns that
+// end's index (len(ss.expect) when none is queued).
+func (ss *session) skipToEndLocked(u *upstream) int {
 	i := 0
 	for i < len(ss.expect) && !ss.expect[i].kind.ends() {
 		i++
 	}
 	forgetSkipped(u, ss.expect[:i])
-	ss.expect = ss.expect[i:]
+	for _, e := range ss.expect[:i] {
+		if e.client != nil {
+			ss.failedParses = append(ss.failedParses, e.client)
+			ss.parseFailed.Store(true)
+		}
+	}
+	return i
+}
+
+// forgetFailedParses forgets the client statements whose Parse the server
+// failed or skipped, as Postgres keeps no statement for a failed Parse (a
+// later Parse of the name must not get 42P05). Session goroutine only.
+func (ss *session) forgetFailedParses() {
+	ss.mu.Lock()
+	failed := ss.failedParses
+	ss.failedParses = nil
+	ss.parseFailed.Store(false)
+	ss.mu.Unlock()
+	for _, cp := range failed {
+		if cp.name == "" {
+			if ss.unnamed == cp.def {
+				ss.unnamed = nil
+			}
+		} else if ss.stmts[cp.name] == cp.def {
+			delete(ss.stmts, cp.name)
+		}
+	}
+}
+
+// heldParse is a client Parse the sidecar has not answered yet (see
+// forwardMessage): the request's next message decides whether the server
+// answers it or the sidecar does.
+type heldParse struct {
+	pm parseMsg
+	a  *analysis
+}
+
+// takeHeld returns a ParseComplete for every held Parse followed by
+// msgs, and forgets the held Parses: the sidecar answers them. Session
+// goroutine only.
+func (ss *session) takeHeld(msgs ...pgproto3.BackendMessage) []pgproto3.BackendMessage {
+	if len(ss.held) == 0 {
+		return msgs
+	}
+	out := make([]pgproto3.BackendMessage, 0, len(ss.held)+len(msgs))
+	for range ss.held {
+		out = append(out, &pgproto3.ParseComplete{})
+	}
+	ss.held = ss.held[:0]
+	return append(out, msgs...)
+}
+
+// errDuplicateStatement is Postgres's error for a Parse of a name in use.
+func errDuplicateStatement(name string) *pgerr.Error {
+	return pgerr.Errorf(pgerr.DuplicatePrepared, "prepared statement \"%s\" already exists", name)
+}
+
+// checkParse returns the error Postgres would answer a Parse with that the
+// sidecar can tell without a server: a name already in use (42P05), or a
+// syntax error (42601, worded and positioned as Postgres words it, by the
+// same parser). Other errors (an unknown table) need a server.
+// Session goroutine only.
+func (ss *session) checkParse(pm parseMsg) *pgerr.Error {
+	if pm.name != "" && ss.stmts[pm.name] != nil {
+		return errDuplicateStatement(pm.name)
+	}
+	ss.mu.Lock()
+	scs := ss.want["standard_conforming_strings"]
+	ss.mu.Unlock()
+	if scs != "" && scs != "on" {
+		return nil // the parser lexes strings as standard_conforming_strings=on does
+	}
+	return ss.srv.analyzer.syntaxError(pm.query)
+}
+
+// failLocal answers a request the sidecar refuses without a server: the
+// Parses held before it, then e; the rest of the request is skipped up to
+// its Sync, answered with ReadyForQuery status, as the server does after
+// an error. Session goroutine only.
+func (ss *session) failLocal(e *pgerr.Error, status byte) error {
+	ss.skipStatus = status
+	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
+	return ss.cw.send(false, ss.takeHeld(e.Response())...)
+}
+
+// answerCanceled answers a request whose wait for an upstream connection
+// the client cancelled: 57014, as Postgres answers a cancelled statement,
+// and the rest of an extended-protocol request skipped up to its Sync.
+// The request never reached a server. Session goroutine only.
+func (ss *session) answerCanceled(typ byte) error {
+	e := errCanceled()
+	if typ == 'Q' || typ == 'F' {
+		ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
+		return ss.cw.send(true, ss.takeHeld(e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})...)
+	}
+	if typ == 'S' {
+		return ss.cw.send(true, ss.takeHeld(e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})...)
+	}
+	return ss.failLocal(e, 'I')
+}
+
+// skipToSync consumes the messages of a request the sidecar refused, up
+// to its Sync. Session goroutine only.
+func (ss *session) skipToSync(typ byte) error {
+	switch typ {
+	case 'S':
+		status := ss.skipStatus
+		ss.skipStatus = 0
+		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: status})
+	case 'H':
+		return ss.cw.send(true)
+	}
+	return nil // the reader discards the body
+}
+
+// deallocate handles SQL DEALLOCATE of the client's protocol-level
+// statements: they exist under sidecar names shared with other clients,
+// so the sidecar forgets the client's names and answers itself, leaving
+// the server's statements to the other clients (as PgBouncer does).
+// DEALLOCATE of a name the client prepared with SQL PREPARE, and DEALLOCATE
+// ALL in a session that used SQL PREPARE, go to the server. It reports
+// whether it answered. Session goroutine only.
+func (ss *session) deallocate(a *analysis) (bool, error) {
+	ss.mu.Lock()
+	quiet := ss.up == nil && len(ss.deferred) == 0 || ss.up != nil && ss.quietLocked() && ss.txStatus != 'E'
+	status := byte('I')
+	if ss.up != nil {
+		status = ss.txStatus
+	}
+	sqlPrepared := ss.pins[PinSQLPrepare]
+	ss.mu.Unlock()
+	if !quiet {
+		return false, nil
+	}
+	tag := "DEALLOCATE"
+	switch {
+	case a.deallocateAll:
+		ss.stmts = map[string]*stmtDef{} // the unnamed statement stays, as in Postgres
+		if sqlPrepared {
+			return false, nil // the server drops the SQL-level ones
+		}
+		tag = "DEALLOCATE ALL"
+	case ss.stmts[a.deallocate] != nil:
+		delete(ss.stmts, a.deallocate)
+	default:
+		return false, nil
+	}
+	ss.unnamed = nil // a simple Query drops the unnamed statement
+	return true, ss.cw.send(true, ss.takeHeld(&pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: status})...)
 }
 
 // forgetSkipped records that the Parses among exps did not prepare their
@@ -925,22 +1333,38 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	u := c.Value
 	ss.mu.Lock()
 	ss.txStatus, u.txStatus = status, status
-	if len(ss.expect) > 0 && ss.expect[0].kind.ends() {
-		if at := ss.expect[0].at; !at.IsZero() && u.duration != nil {
+	// Anything queued before the request's end was skipped: an error the
+	// server raised before the rest of the request arrived (a
+	// statement_timeout between Parse and Describe) made it ignore
+	// everything up to the Sync.
+	if i := ss.skipToEndLocked(u); i < len(ss.expect) {
+		if at := ss.expect[i].at; !at.IsZero() && u.duration != nil {
 			u.duration.Observe(time.Since(at).Seconds())
 		}
-		ss.expect = ss.expect[1:]
+		ss.expect = ss.expect[i+1:]
+	} else {
+		ss.expect = ss.expect[:0]
 	}
 	if ss.pending > 0 {
 		ss.pending--
 	}
 	ss.cond.Broadcast() // a session goroutine may wait for the requests in flight
+	if ss.pending == 0 {
+		// A cancel being delivered for the request that just ended holds
+		// the backend (and the client's ReadyForQuery) until it is
+		// delivered or dropped.
+		ss.waitCancelsLocked()
+	}
 	if status == 'I' && ss.txWrote != "" && ss.pending == 0 {
 		ss.wroteLocked(ss.txWrote, time.Now())
 		ss.txWrote = ""
 	}
 	if status == 'I' && ss.pending == 0 {
 		ss.txBegin, ss.txReplay, ss.txMovable = nil, nil, false
+		if ss.ddlSent {
+			ss.ddlSent = false
+			ss.srv.schemaChanged()
+		}
 	}
 	idle := ss.pending == 0 && ss.synced && !ss.copyIn && status == 'I'
 	if ss.resetting {
@@ -1057,12 +1481,28 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 	if expected {
 		return
 	}
+	ss.reportLost(u, err)
+	_ = ss.client.Close()
+}
+
+// reportLost gives the client exactly one error for the loss of upstream
+// u, as Postgres gives one when its backend goes away: nothing more when
+// the server's own FATAL (57P01 after pg_terminate_backend, a shutdown)
+// already reached the client, else the sidecar's FATAL 08006. Only the
+// first call reports.
+func (ss *session) reportLost(u *upstream, err error) {
+	if !ss.lostReported.CompareAndSwap(false, true) {
+		return
+	}
+	if ss.fatalSeen.Load() {
+		ss.log.Info("upstream connection ended by the server", zap.String("shard", u.target.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))
+		return
+	}
 	e := ss.lostError(u, err)
 	ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
 	if !ss.discard.Load() {
 		_ = ss.cw.sendError(e)
 	}
-	_ = ss.client.Close()
 }
 
 // lostError logs the loss of upstream u and returns the FATAL 08006 the
@@ -1143,6 +1583,7 @@ func (ss *session) finish(cause error) {
 		<-done
 	}
 	ss.mu.Lock()
+	ss.waitCancelsLocked()
 	clean := ss.resetDone
 	if clean && discardAll {
 		u.stmts.clear()
@@ -1176,35 +1617,13 @@ func sendQueries(w interface {
 }, u *upstream, qs []string) error {
 	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	defer u.conn.SetWriteDeadline(time.Time{})
+	u.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range qs {
 		if _, err := w.Write(appendQuery(nil, q)); err != nil {
 			return err
 		}
 	}
 	return w.Flush()
-}
-
-// backend identifies an upstream backend to cancel.
-type backend struct {
-	t      router.Target
-	pid    uint32
-	secret []byte
-}
-
-// runningBackends returns the upstream backends serving the client's
-// request in flight: the one attached, or every leg of a fan-out.
-func (ss *session) runningBackends() []backend {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	var bs []backend
-	for _, u := range ss.fanUps {
-		bs = append(bs, backend{u.target, u.pid, u.secret})
-	}
-	if ss.up == nil || ss.pending == 0 || ss.resetting || ss.upGone {
-		return bs
-	}
-	u := ss.up.Value
-	return append(bs, backend{u.target, u.pid, u.secret})
 }
 
 // drain marks the session for shutdown; an idle session is terminated at
@@ -1235,6 +1654,49 @@ func (ss *session) terminate(e *pgerr.Error) {
 		_ = ss.cw.sendError(e)
 	}
 	_ = ss.client.Close()
+}
+
+// errorField returns the value of field f of an ErrorResponse body
+// without decoding the rest, or "".
+func errorField(body []byte, f byte) string {
+	for i := 0; i < len(body) && body[i] != 0; {
+		field := body[i]
+		j := i + 1
+		for j < len(body) && body[j] != 0 {
+			j++
+		}
+		if field == f {
+			return string(body[i+1 : j])
+		}
+		i = j + 1
+	}
+	return ""
+}
+
+// staleStatementError reports whether an upstream error is one that only
+// a schema change since a statement was prepared causes: "cached plan
+// must not change result type" (0A000) and "cache lookup failed for
+// type" (XX000, a parameter of a dropped type). The schema changed
+// without the sidecar seeing it (DDL from another connection), so a new
+// schema generation starts.
+func staleStatementError(body []byte) bool {
+	switch errorField(body, 'C') {
+	case "0A000":
+		return strings.HasPrefix(errorField(body, 'M'), "cached plan must not change result type")
+	case "XX000":
+		return strings.HasPrefix(errorField(body, 'M'), "cache lookup failed for")
+	}
+	return false
+}
+
+// fatalError reports whether an ErrorResponse ends the server's session
+// (severity FATAL or PANIC).
+func fatalError(body []byte) bool {
+	sev := errorField(body, 'V')
+	if sev == "" {
+		sev = errorField(body, 'S')
+	}
+	return sev == "FATAL" || sev == "PANIC"
 }
 
 // errorClass extracts the SQLSTATE class from an ErrorResponse body without

@@ -435,6 +435,7 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 // attachToLocked attaches a parked connection for t or one from t's pool.
 // Called and returns with ss.mu held; mu is released while acquiring.
 func (ss *session) attachToLocked(t router.Target) error {
+	ss.queueable = len(ss.deferred) == 0 // the client's request waits: a cancel may end the wait
 	ss.mu.Unlock()
 	c, err := ss.takeConn(t)
 	if err == nil {
@@ -443,6 +444,7 @@ func (ss *session) attachToLocked(t router.Target) error {
 		}
 	}
 	ss.mu.Lock()
+	ss.queueable = false
 	if err != nil {
 		return err
 	}
@@ -473,7 +475,7 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 		return c, nil
 	}
 	c, err := ss.acquire(t, false)
-	if err != nil && t.Role == router.Replica {
+	if err != nil && t.Role == router.Replica && pgerr.From(err).Code != pgerr.QueryCanceled {
 		ss.srv.health.Ban(t.Host.Addr, err)
 		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
 			c, err = ss.acquire(pt, false)
@@ -653,6 +655,7 @@ func (ss *session) replayDeferredLocked(typ byte) error {
 		return nil
 	}
 	var out []byte
+	ss.up.Value.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range ss.deferred {
 		out = appendQuery(out, q)
 		ss.expect = append(ss.expect, expectation{kind: expQueryInjected})

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	cryptotls "crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -84,6 +83,32 @@ type Server struct {
 	poolCtx   context.Context
 	poolStop  context.CancelFunc
 	connected atomic.Bool // an upstream connection has succeeded at least once
+
+	// schemaGen counts the schema changes the sidecar has seen: DDL sent
+	// by its clients (when sent and again when its transaction ends), and
+	// upstream errors that only a schema change made elsewhere causes
+	// (see staleStatementError). Statements prepared under different
+	// generations never share an upstream statement.
+	schemaGen atomic.Uint64
+
+	// backendClients maps an upstream backend (server address and pid) to
+	// the sidecar pid of the client it last served, so a notification
+	// from it names the pid that client was given.
+	backendClients sync.Map // backendKey → uint32
+}
+
+// backendKey identifies a server backend.
+type backendKey struct {
+	addr string
+	pid  uint32
+}
+
+// schemaChanged starts a new schema generation: statements clients
+// prepare from now on are prepared afresh on every upstream. Safe for
+// concurrent use.
+func (s *Server) schemaChanged() {
+	s.schemaGen.Add(1)
+	s.metrics.SchemaChanges.Inc()
 }
 
 type poolKey struct {
@@ -339,6 +364,7 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 	}
 	s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), "ok").Inc()
 	u.duration = s.metrics.QueryDuration.WithLabelValues(t.Shard, t.Role.String())
+	u.clients = &s.backendClients
 	if !s.connected.Swap(true) {
 		s.log.Info("upstream connected", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr))
 	}
@@ -385,34 +411,6 @@ func (s *Server) unregister(ss *session) {
 		close(s.noSessions)
 		s.noSessions = nil
 	}
-}
-
-// cancel handles a CancelRequest: it looks the session up by the sidecar
-// key and forwards the cancel to the upstream backend serving it, if a
-// query is running. Unknown keys are ignored, as Postgres does.
-func (s *Server) cancel(pid uint32, secret []byte) {
-	s.mu.Lock()
-	ss := s.sessions[pid]
-	s.mu.Unlock()
-	if ss == nil || subtle.ConstantTimeCompare(ss.secret, secret) != 1 {
-		s.metrics.CancelRequests.WithLabelValues("unknown").Inc()
-		return
-	}
-	bs := ss.runningBackends()
-	if len(bs) == 0 {
-		s.metrics.CancelRequests.WithLabelValues("idle").Inc()
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
-	defer cancel()
-	for _, b := range bs {
-		if err := s.dialer.cancel(ctx, b.t, b.pid, b.secret); err != nil {
-			s.metrics.CancelRequests.WithLabelValues("failed").Inc()
-			s.log.Warn("cancel forward failed", zap.String("shard", b.t.Shard), zap.Error(err))
-			return
-		}
-	}
-	s.metrics.CancelRequests.WithLabelValues("forwarded").Inc()
 }
 
 // drain stops new sessions, terminates idle ones and waits up to timeout

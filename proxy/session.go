@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	cryptotls "crypto/tls"
 	"errors"
 	"fmt"
@@ -105,6 +106,15 @@ type session struct {
 	dirty           dirtyState
 	draining        bool
 	ended           bool // terminate or finish was called
+	ddlSent         bool // a statement changing the schema was sent in the current transaction
+	// Cancels (cancel.go): cancelHold counts cancels being delivered to
+	// the backend running the session's request, which is not released
+	// or given the next request meanwhile; acquireCancel, set while the
+	// session waits in a pool for its request's connection (queueable),
+	// cancels that wait.
+	cancelHold    int
+	queueable     bool
+	acquireCancel context.CancelCauseFunc
 
 	// Routing, under mu. hints are the session's brownie.* hints, local
 	// those of SET LOCAL in the current transaction. deferred holds a
@@ -146,6 +156,24 @@ type session struct {
 	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
 
 	discard atomic.Bool // stop writing upstream output to the client
+
+	// Local answers, session goroutine only: held are the client's Parses
+	// not answered yet; skipStatus, when not 0, is the ReadyForQuery
+	// status of a request the sidecar refused, skipped up to its Sync.
+	held       []heldParse
+	skipStatus byte
+	// failedParses (under mu) are client Parses the server failed or
+	// skipped, for the session goroutine to forget (parseFailed is set
+	// while there are some).
+	failedParses []*clientParse
+	parseFailed  atomic.Bool
+
+	// fatalSeen is set when the upstream sent a FATAL or PANIC error,
+	// which the client got as the server's own: the connection loss that
+	// follows is then not reported a second time.
+	fatalSeen atomic.Bool
+	// lostReported makes the report of a lost upstream happen once.
+	lostReported atomic.Bool
 }
 
 // clientWriter serialises writes to the client socket: relayed frames from
@@ -289,6 +317,12 @@ func (ss *session) negotiateStartup() error {
 	for {
 		st, err := wire.ReadStartup(ss.client)
 		switch {
+		case errors.Is(err, wire.ErrStartupLength):
+			// Not a startup packet at all (node-postgres's connect() then
+			// end() sends Terminate first): closed without an answer, as
+			// Postgres does.
+			ss.log.Debug("invalid length of startup packet", zap.Error(err))
+			return io.EOF
 		case errors.Is(err, wire.ErrBadStartup):
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "%v", err)
 		case errors.Is(err, os.ErrDeadlineExceeded):

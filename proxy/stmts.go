@@ -12,12 +12,16 @@ import (
 )
 
 // stmtDef is a statement a client prepared: its text and parameter types.
-// Many clients preparing the same text share one key, so the statement is
-// prepared once per upstream connection. Immutable.
+// Many clients preparing the same text under the same schema generation
+// (see Server.schemaGen) share one key, so the statement is prepared once
+// per upstream connection; a client preparing it again after a schema
+// change gets a new key, so a fresh statement, as it would from Postgres.
+// Immutable.
 type stmtDef struct {
 	key   string
 	query string
 	oids  []uint32
+	gen   uint64 // the schema generation it was prepared under
 	a     *analysis
 	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
 	// it runs the refusal instead.
@@ -30,8 +34,8 @@ type stmtDef struct {
 	merged *stmtDef
 }
 
-func newStmtDef(query string, oids []uint32, a *analysis) *stmtDef {
-	return &stmtDef{key: stmtKey(query, oids), query: query, oids: oids, a: a}
+func newStmtDef(query string, oids []uint32, a *analysis, gen uint64) *stmtDef {
+	return &stmtDef{key: stmtKey(query, oids, gen), query: query, oids: oids, gen: gen, a: a}
 }
 
 // newUnnamedDef records an unnamed statement. It needs no key: the
@@ -40,8 +44,11 @@ func newUnnamedDef(query string, oids []uint32, a *analysis) *stmtDef {
 	return &stmtDef{query: query, oids: oids, a: a}
 }
 
-func stmtKey(query string, oids []uint32) string {
+func stmtKey(query string, oids []uint32, gen uint64) string {
 	h := sha256.New()
+	var g [8]byte
+	binary.BigEndian.PutUint64(g[:], gen)
+	h.Write(g[:])
 	h.Write([]byte(query))
 	var b [4]byte
 	for _, o := range oids {

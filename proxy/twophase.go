@@ -132,6 +132,7 @@ func (f *fanOut) each(legs []*fanLeg, q func(*fanLeg) string) error {
 			continue
 		}
 		l.done, l.failed = false, false
+		l.u.unnamed = nil // a simple Query drops the server's unnamed statement
 		if err := f.write(l, appendQuery(nil, sql)); err != nil {
 			first = cmp.Or(first, err)
 			continue

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -58,11 +59,17 @@ type upstream struct {
 	// duration observes the time from a client request to its
 	// ReadyForQuery on this connection's target.
 	duration prometheus.Observer
+	// clients is the server's backendClients registry (nil for
+	// connections outside the pools).
+	clients *sync.Map
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.
 // Safe to call more than once.
 func (u *upstream) Close() error {
+	if u.clients != nil {
+		u.clients.Delete(backendKey{u.target.Host.Addr, u.pid})
+	}
 	_ = u.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = u.conn.Write([]byte{'X', 0, 0, 0, 4})
 	return u.conn.Close()
@@ -369,14 +376,18 @@ func (u *upstream) setParam(body []byte) {
 // own statements (settings, reset), never for client statements; the
 // caller must be the only goroutine reading and writing u.
 func (u *upstream) exec(sql string, onRow func([][]byte)) error {
+	u.unnamed = nil // a simple Query drops the server's unnamed statement
 	if _, err := u.conn.Write(appendQuery(nil, sql)); err != nil {
-		return err
+		return u.lost(err)
 	}
 	var first error
 	for {
 		typ, body, err := u.next()
 		if err != nil {
-			return err
+			if first != nil {
+				return first // the server's last words (a FATAL) say why
+			}
+			return u.lost(err)
 		}
 		switch typ {
 		case 'S':
@@ -403,6 +414,13 @@ func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 	}
 }
 
+// lost is the FATAL 08006 for a read or write failure on u.
+func (u *upstream) lost(err error) *pgerr.Error {
+	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", u.target)
+	e.Detail = err.Error()
+	return e.WithCause(err)
+}
+
 // upstreamError turns an upstream ErrorResponse into an *pgerr.Error that
 // keeps its code and text.
 func upstreamError(body []byte) *pgerr.Error {
@@ -422,26 +440,43 @@ func protocolError(t router.Target, what string) *pgerr.Error {
 func (d *dialer) cancel(ctx context.Context, t router.Target, pid uint32, secret []byte) error {
 	ctx, stop := context.WithTimeout(ctx, d.timeout)
 	defer stop()
-	b, err := d.bundle(ctx)
+	conn, err := d.cancelConn(ctx, t)
 	if err != nil {
 		return err
 	}
+	defer conn.Close()
+	return sendCancel(conn, pid, secret)
+}
+
+// cancelConn opens the TLS connection a CancelRequest to t goes over,
+// with ctx's deadline. Safe for concurrent use.
+func (d *dialer) cancelConn(ctx context.Context, t router.Target) (net.Conn, error) {
+	b, err := d.bundle(ctx)
+	if err != nil {
+		return nil, err
+	}
 	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", t.Host.Addr)
 	if err != nil {
-		return unreachable(t, err)
+		return nil, unreachable(t, err)
 	}
-	defer raw.Close()
 	deadline, _ := ctx.Deadline()
 	_ = raw.SetDeadline(deadline)
 	conn, err := d.startTLS(raw, t, b)
 	if err != nil {
-		return err
+		raw.Close()
+		return nil, err
 	}
+	return conn, nil
+}
+
+// sendCancel sends a CancelRequest over conn (from cancelConn) and waits
+// until the server has processed it: the server closes the connection
+// once it has signalled the backend.
+func sendCancel(conn net.Conn, pid uint32, secret []byte) error {
 	buf, _ := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: secret}).Encode(nil)
 	if _, err := conn.Write(buf); err != nil {
 		return err
 	}
-	// The server closes the connection when it has processed the request.
 	_, _ = io.Copy(io.Discard, conn)
 	return nil
 }

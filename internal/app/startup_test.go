@@ -259,16 +259,22 @@ func TestStartupWithProtocol32AndAnUnknownOptionIsNegotiatedDownTo30(t *testing.
 	c.simpleSelectOne()
 }
 
-func TestStartupPacketsThatAreMalformedAreRefusedWith08P01(t *testing.T) {
+func TestStartupPacketsThatAreMalformedAreRefusedAsPostgresRefusesThem(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, nil)
 
-	t.Run("length over 10000", func(t *testing.T) {
+	// A length word out of bounds is not a startup packet at all: Postgres
+	// closes the connection without a word ("invalid length of startup
+	// packet" goes to its log only), and so does the sidecar.
+	t.Run("length over 10000 is closed silently", func(t *testing.T) {
 		c := dialRawClient(t, "tcp", sc.addr)
-		// Only the length word: bytes the sidecar never reads would turn
-		// its close into a reset that can discard the error.
 		c.write(binary.BigEndian.AppendUint32(nil, 10001))
-		c.expectFatal("08P01")
+		c.expectClosed()
+	})
+	t.Run("Terminate before the startup packet is closed silently", func(t *testing.T) {
+		c := dialRawClient(t, "tcp", sc.addr)
+		c.write([]byte{'X', 0, 0, 0, 4}) // node-postgres: connect() then end() at once
+		c.expectClosed()
 	})
 	t.Run("protocol version 2.0", func(t *testing.T) {
 		c := dialRawClient(t, "tcp", sc.addr)
@@ -277,10 +283,10 @@ func TestStartupPacketsThatAreMalformedAreRefusedWith08P01(t *testing.T) {
 		c.write(rawPacket(body))
 		c.expectFatal("08P01")
 	})
-	t.Run("length under 8", func(t *testing.T) {
+	t.Run("length under 8 is closed silently", func(t *testing.T) {
 		c := dialRawClient(t, "tcp", sc.addr)
 		c.write(binary.BigEndian.AppendUint32(nil, 4))
-		c.expectFatal("08P01")
+		c.expectClosed()
 	})
 	t.Run("no user name", func(t *testing.T) {
 		c := dialRawClient(t, "tcp", sc.addr)

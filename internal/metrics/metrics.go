@@ -19,9 +19,11 @@ type Metrics struct {
 	BytesRelayed    *prometheus.CounterVec   // direction
 	Errors          *prometheus.CounterVec   // source, class
 	CancelRequests  *prometheus.CounterVec   // result
-	StmtCache       *prometheus.CounterVec   // result: hit, miss, reprepare, eviction
-	PinnedSessions  *prometheus.GaugeVec     // reason
-	PinRefusals     *prometheus.CounterVec   // reason
+	CancelsInFlight prometheus.Gauge
+	SchemaChanges   prometheus.Counter
+	StmtCache       *prometheus.CounterVec // result: hit, miss, reprepare, eviction
+	PinnedSessions  *prometheus.GaugeVec   // reason
+	PinRefusals     *prometheus.CounterVec // reason
 	SettingsSyncs   prometheus.Counter
 	Transactions    prometheus.Counter
 
@@ -100,8 +102,16 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"source", "class"}),
 		CancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_cancel_requests_total",
-			Help: "Cancel requests received from clients, by result.",
+			Help: "Cancel requests received from clients, by result: forwarded (delivered to the upstream backend while the client's request ran there), queued (the request was still waiting for an upstream connection: cancelled there, never sent), too_late (the request ended before the cancel could be delivered: dropped), idle (nothing running), unknown (no such backend key), failed (the upstream could not be reached).",
 		}, []string{"result"}),
+		CancelsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_cancels_in_flight",
+			Help: "Cancel requests being delivered to an upstream backend; the backend's connection is not given to another client meanwhile.",
+		}),
+		SchemaChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_schema_changes_total",
+			Help: "Schema changes seen (DDL sent through the sidecar, or upstream errors only a schema change causes); statements prepared after one are prepared afresh upstream.",
+		}),
 		StmtCache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_prepared_statements_total",
 			Help: "Protocol-level prepared statement handling: hit (already on the upstream), miss (prepared), reprepare (prepared again on another upstream), eviction (closed by the per-connection LRU).",
@@ -215,7 +225,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
-		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.StmtCache, m.PinnedSessions,
+		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.CancelsInFlight, m.SchemaChanges, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.ShardMapReloads, m.ShardMapValid,
 		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused)

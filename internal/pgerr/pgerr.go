@@ -35,6 +35,8 @@ const (
 	FeatureNotSupported     Code = "0A000"
 	UndefinedObject         Code = "42704"
 	InternalError           Code = "XX000"
+	SyntaxError             Code = "42601"
+	DuplicatePrepared       Code = "42P05"
 	InvalidParameterValue   Code = "22023"
 	ConfigurationLimit      Code = "53400"
 	InvalidTransactionState Code = "25000"
@@ -75,6 +77,12 @@ type Error struct {
 	Message  string
 	Detail   string
 	Hint     string
+	// Position is the 1-based character position in the statement the
+	// error refers to (a syntax error), 0 for none.
+	Position int
+	// Routine names the Postgres source function that reports an error the
+	// sidecar words as Postgres does (scanner_yyerror), "" for none.
+	Routine string
 	// Retryable says whether the same request may succeed if repeated
 	// unchanged (for example after a pool wait or an upstream restart).
 	Retryable bool
@@ -139,6 +147,8 @@ func (e *Error) Response() *pgproto3.ErrorResponse {
 		Message:             e.Message,
 		Detail:              e.Detail,
 		Hint:                e.Hint,
+		Position:            int32(e.Position),
+		Routine:             e.Routine,
 	}
 }
 

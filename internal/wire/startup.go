@@ -60,6 +60,12 @@ func (s *Startup) Get(name string) (string, bool) {
 // ErrBadStartup marks a malformed untyped packet (SQLSTATE 08P01).
 var ErrBadStartup = errors.New("invalid startup packet")
 
+// ErrStartupLength marks an untyped packet whose length word is out of
+// bounds; it is also an ErrBadStartup. Postgres closes such a connection
+// without answering (it is what a typed message, such as a Terminate sent
+// before any startup packet, looks like).
+var ErrStartupLength = fmt.Errorf("%w: invalid length", ErrBadStartup)
+
 // ReadStartup reads one untyped packet (length-prefixed, no type byte) of at
 // most MaxStartLen bytes and decodes it.
 func ReadStartup(r io.Reader) (*Startup, error) {
@@ -80,7 +86,7 @@ func ReadPacket(r io.Reader) ([]byte, error) {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if n < 8 || n > MaxStartLen {
-		return nil, fmt.Errorf("%w: length %d", ErrBadStartup, n)
+		return nil, fmt.Errorf("%w %d", ErrStartupLength, n)
 	}
 	pkt := make([]byte, n)
 	copy(pkt, hdr[:])
