@@ -365,3 +365,23 @@ func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {
 		t.Errorf("three rounds started with only %v", first)
 	}
 }
+
+func TestMemoryTableJudgesTheSidecarAgainstItsTargets(t *testing.T) {
+	ms := []memTarget{
+		{name: colSidecar, startKB: 19 * 1024, points: []memPoint{{1000, 1000, 19*1024 + 7000}, {10000, 10000, 19*1024 + 140000}}},
+		{name: colBouncer, startKB: 4 * 1024, points: []memPoint{{1000, 1000, 4*1024 + 5000}, {10000, 9990, 4*1024 + 50000}}, note: "only 9990 of 10000 sessions reached ReadyForQuery"},
+	}
+	var b strings.Builder
+	writeMemory(&b, ms)
+	out := b.String()
+	for _, want := range []string{
+		"| RSS at start | 19.0 MB | 4.0 MB | 4.8× | ≤ 20 MB: **met** |",
+		"| RSS per idle client (1,000 clients) | 7.0 KB | 5.0 KB | 1.4× | ≤ 8 KB: **met** |",
+		"| RSS with 10,000 idle clients | 155.7 MB | 52.8 MB | 2.9× | ≤ 100 MB: **not met** |",
+		"pgbouncer: only 9990 of 10000 sessions reached ReadyForQuery.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("memory table lacks %q:\n%s", want, out)
+		}
+	}
+}

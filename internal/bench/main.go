@@ -105,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (whole seconds)")
 	clients := fs.String("clients", "1,10,50", "comma-separated pgbench client counts")
 	protocols := fs.String("protocols", strings.Join(allProtocols, ","), "comma-separated pgbench query protocols")
-	fs.BoolVar(&o.skipRSS, "skip-rss", false, "skip the idle-connection RSS measurement")
+	fs.BoolVar(&o.skipRSS, "skip-rss", false, "skip the idle-connection RSS and cost-per-pod memory measurements")
 	fs.IntVar(&o.rssClients, "rss-clients", 2000, "idle client sessions opened for the RSS measurement")
 	fs.Func("sidecar-env", "NAME=VALUE added to every sidecar's environment (repeatable), e.g. GOMAXPROCS=1", func(v string) error {
 		k, val, ok := strings.Cut(v, "=")
@@ -121,7 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.reference, "reference", false, "also run each table against a second, identical PgBouncer (the noise of a ratio) and the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
-	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run: session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
+	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run (empty: only the memory measurements): session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
 	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
 	if err := fs.Parse(args); err != nil {
@@ -152,7 +152,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	for _, s := range strings.Split(*modes, ",") {
 		s = strings.TrimSpace(s)
-		if !slices.Contains(allModes, s) {
+		if *modes != "" && !slices.Contains(allModes, s) {
 			errs = append(errs, fmt.Errorf("-modes: %q is not one of %s", s, strings.Join(allModes, ", ")))
 		}
 	}
@@ -356,6 +356,9 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		res, err := b.measureIdleRSS(ctx, b.opts.rssClients)
 		rep.rss = res
 		if err != nil {
+			return rep, err
+		}
+		if rep.memory, err = b.measureMemory(ctx, []int{1000, memManyClients}); err != nil {
 			return rep, err
 		}
 	}

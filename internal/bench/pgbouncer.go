@@ -40,7 +40,7 @@ auth_type = trust
 auth_file = {{.Dir}}/userlist.txt
 pool_mode = {{.Mode}}
 default_pool_size = {{.PoolSize}}
-max_client_conn = 3000
+max_client_conn = {{.MaxClients}}
 server_tls_sslmode = verify-full
 server_tls_ca_file = {{.Dir}}/ca.crt
 server_tls_cert_file = {{.Dir}}/client.crt
@@ -63,6 +63,11 @@ func (p *bouncer) stop() { p.proc.stop(syscall.SIGTERM, 10*time.Second) }
 // which proves the TLS upstream works. name labels the directory and the
 // log file.
 func (b *bench) startPgBouncer(ctx context.Context, name, mode string, poolSize int) (*bouncer, *net.TCPAddr, error) {
+	return b.startPgBouncerFor(ctx, name, mode, poolSize, 3000)
+}
+
+// startPgBouncerFor is startPgBouncer with max_client_conn maxClients.
+func (b *bench) startPgBouncerFor(ctx context.Context, name, mode string, poolSize, maxClients int) (*bouncer, *net.TCPAddr, error) {
 	owner, err := serverUser()
 	if err != nil {
 		return nil, nil, err
@@ -105,7 +110,7 @@ func (b *bench) startPgBouncer(ctx context.Context, name, mode string, poolSize 
 	}
 	var ini bytes.Buffer
 	if err := bouncerIni.Execute(&ini, map[string]any{
-		"PGPort": b.pg.Port(), "Port": addr.Port, "Dir": dir, "Mode": mode, "PoolSize": poolSize,
+		"PGPort": b.pg.Port(), "Port": addr.Port, "Dir": dir, "Mode": mode, "PoolSize": poolSize, "MaxClients": maxClients,
 	}); err != nil {
 		return nil, nil, err
 	}

@@ -94,6 +94,7 @@ type report struct {
 	tables      []*table // in allModes order
 	skipRSS     bool
 	rss         *rssResult
+	memory      []memTarget // cost per pod (memory.go)
 	sidecarEnv  map[string]string // extra sidecar environment, if any
 }
 
@@ -238,6 +239,9 @@ func (r *report) markdown() string {
 		r.writeTable(&b, t)
 	}
 	r.writeRSS(&b)
+	if !r.skipRSS {
+		writeMemory(&b, r.memory)
+	}
 	r.writeErrors(&b)
 	return b.String()
 }
