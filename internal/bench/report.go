@@ -94,7 +94,7 @@ type report struct {
 	tables      []*table // in allModes order
 	skipRSS     bool
 	rss         *rssResult
-	memory      []memTarget // cost per pod (memory.go)
+	memory      []memTarget       // cost per pod (memory.go)
 	sidecarEnv  map[string]string // extra sidecar environment, if any
 }
 
