@@ -181,12 +181,12 @@ type Checker struct {
 	lsns   map[string][]lsnSample    // shard → primary samples
 	rounds chan struct{}             // closed and replaced after each round
 	// Failover state, per shard unless said otherwise.
-	waiting   map[string]int         // callers in WaitPrimary
-	downSince map[string]time.Time   // shards without a primary, since
-	names     map[string]string      // standby address → its walreceiver application_name
-	syncOf    map[string]syncInfo    // the synchronous standbys of the shard's primary, last known
-	refused   map[string]string      // promoted host refused (logged once)
-	replWarn  map[string]bool        // addresses whose replication state could not be read (logged once)
+	waiting   map[string]int       // callers in WaitPrimary
+	downSince map[string]time.Time // shards without a primary, since
+	names     map[string]string    // standby address → its walreceiver application_name
+	syncOf    map[string]syncInfo  // the synchronous standbys of the shard's primary, last known
+	refused   map[string]string    // promoted host refused (logged once)
+	replWarn  map[string]bool      // addresses whose replication state could not be read (logged once)
 }
 
 // New returns a checker over deps.Router's shard map. It opens no
