@@ -174,3 +174,24 @@ func (h *Checker) noPrimary(shard string) error {
 	}
 	return fmt.Errorf("no host of shard %s answers as a primary", shard)
 }
+
+// Standbys returns the standbys of shard that answered their last check
+// and are not banned, in map order and whatever their lag: hosts that can
+// greet a new session when the primaries cannot. Safe for concurrent use;
+// it never blocks on I/O.
+func (h *Checker) Standbys(shard string) []router.Host {
+	v := h.view.Load()
+	if v == nil || v.Shards[shard] == nil {
+		return nil
+	}
+	now := time.Now()
+	var out []router.Host
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range v.Shards[shard].Hosts {
+		if r.Up && r.InRecovery && !h.banned[r.Host.Addr].After(now) {
+			out = append(out, r.Host)
+		}
+	}
+	return out
+}
