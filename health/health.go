@@ -656,7 +656,9 @@ func (h *Checker) PrimaryOK(shard string) bool {
 
 // Replica chooses a standby of shard for a read: healthy, not banned,
 // within MaxLag and MaxLagBytes and, when the session wrote on the shard
-// at wroteAt (non-zero), replayed past that write. Among those it takes
+// at wroteAt (non-zero), replayed past that write. While the shard has no
+// primary its standbys keep serving reads (their lag in bytes is then
+// unknown and not checked). Among those it takes
 // the one with the fewest busy(host) when ReplicaSelection is least_busy
 // and busy is not nil, else the next in round-robin order. ok is false
 // when none qualifies (the read goes to the primary).
@@ -666,9 +668,11 @@ func (h *Checker) Replica(shard string, wroteAt time.Time, busy func(router.Host
 		return router.Host{}, false
 	}
 	sv := v.Shards[shard]
-	if sv == nil || !sv.PrimaryOK {
+	if sv == nil {
 		return router.Host{}, false
 	}
+	// While the shard has no primary its standbys still serve reads: their
+	// data stops at the primary's failure, as a lagging standby's would.
 	var need uint64
 	if !wroteAt.IsZero() {
 		// The first primary position read by a check sent after the write

@@ -294,8 +294,9 @@ func TestFailoverFollowsAPromotedStandbyAndKeepsIt(t *testing.T) {
 	if got := h.Primary("shard-a", configured); got.Addr != standbyA || h.PrimaryOK("shard-a") {
 		t.Errorf("Primary = %v (ok %v), want %s not OK", got, h.PrimaryOK("shard-a"), standbyA)
 	}
-	if r, ok := h.Replica("shard-a", time.Time{}, nil); ok {
-		t.Errorf("Replica = %v while the shard has no primary", r)
+	// Its remaining standby keeps serving reads.
+	if r, ok := h.Replica("shard-a", time.Time{}, nil); !ok || r.Addr != standbyB {
+		t.Errorf("Replica = %v, %v while the shard has no primary; want the live standby %s", r, ok, standbyB)
 	}
 	// The sidecar stays ready: shard-a's writes wait for a primary while
 	// shard-b (and shard-a's other standby) serve; Status says why.
