@@ -400,6 +400,12 @@ func (c *Cluster) KillHard() error {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	// A killed postmaster may linger as a zombie that pg_ctl would take
+	// for a running server; its pid file goes, as after a host's crash
+	// the server would not find it running either.
+	if err := os.Remove(filepath.Join(c.dataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pgcluster: %w", err)
+	}
 	return nil
 }
 
