@@ -86,6 +86,10 @@ type Deps struct {
 	// Dial opens a connection to t's host, with application_name AppName
 	// and no client's settings, bounded by ctx. Called concurrently.
 	Dial func(ctx context.Context, t router.Target) (Conn, error)
+	// HostDown, when set, is called (outside the checker's locks, from
+	// the check loop) with the address of a host that stopped answering,
+	// once per outage, so connections kept idle for it can be dropped.
+	HostDown func(addr string)
 }
 
 // hostHealth is what the last check of one host found. Immutable once
@@ -106,6 +110,16 @@ type hostHealth struct {
 	BannedUntil time.Time
 	LastError   string
 	CheckedAt   time.Time
+	// Synchronous shards only: a primary's streaming standbys (walreceiver
+	// application_name → sync_state), a standby's own application_name,
+	// and why replication could not be read (brownie_sidecar
+	// .replication_state() missing or refused).
+	Standbys    map[string]string
+	StandbyName string
+	ReplError   string
+	// SyncState is what the shard's primary last reported for this
+	// standby (sync, async, potential, quorum; "" unknown).
+	SyncState string
 }
 
 // lsnSample is a primary's WAL position read by a check sent at At: any
@@ -122,7 +136,12 @@ type shardHealth struct {
 	Primary router.Host
 	// PrimaryOK is true when Primary answered its last check as a primary.
 	PrimaryOK bool
-	Hosts     []*hostHealth
+	// Problem says why there is no primary when PrimaryOK is false;
+	// DownSince is when the shard lost it.
+	Problem     string
+	DownSince   time.Time
+	Synchronous bool
+	Hosts       []*hostHealth
 	// Samples are the primary's recent WAL positions, oldest first.
 	Samples []lsnSample
 	rr      *atomic.Uint64 // round-robin cursor, shared across views
@@ -132,6 +151,8 @@ type shardHealth struct {
 // after each round of checks.
 type healthView struct {
 	Shards map[string]*shardHealth
+	// Round is the number of the round of checks it publishes.
+	Round uint64
 }
 
 // Checker checks every host of the shard map periodically over its own
@@ -140,12 +161,15 @@ type healthView struct {
 // safe for concurrent use; before the first round ends, Primary returns
 // the map's primary, PrimaryOK true, Replica nothing and Ready an error.
 type Checker struct {
-	cfg     Config
-	router  *router.Router
-	metrics *metrics.Metrics
-	dial    func(context.Context, router.Target) (Conn, error)
-	log     *zap.Logger
-	view    atomic.Pointer[healthView]
+	cfg      Config
+	router   *router.Router
+	metrics  *metrics.Metrics
+	dial     func(context.Context, router.Target) (Conn, error)
+	hostDown func(addr string)
+	log      *zap.Logger
+	view     atomic.Pointer[healthView]
+	started  atomic.Uint64 // rounds of checks started
+	kick     chan struct{} // Recheck: start a round now
 
 	mu     sync.Mutex
 	conns  map[string]Conn           // check connection per host address
@@ -156,6 +180,13 @@ type Checker struct {
 	rr     map[string]*atomic.Uint64 // shard → round-robin cursor
 	lsns   map[string][]lsnSample    // shard → primary samples
 	rounds chan struct{}             // closed and replaced after each round
+	// Failover state, per shard unless said otherwise.
+	waiting   map[string]int       // callers in WaitPrimary
+	downSince map[string]time.Time // shards without a primary, since
+	names     map[string]string    // standby address → its walreceiver application_name
+	syncOf    map[string]syncInfo  // the synchronous standbys of the shard's primary, last known
+	refused   map[string]string    // promoted host refused (logged once)
+	replWarn  map[string]bool      // addresses whose replication state could not be read (logged once)
 }
 
 // New returns a checker over deps.Router's shard map. It opens no
@@ -164,14 +195,27 @@ func New(cfg Config, deps Deps) *Checker {
 	return &Checker{cfg: cfg, router: deps.Router, metrics: deps.Metrics, dial: deps.Dial, log: deps.Log,
 		conns: map[string]Conn{}, banned: map[string]time.Time{}, prev: map[string]*hostHealth{},
 		chosen: map[string]router.Host{}, rr: map[string]*atomic.Uint64{}, lsns: map[string][]lsnSample{},
-		rounds: make(chan struct{})}
+		rounds: make(chan struct{}), kick: make(chan struct{}, 1), hostDown: deps.HostDown,
+		waiting: map[string]int{}, downSince: map[string]time.Time{}, names: map[string]string{},
+		syncOf: map[string]syncInfo{}, refused: map[string]string{}, replWarn: map[string]bool{}}
 }
 
-// Run checks every host each Interval until ctx ends, then closes the
-// check connections; connections OnHost returns afterwards are closed
-// rather than kept. Call it once.
+// Run checks every host until ctx ends, then closes the check
+// connections; connections OnHost returns afterwards are closed rather
+// than kept. Call it once.
+//
+// A round of checks starts every Interval; every fastInterval while a
+// shard has no primary or a caller waits in WaitPrimary, so a promoted
+// standby is seen soon; and at once when Recheck asks (at most one round
+// per fastInterval). A round publishes once its checks have finished or
+// its period has passed: a host whose check is still running (one that
+// stopped answering takes up to Timeout) keeps its previous result
+// meanwhile and is not checked twice at once, so a silent host delays
+// nobody's view of the others.
 func (h *Checker) Run(ctx context.Context) {
+	var wg sync.WaitGroup
 	defer func() {
+		wg.Wait() // checks in flight end within Timeout
 		h.mu.Lock()
 		for _, u := range h.conns {
 			_ = u.Close()
@@ -180,15 +224,129 @@ func (h *Checker) Run(ctx context.Context) {
 		h.closed = true
 		h.mu.Unlock()
 	}()
-	t := time.NewTicker(h.cfg.Interval)
-	defer t.Stop()
+	var resMu sync.Mutex
+	latest := map[string]*hostHealth{} // address → last finished check
+	inflight := map[string]bool{}
+	finished := make(chan struct{}, 1)
 	for {
-		h.round(ctx)
+		begun := time.Now()
+		m := h.router.Map()
+		h.started.Add(1)
+		var mine []string
+		resMu.Lock()
+		for _, j := range checkJobs(m) {
+			if inflight[j.host.Addr] {
+				continue
+			}
+			inflight[j.host.Addr] = true
+			mine = append(mine, j.host.Addr)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := h.check(ctx, j.shard, j.host, j.role, j.sync)
+				resMu.Lock()
+				latest[j.host.Addr] = r
+				delete(inflight, j.host.Addr)
+				resMu.Unlock()
+				select {
+				case finished <- struct{}{}:
+				default:
+				}
+			}()
+		}
+		resMu.Unlock()
+		timer := time.NewTimer(h.period())
+	collect:
+		for {
+			resMu.Lock()
+			busy := false
+			for _, a := range mine {
+				busy = busy || inflight[a]
+			}
+			resMu.Unlock()
+			if !busy {
+				break
+			}
+			select {
+			case <-finished:
+			case <-timer.C:
+				break collect
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+		}
+		timer.Stop()
+		resMu.Lock()
+		var results []*hostHealth
+		for _, j := range checkJobs(m) {
+			if r := latest[j.host.Addr]; r != nil {
+				c := *r // a check started under an older map reports under this one
+				c.Shard, c.Configured = j.shard, j.role
+				results = append(results, &c)
+			}
+		}
+		resMu.Unlock()
+		h.publish(m, results)
+		wait := time.NewTimer(time.Until(begun.Add(h.period())))
 		select {
 		case <-ctx.Done():
+			wait.Stop()
 			return
-		case <-t.C:
+		case <-wait.C:
+		case <-h.kick:
+			wait.Stop()
+			if gap := time.Until(begun.Add(h.fastInterval())); gap > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(gap):
+				}
+			}
 		}
+	}
+}
+
+// checkJob is one host to check.
+type checkJob struct {
+	shard string
+	host  router.Host
+	role  router.Role
+	sync  bool // the shard is synchronous: read its replication state too
+}
+
+func checkJobs(m *router.Map) []checkJob {
+	var jobs []checkJob
+	for _, sh := range m.Shards {
+		jobs = append(jobs, checkJob{sh.Name, sh.Primary, router.Primary, sh.Synchronous})
+		for _, r := range sh.Replicas {
+			jobs = append(jobs, checkJob{sh.Name, r, router.Replica, sh.Synchronous})
+		}
+	}
+	return jobs
+}
+
+// fastInterval is the period of the checks while a shard has no primary.
+func (h *Checker) fastInterval() time.Duration { return min(h.cfg.Interval, 100*time.Millisecond) }
+
+// period is the time between two rounds now: fastInterval while a shard
+// has no primary or someone waits for one, else Interval.
+func (h *Checker) period() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.downSince) > 0 || len(h.waiting) > 0 {
+		return h.fastInterval()
+	}
+	return h.cfg.Interval
+}
+
+// Recheck asks Run to start a round of checks now (or as soon as the
+// current one ends), for a caller that found a host failing before the
+// checks did. It never blocks; calls while one is pending are merged.
+func (h *Checker) Recheck() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -199,29 +357,19 @@ func (h *Checker) waitRound() <-chan struct{} {
 	return h.rounds
 }
 
-// round checks every host of the current map concurrently and publishes
-// the result.
+// round checks every host of the current map concurrently, waits for
+// every check, and publishes the result.
 func (h *Checker) round(ctx context.Context) {
 	m := h.router.Map()
-	type job struct {
-		shard string
-		host  router.Host
-		role  router.Role
-	}
-	var jobs []job
-	for _, sh := range m.Shards {
-		jobs = append(jobs, job{sh.Name, sh.Primary, router.Primary})
-		for _, r := range sh.Replicas {
-			jobs = append(jobs, job{sh.Name, r, router.Replica})
-		}
-	}
+	h.started.Add(1)
+	jobs := checkJobs(m)
 	results := make([]*hostHealth, len(jobs))
 	var wg sync.WaitGroup
 	for i, j := range jobs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = h.check(ctx, j.shard, j.host, j.role)
+			results[i] = h.check(ctx, j.shard, j.host, j.role, j.sync)
 		}()
 	}
 	wg.Wait()
@@ -232,11 +380,12 @@ func (h *Checker) round(ctx context.Context) {
 }
 
 // check runs the health query on one host.
-func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role) *hostHealth {
+// On a synchronous shard it also reads the host's replication state.
+func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role, sync bool) *hostHealth {
 	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true, CheckedAt: time.Now()}
 	var row [][]byte
 	err := h.OnHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, func(c Conn) error {
-		return c.Exec(healthQuery, func(v [][]byte) {
+		err := c.Exec(healthQuery, func(v [][]byte) {
 			row = make([][]byte, len(v))
 			for i := range v {
 				if v[i] != nil {
@@ -244,6 +393,10 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 				}
 			}
 		})
+		if err != nil || !sync {
+			return err
+		}
+		return readReplication(c, res)
 	})
 	if err == nil && len(row) != 4 {
 		err = fmt.Errorf("health query returned no row")
@@ -315,12 +468,19 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 	for _, r := range results {
 		byShard[r.Shard] = append(byShard[r.Shard], r)
 	}
+	var wentDown []string
 	h.mu.Lock()
-	view := &healthView{Shards: map[string]*shardHealth{}}
+	view := &healthView{Shards: map[string]*shardHealth{}, Round: h.started.Load()}
 	for _, sh := range m.Shards {
 		hosts := byShard[sh.Name]
+		for _, r := range hosts {
+			if r.StandbyName != "" {
+				h.names[r.Host.Addr] = r.StandbyName
+			}
+		}
 		// Keep the current primary while it answers as one; else take the
-		// map's primary, else a promoted standby.
+		// map's primary, else a promoted standby (on a synchronous shard,
+		// only one that was the failed primary's synchronous standby).
 		cur, ok := h.chosen[sh.Name]
 		if !ok {
 			cur = sh.Primary
@@ -331,22 +491,42 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 				primary = r
 			}
 		}
+		problem := ""
 		if primary == nil {
 			for _, r := range hosts { // the map's primary first
-				if r.Up && !r.InRecovery {
-					primary = r
-					break
+				if !r.Up || r.InRecovery {
+					continue
 				}
+				kind := h.standbyKindLocked(sh.Name, cur.Addr, r.Host.Addr)
+				if sh.Synchronous && kind != "synchronous" {
+					problem = fmt.Sprintf("%s answers as the primary of %s but was not seen as a synchronous standby of %s (%s): writes wait for %s or a synchronous standby",
+						r.Host.Addr, sh.Name, cur.Addr, kind, cur.Addr)
+					if h.refused[sh.Name] != r.Host.Addr {
+						h.refused[sh.Name] = r.Host.Addr
+						h.log.Error("promotion refused", zap.String("shard", sh.Name), zap.String("from", cur.Addr),
+							zap.String("to", r.Host.Addr), zap.String("standby", kind),
+							zap.String("reason", "the shard is synchronous and the host was not a synchronous standby of the failed primary: acknowledged writes may be missing there"))
+						h.metrics.Promotions.WithLabelValues(sh.Name, kind, "refused").Inc()
+					}
+					continue
+				}
+				primary = r
+				if r.Host.Addr != cur.Addr {
+					fields := []zap.Field{zap.String("shard", sh.Name), zap.String("from", cur.Addr), zap.String("to", r.Host.Addr), zap.String("standby", kind)}
+					if sh.Synchronous {
+						fields = append(fields, zap.String("writes", "no acknowledged write lost: the host was a synchronous standby of the failed primary"))
+					}
+					h.log.Warn("shard primary changed", fields...)
+					h.metrics.Failovers.WithLabelValues(sh.Name).Inc()
+					h.metrics.Promotions.WithLabelValues(sh.Name, kind, "accepted").Inc()
+				}
+				break
 			}
 		}
-		sv := &shardHealth{Primary: cur, Hosts: hosts}
-		failovers := h.metrics.Failovers.WithLabelValues(sh.Name) // exported at 0, for alerts on increase()
+		sv := &shardHealth{Primary: cur, Hosts: hosts, Synchronous: sh.Synchronous}
+		h.metrics.Failovers.WithLabelValues(sh.Name) // exported at 0, for alerts on increase()
 		if primary != nil {
-			if primary.Host.Addr != cur.Addr {
-				h.log.Warn("shard primary changed", zap.String("shard", sh.Name),
-					zap.String("from", cur.Addr), zap.String("to", primary.Host.Addr))
-				failovers.Inc()
-			}
+			delete(h.refused, sh.Name)
 			sv.Primary, sv.PrimaryOK = primary.Host, true
 			h.chosen[sh.Name] = primary.Host
 			samples := append(h.lsns[sh.Name], lsnSample{At: primary.CheckedAt, LSN: primary.LSN})
@@ -354,18 +534,50 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 				samples = samples[len(samples)-lsnSamples:]
 			}
 			h.lsns[sh.Name] = samples
+			if sh.Synchronous {
+				h.recordSyncLocked(sh.Name, primary, hosts)
+			}
+			if since, ok := h.downSince[sh.Name]; ok {
+				delete(h.downSince, sh.Name)
+				h.log.Info("shard primary available", zap.String("shard", sh.Name), zap.String("addr", primary.Host.Addr),
+					zap.Duration("after", now.Sub(since)), zap.Int("waiting", h.waiting[sh.Name]))
+			}
+		} else {
+			if problem == "" {
+				problem = fmt.Sprintf("no host of %s answers as a primary", sh.Name)
+				for _, r := range hosts {
+					if r.Host.Addr == cur.Addr && r.LastError != "" {
+						problem += fmt.Sprintf(" (primary %s: %s)", cur.Addr, r.LastError)
+					}
+				}
+			}
+			sv.Problem = problem
+			if _, ok := h.downSince[sh.Name]; !ok {
+				h.downSince[sh.Name] = now
+				h.log.Warn("shard primary unavailable", zap.String("shard", sh.Name), zap.String("primary", cur.Addr),
+					zap.String("problem", problem))
+			}
 		}
+		sv.DownSince = h.downSince[sh.Name]
 		sv.Samples = h.lsns[sh.Name]
 		if h.rr[sh.Name] == nil {
 			h.rr[sh.Name] = &atomic.Uint64{}
 		}
 		sv.rr = h.rr[sh.Name]
+		if si, ok := h.syncOf[sh.Name]; ok && sh.Synchronous {
+			for _, r := range hosts {
+				if r.SyncState == "" && si.sync[r.Host.Addr] {
+					r.SyncState = "sync" // as last reported by the primary
+				}
+			}
+		}
 		for _, r := range hosts {
 			prev := h.prev[r.Host.Addr]
 			switch {
 			case !r.Up:
 				if prev == nil || prev.Up {
 					h.log.Warn("host unhealthy", zap.String("shard", sh.Name), zap.String("addr", r.Host.Addr), zap.String("error", r.LastError))
+					wentDown = append(wentDown, r.Host.Addr)
 				}
 				h.banned[r.Host.Addr] = now.Add(cfg.BanTime)
 			case prev != nil && !prev.Up:
@@ -388,10 +600,20 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 		}
 		view.Shards[sh.Name] = sv
 	}
+	for name := range h.downSince {
+		if _, ok := view.Shards[name]; !ok {
+			delete(h.downSince, name) // no longer in the map
+		}
+	}
 	h.view.Store(view)
 	close(h.rounds)
 	h.rounds = make(chan struct{})
 	h.mu.Unlock()
+	if h.hostDown != nil {
+		for _, addr := range wentDown {
+			h.hostDown(addr)
+		}
+	}
 }
 
 func boolGauge(b bool) float64 {
@@ -436,7 +658,9 @@ func (h *Checker) PrimaryOK(shard string) bool {
 
 // Replica chooses a standby of shard for a read: healthy, not banned,
 // within MaxLag and MaxLagBytes and, when the session wrote on the shard
-// at wroteAt (non-zero), replayed past that write. Among those it takes
+// at wroteAt (non-zero), replayed past that write. While the shard has no
+// primary its standbys keep serving reads (their lag in bytes is then
+// unknown and not checked). Among those it takes
 // the one with the fewest busy(host) when ReplicaSelection is least_busy
 // and busy is not nil, else the next in round-robin order. ok is false
 // when none qualifies (the read goes to the primary).
@@ -446,9 +670,11 @@ func (h *Checker) Replica(shard string, wroteAt time.Time, busy func(router.Host
 		return router.Host{}, false
 	}
 	sv := v.Shards[shard]
-	if sv == nil || !sv.PrimaryOK {
+	if sv == nil {
 		return router.Host{}, false
 	}
+	// While the shard has no primary its standbys still serve reads: their
+	// data stops at the primary's failure, as a lagging standby's would.
 	var need uint64
 	if !wroteAt.IsZero() {
 		// The first primary position read by a check sent after the write
@@ -491,23 +717,24 @@ func (h *Checker) Replica(shard string, wroteAt time.Time, busy func(router.Host
 	return ok[int(sv.rr.Add(1)%uint64(len(ok)))], true
 }
 
-// Ready returns nil when every shard's primary answered its last check
-// (and, before the first round, the reason it is not known).
+// Ready returns nil once a round of checks has ended and some host of
+// the map answers. A shard without a primary does not make the sidecar
+// unready: its writes wait for a primary (up to FAILOVER_WAIT) while
+// every other shard, and its replicas, keep serving; Status and the
+// metrics show it.
 func (h *Checker) Ready() error {
 	v := h.view.Load()
 	if v == nil {
 		return fmt.Errorf("health checks have not completed yet")
 	}
-	var bad []string
-	for _, sh := range h.router.Map().Shards {
-		if sv := v.Shards[sh.Name]; sv == nil || !sv.PrimaryOK {
-			bad = append(bad, sh.Name)
+	for _, sv := range v.Shards {
+		for _, r := range sv.Hosts {
+			if r.Up {
+				return nil
+			}
 		}
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("no reachable primary for %s", strings.Join(bad, ", "))
-	}
-	return nil
+	return fmt.Errorf("no host of the shard map answers its health checks")
 }
 
 // parseLSN parses a pg_lsn in its text form "X/Y".

@@ -294,11 +294,17 @@ func TestFailoverFollowsAPromotedStandbyAndKeepsIt(t *testing.T) {
 	if got := h.Primary("shard-a", configured); got.Addr != standbyA || h.PrimaryOK("shard-a") {
 		t.Errorf("Primary = %v (ok %v), want %s not OK", got, h.PrimaryOK("shard-a"), standbyA)
 	}
-	if r, ok := h.Replica("shard-a", time.Time{}, nil); ok {
-		t.Errorf("Replica = %v while the shard has no primary", r)
+	// Its remaining standby keeps serving reads.
+	if r, ok := h.Replica("shard-a", time.Time{}, nil); !ok || r.Addr != standbyB {
+		t.Errorf("Replica = %v, %v while the shard has no primary; want the live standby %s", r, ok, standbyB)
 	}
-	if err := h.Ready(); err == nil || !strings.Contains(err.Error(), "shard-a") || strings.Contains(err.Error(), "shard-b") {
-		t.Errorf("Ready = %v, want shard-a named alone", err)
+	// The sidecar stays ready: shard-a's writes wait for a primary while
+	// shard-b (and shard-a's other standby) serve; Status says why.
+	if err := h.Ready(); err != nil {
+		t.Errorf("Ready = %v with one shard's primary down", err)
+	}
+	if st := h.Status()[0]; st.PrimaryOK || st.PrimaryDownSince == nil || !strings.Contains(st.Problem, "no host of shard-a answers as a primary") {
+		t.Errorf("Status(shard-a) = %+v, want the primary down since now and why", st)
 	}
 	if !h.PrimaryOK("shard-b") {
 		t.Error("shard-b's primary reported down")
@@ -308,11 +314,14 @@ func TestFailoverFollowsAPromotedStandbyAndKeepsIt(t *testing.T) {
 // fakeHosts answers the health query for each address as scripted and
 // counts connections. Safe for concurrent use.
 type fakeHosts struct {
-	mu     sync.Mutex
-	rows   map[string][]string // addr → pg_is_in_recovery, lsn, receive lsn, lag seconds
-	broken map[string]bool     // addr → its connections break on the next query
-	dials  map[string]int
-	conns  []*fakeConn
+	mu      sync.Mutex
+	rows    map[string][]string   // addr → pg_is_in_recovery, lsn, receive lsn, lag seconds
+	broken  map[string]bool       // addr → its connections break on the next query
+	refused map[string]bool       // addr → dialling it fails
+	silent  map[string]bool       // addr → queries get no answer until the deadline
+	repl    map[string][][]string // addr → replication_state() rows
+	dials   map[string]int
+	conns   []*fakeConn
 }
 
 func newFakeHosts() *fakeHosts {
@@ -321,7 +330,7 @@ func newFakeHosts() *fakeHosts {
 		standbyA: {"t", "0/64", "0/64", "1"},
 		standbyB: {"t", "0/32", "0/64", "30"},
 		primaryB: {"f", "0/100", "", ""},
-	}, broken: map[string]bool{}, dials: map[string]int{}}
+	}, broken: map[string]bool{}, refused: map[string]bool{}, silent: map[string]bool{}, repl: map[string][][]string{}, dials: map[string]int{}}
 }
 
 func (f *fakeHosts) dial(ctx context.Context, t router.Target) (Conn, error) {
@@ -331,6 +340,9 @@ func (f *fakeHosts) dial(ctx context.Context, t router.Target) (Conn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.dials[t.Host.Addr]++
+	if f.refused[t.Host.Addr] {
+		return nil, errors.New("connection refused")
+	}
 	c := &fakeConn{f: f, addr: t.Host.Addr}
 	f.conns = append(f.conns, c)
 	return c, nil
@@ -360,14 +372,29 @@ type fakeConn struct {
 
 func (c *fakeConn) Exec(sql string, onRow func([][]byte)) error {
 	c.f.mu.Lock()
-	row, broken := c.f.rows[c.addr], c.f.broken[c.addr]
+	row, broken, silent, repl := c.f.rows[c.addr], c.f.broken[c.addr], c.f.silent[c.addr], c.f.repl[c.addr]
 	c.f.mu.Unlock()
 	if c.deadline.IsZero() {
 		return errors.New("exec without a deadline")
 	}
 	switch {
+	case silent:
+		time.Sleep(time.Until(c.deadline))
+		return errors.New("i/o timeout")
 	case broken:
 		return io.ErrUnexpectedEOF
+	case sql == replicationQuery && repl == nil:
+		return pgerr.Errorf(pgerr.UndefinedObject, "function brownie_sidecar.replication_state() does not exist")
+	case sql == replicationQuery:
+		for _, r := range repl {
+			vals := make([][]byte, len(r))
+			for i, v := range r {
+				if v != "" {
+					vals[i] = []byte(v)
+				}
+			}
+			onRow(vals)
+		}
 	case sql == "fail":
 		return pgerr.Errorf(pgerr.UndefinedObject, "no such thing")
 	case sql == "begin":

@@ -412,6 +412,19 @@ func (p *Pool[R]) maintain(ctx context.Context) {
 	}
 }
 
+// Purge closes every idle resource now, for a caller that learned their
+// server went away; resources in use are left to their holders. Safe for
+// concurrent use and idempotent.
+func (p *Pool[R]) Purge() {
+	p.mu.Lock()
+	defer p.unlock()
+	for _, c := range p.idle {
+		p.discardLocked(c, &p.stats.ClosedBroken)
+	}
+	clear(p.idle)
+	p.idle = p.idle[:0]
+}
+
 // Stats returns a snapshot of the pool's counters.
 func (p *Pool[R]) Stats() Stats {
 	p.mu.Lock()

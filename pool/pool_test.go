@@ -865,3 +865,29 @@ func TestAcquireChecksOnlyResourcesIdleLongerThanCheckDelay(t *testing.T) {
 	}
 	c.Release()
 }
+
+func TestPurgeClosesIdleResourcesAndLeavesThoseInUse(t *testing.T) {
+	d := newDialer()
+	p := newPool(t, Config{Size: 3}, d)
+	a, b, c := mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)
+	a.Release()
+	b.Release()
+	p.Purge()
+	if !a.Value.closed() || !b.Value.closed() || c.Value.closed() {
+		t.Fatalf("after Purge: idle closed %v %v, in use closed %v", a.Value.closed(), b.Value.closed(), c.Value.closed())
+	}
+	if s := p.Stats(); s.Open != 1 || s.Idle != 0 || s.ClosedBroken != 2 {
+		t.Errorf("stats = %+v, want 1 open, 0 idle, 2 closed as broken", s)
+	}
+	c.Release()
+	n := mustAcquire(t, p)
+	if n.Value != c.Value {
+		t.Error("the resource in use during Purge was not kept")
+	}
+	n.Release()
+	p.Purge()
+	p.Purge()
+	if got := c.Value.closes.Load(); got != 1 {
+		t.Errorf("purged twice: closed %d times", got)
+	}
+}

@@ -29,6 +29,9 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect exports the pools summed per shard and role: a shard's
+// replicas, and its old and new primary after a failover, are pools of
+// their own (one per host) that share those labels.
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s := (*Server)(c)
 	s.mu.Lock()
@@ -37,25 +40,42 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		pools[k] = p
 	}
 	s.mu.Unlock()
+	type group struct{ shard, role string }
+	sums := map[group]*[11]float64{}
+	var order []group
 	for k, p := range pools {
 		st := p.Stats()
-		shard, role := k.target.Shard, k.target.Role.String()
-		gauge := func(d *prometheus.Desc, v int, extra ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), append([]string{shard, role}, extra...)...)
+		g := group{k.target.Shard, k.target.Role.String()}
+		v := sums[g]
+		if v == nil {
+			v = new([11]float64)
+			sums[g] = v
+			order = append(order, g)
 		}
-		counter := func(d *prometheus.Desc, v uint64, extra ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{shard, role}, extra...)...)
+		for i, x := range []float64{float64(st.Idle), float64(st.InUse), float64(st.Dialing), float64(st.Waiting), float64(st.Size),
+			float64(st.Timeouts), float64(st.ClosedLifetime), float64(st.ClosedIdle), float64(st.ClosedRetired),
+			float64(st.ClosedDestroyed), float64(st.ClosedBroken)} {
+			v[i] += x
 		}
-		gauge(descUpstreams, st.Idle, "idle")
-		gauge(descUpstreams, st.InUse, "in_use")
-		gauge(descUpstreams, st.Dialing, "dialing")
-		gauge(descWaiting, st.Waiting)
-		gauge(descPoolSize, st.Size)
-		counter(descTimeouts, st.Timeouts)
-		counter(descClosed, st.ClosedLifetime, "lifetime")
-		counter(descClosed, st.ClosedIdle, "idle_timeout")
-		counter(descClosed, st.ClosedRetired, "certificate_rotated")
-		counter(descClosed, st.ClosedDestroyed, "destroyed")
-		counter(descClosed, st.ClosedBroken, "broken_while_idle")
+	}
+	for _, g := range order {
+		v := sums[g]
+		gauge := func(d *prometheus.Desc, x float64, extra ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, x, append([]string{g.shard, g.role}, extra...)...)
+		}
+		counter := func(d *prometheus.Desc, x float64, extra ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, x, append([]string{g.shard, g.role}, extra...)...)
+		}
+		gauge(descUpstreams, v[0], "idle")
+		gauge(descUpstreams, v[1], "in_use")
+		gauge(descUpstreams, v[2], "dialing")
+		gauge(descWaiting, v[3])
+		gauge(descPoolSize, v[4])
+		counter(descTimeouts, v[5])
+		counter(descClosed, v[6], "lifetime")
+		counter(descClosed, v[7], "idle_timeout")
+		counter(descClosed, v[8], "certificate_rotated")
+		counter(descClosed, v[9], "destroyed")
+		counter(descClosed, v[10], "broken_while_idle")
 	}
 }

@@ -316,24 +316,33 @@ func (ss *session) greetingTargets() (router.Target, bool) {
 }
 
 // greetingConn takes a checked connection for the greeting: from the
-// preferred target, else (when no hint chose it, and it cannot be
-// reached) from the other shards' primaries in map order, so a client can
-// connect while any shard is up, even before the health checks have seen
-// a server die.
+// preferred target, else from any other host that can be reached (see
+// greetingCandidates), so a client can connect while any host of the map
+// is up, even before the health checks have seen a server die.
 func (ss *session) greetingConn() (*pool.Conn[*upstream], error) {
-	t, hinted := ss.greetingTargets()
-	c, err := ss.acquire(t, true)
-	if err == nil || hinted || !ss.srv.routingEnabled() || errClass(err) != "08" {
-		return c, err
+	t, _ := ss.greetingTargets()
+	if !ss.srv.routingEnabled() {
+		return ss.acquire(t, true)
 	}
-	for _, name := range ss.srv.router.Map().ShardNames() {
-		if other, ok := ss.srv.primaryTarget(name); ok && other != t {
-			if c, err2 := ss.acquire(other, true); err2 == nil {
-				return c, nil
-			}
+	var first error
+	tried := 0
+	for _, c := range ss.greetingCandidates(t) {
+		conn, err := ss.acquire(c, true)
+		if err == nil {
+			return conn, nil
+		}
+		tried++
+		if first == nil {
+			first = err
+		}
+		if !primaryGone(err) {
+			break // the client's own problem (settings, certificate): the same on every host
+		}
+		if c.Role == router.Replica {
+			ss.srv.health.Ban(c.Host.Addr, err)
 		}
 	}
-	return nil, err
+	return nil, greetingFailed(first, tried)
 }
 
 // currentOrPreferred is the target for messages that follow the session's
@@ -474,11 +483,14 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 		}
 		return c, nil
 	}
+	if t.Role == router.Primary {
+		return ss.acquirePrimary(t) // waits for a primary while the shard has none
+	}
 	c, err := ss.acquire(t, false)
 	if err != nil && t.Role == router.Replica && pgerr.From(err).Code != pgerr.QueryCanceled {
 		ss.srv.health.Ban(t.Host.Addr, err)
 		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
-			c, err = ss.acquire(pt, false)
+			c, err = ss.acquirePrimary(pt)
 		}
 	}
 	return c, err

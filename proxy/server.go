@@ -132,7 +132,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		Interval: cfg.Routing.HealthInterval, Timeout: cfg.Routing.HealthTimeout, BanTime: cfg.Routing.BanTime,
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
 		ReplicaSelection: cfg.Routing.ReplicaSelection,
-	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth})
+	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth, HostDown: s.hostDown})
 	s.twoPhase = twophase.New(twophase.Config{Timeout: cfg.Routing.TwoPhaseTimeout, Interval: cfg.Routing.TwoPhaseRecoveryInterval},
 		twophase.Deps{Router: deps.Router, OnPrimary: s.onPrimary, Metrics: deps.Metrics, Log: deps.Log})
 	var errs []error

@@ -517,8 +517,12 @@ func (ss *session) greet(u *upstream) error {
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
 	ss.mu.Lock()
 	for _, name := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: u.params[name]})
-		ss.seen[name] = u.params[name]
+		v := u.params[name]
+		if name == "in_hot_standby" {
+			v = "off" // the sidecar takes writes, whichever host greeted
+		}
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
+		ss.seen[name] = v
 	}
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()

@@ -21,6 +21,7 @@ import (
 //	  - name: shard-0
 //	    primary: 10.0.0.1:5432    # or {addr: 10.0.0.1:5432, server_name: db0.internal}
 //	    replicas: [10.0.0.2:5432]
+//	    synchronous: true         # writes move only to a synchronous standby
 //	tables:
 //	  incidents: {sharded_by: team_id}
 //	  stats: {sharded_by: team_id, null_shard: shard-0, keyless: all}
@@ -205,8 +206,18 @@ func (p *mapParser) shards(n *yaml.Node) []Shard {
 				for j, hn := range v.Content {
 					s.Replicas = append(s.Replicas, p.host(hn, fmt.Sprintf("%s.replicas[%d]", path, j)))
 				}
+			case "synchronous":
+				if v, ok := p.scalar(v, path+".synchronous"); ok {
+					switch v {
+					case "true":
+						s.Synchronous = true
+					case "false":
+					default:
+						p.bad(deref(sn), "%s.synchronous %q: must be true or false", path, v)
+					}
+				}
 			}
-		}, "name", "primary", "replicas")
+		}, "name", "primary", "replicas", "synchronous")
 		if !hasPrimary && deref(sn).Kind == yaml.MappingNode {
 			p.bad(sn, "%s: no primary", path)
 		}

@@ -27,6 +27,11 @@ type Shard struct {
 	Name     string
 	Primary  Host
 	Replicas []Host
+	// Synchronous says the primary commits only once a standby has the
+	// commit (synchronous_standby_names, synchronous_commit on): after a
+	// failure, writes move only to a promoted host that was a synchronous
+	// standby of the failed primary, so no acknowledged write is lost.
+	Synchronous bool
 }
 
 // TableClass says how a table's rows are spread over the shards.
@@ -231,6 +236,9 @@ func compileMap(m *Map) (*compiled, error) {
 			bad("shard %q: name used twice", s.Name)
 		} else if s.Name != "" {
 			c.shardIdx[s.Name] = i
+		}
+		if s.Synchronous && len(s.Replicas) == 0 {
+			bad("shard %q: synchronous needs at least one replica (the synchronous standby writes may move to)", name)
 		}
 		hosts := append([]Host{s.Primary}, s.Replicas...)
 		for j, h := range hosts {

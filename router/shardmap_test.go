@@ -177,3 +177,31 @@ func TestValidateGoBuiltMaps(t *testing.T) {
 		}
 	}
 }
+
+func TestParseMapReadsSynchronousShardsAndRefusesOneWithoutAStandby(t *testing.T) {
+	m, err := ParseMap([]byte(`
+shards:
+  - {name: s0, primary: "127.0.0.1:5432", replicas: ["127.0.0.1:5433"], synchronous: true}
+  - {name: s1, primary: "127.0.0.1:5442", replicas: ["127.0.0.1:5443"], synchronous: false}
+  - {name: s2, primary: "127.0.0.1:5452"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Shards[0].Synchronous || m.Shards[1].Synchronous || m.Shards[2].Synchronous {
+		t.Errorf("synchronous flags: %v %v %v, want true false false", m.Shards[0].Synchronous, m.Shards[1].Synchronous, m.Shards[2].Synchronous)
+	}
+	_, err = ParseMap([]byte(`
+shards:
+  - {name: s0, primary: "127.0.0.1:5432", synchronous: true}
+  - {name: s1, primary: "127.0.0.1:5442", replicas: ["127.0.0.1:5443"], synchronous: maybe}
+`))
+	if err == nil {
+		t.Fatal("accepted a synchronous shard without a replica and a bad flag")
+	}
+	for _, want := range []string{`shard "s0": synchronous needs at least one replica`, `shards[1].synchronous "maybe": must be true or false`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}

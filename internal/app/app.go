@@ -48,8 +48,10 @@ const usage = `usage: brownie-sidecar [command]
 
 commands:
   run                     run the sidecar (default), configured from the environment
-  dev [--reset]           run the embedded development stack (two shards, each a
-                          primary and a replica) and the sidecar on 127.0.0.1:6432
+  dev [--reset] [--sync-replication]
+                          run the embedded development stack (two shards, each a
+                          primary and a replica, synchronous with
+                          --sync-replication) and the sidecar on 127.0.0.1:6432
   certs dev --out DIR     write a development CA, server and client certificates
   backup create           back up every shard now, through the running sidecar's admin API
   backup list             list the backups

@@ -27,7 +27,7 @@ type devShard struct {
 // devOptions are the dev command's flags.
 type devOptions struct {
 	dir, listen, adminAddr string
-	reset                  bool
+	reset, syncRepl        bool
 	basePort               int
 }
 
@@ -39,6 +39,7 @@ func devFlags() (*flag.FlagSet, *devOptions) {
 	fs.BoolVar(&o.reset, "reset", false, "delete the development stack and start over")
 	fs.IntVar(&o.basePort, "base-port", 15432, "first Postgres port: shard N uses base+10N (primary) and base+10N+1 (replica)")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:6432", "sidecar listen address")
+	fs.BoolVar(&o.syncRepl, "sync-replication", false, "make each shard's replica a synchronous standby of its primary (synchronous_standby_names, synchronous_commit = on) and mark the shards synchronous in the shard map: no acknowledged write is lost when a replica is promoted; a stopped replica stops commits on its primary until it returns")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:8001", "admin HTTP address")
 	return fs, o
 }
@@ -51,7 +52,7 @@ func devFlags() (*flag.FlagSet, *devOptions) {
 func devCommand(ctx context.Context, args []string, environ map[string]string, out IO) int {
 	fs, o := devFlags()
 	fs.SetOutput(out.Stderr)
-	dir, reset, basePort, listen, adminAddr := &o.dir, &o.reset, &o.basePort, &o.listen, &o.adminAddr
+	dir, reset, basePort, listen, adminAddr, syncRepl := &o.dir, &o.reset, &o.basePort, &o.listen, &o.adminAddr, &o.syncRepl
 	if err := fs.Parse(args); err != nil {
 		return ExitConfig
 	}
@@ -60,7 +61,7 @@ func devCommand(ctx context.Context, args []string, environ map[string]string, o
 		fmt.Fprintln(out.Stderr, "dev:", err)
 		return ExitFail
 	}
-	shards, err := startDevStack(ctx, abs, *reset, *basePort, out.Stderr)
+	shards, err := startDevStack(ctx, abs, *reset, *basePort, *syncRepl, out.Stderr)
 	defer stopDevStack(shards, out.Stderr)
 	if err != nil {
 		fmt.Fprintln(out.Stderr, "dev:", err)
@@ -71,7 +72,7 @@ func devCommand(ctx context.Context, args []string, environ map[string]string, o
 	for i, sh := range shards {
 		ports[i] = [2]int{sh.primary.Port(), sh.replica.Port()}
 	}
-	mapFile, err := writeDevShardMap(abs, ports, out.Stderr)
+	mapFile, err := writeDevShardMap(abs, ports, *syncRepl, out.Stderr)
 	if err != nil {
 		fmt.Fprintln(out.Stderr, "dev:", err)
 		return ExitFail
@@ -94,8 +95,12 @@ func devCommand(ctx context.Context, args []string, environ map[string]string, o
 	}
 	return runCommand(ctx, env, out, func(st Started) {
 		fmt.Fprintf(out.Stdout, "\nBrownie dev stack is up.\n")
+		repl := "asynchronous"
+		if *syncRepl {
+			repl = "synchronous"
+		}
 		for _, s := range shards {
-			fmt.Fprintf(out.Stdout, "  %s: primary 127.0.0.1:%d, replica 127.0.0.1:%d\n", s.name, s.primary.Port(), s.replica.Port())
+			fmt.Fprintf(out.Stdout, "  %s: primary 127.0.0.1:%d, replica 127.0.0.1:%d (%s)\n", s.name, s.primary.Port(), s.replica.Port(), repl)
 		}
 		fmt.Fprintf(out.Stdout, "  sidecar: %s (unix socket in %s), admin http://%s\n", *listen, env["LISTEN_SOCKET_DIR"], *adminAddr)
 		_, port, _ := splitPort(*listen)
@@ -117,13 +122,14 @@ func splitPort(addr string) (string, string, error) {
 // each shard's primary and replica port), which differ from the file's when
 // --base-port is not the default. An existing file is kept (edit it to try
 // overrides; the sidecar reloads it) unless it lacks one of the stack's
-// addresses, as after a run with another --base-port: then it is moved to
+// addresses, as after a run with another --base-port, or disagrees with
+// sync (the shards' synchronous flag): then it is moved to
 // shardmap.yaml.old, said on log, and written afresh.
-func writeDevShardMap(dir string, ports [][2]int, log io.Writer) (string, error) {
+func writeDevShardMap(dir string, ports [][2]int, sync bool, log io.Writer) (string, error) {
 	path := filepath.Join(dir, "shardmap.yaml")
 	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 	if old, err := os.ReadFile(path); err == nil {
-		stale := false
+		stale := bytes.Contains(old, []byte(devSyncLine)) != sync
 		for _, p := range ports {
 			stale = stale || !bytes.Contains(old, []byte(addr(p[0]))) || !bytes.Contains(old, []byte(addr(p[1])))
 		}
@@ -141,12 +147,25 @@ func writeDevShardMap(dir string, ports [][2]int, log io.Writer) (string, error)
 		text = strings.ReplaceAll(text, addr(15433+10*i), fmt.Sprintf("\x00%d", p[1]))
 	}
 	text = strings.ReplaceAll(text, "\x00", "127.0.0.1:")
+	if sync {
+		var b strings.Builder
+		for line := range strings.Lines(text) {
+			b.WriteString(line)
+			if strings.HasPrefix(line, "    replicas: [") {
+				b.WriteString(devSyncLine + "\n")
+			}
+		}
+		text = b.String()
+	}
 	return path, os.WriteFile(path, []byte(text), 0o644)
 }
 
+// devSyncLine marks a shard of the development map synchronous.
+const devSyncLine = "    synchronous: true"
+
 // startDevStack creates (or reuses) and starts both shards. On error the
 // shards started so far are returned so the caller can stop them.
-func startDevStack(ctx context.Context, dir string, reset bool, basePort int, log io.Writer) ([]devShard, error) {
+func startDevStack(ctx context.Context, dir string, reset bool, basePort int, sync bool, log io.Writer) ([]devShard, error) {
 	stopExisting(ctx, dir, log)
 	if reset {
 		if err := os.RemoveAll(dir); err != nil {
@@ -200,6 +219,15 @@ func startDevStack(ctx context.Context, dir string, reset bool, basePort int, lo
 			return shards, fmt.Errorf("%s replica: %w", name, err)
 		}
 		shards[len(shards)-1].replica = replica
+		if sync {
+			fmt.Fprintf(log, "dev: %s replica is a synchronous standby (synchronous_commit = on)\n", name)
+			err = primary.MakeSynchronous(ctx, pgcluster.StandbyName(rcfg.Dir))
+		} else {
+			err = primary.MakeAsynchronous(ctx)
+		}
+		if err != nil {
+			return shards, fmt.Errorf("%s replication: %w", name, err)
+		}
 	}
 	return shards, nil
 }

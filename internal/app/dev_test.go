@@ -18,7 +18,7 @@ func TestDevShardMapFollowsTheStacksPorts(t *testing.T) {
 	dir := t.TempDir()
 	var log bytes.Buffer
 	first := [][2]int{{25432, 25433}, {25442, 25443}}
-	path, err := writeDevShardMap(dir, first, &log)
+	path, err := writeDevShardMap(dir, first, false, &log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestDevShardMapFollowsTheStacksPorts(t *testing.T) {
 	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writeDevShardMap(dir, first, &log); err != nil {
+	if _, err := writeDevShardMap(dir, first, false, &log); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, path); got != edited {
@@ -50,7 +50,7 @@ func TestDevShardMapFollowsTheStacksPorts(t *testing.T) {
 	}
 
 	second := [][2]int{{35432, 35433}, {35442, 35443}}
-	if _, err := writeDevShardMap(dir, second, &log); err != nil {
+	if _, err := writeDevShardMap(dir, second, false, &log); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, path); !strings.Contains(got, "127.0.0.1:35443") || strings.Contains(got, "127.0.0.1:25432") {
@@ -61,6 +61,27 @@ func TestDevShardMapFollowsTheStacksPorts(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "another --base-port") {
 		t.Errorf("the rewrite was not reported; log: %q", log.String())
+	}
+
+	// --sync-replication marks every shard synchronous; a map that
+	// disagrees is rewritten.
+	if _, err := writeDevShardMap(dir, second, true, &log); err != nil {
+		t.Fatal(err)
+	}
+	m, err := router.ParseMap([]byte(readFile(t, path)))
+	if err != nil {
+		t.Fatalf("synchronous map does not parse: %v", err)
+	}
+	for _, sh := range m.Shards {
+		if !sh.Synchronous {
+			t.Errorf("%s is not synchronous with --sync-replication", sh.Name)
+		}
+	}
+	if _, err := writeDevShardMap(dir, second, false, &log); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := router.ParseMap([]byte(readFile(t, path))); err != nil || m.Shards[0].Synchronous {
+		t.Errorf("without --sync-replication the map still marks shards synchronous (%v)", err)
 	}
 }
 

@@ -92,7 +92,7 @@ func newMonitoringEnv(t *testing.T) *monitoringEnv {
 	for _, sh := range srv.Shards {
 		ports = append(ports, [2]int{sh.Primary.Port(), sh.Replica.Port()})
 	}
-	mapFile, err := writeDevShardMap(t.TempDir(), ports, io.Discard)
+	mapFile, err := writeDevShardMap(t.TempDir(), ports, false, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

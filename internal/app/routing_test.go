@@ -673,26 +673,41 @@ func TestTeamRouting(t *testing.T) {
 		if err := sh.Primary.Kill(); err != nil {
 			t.Fatal(err)
 		}
+		// A write with the primary down waits for a primary (FAILOVER_WAIT)
+		// instead of failing, and runs on the replica once it is promoted.
 		c := e.sc.connect(t, "")
-		_, err := c.Exec(ctx, "INSERT INTO items (team_id, id) VALUES ($1, 1)", a)
-		if err == nil {
-			t.Fatal("a write succeeded with shard-0's primary down")
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := c.Exec(ctx, "INSERT INTO items (team_id, id) VALUES ($1, 1)", a)
+			wrote <- err
+		}()
+		waitFor(t, 10*time.Second, "the write to wait for a primary", func() bool {
+			_, body := e.sc.get(t, "/metrics")
+			return strings.Contains(body, `brownie_sidecar_failover_waiting{shard="shard-0"} 1`)
+		})
+		if code, _ := e.sc.get(t, "/ready"); code != 200 {
+			t.Errorf("/ready = %d while shard-0 waits for a primary", code)
 		}
-		if code := pgErrCode(err); code != "08006" && code != "08001" && code != "57P01" {
-			t.Errorf("write with the primary down: %v, want a connection error", err)
+		select {
+		case err := <-wrote:
+			t.Fatalf("the write returned (%v) with shard-0's primary down", err)
+		default:
 		}
 		if err := sh.Replica.Promote(ctx); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, "writes on the promoted replica", func() bool {
-			c, err := pgx.Connect(ctx, e.sc.dsn(""))
+		select {
+		case err := <-wrote:
 			if err != nil {
-				return false
+				t.Fatalf("the waiting write failed after the promotion: %v", err)
 			}
-			defer c.Close(ctx)
-			_, err = c.Exec(ctx, "INSERT INTO items (team_id, id) VALUES ($1, 2)", a)
-			return err == nil
-		})
+		case <-time.After(10 * time.Second):
+			t.Fatal("the waiting write did not run after the promotion")
+		}
+		got, err := sh.Replica.Exec(ctx, "brownie_metadata", fmt.Sprintf("SELECT count(*) FROM items WHERE team_id = '%s' AND id = 1", uuidText(a)))
+		if err != nil || strings.TrimSpace(got) != "1" {
+			t.Errorf("the waited write on the promoted replica: %q, %v", got, err)
+		}
 		c2 := e.sc.connect(t, "")
 		tx, err := c2.Begin(ctx)
 		if err != nil {

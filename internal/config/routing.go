@@ -29,6 +29,11 @@ type Routing struct {
 	// is the period of the scan for such leftovers.
 	TwoPhaseTimeout          time.Duration `env:"TWO_PHASE_TIMEOUT" envDefault:"60s"`
 	TwoPhaseRecoveryInterval time.Duration `env:"TWO_PHASE_RECOVERY_INTERVAL" envDefault:"10s"`
+	// FailoverWait is how long a statement or new transaction that needs a
+	// shard's primary waits, while that primary is down, for the health
+	// checks to find a primary again (the old one back, or a promoted
+	// standby) before it fails with 08006. 0 fails at once.
+	FailoverWait time.Duration `env:"FAILOVER_WAIT" envDefault:"15s"`
 }
 
 // Replica selection strategies.
@@ -58,6 +63,9 @@ func (r Routing) validate(add func(string, ...any)) {
 	}
 	if r.TwoPhaseRecoveryInterval < 50*time.Millisecond {
 		add("TWO_PHASE_RECOVERY_INTERVAL %s is below 50ms", r.TwoPhaseRecoveryInterval)
+	}
+	if r.FailoverWait < 0 {
+		add("FAILOVER_WAIT must not be negative")
 	}
 	switch r.ReplicaSelection {
 	case ReplicaRoundRobin, ReplicaLeastBusy:

@@ -64,6 +64,23 @@ type Metrics struct {
 	MergedReads  *prometheus.CounterVec
 	Refused      *prometheus.CounterVec
 
+	// Failover: FailoverWaiting counts the statements (and new
+	// transactions) waiting now for a shard's primary, by shard;
+	// FailoverWaits counts the waits that ended, by shard and result
+	// (resumed, timed_out, canceled), and FailoverWaitSeconds how long
+	// they lasted. Promotions counts primaries chosen in place of a failed
+	// one, by shard, standby (synchronous, asynchronous, unknown: what the
+	// promoted host was to the failed primary at the last check that saw
+	// it) and decision (accepted, refused: a synchronous shard moves
+	// writes only to a host that was its primary's synchronous standby).
+	// SyncStandby is 1 for a standby its primary last reported as a
+	// synchronous standby (sync_state sync), by shard and addr.
+	FailoverWaiting     *prometheus.GaugeVec
+	FailoverWaits       *prometheus.CounterVec
+	FailoverWaitSeconds *prometheus.HistogramVec
+	Promotions          *prometheus.CounterVec
+	SyncStandby         *prometheus.GaugeVec
+
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
 }
@@ -207,6 +224,28 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Statements refused with 0A000 because they cannot run exactly across shards, by reason.",
 		}, []string{"reason"}),
 	}
+	m.FailoverWaiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "brownie_sidecar_failover_waiting",
+		Help: "Statements and new transactions waiting now for their shard's primary to be back or replaced (up to FAILOVER_WAIT).",
+	}, []string{"shard"})
+	m.FailoverWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "brownie_sidecar_failover_waits_total",
+		Help: "Waits for a shard's primary that ended, by result: resumed (a primary answered), timed_out (FAILOVER_WAIT passed: 08006), canceled (the sidecar stopped).",
+	}, []string{"shard", "result"})
+	m.FailoverWaitSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "brownie_sidecar_failover_wait_seconds",
+		Help:    "How long statements waited for their shard's primary.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60},
+	}, []string{"shard"})
+	m.Promotions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "brownie_sidecar_failover_promotions_total",
+		Help: "Hosts found answering as a primary in place of a failed one, by standby (synchronous, asynchronous, unknown: what the host was to the failed primary at its last check) and decision (accepted; refused: the shard is synchronous and the host was not its synchronous standby).",
+	}, []string{"shard", "standby", "decision"})
+	m.SyncStandby = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "brownie_sidecar_host_synchronous_standby",
+		Help: "1 when the host's primary last reported it as a synchronous standby (shards marked synchronous only).",
+	}, []string{"shard", "addr"})
+	reg.MustRegister(m.FailoverWaiting, m.FailoverWaits, m.FailoverWaitSeconds, m.Promotions, m.SyncStandby)
 	m.ShardMapValid.Set(1)
 	for _, o := range []string{"committed", "rolled_back", "unknown"} {
 		m.TwoPhaseCommits.WithLabelValues(o) // exported at 0, for alerts on increase()

@@ -281,7 +281,7 @@ func (c *Cluster) writeConfig() error {
 	if c.cfg.PrimaryOf != nil && c.IsReplica() {
 		p := c.cfg.PrimaryOf
 		conninfo = fmt.Sprintf("host=%s port=%d user=postgres application_name=%s",
-			quoteConninfo(p.socketDir), p.port, quoteConninfo(filepath.Base(c.dir)))
+			quoteConninfo(p.socketDir), p.port, quoteConninfo(StandbyName(c.dir)))
 		autoPath := filepath.Join(c.dataDir, "postgresql.auto.conf")
 		auto, err := os.ReadFile(autoPath)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -360,6 +360,171 @@ func (c *Cluster) Kill() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	return c.stop(ctx, "immediate")
+}
+
+// KillHard kills the server's processes with SIGKILL, the postmaster and
+// every backend at once, as when its host dies: no shutdown message
+// reaches any client, connections simply close. The next Start runs
+// crash recovery. Killing a cluster that is not running returns nil.
+func (c *Cluster) KillHard() error {
+	b, err := os.ReadFile(filepath.Join(c.dataDir, "postmaster.pid"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pgcluster: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return fmt.Errorf("pgcluster: postmaster.pid: %w", err)
+	}
+	children := childProcesses(pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("pgcluster: kill %d: %w", pid, err)
+	}
+	for _, ch := range children {
+		_ = syscall.Kill(ch, syscall.SIGKILL)
+	}
+	// Wait until every process is gone, so the port is free and nothing
+	// answers any more.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range append(children, pid) {
+		for syscall.Kill(p, 0) == nil {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pgcluster: process %d survived SIGKILL", p)
+			}
+			if isZombie(p) {
+				break // killed; its parent (also killed) will not reap it
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// A killed postmaster may linger as a zombie that pg_ctl would take
+	// for a running server; its pid file goes, as after a host's crash
+	// the server would not find it running either.
+	if err := os.Remove(filepath.Join(c.dataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pgcluster: %w", err)
+	}
+	return nil
+}
+
+// childProcesses lists the processes whose parent is pid (from /proc).
+func childProcesses(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, _ := parentOf(n); ppid == pid {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// procStat returns the state and parent pid of a process from
+// /proc/PID/stat.
+func procStat(pid int) (state string, ppid int, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0, err
+	}
+	// pid (comm) state ppid ...; comm may contain spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return f[0], ppid, err
+}
+
+func parentOf(pid int) (int, error) {
+	_, ppid, err := procStat(pid)
+	return ppid, err
+}
+
+func isZombie(pid int) bool {
+	st, _, err := procStat(pid)
+	return err != nil || st == "Z" || st == "X"
+}
+
+// StandbyName is the application_name a replica created in dir streams
+// from its primary under (its walreceiver's name in the primary's
+// pg_stat_replication): the last element of dir.
+func StandbyName(dir string) string { return filepath.Base(dir) }
+
+// SynchronousSettings are the postgresql.conf settings that make a
+// primary commit only once the standby streaming under standby (see
+// StandbyName) has the commit on disk: synchronous_standby_names names it
+// (FIRST 1) and synchronous_commit is on. With them no acknowledged
+// commit is missing on that standby when it is promoted; while it is
+// down, commits on the primary wait for it to come back. Give them to the
+// primary only: a promoted standby has no standby of its own and must
+// not wait for one.
+func SynchronousSettings(standby string) map[string]string {
+	return map[string]string{
+		"synchronous_standby_names": `FIRST 1 ("` + strings.ReplaceAll(standby, `"`, `""`) + `")`,
+		"synchronous_commit":        "on",
+	}
+}
+
+// Configure sets settings on the running server with ALTER SYSTEM (they
+// go to postgresql.auto.conf, win over sidecar.conf and survive
+// restarts) and reloads its configuration; an empty value resets a
+// setting to the configuration files' value.
+func (c *Cluster) Configure(ctx context.Context, settings map[string]string) error {
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		sql := "ALTER SYSTEM RESET " + quoteIdent(k)
+		if v := settings[k]; v != "" {
+			sql = "ALTER SYSTEM SET " + quoteIdent(k) + " = " + quoteLiteral(v)
+		}
+		if _, err := c.Exec(ctx, "postgres", sql); err != nil {
+			return err
+		}
+	}
+	_, err := c.Exec(ctx, "postgres", "SELECT pg_reload_conf()")
+	return err
+}
+
+// MakeSynchronous makes the running primary commit only once the standby
+// streaming under standby has the commit (SynchronousSettings, through
+// Configure) and waits until it reports that standby as synchronous.
+func (c *Cluster) MakeSynchronous(ctx context.Context, standby string) error {
+	if err := c.Configure(ctx, SynchronousSettings(standby)); err != nil {
+		return err
+	}
+	q := "SELECT sync_state FROM pg_stat_replication WHERE application_name = " + quoteLiteral(standby)
+	for {
+		out, err := c.Exec(ctx, "postgres", q)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) == "sync" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgcluster: standby %s did not become synchronous: %w", standby, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// MakeAsynchronous undoes MakeSynchronous.
+func (c *Cluster) MakeAsynchronous(ctx context.Context) error {
+	return c.Configure(ctx, map[string]string{"synchronous_standby_names": "", "synchronous_commit": ""})
 }
 
 func (c *Cluster) stop(ctx context.Context, mode string) error {

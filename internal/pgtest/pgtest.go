@@ -29,6 +29,11 @@ type Options struct {
 	// Replica is set) sharing one certificate directory, as the shards of
 	// one cluster; 0 means 1.
 	Shards int
+	// SyncReplication makes each replica its primary's synchronous
+	// standby (pgcluster.SynchronousSettings, set on the primary once the
+	// replica streams): a commit is acknowledged once the replica has it.
+	// Needs Replica.
+	SyncReplication bool
 }
 
 // Shard is one primary and its optional replica.
@@ -95,6 +100,9 @@ func Start(tb testing.TB, opts Options) *Server {
 		tb.Fatalf("pgtest: load dev CA: %v", err)
 	}
 
+	if opts.SyncReplication && !opts.Replica {
+		tb.Fatalf("pgtest: SyncReplication needs Replica")
+	}
 	log := new(Buffer)
 	start := func(name string, primary *pgcluster.Cluster) *pgcluster.Cluster {
 		tb.Helper()
@@ -139,6 +147,11 @@ func Start(tb testing.TB, opts Options) *Server {
 			sh.Replica = start(prefix+"replica", sh.Primary)
 			if err := sh.Replica.WaitReplayed(ctx, sh.Primary); err != nil {
 				tb.Fatalf("pgtest: %v", err)
+			}
+			if opts.SyncReplication {
+				if err := sh.Primary.MakeSynchronous(ctx, pgcluster.StandbyName(filepath.Join(base, prefix+"replica"))); err != nil {
+					tb.Fatalf("pgtest: %v", err)
+				}
 			}
 		}
 		s.Shards = append(s.Shards, sh)
