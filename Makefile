@@ -19,7 +19,7 @@ FUZZTIME  ?= 10s
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup deps deps-bench deps-backup deps-monitoring clean generate
+.PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup chaos deps deps-bench deps-backup deps-monitoring clean generate
 
 all: build
 
@@ -108,6 +108,14 @@ bench: deps-bench build
 	$(GO) run ./internal/bench $(BENCH_ARGS)
 	$(MAKE) bench-backup
 
+# chaos runs the failover scenario (internal/chaos) twice on fresh
+# stacks under .chaos: with asynchronous replicas, then with synchronous
+# ones. Each run takes about 45 s; the markdown reports are
+# .chaos/chaos-async.md and .chaos/chaos-sync.md.
+chaos: deps build
+	$(GO) run ./internal/chaos -dir .chaos/async -out .chaos/chaos-async.md
+	$(GO) run ./internal/chaos -dir .chaos/sync -out .chaos/chaos-sync.md -sync-replication
+
 # bench-backup backs up and restores a generated Brownie dataset of
 # BACKUP_BENCH_MB megabytes (default 1024) spread over two shards to local
 # storage, and reports throughput and restore time against the original
@@ -118,4 +126,4 @@ bench-backup: deps
 	BACKUP_BENCH_MB=$(BACKUP_BENCH_MB) $(GO) test ./backup -run '^$$' -bench '^BenchmarkBackupRestore$$' -benchtime 1x -count 1 -timeout 60m -v
 
 clean:
-	rm -rf bin .bench
+	rm -rf bin .bench .chaos
