@@ -320,7 +320,7 @@ func checkRulesAreTheRuleFile(t *testing.T, what string, rule *monitoringv1.Prom
 // threeShards is a value set of a larger installation.
 var threeShards = map[string]any{
 	"shards": map[string]any{
-		"count": 3, "replicasPerShard": 2,
+		"count": 3, "replicasPerShard": 2, "synchronousReplication": true,
 		"overrides": map[string]any{"7b0c6f1e-8d1c-4a3e-9f57-2f1a9c4d5e60": "shard-2"},
 		"storage":   map[string]any{"size": "50Gi", "storageClassName": "fast-ssd"},
 	},
@@ -379,11 +379,24 @@ func TestHelmChartRendersDecodeStrictly(t *testing.T) {
 			m, err := router.ParseMap([]byte(o.Value.(*corev1.ConfigMap).Data["brownie.yaml"]))
 			if err != nil || len(m.Overrides) != 1 {
 				t.Errorf("%s shard map: %v, overrides %v", o.Namespace, err, m)
+				continue
+			}
+			for _, sh := range m.Shards {
+				if !sh.Synchronous {
+					t.Errorf("%s shard map: shard %s not synchronous with synchronousReplication", o.Namespace, sh.Name)
+				}
 			}
 		}
 	}
 	if maps != 2 {
 		t.Errorf("%d shard maps, want one per app namespace (2)", maps)
+	}
+	const syncNames = "synchronous_standby_names = 'FIRST 1 (*)'"
+	if conf := find[*corev1.ConfigMap](t, big, "ConfigMap", "brownie-postgres-config").Data["postgresql.conf"]; !strings.Contains(conf, syncNames) {
+		t.Errorf("three shards with synchronousReplication: postgresql.conf lacks %s", syncNames)
+	}
+	if conf := find[*corev1.ConfigMap](t, objs, "ConfigMap", "brownie-postgres-config").Data["postgresql.conf"]; strings.Contains(conf, syncNames) {
+		t.Errorf("chart defaults: postgresql.conf has %s", syncNames)
 	}
 	inj := find[*appsv1.Deployment](t, big, "Deployment", "brownie-sidecar-injector")
 	if envValue(inj.Spec.Template.Spec.Containers[0], "INJECT_CERT_MODE") != "secret" {
@@ -398,6 +411,7 @@ func TestWrongValuesFailTheChartSchema(t *testing.T) {
 		"pool size string": {"sidecar": map[string]any{"poolSize": "20"}},
 		"shard count":      {"shards": map[string]any{"count": 0}},
 		"replicas":         {"shards": map[string]any{"replicasPerShard": -1}},
+		"sync, no replica": {"shards": map[string]any{"replicasPerShard": 0, "synchronousReplication": true}},
 		"unknown key":      {"shards": map[string]any{"cont": 3}},
 		"image tag":        {"image": map[string]any{"tag": "has space"}},
 		"vault address":    {"vault": map[string]any{"address": "vault:8200"}},
