@@ -1040,6 +1040,14 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			}
 			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
+		case 'N':
+			if errorClass(body) == "57" && ss.idleOn(c) {
+				// A shutdown's WARNING (pg_ctl stop -m immediate) to a
+				// session idle on the connection: the loss that follows is
+				// the session's to hide, so is its announcement.
+				ss.log.Debug("server notice on an idle upstream not relayed", zap.String("message", errorField(body, 'M')))
+				continue
+			}
 		case 'S':
 			// Reported values reach the client just before the next
 			// ReadyForQuery, as the server reports them, and only when they
@@ -1498,6 +1506,13 @@ func (ss *session) idleOnLocked(c *pool.Conn[*upstream]) bool {
 	return ss.up == c && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' &&
 		len(ss.expect) == 0 && !ss.internal && !ss.resetting && !ss.ended &&
 		ss.cancelHold == 0 && !ss.fanning && !ss.crossing
+}
+
+// idleOn is idleOnLocked taking ss.mu.
+func (ss *session) idleOn(c *pool.Conn[*upstream]) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.idleOnLocked(c)
 }
 
 // backendStateLocked reports whether the session has state that lives

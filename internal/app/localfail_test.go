@@ -6,9 +6,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
@@ -198,6 +201,43 @@ tables:
 		pidL, portL := wireBackend(t, w, "LISTEN idle_loss; SELECT pg_backend_pid(), inet_server_port()")
 		terminateBackend(t, byPort[portL], pidL)
 		endsWithOneError(t, w)
+	})
 
+	// Last: the replica is stopped for good.
+	t.Run("session mode, replica stopped", func(t *testing.T) {
+		sc := startSidecar(t, srv, routed("session"))
+		waitFor(t, 15*time.Second, "sidecar ready", func() bool { code, _ := sc.get(t, "/ready"); return code == 200 })
+		cfg, err := pgx.ParseConfig(sc.dsn(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var notices atomic.Int32
+		cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			t.Logf("notice: %s %s %s", n.Severity, n.Code, n.Message)
+			notices.Add(1)
+		}
+		conn, err := pgx.ConnectConfig(ctx10(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		var pid, port int
+		var rec bool
+		if err := conn.QueryRow(ctx10(t), read).Scan(&pid, &port, &rec); err != nil || !rec {
+			t.Fatalf("read: on a replica %v, %v", rec, err)
+		}
+		before := upstreamsReplaced(t, sc, "replaced")
+		if err := srv.Replica.Kill(); err != nil { // pg_ctl stop -m immediate
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the idle replica connection replaced", func() bool {
+			return upstreamsReplaced(t, sc, "replaced") == before+1
+		})
+		if err := conn.QueryRow(ctx10(t), read).Scan(&pid, &port, &rec); err != nil || rec {
+			t.Fatalf("read after the replica stopped: on a replica %v, %v (want the primary)", rec, err)
+		}
+		if n := notices.Load(); n != 0 {
+			t.Fatalf("%d notices reached the idle client", n)
+		}
 	})
 }
