@@ -166,6 +166,9 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	if ss.queueable && !ss.ended {
 		ss.acquireCancel = cancel // a CancelRequest may end the wait
 	}
+	if ss.checkNext { // an upstream of the session died: its pool's idle ones may have too
+		checked, ss.checkNext = true, false
+	}
 	ss.mu.Unlock()
 	if checked {
 		c, err = p.AcquireChecked(ctx)
@@ -317,8 +320,18 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			return err
 		}
 	}
-	if typ == 'Q' && a != nil && a.discardAll && !ss.passthrough() {
+	if typ == 'Q' && a != nil && a.discardAll {
 		ss.stmts, ss.unnamed = map[string]*stmtDef{}, nil // the client's own; the server's go upstream
+	}
+	if typ == 'Q' && a != nil && ss.passthrough() {
+		// The server drops the statements; the session forgets them too,
+		// not to prepare them again on a new connection (reprepare).
+		switch {
+		case a.deallocateAll:
+			ss.stmts = map[string]*stmtDef{}
+		case a.deallocate != "":
+			delete(ss.stmts, a.deallocate)
+		}
 	}
 	refused := ""
 	if a != nil && a.pin != "" {
@@ -933,7 +946,14 @@ func (ss *session) sessionError(err error) error {
 func (ss *session) pinOrRefuse(reason string) string {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.pins[reason] || ss.pins[PinSessionMode] {
+	if ss.pins[reason] {
+		return ""
+	}
+	if ss.pins[PinSessionMode] {
+		// Session pooling keeps the upstream anyway and counts no pin; the
+		// reason is recorded as state living only on that backend, which
+		// decides whether the session survives the backend's death.
+		ss.pins[reason] = true
 		return ""
 	}
 	if ss.srv.cfg.Pool.PinPolicy == config.PinError {
@@ -979,14 +999,14 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			if ss.isParking() {
 				return
 			}
-			ss.upstreamLost(u, err)
+			ss.upstreamDied(c, err)
 			return
 		}
 		var body []byte
 		stream := n > largeMessage && typ != 'E' && typ != 'Z' && typ != 'S'
 		if !stream {
 			if body, err = u.r.Body(); err != nil {
-				ss.upstreamLost(u, err)
+				ss.upstreamDied(c, err)
 				return
 			}
 		}
@@ -1005,6 +1025,9 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 				ss.srv.schemaChanged()
 			}
 			if fatalError(body) {
+				if ss.holdIdleFatal(body) {
+					continue
+				}
 				ss.fatalSeen.Store(true)
 			}
 			ss.mu.Lock()
@@ -1017,6 +1040,14 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			}
 			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
+		case 'N':
+			if errorClass(body) == "57" && ss.idleOn(c) {
+				// A shutdown's WARNING (pg_ctl stop -m immediate) to a
+				// session idle on the connection: the loss that follows is
+				// the session's to hide, so is its announcement.
+				ss.log.Debug("server notice on an idle upstream not relayed", zap.String("message", errorField(body, 'M')))
+				continue
+			}
 		case 'S':
 			// Reported values reach the client just before the next
 			// ReadyForQuery, as the server reports them, and only when they
@@ -1467,6 +1498,91 @@ type discardWriter struct{}
 
 func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 
+// idleOnLocked reports whether the session is attached to c with nothing
+// in flight on it: between requests, outside any transaction, not in COPY,
+// no internal query or reset running and no cancel being delivered.
+// Called with ss.mu held.
+func (ss *session) idleOnLocked(c *pool.Conn[*upstream]) bool {
+	return ss.up == c && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' &&
+		len(ss.expect) == 0 && !ss.internal && !ss.resetting && !ss.ended &&
+		ss.cancelHold == 0 && !ss.fanning && !ss.crossing
+}
+
+// idleOn is idleOnLocked taking ss.mu.
+func (ss *session) idleOn(c *pool.Conn[*upstream]) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.idleOnLocked(c)
+}
+
+// backendStateLocked reports whether the session has state that lives
+// only on its backends, a pin reason: temporary tables, session advisory
+// locks, LISTEN, WITH HOLD cursors, SQL PREPARE, set_config with a
+// computed name. Such a session cannot move to a new connection
+// unnoticed. (Settings are replayed on any new connection, and protocol
+// prepared statements prepared again: see reprepare.) Called with ss.mu
+// held.
+func (ss *session) backendStateLocked() bool {
+	for r := range ss.pins {
+		if r != PinSessionMode {
+			return true
+		}
+	}
+	return false
+}
+
+// holdIdleFatal keeps back a FATAL error the server sent while the session
+// was idle on the connection (pg_terminate_backend, a shutdown): the loss
+// that follows decides whether the client hears it (see upstreamDied). It
+// reports whether the error was held. Relay goroutine only.
+func (ss *session) holdIdleFatal(body []byte) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil || !ss.idleOnLocked(ss.up) {
+		return false
+	}
+	ss.idleFatal = append([]byte(nil), body...)
+	return true
+}
+
+// upstreamDied handles the failure of a read from c, the session's
+// attached upstream. A death touches only what was running on it: when the
+// session was idle on c and keeps no state there (backendStateLocked), c
+// is detached and destroyed without a word to the client, whose next
+// statement takes a new connection (settings are replayed and statements
+// re-prepared there, as for any new attachment). Otherwise the session
+// ends with one error (upstreamLost). Relay goroutine only; it owns c.
+func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
+	u := c.Value
+	ss.mu.Lock()
+	if ss.parking {
+		// The session goroutine is detaching c (stopRelayLocked): it finds
+		// c broken and destroys it.
+		ss.upGone = true
+		ss.mu.Unlock()
+		return
+	}
+	if !ss.idleOnLocked(c) || ss.backendStateLocked() || ss.draining {
+		ss.mu.Unlock()
+		ss.upstreamLost(u, err)
+		return
+	}
+	held := ss.idleFatal
+	ss.idleFatal = nil
+	ss.up = nil
+	ss.checkNext = true // the pool's idle connections to that host may be dead too
+	ss.cond.Broadcast()
+	ss.mu.Unlock()
+	c.Destroy()
+	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "replaced").Inc()
+	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),
+		zap.Uint32("backend_pid", u.pid), zap.Error(err)}
+	if held != nil {
+		fields = append(fields, zap.String("server_error", errorField(held, 'M')))
+	}
+	ss.log.Info("idle upstream connection lost; the session goes on with a new one", fields...)
+}
+
 // upstreamLost handles an upstream read failure. If the session did not
 // cause it (by closing the upstream after the client left), the client gets
 // FATAL 08006 and its connection is closed.
@@ -1493,6 +1609,25 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 func (ss *session) reportLost(u *upstream, err error) {
 	if !ss.lostReported.CompareAndSwap(false, true) {
 		return
+	}
+	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "session_ended").Inc()
+	ss.mu.Lock()
+	held := ss.idleFatal
+	ss.idleFatal = nil
+	ss.mu.Unlock()
+	if held != nil {
+		// The server's FATAL, held back while the session was idle, is the
+		// one error the client gets.
+		ss.log.Info("upstream connection ended by the server", zap.String("shard", u.target.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))
+		if !ss.discard.Load() {
+			var er pgproto3.ErrorResponse
+			if er.Decode(held) == nil {
+				_ = ss.cw.send(true, &er)
+				return
+			}
+		} else {
+			return
+		}
 	}
 	if ss.fatalSeen.Load() {
 		ss.log.Info("upstream connection ended by the server", zap.String("shard", u.target.Shard), zap.Uint32("backend_pid", u.pid), zap.Error(err))

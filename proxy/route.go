@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -448,7 +450,9 @@ func (ss *session) attachToLocked(t router.Target) error {
 	ss.mu.Unlock()
 	c, err := ss.takeConn(t)
 	if err == nil {
-		if err = ss.reportParams(c.Value, false); err != nil {
+		if err = ss.reprepare(c); err != nil {
+			c.Destroy()
+		} else if err = ss.reportParams(c.Value, false); err != nil {
 			c.Release()
 		}
 	}
@@ -467,6 +471,34 @@ func (ss *session) attachToLocked(t router.Target) error {
 	return nil
 }
 
+// reprepare prepares the client's statements again, under the client's
+// own names, on c, a new connection of a session whose statements go to
+// the server under those names (passthrough): the session's previous
+// connection died while the session was idle on it. Session goroutine,
+// without ss.mu; the caller owns c.
+func (ss *session) reprepare(c *pool.Conn[*upstream]) error {
+	if !ss.passthrough() || len(ss.stmts) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(ss.stmts))
+	for name := range ss.stmts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	defs := make([]*stmtDef, len(names))
+	for i, name := range names {
+		defs[i] = ss.stmts[name]
+	}
+	if err := c.Value.prepare(names, defs); err != nil {
+		e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost; the session's prepared statements could not be prepared again on a new connection", c.Value.target)
+		e.Detail = err.Error()
+		return e
+	}
+	ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Add(float64(len(names)))
+	ss.log.Debug("prepared statements prepared again on a new connection", zap.Int("statements", len(names)))
+	return nil
+}
+
 // takeConn returns a connection for t with the client's settings applied:
 // the one the session parked for t, else one from t's pool (from the
 // shard's primary when t's replica cannot be reached, banning the
@@ -477,11 +509,22 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 	delete(ss.parked, t)
 	ss.mu.Unlock()
 	if c != nil {
-		if err := ss.syncSettings(c.Value); err != nil {
+		// A parked connection may have died while the session was elsewhere
+		// (its host stopped, its backend was terminated): when the session
+		// held nothing on it, a new connection serves t instead.
+		var err error
+		if !c.Value.Alive() {
+			err = ss.parkedLost(c, errors.New("connection closed while parked"))
+		} else if err = ss.syncSettings(c.Value); err == nil {
+			return c, nil
+		} else if cl := pgerr.From(err).Code.Class(); cl == "08" || cl == "57" {
+			err = ss.parkedLost(c, err)
+		} else {
 			c.Destroy()
+		}
+		if err != nil {
 			return nil, err
 		}
-		return c, nil
 	}
 	if t.Role == router.Primary {
 		return ss.acquirePrimary(t) // waits for a primary while the shard has none
@@ -494,6 +537,29 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 		}
 	}
 	return c, err
+}
+
+// parkedLost destroys c, a parked connection of the session found dead,
+// and returns nil when the session keeps no state on its backends (the
+// caller then takes a new connection for c's target), else the error
+// that ends the session.
+func (ss *session) parkedLost(c *pool.Conn[*upstream], err error) error {
+	u := c.Value
+	c.Destroy()
+	ss.mu.Lock()
+	state := ss.backendStateLocked()
+	if !state {
+		ss.checkNext = true
+	}
+	ss.mu.Unlock()
+	if state {
+		ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "session_ended").Inc()
+		return ss.lostError(u, err)
+	}
+	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "replaced").Inc()
+	ss.log.Info("parked upstream connection lost; the session goes on with a new one",
+		zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr), zap.Uint32("backend_pid", u.pid), zap.Error(err))
+	return nil
 }
 
 // stopRelayLocked stops the relay goroutine serving the current (quiet)

@@ -174,6 +174,16 @@ type session struct {
 	fatalSeen atomic.Bool
 	// lostReported makes the report of a lost upstream happen once.
 	lostReported atomic.Bool
+
+	// Under mu: idleFatal is a FATAL error the server sent while the
+	// session was idle on it (a terminated backend, a shutdown), held back
+	// until the loss that follows shows whether the session can go on
+	// without that connection (then the client never sees it) or ends
+	// (then it is the one error the client gets). checkNext makes the
+	// next acquire check an idle pooled connection however recently it
+	// was used, after an upstream of the session died.
+	idleFatal []byte
+	checkNext bool
 }
 
 // clientWriter serialises writes to the client socket: relayed frames from

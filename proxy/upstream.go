@@ -414,6 +414,43 @@ func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 	}
 }
 
+// prepare prepares statements on u under the given names (a Parse for
+// each, then a Sync) and returns the server's first error, if any. The
+// caller owns u and nothing else reads it.
+func (u *upstream) prepare(names []string, defs []*stmtDef) error {
+	var out []byte
+	for i, name := range names {
+		out = appendParse(out, name, defs[i].query, defs[i].oids)
+	}
+	out = append(out, 'S', 0, 0, 0, 4)
+	if _, err := u.conn.Write(out); err != nil {
+		return u.lost(err)
+	}
+	var first error
+	for {
+		typ, body, err := u.next()
+		if err != nil {
+			if first != nil {
+				return first
+			}
+			return u.lost(err)
+		}
+		switch typ {
+		case 'S':
+			u.setParam(body)
+		case 'E':
+			if first == nil {
+				first = upstreamError(body)
+			}
+		case 'Z':
+			if len(body) == 1 {
+				u.txStatus = body[0]
+			}
+			return first
+		}
+	}
+}
+
 // lost is the FATAL 08006 for a read or write failure on u.
 func (u *upstream) lost(err error) *pgerr.Error {
 	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", u.target)

@@ -80,6 +80,11 @@ type Metrics struct {
 	FailoverWaitSeconds *prometheus.HistogramVec
 	Promotions          *prometheus.CounterVec
 	SyncStandby         *prometheus.GaugeVec
+	// UpstreamsLost counts upstream connections that died under a
+	// session, by shard, role and outcome: replaced (the session was idle
+	// on it with no state there and went on with a new connection) or
+	// session_ended (the session ended with one error).
+	UpstreamsLost *prometheus.CounterVec
 
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
 	ToUpstream, ToClient prometheus.Counter
@@ -245,7 +250,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: "brownie_sidecar_host_synchronous_standby",
 		Help: "1 when the host's primary last reported it as a synchronous standby (shards marked synchronous only).",
 	}, []string{"shard", "addr"})
-	reg.MustRegister(m.FailoverWaiting, m.FailoverWaits, m.FailoverWaitSeconds, m.Promotions, m.SyncStandby)
+	m.UpstreamsLost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "brownie_sidecar_upstream_lost_total",
+		Help: "Upstream connections that died under a client session, by outcome: replaced (the session was idle on it with no state there and takes a new connection at its next statement), session_ended (the session ended with one error).",
+	}, []string{"shard", "role", "outcome"})
+	reg.MustRegister(m.FailoverWaiting, m.FailoverWaits, m.FailoverWaitSeconds, m.Promotions, m.SyncStandby, m.UpstreamsLost)
 	m.ShardMapValid.Set(1)
 	for _, o := range []string{"committed", "rolled_back", "unknown"} {
 		m.TwoPhaseCommits.WithLabelValues(o) // exported at 0, for alerts on increase()
