@@ -380,18 +380,8 @@ func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 	if _, err := u.conn.Write(appendQuery(nil, sql)); err != nil {
 		return u.lost(err)
 	}
-	var first error
-	for {
-		typ, body, err := u.next()
-		if err != nil {
-			if first != nil {
-				return first // the server's last words (a FATAL) say why
-			}
-			return u.lost(err)
-		}
+	return u.awaitReady(func(typ byte, body []byte) {
 		switch typ {
-		case 'S':
-			u.setParam(body)
 		case 'D':
 			if onRow != nil {
 				var dr pgproto3.DataRow
@@ -401,17 +391,8 @@ func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 			}
 		case 'C':
 			u.tag = string(bytes.TrimSuffix(body, []byte{0}))
-		case 'E':
-			if first == nil {
-				first = upstreamError(body)
-			}
-		case 'Z':
-			if len(body) == 1 {
-				u.txStatus = body[0]
-			}
-			return first
 		}
-	}
+	})
 }
 
 // prepare prepares statements on u under the given names (a Parse for
@@ -426,6 +407,16 @@ func (u *upstream) prepare(names []string, defs []*stmtDef) error {
 	if _, err := u.conn.Write(out); err != nil {
 		return u.lost(err)
 	}
+	return u.awaitReady(nil)
+}
+
+// awaitReady reads u's answers up to ReadyForQuery, recording
+// ParameterStatus changes and the transaction status and passing every
+// other message to handle (which may be nil). It returns the first
+// ErrorResponse (as a *pgerr.Error keeping the server's code), else the
+// I/O error that broke the connection: after a FATAL, the server's last
+// words say why.
+func (u *upstream) awaitReady(handle func(typ byte, body []byte)) error {
 	var first error
 	for {
 		typ, body, err := u.next()
@@ -447,6 +438,10 @@ func (u *upstream) prepare(names []string, defs []*stmtDef) error {
 				u.txStatus = body[0]
 			}
 			return first
+		default:
+			if handle != nil {
+				handle(typ, body)
+			}
 		}
 	}
 }
