@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -106,37 +105,24 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 		m.note = err.Error()
 		return m, err
 	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		errs  = map[string]int{}
-	)
+	var conns []net.Conn
+	errs := map[string]int{}
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
+	tried := 0
 	for _, level := range levels {
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, rssConcurrency)
-		for i := len(conns) + sumErrs(errs); i < level && ctx.Err() == nil; i++ {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				sctx, cancel := context.WithTimeout(ctx, time.Minute)
-				defer cancel()
-				c, err := openSession(sctx, addr, "")
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs[err.Error()]++
-					return
-				}
-				conns = append(conns, c)
-			}()
+		more, failed := b.openSessions(ctx, addr, level-tried, time.Minute)
+		tried = level
+		conns = append(conns, more...)
+		for msg, n := range failed {
+			errs[msg] += n
 		}
-		wg.Wait()
+		if ctx.Err() != nil {
+			return m, ctx.Err()
+		}
 		rss, err := read()
 		if err != nil {
 			m.note = err.Error()
@@ -153,14 +139,6 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 		m.note = fmt.Sprintf("only %d of %d sessions reached ReadyForQuery", last.opened, last.wanted)
 	}
 	return m, nil
-}
-
-func sumErrs(errs map[string]int) int {
-	n := 0
-	for _, c := range errs {
-		n += c
-	}
-	return n
 }
 
 // writeMemory renders the memory table: each pooler's figures and the

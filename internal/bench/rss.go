@@ -76,40 +76,13 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 	}
 
 	b.logf("opening %d idle sessions to the sidecar (%d at a time)", n, rssConcurrency)
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		errs  = map[string]int{}
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, rssConcurrency)
-		start = time.Now()
-	)
+	start := time.Now()
+	conns, errs := b.openSessions(ctx, side.addr.String(), n, 3*time.Minute)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-			defer cancel()
-			c, err := openSession(sctx, side.addr.String(), "")
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs[err.Error()]++
-				return
-			}
-			conns = append(conns, c)
-			if len(conns)%500 == 0 {
-				b.logf("  %d sessions open", len(conns))
-			}
-		}()
-	}
-	wg.Wait()
 	res.openTime = time.Since(start)
 	if ctx.Err() != nil {
 		return res, ctx.Err()
@@ -143,6 +116,42 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 	b.logf("%d/%d sessions open in %s; sidecar VmHWM %.1f MB, VmRSS %.1f MB (baseline %.1f MB); postgres sees %d backends",
 		res.opened, n, res.openTime.Round(time.Millisecond), mb(res.hwmKB), mb(res.rssKB), mb(res.baselineKB), res.pgBackends)
 	return res, nil
+}
+
+// openSessions opens n client sessions to addr, rssConcurrency at a time,
+// each given timeout to reach ReadyForQuery, and returns those that did
+// (the caller closes them) and the others' errors with their counts. It
+// logs every 500 sessions opened.
+func (b *bench) openSessions(ctx context.Context, addr string, n int, timeout time.Duration) ([]net.Conn, map[string]int) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		errs  = map[string]int{}
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, rssConcurrency)
+	)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			c, err := openSession(sctx, addr, "")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[err.Error()]++
+				return
+			}
+			conns = append(conns, c)
+			if len(conns)%500 == 0 {
+				b.logf("  %d sessions open", len(conns))
+			}
+		}()
+	}
+	wg.Wait()
+	return conns, errs
 }
 
 func mb(kb int64) float64 { return float64(kb) / 1024 }
