@@ -19,8 +19,8 @@ import (
 // made, it waits for the checks to report a primary again (the same host
 // back, or a promoted standby) up to FAILOVER_WAIT, then proceeds there;
 // after that it fails with FATAL 08006 naming the shard. It waits holding
-// neither ss.mu nor a pool slot, so other sessions, and this session's
-// relay, are not held up. Called from the session goroutine.
+// neither ss.mu nor a pool slot, so neither other clients nor the client's
+// own relay goroutine are held up. Called from the session goroutine.
 func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error) {
 	s := ss.srv
 	wait := s.cfg.Routing.FailoverWait
