@@ -172,10 +172,10 @@ func TestOneOfTwoCollectorsCollectsAndTheOtherTakesOverWhenItStops(t *testing.T)
 	ctxA, stopA := context.WithCancel(ctx)
 	doneA := make(chan error, 1)
 	go func() { doneA <- a.Run(ctxA) }()
-	waitFor(t, 15*time.Second, "collector A elected", func() bool {
+	pgtest.WaitFor(t, 15*time.Second, "collector A elected", func() bool {
 		return samples(t, regA)["brownie_db_metrics_leader{}"] == 1
 	})
-	waitFor(t, 15*time.Second, "collector A's gauges", func() bool {
+	pgtest.WaitFor(t, 15*time.Second, "collector A's gauges", func() bool {
 		return samples(t, regA)["brownie_teams_total{shard=shard-0}"] == 4
 	})
 	b.Round(ctx)
@@ -302,16 +302,5 @@ func TestAFailedShardLosesItsGaugesAndCountsAFailure(t *testing.T) {
 	c.Round(ctx)
 	if got := samples(t, reg)["brownie_teams_total{shard=shard-1}"]; got != 3 {
 		t.Errorf("shard-1 back: teams = %v", got)
-	}
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

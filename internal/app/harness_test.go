@@ -171,13 +171,7 @@ func (sc *sidecar) get(t *testing.T, path string) (int, string) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pgtest.WaitFor(t, within, what, cond)
 }
 
 // pgErrCode returns the SQLSTATE of err, or "".
