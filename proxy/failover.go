@@ -14,11 +14,13 @@ import (
 )
 
 // acquirePrimary takes a connection to the primary of t's shard (t is its
-// current target) with the client's settings applied. While the health
-// checks report that primary down, or when no connection to it can be
-// made, it waits for the checks to report a primary again (the same host
-// back, or a promoted standby) up to FAILOVER_WAIT, then proceeds there;
-// after that it fails with FATAL 08006 naming the shard. It waits holding
+// current target) with the client's settings applied. When no connection
+// to it can be made, it waits for the health checks to report a primary
+// again (the same host back, or a promoted standby) up to FAILOVER_WAIT,
+// then proceeds there. It tries the connection first even while the checks
+// report the primary down: a connection that works is better evidence than
+// a check that may lag behind the host's return. After FAILOVER_WAIT it
+// fails with FATAL 08006 naming the shard. It waits holding
 // neither ss.mu nor a pool slot, so neither other clients nor the client's
 // own relay goroutine are held up. Called from the session goroutine.
 func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error) {
@@ -31,7 +33,7 @@ func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error
 	var failed router.Host
 	var cause error
 	for {
-		if cause != nil || !s.health.PrimaryOK(t.Shard) {
+		if cause != nil {
 			if deadline.IsZero() {
 				deadline = time.Now().Add(wait)
 				ss.log.Debug("waiting for primary", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr), zap.Error(cause))

@@ -223,7 +223,9 @@ func TestABadConfigurationListsEveryProblemAndExits2(t *testing.T) {
 
 func TestUpstreamDownGivesAClearErrorAndServiceResumesWhenItReturns(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
-	sc := startSidecar(t, srv, map[string]string{"DB_CONNECT_TIMEOUT": "2s"})
+	// A short FAILOVER_WAIT: statements needing the stopped primary fail
+	// after it instead of waiting the default 15s for it to return.
+	sc := startSidecar(t, srv, map[string]string{"DB_CONNECT_TIMEOUT": "2s", "FAILOVER_WAIT": "1s"})
 	ctx := ctx10(t)
 	existing := sc.connect(t, "")
 	if err := srv.Primary.Stop(ctx); err != nil {
