@@ -420,8 +420,8 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 // OnHost runs fn on the checker's own connection to t's host (dialled
 // when missing through Deps.Dial, so with no client's settings on it),
 // bounded by Timeout. The connection is kept for the next call unless it
-// broke (an error other than the server's *pgerr.Error) or was left in a
-// transaction; fn must not keep it. It returns fn's error, or the dial's.
+// broke (an error other than the server's *pgerr.Error, or a connection
+// failure, class 08) or was left in a transaction; fn must not keep it. It returns fn's error, or the dial's.
 // Safe for concurrent use: a caller finding the connection taken dials
 // another.
 func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) error) error {
@@ -443,8 +443,12 @@ func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) err
 	_ = u.SetDeadline(start.Add(timeout))
 	err := fn(u)
 	_ = u.SetDeadline(time.Time{})
+	// A connection that failed (an I/O error, or the sidecar's 08xxx for
+	// one: a timed-out check) may yet deliver its late answer, which the
+	// next check would read as its own: only a server's error leaves it
+	// usable.
 	var pe *pgerr.Error
-	if (err != nil && !errors.As(err, &pe)) || u.InTransaction() {
+	if (err != nil && (!errors.As(err, &pe) || pe.Code.Class() == "08")) || u.InTransaction() {
 		_ = u.Close()
 		return err
 	}

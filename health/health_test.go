@@ -360,8 +360,8 @@ func (f *fakeHosts) openConns() (n int) {
 }
 
 // fakeConn runs the health query from its fakeHosts' script; other
-// statements succeed, except "fail" (a server error) and "begin" (leaves
-// a transaction open).
+// statements succeed, except "fail" (a server error), "lost" (the 08006 of
+// a failed read) and "begin" (leaves a transaction open).
 type fakeConn struct {
 	f        *fakeHosts
 	addr     string
@@ -397,6 +397,10 @@ func (c *fakeConn) Exec(sql string, onRow func([][]byte)) error {
 		}
 	case sql == "fail":
 		return pgerr.Errorf(pgerr.UndefinedObject, "no such thing")
+	case sql == "lost":
+		// What the proxy's connection answers a read that timed out: its
+		// late answer may still come.
+		return pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream lost").WithCause(errors.New("i/o timeout"))
 	case sql == "begin":
 		c.inTx = true
 	case sql == healthQuery && onRow != nil:
@@ -496,6 +500,11 @@ func TestOnHostKeepsItsConnectionUnlessItBrokeOrStayedInATransaction(t *testing.
 	_ = h.OnHost(ctx, target, func(c Conn) error { again = c; return nil })
 	if again == first || !first.(*fakeConn).closed {
 		t.Fatal("a connection left in a transaction was kept")
+	}
+	_ = h.OnHost(ctx, target, func(c Conn) error { first = c; return c.Exec("lost", nil) })
+	_ = h.OnHost(ctx, target, func(c Conn) error { again = c; return nil })
+	if again == first || !first.(*fakeConn).closed {
+		t.Fatal("a connection whose read failed (08006) was kept: its late answer would be read as the next check's")
 	}
 	hosts.mu.Lock()
 	hosts.broken[primaryB] = true

@@ -20,9 +20,12 @@ import (
 // then proceeds there. It tries the connection first even while the checks
 // report the primary down: a connection that works is better evidence than
 // a check that may lag behind the host's return. After FAILOVER_WAIT it
-// fails with FATAL 08006 naming the shard. It waits holding
-// neither ss.mu nor a pool slot, so neither other clients nor the client's
-// own relay goroutine are held up. Called from the session goroutine.
+// fails with 08006 naming the shard (errNoPrimary; ERROR severity: the
+// statement did not run, and a session outside a transaction goes on). A
+// CancelRequest from the client ends the wait with 57014, as it ends a
+// wait in a pool. It waits holding neither ss.mu nor a pool slot, so
+// neither other clients nor the client's own relay goroutine are held up.
+// Called from the session goroutine.
 func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error) {
 	s := ss.srv
 	wait := s.cfg.Routing.FailoverWait
@@ -38,7 +41,7 @@ func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error
 				deadline = time.Now().Add(wait)
 				ss.log.Debug("waiting for primary", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr), zap.Error(cause))
 			}
-			nt, err := s.awaitPrimary(t.Shard, failed, deadline, cause)
+			nt, err := ss.awaitPrimary(t.Shard, failed, deadline, cause)
 			if err != nil {
 				return nil, err
 			}
@@ -58,29 +61,48 @@ func (ss *session) acquirePrimary(t router.Target) (*pool.Conn[*upstream], error
 	}
 }
 
+// errNoPrimary is in the chain of the error a statement gets when its
+// shard found no primary within FAILOVER_WAIT.
+var errNoPrimary = errors.New("no primary within FAILOVER_WAIT")
+
 // awaitPrimary waits until deadline for the health checks to report a
 // primary for shard (not failed, unless a round of checks after this
 // call found it answering again) and returns its target, or the error
-// the client gets: FATAL 08006 naming the shard and what is wrong with
-// it, or 57P01 when the sidecar is stopping.
-func (s *Server) awaitPrimary(shard string, failed router.Host, deadline time.Time, cause error) (router.Target, error) {
-	ctx, cancel := context.WithDeadline(s.poolCtx, deadline)
-	defer cancel()
+// the client gets: 08006 naming the shard and what is wrong with it
+// (errNoPrimary in its chain), 57014 when the client cancelled the wait,
+// or 57P01 when the sidecar is stopping. Session goroutine only.
+func (ss *session) awaitPrimary(shard string, failed router.Host, deadline time.Time, cause error) (router.Target, error) {
+	s := ss.srv
+	dctx, dcancel := context.WithDeadline(s.poolCtx, deadline)
+	defer dcancel()
+	ctx, cancel := context.WithCancelCause(dctx)
+	defer cancel(nil)
+	ss.mu.Lock()
+	if ss.queueable && !ss.ended {
+		ss.acquireCancel = cancel // a CancelRequest ends the wait
+	}
+	ss.mu.Unlock()
 	h, err := s.health.WaitPrimary(ctx, shard, failed)
+	ss.mu.Lock()
+	ss.acquireCancel = nil
+	ss.mu.Unlock()
 	if err == nil {
 		return router.Target{Shard: shard, Role: router.Primary, Host: h}, nil
+	}
+	if errors.Is(context.Cause(ctx), errQueuedCancel) {
+		return router.Target{}, errCanceled()
 	}
 	if s.poolCtx.Err() != nil {
 		return router.Target{}, errDraining
 	}
-	e := pgerr.Fatalf(pgerr.ConnectionFailure, "shard %s has no primary: none became available within FAILOVER_WAIT (%s)", shard, s.cfg.Routing.FailoverWait)
+	e := pgerr.Errorf(pgerr.ConnectionFailure, "shard %s has no primary: none became available within FAILOVER_WAIT (%s)", shard, s.cfg.Routing.FailoverWait)
 	e.Detail = err.Error()
 	if cause != nil {
 		e.Detail += "; last connection attempt: " + pgerr.From(cause).Message
 	}
 	e.Hint = "the statement did not run; retry once the shard's primary is back or a replica is promoted (GET /status on the admin port shows the shard)"
 	e.Retryable = true
-	return router.Target{}, e.WithCause(err)
+	return router.Target{}, e.WithCause(fmt.Errorf("%w: %w", errNoPrimary, err))
 }
 
 // primaryGone reports whether err, from taking a connection, says the

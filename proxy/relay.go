@@ -244,8 +244,17 @@ func (ss *session) clientToUpstream() error {
 		if typ == 'X' {
 			return nil
 		}
+		ss.record(typ, n)
 		if err := ss.forwardMessage(typ, n); err != nil {
 			return err
+		}
+		if ss.retry.parse {
+			ss.retry.ok, ss.retry.parse = false, false // the Parse went upstream: not replayable
+		}
+		if typ == 'S' || typ == 'Q' {
+			if err := ss.endRequest(); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -421,6 +430,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				break
 			}
 			ss.define(pm, a)
+			ss.parsedLocally()
 			if !routed {
 				// Answered when the request ends here, or sent upstream
 				// with the request's next message, which then gets the
@@ -459,9 +469,16 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		err = ss.replayDeferredLocked(typ)
 	}
 	if err != nil {
+		// The request reached no server: a session outside any transaction
+		// the client knows of goes on after an error that says so.
+		unsent := ss.up == nil && len(ss.deferred) == 0
 		ss.mu.Unlock()
 		if pgerr.From(err).Code == pgerr.QueryCanceled {
-			return ss.answerCanceled(typ)
+			return ss.answerUnsent(typ, errCanceled())
+		}
+		if unsent && errors.Is(err, errNoPrimary) {
+			ss.log.Warn("statement failed: no primary within FAILOVER_WAIT", zap.Error(err))
+			return ss.answerUnsent(typ, pgerr.From(err))
 		}
 		return ss.sessionError(err)
 	}
@@ -476,6 +493,9 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	}
 	ss.held = ss.held[:0]
 	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
+	if err == nil && stream == 0 && refuse == nil && refused == "" && (typ == 'S' || typ == 'Q') {
+		ss.armRetryLocked(typ)
+	}
 	ss.mu.Unlock()
 	if err != nil {
 		return err
@@ -993,6 +1013,7 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 	u := c.Value
 	m := ss.srv.metrics
 	defer close(done)
+	ss.acks = ss.acks[:0]
 	for {
 		typ, n, err := u.r.Next()
 		if err != nil {
@@ -1025,7 +1046,7 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 				ss.srv.schemaChanged()
 			}
 			if fatalError(body) {
-				if ss.holdIdleFatal(body) {
+				if ss.holdIdleFatal(body) || ss.holdRetryFatal(body) {
 					continue
 				}
 				ss.fatalSeen.Store(true)
@@ -1041,7 +1062,7 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
 		case 'N':
-			if errorClass(body) == "57" && ss.idleOn(c) {
+			if errorClass(body) == "57" && (ss.idleOn(c) || ss.retryPending()) {
 				// A shutdown's WARNING (pg_ctl stop -m immediate) to a
 				// session idle on the connection: the loss that follows is
 				// the session's to hide, so is its announcement.
@@ -1074,6 +1095,9 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 				}
 			}
 		case 'Z':
+			if err := ss.releaseAcks(); err != nil {
+				ss.discard.Store(true)
+			}
 			if len(body) != 1 {
 				ss.upstreamLost(u, errors.New("malformed ReadyForQuery"))
 				return
@@ -1085,6 +1109,15 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 		}
 		if !forward {
 			continue
+		}
+		if ss.retryPending() {
+			if held := ss.holdAck(typ, n, body, stream); held {
+				continue
+			}
+			ss.retryAnswered.Store(true) // the request's answer reaches the client: no retry
+			if err := ss.releaseAcks(); err != nil {
+				ss.discard.Store(true)
+			}
 		}
 		if ss.discard.Load() {
 			if stream {
@@ -1277,17 +1310,14 @@ func (ss *session) failLocal(e *pgerr.Error, status byte) error {
 	return ss.cw.send(false, ss.takeHeld(e.Response())...)
 }
 
-// answerCanceled answers a request whose wait for an upstream connection
-// the client cancelled: 57014, as Postgres answers a cancelled statement,
-// and the rest of an extended-protocol request skipped up to its Sync.
-// The request never reached a server. Session goroutine only.
-func (ss *session) answerCanceled(typ byte) error {
-	e := errCanceled()
-	if typ == 'Q' || typ == 'F' {
+// answerUnsent answers a request that never reached a server with e (an
+// ERROR): 57014 when the client cancelled its wait for a connection, as
+// Postgres answers a cancelled statement, or 08006 when its shard found no
+// primary within FAILOVER_WAIT. The rest of an extended-protocol request
+// is skipped up to its Sync. Session goroutine only.
+func (ss *session) answerUnsent(typ byte, e *pgerr.Error) error {
+	if typ == 'Q' || typ == 'F' || typ == 'S' {
 		ss.srv.metrics.Errors.WithLabelValues("sidecar", e.Code.Class()).Inc()
-		return ss.cw.send(true, ss.takeHeld(e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})...)
-	}
-	if typ == 'S' {
 		return ss.cw.send(true, ss.takeHeld(e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})...)
 	}
 	return ss.failLocal(e, 'I')
@@ -1378,6 +1408,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	if ss.pending > 0 {
 		ss.pending--
+	}
+	if ss.pending == 0 {
+		ss.disarmLocked(c)
 	}
 	ss.cond.Broadcast() // a session goroutine may wait for the requests in flight
 	if ss.pending == 0 {
@@ -1560,6 +1593,9 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		// c broken and destroys it.
 		ss.upGone = true
 		ss.mu.Unlock()
+		return
+	}
+	if ss.retryLostLocked(c, err) {
 		return
 	}
 	if !ss.idleOnLocked(c) || ss.backendStateLocked() || ss.draining {

@@ -184,6 +184,15 @@ type session struct {
 	// was used, after an upstream of the session died.
 	idleFatal []byte
 	checkNext bool
+
+	// retry records the current request for a retry on another host
+	// (retry.go); retryArmed and retryAnswered let the relay goroutine
+	// check without the lock whether a failure now would be retried.
+	retry                     readRetry
+	retryArmed, retryAnswered atomic.Bool
+	// acks are the armed request's acknowledgements held back from the
+	// client (holdAck); relay goroutine only.
+	acks []byte
 }
 
 // clientWriter serialises writes to the client socket: relayed frames from
@@ -241,7 +250,7 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 func (s *Server) serve(conn net.Conn) {
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
 		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
-		txStatus: 'I', synced: true} // idle, outside any transaction, until its first statement
+		txStatus: 'I', synced: true, retry: readRetry{ok: true}} // idle, outside any transaction, until its first statement
 	ss.cond = sync.NewCond(&ss.mu)
 	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}

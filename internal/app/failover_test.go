@@ -128,6 +128,7 @@ func (l *load) run(op func(context.Context, *pgx.Conn, int64) error, read bool) 
 }
 
 func (l *load) fail(err error, read bool) {
+
 	if read {
 		l.readErr.Add(1)
 	}
@@ -403,5 +404,58 @@ func TestFailuresStayLocal(t *testing.T) {
 		}
 		t.Logf("%d writes acknowledged, %d lost, %d failures (%d writes in flight at most), %d reads, 0 read errors; writes resumed %s after the promotion",
 			acked, lost, len(errs), writers, l.reads.Load(), resumed.Sub(promoted).Round(time.Millisecond))
+	})
+
+	t.Run("AKilledReplicaFailsNoStatement", func(t *testing.T) {
+		sh := srv.Shards[0]
+		c := e.sc.connect(t, "")
+		waitFor(t, 10*time.Second, "a read on shard-0's replica", func() bool {
+			w, _ := servedBy(t, e, c, where, a)
+			return w == "shard-0/replica"
+		})
+		// A read running on the replica when it dies runs again on the
+		// primary: the client gets its answer.
+		type answer struct {
+			port int
+			err  error
+		}
+		slow := make(chan answer, 1)
+		started := time.Now()
+		go func() {
+			var port int
+			err := c.QueryRow(ctx, "SELECT inet_server_port() FROM (SELECT count(*) FROM items WHERE team_id = $1) s, pg_sleep(3)", a).Scan(&port)
+			slow <- answer{port, err}
+		}()
+		waitFor(t, 10*time.Second, "the slow read running on shard-0's replica", func() bool {
+			out, err := sh.Replica.Exec(ctx, "brownie_metadata", "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()")
+			return err == nil && out == "1"
+		})
+		// Readers of the shard meanwhile, on other sessions (its writes wait
+		// for the synchronous standby being killed: Postgres's rule), and
+		// writers of the other shard.
+		l := startLoad(t, e.sc, map[int]pgtype.UUID{20: b, 21: b}, []pgtype.UUID{a, a, a})
+		waitFor(t, 10*time.Second, "load running", func() bool { return l.writes.Load() > 20 && l.reads.Load() > 50 })
+		t.Logf("killing the replica %s after the slow read started", time.Since(started).Round(time.Millisecond))
+		if err := sh.Replica.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-slow:
+			if got.err != nil || e.ports[got.port] != "shard-0/primary" {
+				t.Errorf("the read in flight at the replica's death: served by %q (%d) after %s, error %v; want an answer from shard-0's primary; ports %v", e.ports[got.port], got.port, time.Since(started), got.err, e.ports)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the read in flight at the replica's death did not answer")
+		}
+		reads := l.reads.Load()
+		waitFor(t, 10*time.Second, "reads after the replica's death", func() bool { return l.reads.Load() > reads+50 })
+		l.end()
+		if errs := l.failures(); len(errs) != 0 {
+			t.Errorf("%d statements failed after shard-0's replica died: %v", len(errs), errs)
+		}
+		_, metrics := e.sc.get(t, "/metrics")
+		if !strings.Contains(metrics, `brownie_sidecar_upstream_lost_total{outcome="retried",role="replica",shard="shard-0"}`) {
+			t.Error("metrics do not count the retried read")
+		}
 	})
 }

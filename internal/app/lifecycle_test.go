@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
@@ -225,17 +227,54 @@ func TestUpstreamDownGivesAClearErrorAndServiceResumesWhenItReturns(t *testing.T
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	// A short FAILOVER_WAIT: statements needing the stopped primary fail
 	// after it instead of waiting the default 15s for it to return.
-	sc := startSidecar(t, srv, map[string]string{"DB_CONNECT_TIMEOUT": "2s", "FAILOVER_WAIT": "1s"})
+	const wait = 2 * time.Second
+	sc := startSidecar(t, srv, map[string]string{"DB_CONNECT_TIMEOUT": "2s", "FAILOVER_WAIT": wait.String()})
 	ctx := ctx10(t)
 	existing := sc.connect(t, "")
+	if err := existing.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := srv.Primary.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err := existing.Exec(ctx, "SELECT 1")
-	if code := pgErrCode(err); code != "57P01" && code != "08006" && err == nil {
-		t.Fatalf("existing session after upstream shutdown: %v", err)
-	}
+	// The session's statement waits for the primary; the client's
+	// CancelRequest ends the wait with 57014 and the session goes on.
+	waited := make(chan error, 1)
+	go func() {
+		_, err := existing.Exec(ctx, "SELECT 1")
+		waited <- err
+	}()
+	waitFor(t, 5*time.Second, "the statement to wait for a primary", func() bool {
+		_, body := sc.get(t, "/metrics")
+		return strings.Contains(body, `brownie_sidecar_failover_waiting{shard="shard-0"} 1`)
+	})
 	start := time.Now()
+	if err := existing.PgConn().CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; pgErrCode(err) != "57014" {
+		t.Fatalf("a cancelled wait for the primary: %v, want 57014", err)
+	}
+	if el := time.Since(start); el > wait/2 {
+		t.Errorf("the cancel ended the wait after %s", el)
+	}
+	// After FAILOVER_WAIT the statement fails with ERROR 08006 naming the
+	// shard; the session is not closed.
+	start = time.Now()
+	_, err := existing.Exec(ctx, "SELECT 1")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "08006" || pe.Severity != "ERROR" || !strings.Contains(pe.Message, "has no primary") {
+		t.Fatalf("a statement with the primary down: %v, want ERROR 08006 has no primary", err)
+	}
+	if el := time.Since(start); el < wait || el > wait+3*time.Second {
+		t.Errorf("the statement failed after %s; FAILOVER_WAIT is %s", el, wait)
+	}
+	if existing.IsClosed() {
+		t.Fatal("the session was closed by the failed wait")
+	}
+	// A new session cannot start while no host answers: FATAL 08006 at
+	// once, no wait.
+	start = time.Now()
 	_, err = pgx.Connect(ctx, sc.dsn(""))
 	if pgErrCode(err) != "08006" || !strings.Contains(err.Error(), "could not connect to upstream") {
 		t.Fatalf("want 08006 could not connect, got %v", err)
@@ -245,6 +284,11 @@ func TestUpstreamDownGivesAClearErrorAndServiceResumesWhenItReturns(t *testing.T
 	}
 	if err := srv.Primary.Start(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// The same session goes on once the primary is back.
+	var one int
+	if err := existing.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("the session after the primary came back: %v", err)
 	}
 	c := sc.connect(t, "")
 	if err := c.Ping(ctx); err != nil {

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+
+	"go.uber.org/zap"
+
+	"github.com/brownie/brownie-sidecar/internal/wire"
+	"github.com/brownie/brownie-sidecar/pool"
+	"github.com/brownie/brownie-sidecar/router"
+)
+
+// A read that a replica was running when the replica failed is run once
+// more, on another healthy host of its shard (another replica, or the
+// primary), when nothing of its answer had reached the client: the client
+// sees the answer, not the failure. Only a request that can be repeated
+// unchanged qualifies: routed to a replica (so read-only), outside any
+// transaction, on a session with no state on that backend, nothing sent
+// by the client after it (no pipeline), and made of messages the session
+// can replay (Bind, Describe, Execute, Sync, Flush, Query, and Parses
+// the sidecar answered itself), each small.
+//
+// The session goroutine records the request's client messages as it reads
+// them (record), arms the retry when it sends the request's last message
+// (armRetryLocked) and, while armed, waits for the request to end before
+// reading the client again (awaitRequest). The relay goroutine disarms at
+// the request's ReadyForQuery; when the connection fails first, before it
+// forwarded anything, it detaches and destroys it (retryLost) and the
+// session goroutine feeds the recorded messages through forwardMessage
+// again, which routes them anew with the failed replica banned.
+
+// Bounds on what is recorded for a retry: a larger request is not retried.
+const (
+	retryMaxMessage = 2 << 10
+	retryMaxRequest = 16 << 10
+)
+
+// readRetry is the session's record of its current request for a retry.
+type readRetry struct {
+	// Session goroutine only: rec holds the request's client messages as
+	// read; ok says the request so far may be replayed; parse is set from
+	// reading a Parse until forwardMessage answers it itself.
+	rec   []byte
+	ok    bool
+	parse bool
+	// Under mu: on is the attachment running the armed request; lost says
+	// it failed before answering (the session goroutine replays the
+	// request), cause why and failed where.
+	on     *pool.Conn[*upstream]
+	lost   bool
+	cause  error
+	failed router.Target
+}
+
+// record adds the client message just read (its header read, its body
+// not yet) to the current request's record, or marks the request as not
+// replayable. Session goroutine only.
+func (ss *session) record(typ byte, n int) {
+	r := &ss.retry
+	if !r.ok {
+		return
+	}
+	switch typ {
+	case 'P':
+		r.parse = true // replayable only when the sidecar answers it (parsedLocally)
+		return
+	case 'B', 'D', 'E', 'S', 'Q', 'H':
+	default:
+		r.ok = false
+		return
+	}
+	if n > retryMaxMessage || len(r.rec)+n+5 > retryMaxRequest || !ss.srv.routingEnabled() {
+		r.ok = false
+		return
+	}
+	body, err := ss.cr.Peek(n)
+	if err != nil || len(body) != n {
+		r.ok = false
+		return
+	}
+	r.rec = append(wire.AppendHeader(r.rec, typ, n), body...)
+}
+
+// parsedLocally notes that the sidecar answered the Parse being forwarded
+// itself (ParseComplete, the statement defined for the session): a replay
+// of the request finds it defined and must not see it again. Session
+// goroutine only.
+func (ss *session) parsedLocally() { ss.retry.parse = false }
+
+// armRetryLocked arms the retry of the request whose last message (Sync
+// or Query) is being sent on the session's upstream, when it qualifies.
+// Called with ss.mu held, before the message is written.
+func (ss *session) armRetryLocked(typ byte) {
+	r := &ss.retry
+	if (typ != 'S' && typ != 'Q') || !r.ok || r.parse || ss.up == nil ||
+		ss.up.Value.target.Role != router.Replica || ss.pending != 1 || ss.txStatus != 'I' ||
+		len(ss.deferred) > 0 || ss.backendStateLocked() || ss.draining || ss.ended ||
+		ss.cancelHold > 0 || ss.cr.Buffered() > 0 {
+		return
+	}
+	r.on = ss.up
+	ss.retryAnswered.Store(false)
+	ss.retryArmed.Store(true)
+}
+
+// disarmLocked ends the retry of the request that just ended on c.
+// Called by the relay goroutine with ss.mu held.
+func (ss *session) disarmLocked(c *pool.Conn[*upstream]) {
+	if ss.retry.on == c {
+		ss.retry.on = nil
+		ss.retryArmed.Store(false)
+	}
+}
+
+// holdAck keeps back an acknowledgement of the armed request (ParseComplete,
+// BindComplete, CloseComplete, ParameterDescription, RowDescription,
+// NoData): the same request run again elsewhere answers the same, so until
+// the first message that is an answer (a row, a command tag, an error) it
+// may still be retried. It reports whether the message was held. Relay
+// goroutine.
+func (ss *session) holdAck(typ byte, n int, body []byte, stream bool) bool {
+	switch typ {
+	case '1', '2', '3', 't', 'T', 'n':
+	default:
+		return false
+	}
+	if stream || len(ss.acks)+n > retryMaxRequest {
+		return false
+	}
+	ss.acks = append(wire.AppendHeader(ss.acks, typ, n), body...)
+	return true
+}
+
+// releaseAcks writes the acknowledgements held back (holdAck) to the
+// client, unflushed: what follows flushes. Relay goroutine.
+func (ss *session) releaseAcks() error {
+	if len(ss.acks) == 0 {
+		return nil
+	}
+	w := &ss.cw
+	w.mu.Lock()
+	_, err := w.w.Write(ss.acks)
+	w.mu.Unlock()
+	ss.acks = ss.acks[:0]
+	return err
+}
+
+// retryPending reports whether a failure of the attachment now would be
+// retried: a request is armed and nothing of its answer was forwarded.
+// Relay goroutine.
+func (ss *session) retryPending() bool {
+	return ss.retryArmed.Load() && !ss.retryAnswered.Load()
+}
+
+// holdRetryFatal keeps back a FATAL error the server sent while running
+// an armed request before anything of its answer: the loss that follows
+// decides whether the client hears it (retryLost, or reportLost when the
+// session ends). It reports whether the error was held. Relay goroutine.
+func (ss *session) holdRetryFatal(body []byte) bool {
+	if !ss.retryPending() {
+		return false
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.idleFatal = append(ss.idleFatal[:0], body...)
+	return true
+}
+
+// retryLost handles the failure of c, the attachment running an armed
+// request, before anything of its answer was forwarded: c is detached and
+// destroyed, and the session goroutine replays the request. It reports
+// false, doing nothing, when the request does not qualify (any more).
+// Relay goroutine, with ss.mu held; it releases ss.mu when it returns
+// true.
+func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
+	r := &ss.retry
+	if r.on != c || ss.retryAnswered.Load() || ss.backendStateLocked() || ss.draining || ss.ended || ss.cancelHold > 0 {
+		return false
+	}
+	u := c.Value
+	held := ss.idleFatal
+	ss.idleFatal = nil
+	r.on, r.lost, r.cause, r.failed = nil, true, err, u.target
+	ss.retryArmed.Store(false)
+	ss.up = nil
+	ss.checkNext = true // the pool's idle connections to that host may be dead too
+	ss.cond.Broadcast()
+	ss.mu.Unlock()
+	c.Destroy()
+	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "retried").Inc()
+	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),
+		zap.Uint32("backend_pid", u.pid), zap.Error(err)}
+	if held != nil {
+		fields = append(fields, zap.String("server_error", errorField(held, 'M')))
+	}
+	ss.log.Info("upstream connection lost while it ran a read; the read runs again on another host", fields...)
+	return true
+}
+
+// endRequest follows the client's last message of a request (Sync or
+// Query). When the request is armed for a retry, it waits for it to end
+// and, when its replica failed before answering, bans the replica and
+// replays the request once (that run is not armed again). Then the record
+// starts afresh. Session goroutine only.
+func (ss *session) endRequest() error {
+	r := &ss.retry
+	ss.mu.Lock()
+	for r.on != nil && !r.lost && !ss.ended {
+		ss.cond.Wait()
+	}
+	lost, cause, failed := r.lost, r.cause, r.failed
+	r.on, r.lost, r.cause = nil, false, nil
+	ss.mu.Unlock()
+	var err error
+	if lost {
+		ss.srv.health.Ban(failed.Host.Addr, cause)
+		err = ss.replay()
+	}
+	r.rec, r.ok, r.parse = r.rec[:0], true, false
+	if cap(r.rec) > retryMaxRequest {
+		r.rec = nil
+	}
+	return err
+}
+
+// replay runs the recorded request again, message by message, as if the
+// client sent it now. Session goroutine only.
+func (ss *session) replay() error {
+	ss.retry.ok = false // once
+	client := ss.cr
+	ss.cr = wire.NewReader(bytes.NewReader(ss.retry.rec), max(len(ss.retry.rec), 16))
+	defer func() { ss.cr = client }()
+	for {
+		typ, n, err := ss.cr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := ss.forwardMessage(typ, n); err != nil {
+			return err
+		}
+	}
+}
