@@ -406,6 +406,52 @@ func TestFailuresStayLocal(t *testing.T) {
 			acked, lost, len(errs), writers, l.reads.Load(), resumed.Sub(promoted).Round(time.Millisecond))
 	})
 
+	t.Run("ASlowOrResetReplicaFailsNoRead", func(t *testing.T) {
+		c := e.sc.connect(t, "")
+		waitFor(t, 10*time.Second, "a read on shard-0's replica", func() bool {
+			w, _ := servedBy(t, e, c, where, a)
+			return w == "shard-0/replica"
+		})
+		l := startLoad(t, e.sc, map[int]pgtype.UUID{30: b}, []pgtype.UUID{a, a, a})
+		waitFor(t, 10*time.Second, "load running", func() bool { return l.writes.Load() > 20 && l.reads.Load() > 50 })
+		_, before := e.sc.get(t, "/metrics")
+		// A slow replica (every packet held 100 ms each way) serves its
+		// reads late, and is not taken for dead.
+		relay.SetDelay(100 * time.Millisecond)
+		reads := l.reads.Load()
+		waitFor(t, 10*time.Second, "reads through the slow replica", func() bool { return l.reads.Load() > reads+20 })
+		if st := shardStatus(t, e.sc, "shard-0"); len(st.Hosts) != 2 || !st.Hosts[1].Up {
+			t.Errorf("the slow replica was marked down: %+v", st)
+		}
+		relay.SetDelay(0)
+		// Connections reset under running reads and idle sessions: the
+		// reads run again elsewhere, the sessions take new connections.
+		for range 3 {
+			waitFor(t, 10*time.Second, "connections to the replica", func() bool { return relay.Conns() > 1 })
+			relay.Reset()
+			reads := l.reads.Load()
+			waitFor(t, 10*time.Second, "reads after the reset", func() bool { return l.reads.Load() > reads+30 })
+		}
+		l.end()
+		if errs := l.failures(); len(errs) != 0 {
+			t.Errorf("%d statements failed with shard-0's replica slow, then reset: %v", len(errs), errs)
+		}
+		_, after := e.sc.get(t, "/metrics")
+		lost := func(body string) (n float64) {
+			for line := range strings.Lines(body) {
+				if strings.HasPrefix(line, "brownie_sidecar_upstream_lost_total{") && strings.Contains(line, `shard="shard-0"`) && strings.Contains(line, `role="replica"`) {
+					f := strings.Fields(line)
+					v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+					n += v
+				}
+			}
+			return n
+		}
+		if lost(after) == lost(before) {
+			t.Error("the resets lost no replica connection under a session: they tested nothing")
+		}
+	})
+
 	t.Run("AKilledReplicaFailsNoStatement", func(t *testing.T) {
 		sh := srv.Shards[0]
 		c := e.sc.connect(t, "")
