@@ -193,7 +193,7 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 		l := &fanLeg{c: c, u: c.Value}
 		if f.wrap {
 			l.u.unnamed = nil // a simple Query drops the server's unnamed statement
-			l.out = appendQuery(l.out, "BEGIN")
+			l.out = wire.AppendQuery(l.out, "BEGIN")
 			l.exp = append(l.exp, expectation{kind: expQueryInjected})
 		}
 		f.legs = append(f.legs, l)
@@ -250,7 +250,7 @@ func (f *fanOut) addQuery(sql string) {
 		f.queueError(pgerr.From(err))
 	}
 	it.merge = ms
-	f.add(it, func(l *fanLeg) { l.out = appendQuery(l.out, sent) })
+	f.add(it, func(l *fanLeg) { l.out = wire.AppendQuery(l.out, sent) })
 }
 
 // isCopy parses sql when it starts with COPY.

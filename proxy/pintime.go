@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/brownie/brownie-sidecar/internal/lru"
+	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/router"
 )
 
@@ -213,7 +214,7 @@ func (f *fanOut) setNow() {
 		}
 		l.nowSet = true
 		l.u.unnamed = nil // a simple Query drops the server's unnamed statement
-		l.out = appendQuery(l.out, sql)
+		l.out = wire.AppendQuery(l.out, sql)
 		l.exp = append(l.exp, expectation{kind: expQueryInjected})
 	}
 }

@@ -1754,7 +1754,7 @@ func sendQueries(w interface {
 	defer u.conn.SetWriteDeadline(time.Time{})
 	u.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range qs {
-		if _, err := w.Write(appendQuery(nil, q)); err != nil {
+		if _, err := w.Write(wire.AppendQuery(nil, q)); err != nil {
 			return err
 		}
 	}
@@ -1793,20 +1793,7 @@ func (ss *session) terminate(e *pgerr.Error) {
 
 // errorField returns the value of field f of an ErrorResponse body
 // without decoding the rest, or "".
-func errorField(body []byte, f byte) string {
-	for i := 0; i < len(body) && body[i] != 0; {
-		field := body[i]
-		j := i + 1
-		for j < len(body) && body[j] != 0 {
-			j++
-		}
-		if field == f {
-			return string(body[i+1 : j])
-		}
-		i = j + 1
-	}
-	return ""
-}
+func errorField(body []byte, f byte) string { return wire.ErrorField(body, f) }
 
 // staleStatementError reports whether an upstream error is one that only
 // a schema change since a statement was prepared causes: "cached plan
@@ -1836,20 +1823,7 @@ func fatalError(body []byte) bool {
 
 // errorClass extracts the SQLSTATE class from an ErrorResponse body without
 // decoding the rest.
-func errorClass(body []byte) string {
-	for i := 0; i < len(body) && body[i] != 0; {
-		field := body[i]
-		j := i + 1
-		for j < len(body) && body[j] != 0 {
-			j++
-		}
-		if field == 'C' && j-i-1 >= 2 {
-			return string(body[i+1 : i+3])
-		}
-		i = j + 1
-	}
-	return "unknown"
-}
+func errorClass(body []byte) string { return wire.ErrorClass(body) }
 
 func errClass(err error) string {
 	return pgerr.From(err).Code.Class()

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 )
@@ -735,7 +736,7 @@ func (ss *session) replayDeferredLocked(typ byte) error {
 	var out []byte
 	ss.up.Value.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range ss.deferred {
-		out = appendQuery(out, q)
+		out = wire.AppendQuery(out, q)
 		ss.expect = append(ss.expect, expectation{kind: expQueryInjected})
 		ss.pending++
 		ss.injected.Add(1)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"container/list"
 	"crypto/sha256"
 	"encoding/binary"
@@ -132,11 +131,11 @@ var errMalformed = errors.New("malformed message")
 
 // cstr reads a NUL-terminated string at the start of b.
 func cstr(b []byte) (string, []byte, error) {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
+	str, rest, ok := wire.CString(b)
+	if !ok {
 		return "", nil, errMalformed
 	}
-	return string(b[:i]), b[i+1:], nil
+	return str, rest, nil
 }
 
 // parseMsg is a decoded Parse message.
@@ -180,12 +179,6 @@ func appendParse(dst []byte, name, query string, oids []uint32) []byte {
 	}
 	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
 	return dst
-}
-
-// appendQuery appends a simple-protocol Query message.
-func appendQuery(dst []byte, sql string) []byte {
-	dst = wire.AppendHeader(dst, 'Q', len(sql)+1)
-	return append(append(dst, sql...), 0)
 }
 
 // appendClose appends Close of a statement ('S') or portal ('P').

@@ -10,6 +10,7 @@ import (
 
 	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/twophase"
 )
 
@@ -133,7 +134,7 @@ func (f *fanOut) each(legs []*fanLeg, q func(*fanLeg) string) error {
 		}
 		l.done, l.failed = false, false
 		l.u.unnamed = nil // a simple Query drops the server's unnamed statement
-		if err := f.write(l, appendQuery(nil, sql)); err != nil {
+		if err := f.write(l, wire.AppendQuery(nil, sql)); err != nil {
 			first = cmp.Or(first, err)
 			continue
 		}

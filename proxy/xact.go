@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 )
@@ -278,7 +279,7 @@ func (ss *session) crossRequest(shards []string, plan *fanPlan) (*fanOut, error)
 		if l.opening != "" {
 			// The leg's transaction begins in the request's first write;
 			// its answers are swallowed, and an error fails the leg.
-			fl.out = appendQuery(fl.out, l.opening)
+			fl.out = wire.AppendQuery(fl.out, l.opening)
 			fl.exp = append(fl.exp, expectation{kind: expQueryInjected})
 			l.opening = ""
 		}
@@ -479,7 +480,7 @@ func (ss *session) crossControl(a *analysis, sql string) (failed bool, err error
 	if err != nil {
 		return true, ss.crossFailed(err)
 	}
-	f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
+	f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = wire.AppendQuery(l.out, sql) })
 	if err := f.flush(true); err != nil {
 		f.destroy()
 		return true, ss.endFanOut(ss.sessionError(err))
