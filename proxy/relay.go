@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
@@ -94,7 +95,7 @@ func (ss *session) relay() {
 		ss.abort(pe) // a protocol violation or limit: the client hears why
 	}
 	if ss.fan != nil { // a request spanning shards left unfinished
-		ss.fan.destroy()
+		ss.destroyFan(ss.fan)
 		ss.fan = nil
 		_ = ss.endFanOut(nil)
 	}
@@ -262,7 +263,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.forgetFailedParses()
 	}
 	if ss.fan != nil {
-		return ss.fan.message(typ, n)
+		return ss.fanMessage(typ, n)
 	}
 	if ss.lreq != nil {
 		return ss.localMessage(typ, n)
@@ -375,13 +376,13 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				return ss.crossEntry(typ, n, body, a, r)
 			}
 			ss.mu.Unlock()
-			if r.fan.noTxBlock {
+			if r.fan.NoTxBlock {
 				return ss.eachShard(typ, body, r.fan)
 			}
 			return ss.fanOutMessage(typ, n, body, r.fan)
 		}
 		ss.mu.Unlock()
-		r = ss.refusal(errMixedPipeline())
+		r = ss.refusal(fanout.ErrMixedPipeline())
 	}
 
 	ss.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strconv"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
@@ -25,12 +26,36 @@ type stmtDef struct {
 	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
 	// it runs the refusal instead.
 	poison bool
-	// pinned is the statement's rewrite for writes to replicated tables
-	// (pintime.go); set by the session goroutine of the client owning def.
-	pinned *pinnedStmt
-	// merged is the statement's ShardSQL for reads merged across shards
-	// (merged.go); set like pinned.
-	merged *stmtDef
+	// variants are the statement's rewrites for requests spanning shards
+	// (package fanout: a merge's ShardSQL, a replicated write's pinned
+	// time), most recent first, at most maxVariants; set by the session
+	// goroutine of the client owning def.
+	variants []*stmtDef
+}
+
+// maxVariants bounds the rewrites kept with a statement.
+const maxVariants = 4
+
+var _ fanout.Stmt = (*stmtDef)(nil)
+
+// SQL is the statement's text.
+func (d *stmtDef) SQL() string { return d.query }
+
+// Variant returns the statement with text sql and the same parameter
+// types, kept with d so that it is prepared once per upstream. Session
+// goroutine only.
+func (d *stmtDef) Variant(sql string) fanout.Stmt {
+	if sql == d.query {
+		return d
+	}
+	for _, v := range d.variants {
+		if v.query == sql {
+			return v
+		}
+	}
+	v := newStmtDef(sql, d.oids, d.a, d.gen)
+	d.variants = append([]*stmtDef{v}, d.variants[:min(len(d.variants), maxVariants-1)]...)
+	return v
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis, gen uint64) *stmtDef {
