@@ -17,7 +17,7 @@ import (
 )
 
 // This file reads a fan-out's answers and merges them into what the
-// client sees (see fanOut).
+// client sees (see Request).
 
 // answer reads every leg's answer to one item and sends the client the
 // merged answer.

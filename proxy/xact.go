@@ -12,11 +12,13 @@ import (
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-// A client transaction that needs a second shard becomes a crossTx: from
-// then until it ends, the session goroutine serves it synchronously, each
-// request (a Query, or the messages from a Bind up to Sync) run as a
-// fanOut over the transaction's legs (fanout.go), without the relay
-// goroutine.
+// A client transaction that needs a second shard becomes a crossTx (a
+// fanout.Tx): from then until it ends, the session goroutine serves it
+// synchronously, each request (a Query, or the messages from a Bind up to
+// Sync) run as a fanout.Request over the transaction's legs, without the
+// relay goroutine. This file is the session's side: when a transaction
+// becomes one, the messages the session answers itself, and giving the
+// legs back when it ends.
 //
 // A transaction that so far ran only reads of nothing or of replicated
 // tables at READ COMMITTED is not made a crossTx: it moves to the shard
@@ -30,7 +32,7 @@ import (
 func recordTxStmt(list []txStmt, a *analysis, sql string) []txStmt {
 	last := func(name string) int {
 		for i := len(list) - 1; i >= 0; i-- {
-			if list[i].Savepoint == name {
+			if name != "" && list[i].Savepoint == name {
 				return i
 			}
 		}
