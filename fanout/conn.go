@@ -25,8 +25,9 @@ type Conn interface {
 	// Reader reads the server's messages.
 	Reader() *wire.Reader
 	// Exec runs sql as a simple query outside any request, passing each
-	// row to row (which may be nil); a server error is a *pgerr.Error.
-	Exec(sql string, row func([][]byte)) error
+	// row to row (which may be nil), and returns its command tag; a
+	// server error is a *pgerr.Error.
+	Exec(sql string, row func([][]byte)) (tag string, err error)
 	// SetDeadline bounds the connection's reads and writes (zero: none).
 	SetDeadline(t time.Time) error
 	// BackendPID is the server process the connection talks to.
@@ -109,9 +110,10 @@ type Session interface {
 	// cancel request reaches them; it lasts until the session ends the
 	// request.
 	Running(conns []Conn)
-	// TakePrimary takes a connection to shard's primary with the
-	// client's settings, for a new leg of a transaction.
-	TakePrimary(shard string) (Conn, error)
+	// Take takes a connection for t with the client's settings (the
+	// one the session parked for t, else one from t's pool); the caller
+	// owns it.
+	Take(t router.Target) (Conn, error)
 	// GiveBack waits until no cancel of the session is being delivered,
 	// then parks or releases the idle connections and destroys the
 	// others.
@@ -135,7 +137,10 @@ type Env struct {
 // Deps are a server's dependencies shared by the requests of all its
 // sessions.
 type Deps struct {
-	Router  *router.Router
+	Router *router.Router
+	// Primary returns the target for writes on shard: its current
+	// primary. Safe for concurrent use.
+	Primary func(shard string) (router.Target, bool)
 	Catalog *Catalog
 	Metrics Metrics
 }

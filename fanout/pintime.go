@@ -100,7 +100,7 @@ func (f *Request) columns(table string) ([]router.Column, bool) {
 	if ok {
 		return cols, cols != nil
 	}
-	err := f.legs[0].c.Exec(fmt.Sprintf(columnsSQL, quoteLiteral(table)), func(row [][]byte) {
+	_, err := f.legs[0].c.Exec(fmt.Sprintf(columnsSQL, quoteLiteral(table)), func(row [][]byte) {
 		if len(row) == 2 {
 			cols = append(cols, router.Column{Name: string(row[0]), Default: string(row[1])})
 		}

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/router"
 )
@@ -131,7 +132,11 @@ func (xt *Tx) Shards() []string {
 // local settings, savepoints) are not run yet: Request sends them ahead
 // of the leg's first request, in the same write.
 func (xt *Tx) openLeg(shard string) (*txLeg, error) {
-	c, err := xt.env.Session.TakePrimary(shard)
+	t, ok := xt.env.Deps.Primary(shard)
+	if !ok {
+		return nil, pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard)
+	}
+	c, err := xt.env.Session.Take(t)
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +306,7 @@ func (xt *Tx) Abandon(timeout time.Duration) {
 	for _, l := range xt.legs {
 		c := l.c
 		_ = c.SetDeadline(time.Now().Add(timeout))
-		err := c.Exec("ROLLBACK", nil)
+		_, err := c.Exec("ROLLBACK", nil)
 		_ = c.SetDeadline(time.Time{})
 		if err != nil || c.TxStatus() != 'I' {
 			xt.env.Log.Debug("destroying a leg of an abandoned transaction", zap.String("shard", l.shard), zap.Error(err))

@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/brownie/brownie-sidecar/fanout"
-	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
@@ -24,14 +23,18 @@ type legConn struct {
 
 var _ fanout.Conn = (*legConn)(nil)
 
-func (l *legConn) Target() router.Target                     { return l.c.Value.target }
-func (l *legConn) Write(b []byte) (int, error)               { return l.c.Value.conn.Write(b) }
-func (l *legConn) Reader() *wire.Reader                      { return l.c.Value.r }
-func (l *legConn) Exec(sql string, row func([][]byte)) error { return l.c.Value.exec(sql, row) }
-func (l *legConn) SetDeadline(t time.Time) error             { return l.c.Value.conn.SetDeadline(t) }
-func (l *legConn) BackendPID() uint32                        { return l.c.Value.pid }
-func (l *legConn) TxStatus() byte                            { return l.c.Value.txStatus }
-func (l *legConn) Destroy()                                  { l.c.Destroy() }
+func (l *legConn) Target() router.Target         { return l.c.Value.target }
+func (l *legConn) Write(b []byte) (int, error)   { return l.c.Value.conn.Write(b) }
+func (l *legConn) Reader() *wire.Reader          { return l.c.Value.r }
+func (l *legConn) SetDeadline(t time.Time) error { return l.c.Value.conn.SetDeadline(t) }
+func (l *legConn) BackendPID() uint32            { return l.c.Value.pid }
+func (l *legConn) TxStatus() byte                { return l.c.Value.txStatus }
+func (l *legConn) Destroy()                      { l.c.Destroy() }
+
+func (l *legConn) Exec(sql string, row func([][]byte)) (string, error) {
+	err := l.c.Value.exec(sql, row)
+	return l.c.Value.tag, err
+}
 
 func (l *legConn) Note(typ byte, body []byte) {
 	switch {
@@ -139,11 +142,7 @@ func (s fanSession) Running(conns []fanout.Conn) {
 	}
 }
 
-func (s fanSession) TakePrimary(shard string) (fanout.Conn, error) {
-	t, ok := s.ss.srv.primaryTarget(shard)
-	if !ok {
-		return nil, pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard)
-	}
+func (s fanSession) Take(t router.Target) (fanout.Conn, error) {
 	c, err := s.ss.takeConn(t)
 	if err != nil {
 		return nil, err

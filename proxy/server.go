@@ -133,7 +133,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
 		ReplicaSelection: cfg.Routing.ReplicaSelection,
 	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth, HostDown: s.hostDown})
-	s.fan = &fanout.Deps{Router: deps.Router, Catalog: fanout.NewCatalog(deps.Router, s.onPrimary), Metrics: fanout.Metrics{
+	s.fan = &fanout.Deps{Router: deps.Router, Primary: s.primaryTarget, Catalog: fanout.NewCatalog(deps.Router, s.onPrimary), Metrics: fanout.Metrics{
 		FanOuts: deps.Metrics.FanOuts, FanOutShards: deps.Metrics.FanOutShards, TwoPhaseCommits: deps.Metrics.TwoPhaseCommits,
 		CrossShardTx: deps.Metrics.CrossShardTx, MergedReads: deps.Metrics.MergedReads, Refused: deps.Metrics.Refused,
 		Errors: deps.Metrics.Errors, ToClient: deps.Metrics.ToClient, ToUpstream: deps.Metrics.ToUpstream,

@@ -597,54 +597,11 @@ func (ss *session) crossEntry(typ byte, n int, body []byte, a *analysis, r route
 
 // eachShard runs a statement Postgres refuses inside a transaction block
 // (VACUUM, CREATE INDEX CONCURRENTLY…) on every shard of plan, one after
-// the other, each on its own; the client gets the first shard's answer,
-// or an error naming the shards where it succeeded and where it failed.
+// the other (see fanout.EachShard); only a simple query may.
 func (ss *session) eachShard(typ byte, body []byte, plan *fanPlan) error {
 	if typ != 'Q' {
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a statement that cannot run inside a transaction block runs on several shards only as a simple query")
 		return ss.cw.send(false, e.Response())
 	}
-	sql := string(body[:len(body)-1])
-	var ok, failed []string
-	var firstErr *pgerr.Error
-	tag := ""
-	for _, t := range plan.Targets {
-		c, err := ss.takeConn(t)
-		if err == nil {
-			err = c.Value.exec(sql, nil)
-			if err == nil && tag == "" {
-				tag = c.Value.tag
-			}
-			if c.Value.txStatus == 'I' && (err == nil || errors.As(err, new(*pgerr.Error))) {
-				ss.mu.Lock()
-				ss.keepLocked(c)
-				ss.mu.Unlock()
-			} else {
-				c.Destroy()
-			}
-		}
-		if err != nil {
-			failed = append(failed, t.Shard)
-			if firstErr == nil {
-				firstErr = pgerr.From(err)
-			}
-			continue
-		}
-		ok = append(ok, t.Shard)
-	}
-	if firstErr == nil {
-		return ss.cw.send(true, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	}
-	e := *firstErr
-	e.Severity = pgerr.SevError
-	e.Message = "on shard " + failed[0] + ": " + e.Message
-	e.Detail = strings.TrimSpace("it succeeded on " + listOrNone(ok) + " and failed on " + strings.Join(failed, ", ") + ". " + e.Detail)
-	return ss.cw.send(true, e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})
-}
-
-func listOrNone(s []string) string {
-	if len(s) == 0 {
-		return "no shard"
-	}
-	return strings.Join(s, ", ")
+	return fanout.EachShard(ss.fanEnv(), string(body[:len(body)-1]), plan)
 }
