@@ -140,8 +140,8 @@ func (f *Request) Plan() *Plan { return f.plan }
 // or nil.
 func (f *Request) Tx() *Tx { return f.xt }
 
-// Conns are the request's connections, in its legs' order.
-func (f *Request) Conns() []Conn {
+// conns are the request's connections, in its legs' order.
+func (f *Request) conns() []Conn {
 	conns := make([]Conn, len(f.legs))
 	for i, l := range f.legs {
 		conns[i] = l.c

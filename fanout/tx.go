@@ -179,7 +179,7 @@ func (xt *Tx) Request(shards []string, plan *Plan) (*Request, error) {
 	if len(f.legs) > 1 {
 		xt.env.Deps.Metrics.FanOutShards.Observe(float64(len(f.legs)))
 	}
-	xt.env.Session.Running(f.Conns())
+	xt.env.Session.Running(f.conns())
 	return f, nil
 }
 
@@ -294,7 +294,7 @@ func (xt *Tx) legsRequest() *Request {
 			f.legs = append(f.legs, &leg{c: l.c, tx: l})
 		}
 	}
-	xt.env.Session.Running(f.Conns())
+	xt.env.Session.Running(f.conns())
 	return f
 }
 
