@@ -11,8 +11,8 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
-RACE_PKGS := ./pool/... ./proxy/... ./health/... ./twophase/... ./tls/... ./backup/... ./dbmetrics/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/... ./internal/faultnet/...
-RACE_RE   := /(pool|proxy|health|twophase|tls|backup|dbmetrics|internal/app|internal/vaulttest|internal/netx|internal/faultnet)$$
+RACE_PKGS := ./pool/... ./proxy/... ./fanout/... ./health/... ./twophase/... ./tls/... ./backup/... ./dbmetrics/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/... ./internal/faultnet/...
+RACE_RE   := /(pool|proxy|fanout|health|twophase|tls|backup|dbmetrics|internal/app|internal/vaulttest|internal/netx|internal/faultnet)$$
 FUZZTIME  ?= 10s
 # BENCH_ARGS are internal/bench's flags (see its doc.go); -reference adds
 # a second PgBouncer to each table (the noise of a ratio) and the minimal

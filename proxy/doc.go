@@ -15,14 +15,12 @@
 //
 // A session holds at most one attached upstream, relayed by its relay
 // goroutine (relay.go), and moves between targets only at a safe point
-// (route.go). A request the router sends to several shards is a fan-out
-// (fanout.go, fanmerge.go): the session goroutine takes a connection per
-// shard and runs the request on all of them synchronously; reads are
-// merged by package merge (merged.go), COPY rows split by key
-// (fancopy.go), writes to replicated tables made deterministic
-// (pintime.go). A transaction that needs a second shard becomes a crossTx
-// (xact.go): one leg per shard until it ends, each request a fan-out over
-// its legs, the commit two-phase when several legs wrote (twophase.go).
+// (route.go). A request the router sends to several shards, and a
+// transaction that needs a second shard, are package fanout's (a
+// fanout.Request, a fanout.Tx): this package decides that a message goes
+// there, takes the legs' connections and runs the session's state machine
+// around them (fanout.go, xact.go); fanconn.go gives fanout its view of
+// the session's upstreams, client socket and bookkeeping.
 // A CancelRequest reaches only the request it was sent for (cancel.go):
 // the backend running it is held until the cancel is delivered or
 // dropped, and a request still waiting for a connection is cancelled in

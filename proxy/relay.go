@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
@@ -94,7 +95,7 @@ func (ss *session) relay() {
 		ss.abort(pe) // a protocol violation or limit: the client hears why
 	}
 	if ss.fan != nil { // a request spanning shards left unfinished
-		ss.fan.destroy()
+		ss.destroyFan(ss.fan)
 		ss.fan = nil
 		_ = ss.endFanOut(nil)
 	}
@@ -271,7 +272,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.forgetFailedParses()
 	}
 	if ss.fan != nil {
-		return ss.fan.message(typ, n)
+		return ss.fanMessage(typ, n)
 	}
 	if ss.lreq != nil {
 		return ss.localMessage(typ, n)
@@ -384,13 +385,13 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				return ss.crossEntry(typ, n, body, a, r)
 			}
 			ss.mu.Unlock()
-			if r.fan.noTxBlock {
+			if r.fan.NoTxBlock {
 				return ss.eachShard(typ, body, r.fan)
 			}
 			return ss.fanOutMessage(typ, n, body, r.fan)
 		}
 		ss.mu.Unlock()
-		r = ss.refusal(errMixedPipeline())
+		r = ss.refusal(fanout.ErrMixedPipeline())
 	}
 
 	ss.mu.Lock()
@@ -1790,7 +1791,7 @@ func sendQueries(w interface {
 	defer u.conn.SetWriteDeadline(time.Time{})
 	u.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range qs {
-		if _, err := w.Write(appendQuery(nil, q)); err != nil {
+		if _, err := w.Write(wire.AppendQuery(nil, q)); err != nil {
 			return err
 		}
 	}
@@ -1829,20 +1830,7 @@ func (ss *session) terminate(e *pgerr.Error) {
 
 // errorField returns the value of field f of an ErrorResponse body
 // without decoding the rest, or "".
-func errorField(body []byte, f byte) string {
-	for i := 0; i < len(body) && body[i] != 0; {
-		field := body[i]
-		j := i + 1
-		for j < len(body) && body[j] != 0 {
-			j++
-		}
-		if field == f {
-			return string(body[i+1 : j])
-		}
-		i = j + 1
-	}
-	return ""
-}
+func errorField(body []byte, f byte) string { return wire.ErrorField(body, f) }
 
 // staleStatementError reports whether an upstream error is one that only
 // a schema change since a statement was prepared causes: "cached plan
@@ -1872,20 +1860,7 @@ func fatalError(body []byte) bool {
 
 // errorClass extracts the SQLSTATE class from an ErrorResponse body without
 // decoding the rest.
-func errorClass(body []byte) string {
-	for i := 0; i < len(body) && body[i] != 0; {
-		field := body[i]
-		j := i + 1
-		for j < len(body) && body[j] != 0 {
-			j++
-		}
-		if field == 'C' && j-i-1 >= 2 {
-			return string(body[i+1 : i+3])
-		}
-		i = j + 1
-	}
-	return "unknown"
-}
+func errorClass(body []byte) string { return wire.ErrorClass(body) }
 
 func errClass(err error) string {
 	return pgerr.From(err).Code.Class()

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 )
@@ -248,18 +249,18 @@ func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *anal
 		s.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
 		return ss.refusal(e)
 	}
-	plan := &fanPlan{readOnly: d.ReadOnly, broadcast: d.Broadcast, ddl: d.Reason == router.ReasonSchemaChange,
-		noTxBlock: a != nil && a.noTxBlock, copy: d.Copy, explain: d.Explain()}
+	plan := &fanPlan{ReadOnly: d.ReadOnly, Broadcast: d.Broadcast, DDL: d.Reason == router.ReasonSchemaChange,
+		NoTxBlock: a != nil && a.noTxBlock, Copy: d.Copy, Explain: d.Explain()}
 	for _, shard := range d.Shards {
 		t, ok := ss.targetFor(shard, d)
 		if !ok {
 			return ss.refusal(pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard))
 		}
-		plan.targets = append(plan.targets, t)
+		plan.Targets = append(plan.Targets, t)
 	}
-	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), plan.targets[0].Role.String()).Inc()
+	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), plan.Targets[0].Role.String()).Inc()
 	if ce := ss.log.Check(zap.DebugLevel, "statement fanned out"); ce != nil {
-		ce.Write(zap.Strings("shards", d.Shards), zap.Bool("read_only", d.ReadOnly), zap.String("decision", plan.explain),
+		ce.Write(zap.Strings("shards", d.Shards), zap.Bool("read_only", d.ReadOnly), zap.String("decision", plan.Explain),
 			zap.Bool("in_transaction", f.InTransaction))
 	}
 	return routeResult{fan: plan}
@@ -735,7 +736,7 @@ func (ss *session) replayDeferredLocked(typ byte) error {
 	var out []byte
 	ss.up.Value.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range ss.deferred {
-		out = appendQuery(out, q)
+		out = wire.AppendQuery(out, q)
 		ss.expect = append(ss.expect, expectation{kind: expQueryInjected})
 		ss.pending++
 		ss.injected.Add(1)

@@ -128,7 +128,7 @@ func TestAnalysisFindsWhatATransactionSpanningShardsReplaysOrRunsAlone(t *testin
 	text := func(l []txStmt) string {
 		var s []string
 		for _, x := range l {
-			s = append(s, x.sql)
+			s = append(s, x.SQL)
 		}
 		return strings.Join(s, "; ")
 	}

@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/metrics"
@@ -68,8 +69,7 @@ type Server struct {
 	analyzer  *analyzer
 	health    *health.Checker
 	twoPhase  *twophase.Recovery
-	catalog   *columnCache  // replicated tables' columns, for pinning the time of their writes
-	merges    *mergeCatalog // merge plans and the catalog facts merges need
+	fan       *fanout.Deps // what requests spanning shards share
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID
@@ -123,7 +123,7 @@ type upstreamPool = pool.Pool[*upstream]
 func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: deps.Log, router: deps.Router, metrics: deps.Metrics, certs: deps.Certs,
-		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{}, analyzer: newAnalyzer(10000), merges: newMergeCatalog(), catalog: newColumnCache(),
+		sessions: map[uint32]*session{}, pools: map[poolKey]*upstreamPool{}, analyzer: newAnalyzer(10000),
 		dialer: &dialer{certs: deps.Certs, sslMode: cfg.SSLMode, database: cfg.Database, user: cfg.User,
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
@@ -133,6 +133,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
 		ReplicaSelection: cfg.Routing.ReplicaSelection,
 	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth, HostDown: s.hostDown})
+	s.fan = &fanout.Deps{Router: deps.Router, Primary: s.primaryTarget, Catalog: fanout.NewCatalog(deps.Router, s.onPrimary), Metrics: fanout.Metrics{
+		FanOuts: deps.Metrics.FanOuts, FanOutShards: deps.Metrics.FanOutShards, TwoPhaseCommits: deps.Metrics.TwoPhaseCommits,
+		CrossShardTx: deps.Metrics.CrossShardTx, MergedReads: deps.Metrics.MergedReads, Refused: deps.Metrics.Refused,
+		Errors: deps.Metrics.Errors, ToClient: deps.Metrics.ToClient, ToUpstream: deps.Metrics.ToUpstream,
+	}}
 	s.twoPhase = twophase.New(twophase.Config{Timeout: cfg.Routing.TwoPhaseTimeout, Interval: cfg.Routing.TwoPhaseRecoveryInterval},
 		twophase.Deps{Router: deps.Router, OnPrimary: s.onPrimary, Metrics: deps.Metrics, Log: deps.Log})
 	var errs []error

@@ -1,13 +1,13 @@
 package proxy
 
 import (
-	"bytes"
 	"container/list"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"strconv"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
@@ -26,12 +26,36 @@ type stmtDef struct {
 	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
 	// it runs the refusal instead.
 	poison bool
-	// pinned is the statement's rewrite for writes to replicated tables
-	// (pintime.go); set by the session goroutine of the client owning def.
-	pinned *pinnedStmt
-	// merged is the statement's ShardSQL for reads merged across shards
-	// (merged.go); set like pinned.
-	merged *stmtDef
+	// variants are the statement's rewrites for requests spanning shards
+	// (package fanout: a merge's ShardSQL, a replicated write's pinned
+	// time), most recent first, at most maxVariants; set by the session
+	// goroutine of the client owning def.
+	variants []*stmtDef
+}
+
+// maxVariants bounds the rewrites kept with a statement.
+const maxVariants = 4
+
+var _ fanout.Stmt = (*stmtDef)(nil)
+
+// SQL is the statement's text.
+func (d *stmtDef) SQL() string { return d.query }
+
+// Variant returns the statement with text sql and the same parameter
+// types, kept with d so that it is prepared once per upstream. Session
+// goroutine only.
+func (d *stmtDef) Variant(sql string) fanout.Stmt {
+	if sql == d.query {
+		return d
+	}
+	for _, v := range d.variants {
+		if v.query == sql {
+			return v
+		}
+	}
+	v := newStmtDef(sql, d.oids, d.a, d.gen)
+	d.variants = append([]*stmtDef{v}, d.variants[:min(len(d.variants), maxVariants-1)]...)
+	return v
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis, gen uint64) *stmtDef {
@@ -132,11 +156,11 @@ var errMalformed = errors.New("malformed message")
 
 // cstr reads a NUL-terminated string at the start of b.
 func cstr(b []byte) (string, []byte, error) {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
+	str, rest, ok := wire.CString(b)
+	if !ok {
 		return "", nil, errMalformed
 	}
-	return string(b[:i]), b[i+1:], nil
+	return str, rest, nil
 }
 
 // parseMsg is a decoded Parse message.
@@ -180,12 +204,6 @@ func appendParse(dst []byte, name, query string, oids []uint32) []byte {
 	}
 	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
 	return dst
-}
-
-// appendQuery appends a simple-protocol Query message.
-func appendQuery(dst []byte, sql string) []byte {
-	dst = wire.AppendHeader(dst, 'Q', len(sql)+1)
-	return append(append(dst, sql...), 0)
 }
 
 // appendClose appends Close of a statement ('S') or portal ('P').

@@ -377,7 +377,7 @@ func (u *upstream) setParam(body []byte) {
 // caller must be the only goroutine reading and writing u.
 func (u *upstream) exec(sql string, onRow func([][]byte)) error {
 	u.unnamed = nil // a simple Query drops the server's unnamed statement
-	if _, err := u.conn.Write(appendQuery(nil, sql)); err != nil {
+	if _, err := u.conn.Write(wire.AppendQuery(nil, sql)); err != nil {
 		return u.lost(err)
 	}
 	return u.awaitReady(func(typ byte, body []byte) {

@@ -4,100 +4,35 @@ import (
 	"errors"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
-	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-// A client transaction that needs a second shard becomes a crossTx: from
-// then until it ends, the session goroutine serves it synchronously, each
-// request (a Query, or the messages from a Bind up to Sync) run as a
-// fanOut over the transaction's legs (fanout.go), without the relay
-// goroutine.
+// A client transaction that needs a second shard becomes a crossTx (a
+// fanout.Tx): from then until it ends, the session goroutine serves it
+// synchronously, each request (a Query, or the messages from a Bind up to
+// Sync) run as a fanout.Request over the transaction's legs, without the
+// relay goroutine. This file is the session's side: when a transaction
+// becomes one, the messages the session answers itself, and giving the
+// legs back when it ends.
 //
 // A transaction that so far ran only reads of nothing or of replicated
 // tables at READ COMMITTED is not made a crossTx: it moves to the shard
 // its next statement needs (relocateLocked), so a request that starts
 // with a user lookup and then works on one team stays on one connection.
 
-// crossTx is a client transaction spanning shards: one leg (a connection
-// inside the transaction) per shard its statements needed, opened as they
-// need them. Owned by the session goroutine.
-type crossTx struct {
-	legs []*txLeg // in the order opened
-	// begin opened the transaction (BEGIN with its options, hint-only SET
-	// LOCALs); replay lists what ran since that a leg opened later must
-	// also run (SET LOCAL, SET TRANSACTION, SAVEPOINT), in order.
-	begin  []string
-	replay []txStmt
-	// failed: a statement failed; until ROLLBACK (or ROLLBACK TO a
-	// savepoint) every statement gets 25P02, and COMMIT rolls back.
-	failed bool
-	start  time.Time
-	// now is the transaction's brownie.now, set on its legs at its first
-	// write to replicated tables (pintime.go); "" until then.
-	now string
-}
-
-// txLeg is the transaction's connection to one shard's primary.
-type txLeg struct {
-	c     *pool.Conn[*upstream]
-	shard string
-	wrote bool // a statement that may write ran on it
-	now   bool // brownie.now is set on it (pintime.go)
-	// opening begins the transaction on the leg: sent ahead of its first
-	// request, then "".
-	opening string
-}
-
-// txStmt is a statement a leg opened later replays.
-type txStmt struct {
-	kind txKind // txSavepoint, or txNone for a local setting
-	name string // the savepoint's name
-	sql  string
-}
-
-// status is the transaction status the client sees.
-func (xt *crossTx) status() byte {
-	if xt.failed {
-		return 'E'
-	}
-	return 'T'
-}
-
-// leg returns the transaction's leg on shard, or nil.
-func (xt *crossTx) leg(shard string) *txLeg {
-	for _, l := range xt.legs {
-		if l.shard == shard {
-			return l
-		}
-	}
-	return nil
-}
-
-// shards names the shards the transaction has legs on, first opened
-// first.
-func (xt *crossTx) shards() []string {
-	names := make([]string, len(xt.legs))
-	for i, l := range xt.legs {
-		names[i] = l.shard
-	}
-	return names
-}
-
-// record keeps a statement that succeeded on every leg for legs opened
+// recordTxStmt keeps a statement that succeeded on every leg for legs opened
 // later: a local setting or a SAVEPOINT is appended; RELEASE drops the
 // savepoint and those after it (their settings stay); ROLLBACK TO drops
 // everything after the savepoint.
 func recordTxStmt(list []txStmt, a *analysis, sql string) []txStmt {
 	last := func(name string) int {
 		for i := len(list) - 1; i >= 0; i-- {
-			if list[i].kind == txSavepoint && list[i].name == name {
+			if name != "" && list[i].Savepoint == name {
 				return i
 			}
 		}
@@ -105,12 +40,12 @@ func recordTxStmt(list []txStmt, a *analysis, sql string) []txStmt {
 	}
 	switch {
 	case a.tx == txSavepoint:
-		return append(list, txStmt{kind: txSavepoint, name: a.savepoint, sql: sql})
+		return append(list, txStmt{Savepoint: a.savepoint, SQL: sql})
 	case a.tx == txRelease:
 		if i := last(a.savepoint); i >= 0 {
 			kept := list[:i:i]
 			for _, s := range list[i:] {
-				if s.kind != txSavepoint {
+				if s.Savepoint == "" {
 					kept = append(kept, s)
 				}
 			}
@@ -121,7 +56,7 @@ func recordTxStmt(list []txStmt, a *analysis, sql string) []txStmt {
 			return list[:i+1]
 		}
 	case a.local:
-		return append(list, txStmt{sql: sql})
+		return append(list, txStmt{SQL: sql})
 	}
 	return list
 }
@@ -191,14 +126,12 @@ func (ss *session) relocateLocked() error {
 // upstream it runs on (if it started on one) becomes its first leg.
 // Called with ss.mu held, inside a transaction, with nothing in flight.
 func (ss *session) enterCrossLocked() error {
-	xt := &crossTx{begin: slices.Clone(ss.txBegin), replay: slices.Clone(ss.txReplay), start: time.Now()}
+	begin, replay := slices.Clone(ss.txBegin), slices.Clone(ss.txReplay)
 	if len(ss.deferred) > 0 {
-		xt.begin, xt.replay = ss.deferred, nil
+		begin, replay = ss.deferred, nil
 		ss.deferred = nil
 	}
-	if len(xt.begin) == 0 {
-		xt.begin = []string{"BEGIN"}
-	}
+	xt := fanout.NewTx(ss.fanEnv(), begin, replay)
 	if ss.up != nil {
 		wrote := ss.txWrote
 		c := ss.stopRelayLocked()
@@ -224,76 +157,13 @@ func (ss *session) enterCrossLocked() error {
 			}
 			ss.keepLocked(c)
 		default:
-			xt.legs = append(xt.legs, &txLeg{c: c, shard: shard, wrote: wrote == shard})
-			xt.failed = c.Value.txStatus == 'E'
+			xt.Join(ss.legConn(c), wrote == shard)
 		}
 	}
 	ss.txWrote = ""
-	ss.txStatus = xt.status()
+	ss.txStatus = xt.Status()
 	ss.xt, ss.crossing = xt, true
 	return nil
-}
-
-// openLeg adds a leg on shard to the transaction: a connection to the
-// shard's primary with the client's settings. The statements that begin
-// the transaction there as the client began it (BEGIN with its options,
-// local settings, savepoints) are not run yet: crossRequest sends them
-// ahead of the leg's first request, in the same write.
-func (ss *session) openLeg(shard string) (*txLeg, error) {
-	xt := ss.xt
-	t, ok := ss.srv.primaryTarget(shard)
-	if !ok {
-		return nil, pgerr.Errorf(pgerr.ServerRejected, "shard %q is not in the shard map", shard)
-	}
-	c, err := ss.takeConn(t)
-	if err != nil {
-		return nil, err
-	}
-	q := slices.Clone(xt.begin)
-	for _, s := range xt.replay {
-		q = append(q, s.sql)
-	}
-	l := &txLeg{c: c, shard: shard, opening: strings.Join(q, ";\n")}
-	xt.legs = append(xt.legs, l)
-	return l, nil
-}
-
-// crossRequest prepares a request on the transaction's legs for shards
-// (opened as needed, in map order), as a fanOut.
-func (ss *session) crossRequest(shards []string, plan *fanPlan) (*fanOut, error) {
-	xt := ss.xt
-	f := &fanOut{ss: ss, plan: plan, xt: xt, start: time.Now()}
-	for _, shard := range ss.srv.router.Map().ShardNames() {
-		if !slices.Contains(shards, shard) {
-			continue
-		}
-		l := xt.leg(shard)
-		if l == nil {
-			var err error
-			if l, err = ss.openLeg(shard); err != nil {
-				return nil, err
-			}
-		}
-		fl := &fanLeg{c: l.c, u: l.c.Value, tx: l}
-		if l.opening != "" {
-			// The leg's transaction begins in the request's first write;
-			// its answers are swallowed, and an error fails the leg.
-			fl.out = appendQuery(fl.out, l.opening)
-			fl.exp = append(fl.exp, expectation{kind: expQueryInjected})
-			l.opening = ""
-		}
-		f.legs = append(f.legs, fl)
-	}
-	if len(f.legs) > 1 {
-		ss.srv.metrics.FanOutShards.Observe(float64(len(f.legs)))
-	}
-	ss.mu.Lock()
-	ss.fanning = true
-	for _, l := range f.legs {
-		ss.fanUps = append(ss.fanUps, l.u)
-	}
-	ss.mu.Unlock()
-	return f, nil
 }
 
 // crossShards says which shards of the transaction a routed statement
@@ -303,16 +173,12 @@ func (ss *session) crossRequest(shards []string, plan *fanPlan) (*fanOut, error)
 func (ss *session) crossShards(r routeResult) ([]string, *fanPlan) {
 	xt := ss.xt
 	if r.fan != nil {
-		var shards []string
-		for _, t := range r.fan.targets {
-			shards = append(shards, t.Shard)
-		}
 		p := *r.fan
-		return shards, &p
+		return r.fan.Shards(), &p
 	}
-	plan := &fanPlan{readOnly: r.readOnly || r.noData}
-	if (r.anyShard || r.noData) && len(xt.legs) > 0 {
-		return []string{xt.legs[0].shard}, plan
+	plan := &fanPlan{ReadOnly: r.readOnly || r.noData}
+	if legs := xt.Shards(); (r.anyShard || r.noData) && len(legs) > 0 {
+		return legs[:1], plan
 	}
 	return []string{r.target.Shard}, plan
 }
@@ -323,21 +189,21 @@ func (ss *session) crossShards(r routeResult) ([]string, *fanPlan) {
 func (ss *session) crossMessage(typ byte, n int) error {
 	switch typ {
 	case 'S':
-		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: ss.xt.status()})
+		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: ss.xt.Status()})
 	case 'H':
 		return ss.cw.send(true)
 	case 'D', 'E':
 		// Describe or Execute without a Bind first: on one leg.
-		shards := ss.xt.shards()
+		shards := ss.xt.Shards()
 		if len(shards) == 0 {
 			shards = []string{ss.preferredTarget().Shard}
 		}
-		f, err := ss.crossRequest(shards[:1], &fanPlan{readOnly: true})
+		f, err := ss.xt.Request(shards[:1], &fanPlan{ReadOnly: true})
 		if err != nil {
 			return ss.crossFailed(err)
 		}
 		ss.fan = f
-		return f.message(typ, n)
+		return ss.fanMessage(typ, n)
 	}
 	body, err := ss.boundedBody(typ, n)
 	if err != nil {
@@ -376,7 +242,7 @@ func (ss *session) crossMessage(typ byte, n int) error {
 // ReadyForQuery when the request ends here); the transaction fails, as a
 // failed statement fails it in Postgres.
 func (ss *session) crossRefuse(e *pgerr.Error, ready bool) error {
-	ss.xt.failed = true
+	ss.xt.Fail()
 	ss.srv.metrics.RouteErrors.WithLabelValues(string(e.Code)).Inc()
 	msgs := []pgproto3.BackendMessage{e.Response()}
 	if ready {
@@ -409,8 +275,8 @@ func (ss *session) crossQuery(n int, body []byte, a *analysis, r *routeResult) e
 		}
 		return ss.cw.send(true, &pgproto3.ReadyForQuery{TxStatus: ss.crossStatus()})
 	}
-	if xt.failed {
-		return ss.cw.send(true, errInFailedTx.Response(), &pgproto3.ReadyForQuery{TxStatus: 'E'})
+	if xt.Failed() {
+		return ss.cw.send(true, fanout.ErrInFailedTx.Response(), &pgproto3.ReadyForQuery{TxStatus: 'E'})
 	}
 	if r == nil {
 		rr := ss.routeMessage('Q', n, body, false, a, false)
@@ -420,15 +286,12 @@ func (ss *session) crossQuery(n int, body []byte, a *analysis, r *routeResult) e
 		return ss.crossRefuse(r.refuse, true)
 	}
 	shards, plan := ss.crossShards(*r)
-	f, err := ss.crossRequest(shards, plan)
+	f, err := xt.Request(shards, plan)
 	if err != nil {
 		return ss.crossFailed(err)
 	}
-	if sql, err = f.pinTime(sql); err != nil {
-		f.queueError(pgerr.From(err))
-	}
-	f.addQuery(sql)
-	return ss.endFanOut(f.run())
+	f.Query(sql)
+	return ss.endFanOut(ss.runFan(f, f.Run()))
 }
 
 // isControl reports whether a statement controls the transaction or its
@@ -444,7 +307,7 @@ func (ss *session) crossStatus() byte {
 	if ss.xt == nil {
 		return 'I'
 	}
-	return ss.xt.status()
+	return ss.xt.Status()
 }
 
 // crossControl runs a transaction-control or settings statement of a
@@ -458,7 +321,7 @@ func (ss *session) crossControl(a *analysis, sql string) (failed bool, err error
 	switch {
 	case a.twoPhase:
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are not supported inside a transaction spanning shards")
-		xt.failed = true
+		xt.Fail()
 		ss.srv.metrics.Refused.WithLabelValues("two_phase_statement").Inc()
 		return true, ss.cw.send(false, e.Response())
 	case a.tx == txCommit:
@@ -468,47 +331,29 @@ func (ss *session) crossControl(a *analysis, sql string) (failed bool, err error
 	case a.tx == txBegin:
 		w := &pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: "25001", Message: "there is already a transaction in progress"}
 		return false, ss.cw.send(false, w, &pgproto3.CommandComplete{CommandTag: []byte("BEGIN")})
-	case xt.failed && a.tx != txRollbackTo:
-		return true, ss.cw.send(false, errInFailedTx.Response())
+	case xt.Failed() && a.tx != txRollbackTo:
+		return true, ss.cw.send(false, fanout.ErrInFailedTx.Response())
 	}
-	shards := xt.shards()
+	shards := xt.Shards()
 	if len(shards) == 0 {
 		shards = []string{ss.preferredTarget().Shard}
 	}
-	f, err := ss.crossRequest(shards, &fanPlan{readOnly: true, broadcast: true})
+	f, err := xt.Request(shards, &fanPlan{ReadOnly: true, Broadcast: true})
 	if err != nil {
 		return true, ss.crossFailed(err)
 	}
-	f.add(fanItem{typ: 'Q'}, func(l *fanLeg) { l.out = appendQuery(l.out, sql) })
-	if err := f.flush(true); err != nil {
-		f.destroy()
+	failed, err = f.Control(sql, a.tx == txRollbackTo, func(list []txStmt) []txStmt { return recordTxStmt(list, a, sql) })
+	if err != nil {
+		ss.destroyFan(f)
 		return true, ss.endFanOut(ss.sessionError(err))
 	}
 	ss.mu.Lock()
 	if a.touchesState() {
 		ss.dirty.note(a)
 	}
-	switch {
-	case f.failed:
-		xt.failed = true
-	case a.tx == txRollbackTo:
-		xt.failed = false
-	}
-	if !f.failed {
-		xt.replay = recordTxStmt(xt.replay, a, sql)
-		if xt.now != "" && !slices.ContainsFunc(xt.replay, func(s txStmt) bool { return strings.HasPrefix(s.sql, "SET LOCAL "+router.NowSetting) }) {
-			// Rolled back to before the first write to replicated tables:
-			// the next one sets brownie.now again.
-			xt.now = ""
-			for _, l := range xt.legs {
-				l.now = false
-			}
-		}
-	}
-	ss.txStatus = xt.status()
+	ss.txStatus = xt.Status()
 	ss.mu.Unlock()
-	f.release()
-	return f.failed, ss.endFanOut(nil)
+	return failed, ss.endFanOut(nil)
 }
 
 // localReq is an extended-protocol request the sidecar answers itself, a
@@ -604,13 +449,13 @@ func (ss *session) crossBind(n int, body []byte, r *routeResult) error {
 			return ss.cw.send(false, &pgproto3.BindComplete{})
 		}
 	}
-	if ss.xt.failed {
+	if ss.xt.Failed() {
 		// The server would skip everything up to Sync after the error.
-		f, err := ss.crossRequest(nil, &fanPlan{readOnly: true})
+		f, err := ss.xt.Request(nil, &fanPlan{ReadOnly: true})
 		if err != nil {
 			return ss.crossFailed(err)
 		}
-		f.queueError(errInFailedTx)
+		f.Fail(fanout.ErrInFailedTx)
 		ss.fan = f
 		return nil
 	}
@@ -622,132 +467,67 @@ func (ss *session) crossBind(n int, body []byte, r *routeResult) error {
 	if r.refuse != nil {
 		shards = nil
 	}
-	f, err := ss.crossRequest(shards, plan)
+	f, err := ss.xt.Request(shards, plan)
 	if err != nil {
 		return ss.crossFailed(err)
 	}
 	ss.fan = f
 	if r.refuse != nil {
 		ss.srv.metrics.RouteErrors.WithLabelValues(string(r.refuse.Code)).Inc()
-		f.queueError(r.refuse)
+		f.Fail(r.refuse)
 		return nil
 	}
-	return f.bind(n, body, plan)
+	return f.Bind(n, body, plan, ss.bindStmt(body))
 }
 
-// crossCommit commits a transaction spanning shards and answers the
-// client with COMMIT or the error (not ReadyForQuery): a failed one rolls
-// back; legs that only read commit first; then the one leg that wrote
-// commits alone, or several commit in two phases (twophase.go).
+// crossCommit commits a transaction spanning shards (see Tx.Commit) and
+// answers the client with COMMIT or the error (not ReadyForQuery), then
+// gives the legs back.
 func (ss *session) crossCommit() (failed bool, err error) {
-	xt := ss.xt
-	if xt.failed {
-		return false, ss.crossRollback()
-	}
-	f := ss.legsRequest()
-	var readers, writers []*fanLeg
-	for _, l := range f.legs {
-		if l.tx.wrote {
-			writers = append(writers, l)
-		} else {
-			readers = append(readers, l)
-		}
-	}
-	err = f.each(readers, func(*fanLeg) string { return "COMMIT" })
-	outcome := "committed"
-	switch {
-	case err != nil:
-	case len(writers) <= 1:
-		if err = f.each(writers, func(*fanLeg) string { return "COMMIT" }); err == nil && f.firstErr != nil {
-			f.sendError(nil)
-		}
-	default:
-		wf := &fanOut{ss: ss, plan: f.plan, xt: xt, start: f.start, legs: writers}
-		err = wf.commitTwoPhase()
-		f.failed, f.clientGone = wf.failed, wf.clientGone
-	}
-	if err == nil && f.failed {
-		outcome = "rolled_back"
-	}
-	if err != nil {
-		outcome = "unknown"
-	}
-	ss.srv.metrics.CrossShardTx.WithLabelValues(outcome, legCount(len(xt.legs))).Inc()
+	failed, err = ss.xt.Commit()
 	if err != nil {
 		return true, ss.endFanOut(ss.crossFailed(err))
 	}
-	if !f.failed {
-		now := time.Now()
-		ss.mu.Lock()
-		for _, l := range writers {
-			ss.wroteLocked(l.tx.shard, now)
-		}
-		ss.mu.Unlock()
-		f.emit('C', []byte("COMMIT\x00"))
-	}
-	ss.exitCross(f)
-	return f.failed, ss.endFanOut(nil)
+	ss.exitCross()
+	return failed, ss.endFanOut(nil)
 }
 
 // crossRollback rolls the transaction back on every leg and answers the
-// client with ROLLBACK (not ReadyForQuery).
+// client with ROLLBACK (not ReadyForQuery), then gives the legs back.
 func (ss *session) crossRollback() error {
-	xt := ss.xt
-	f := ss.legsRequest()
-	if err := f.each(f.legs, func(*fanLeg) string { return "ROLLBACK" }); err != nil {
+	if err := ss.xt.Rollback(); err != nil {
 		return ss.endFanOut(ss.crossFailed(err))
 	}
-	ss.srv.metrics.CrossShardTx.WithLabelValues("rolled_back", legCount(len(xt.legs))).Inc()
-	f.failed = false
-	f.emit('C', []byte("ROLLBACK\x00"))
-	ss.exitCross(f)
+	ss.exitCross()
 	return ss.endFanOut(nil)
 }
 
-// legsRequest is a request on every leg of the transaction, in map order,
-// for its end.
-func (ss *session) legsRequest() *fanOut {
-	xt := ss.xt
-	f := &fanOut{ss: ss, plan: &fanPlan{}, xt: xt, start: time.Now()}
-	for _, shard := range ss.srv.router.Map().ShardNames() {
-		if l := xt.leg(shard); l != nil {
-			f.legs = append(f.legs, &fanLeg{c: l.c, u: l.c.Value, tx: l})
-		}
-	}
-	ss.mu.Lock()
-	ss.fanning = true
-	for _, l := range f.legs {
-		ss.fanUps = append(ss.fanUps, l.u)
-	}
-	ss.mu.Unlock()
-	return f
-}
-
-// exitCross gives the legs back after the transaction's end: settings the client changed are read back on each, then
-// each goes to its pool (or stays parked for a session with state).
-func (ss *session) exitCross(f *fanOut) {
-	xt := ss.xt
+// exitCross gives the legs back after the transaction's end: settings the
+// client changed are read back on each, then each goes to its pool (or
+// stays parked for a session with state).
+func (ss *session) exitCross() {
+	legs := ss.xt.Conns()
 	ss.mu.Lock()
 	d := ss.dirty
 	ss.dirty = dirtyState{}
 	ss.mu.Unlock()
-	for _, l := range xt.legs {
-		u := l.c.Value
+	for _, c := range legs {
+		u := upstreamOf(c).Value
 		if d.any() && u.txStatus == 'I' {
 			if err := ss.settle(u, d); err != nil {
 				u.txStatus = 'X' // destroyed below
 			}
 		}
 	}
-	if len(xt.legs) > 0 {
-		_ = ss.reportParams(xt.legs[0].c.Value, false)
+	if len(legs) > 0 {
+		_ = ss.reportParams(upstreamOf(legs[0]).Value, false)
 	}
 	ss.mu.Lock()
-	for _, l := range xt.legs {
-		if l.c.Value.txStatus == 'I' {
-			ss.keepLocked(l.c)
+	for _, c := range legs {
+		if c.TxStatus() == 'I' {
+			ss.keepLocked(upstreamOf(c))
 		} else {
-			l.c.Destroy()
+			c.Destroy()
 		}
 	}
 	ss.xt, ss.crossing = nil, false
@@ -756,44 +536,17 @@ func (ss *session) exitCross(f *fanOut) {
 }
 
 // abandonCross rolls back every leg of a transaction the client left, or
-// that cannot go on: each leg is rolled back and given back, or destroyed
-// when that fails.
+// that cannot go on (see Tx.Abandon).
 func (ss *session) abandonCross() {
 	xt := ss.xt
 	if xt == nil {
 		return
 	}
-	ss.srv.metrics.CrossShardTx.WithLabelValues("rolled_back", legCount(len(xt.legs))).Inc()
-	timeout := ss.srv.cfg.Pool.ResetTimeout
-	for _, l := range xt.legs {
-		u := l.c.Value
-		_ = u.conn.SetDeadline(time.Now().Add(timeout))
-		err := u.exec("ROLLBACK", nil)
-		_ = u.conn.SetDeadline(time.Time{})
-		if err != nil || u.txStatus != 'I' {
-			ss.log.Debug("destroying a leg of an abandoned transaction", zap.String("shard", l.shard), zap.Error(err))
-			l.c.Destroy()
-			continue
-		}
-		ss.mu.Lock()
-		ss.keepLocked(l.c)
-		ss.mu.Unlock()
-	}
+	xt.Abandon(ss.srv.cfg.Pool.ResetTimeout)
 	ss.mu.Lock()
 	ss.xt, ss.crossing = nil, false
 	ss.txStatus, ss.txBegin, ss.txReplay = 'I', nil, nil
 	ss.mu.Unlock()
-}
-
-// legCount is the shards label of the cross-shard transaction metric.
-func legCount(n int) string {
-	switch {
-	case n <= 1:
-		return "1"
-	case n == 2:
-		return "2"
-	}
-	return "3+"
 }
 
 // noteTxStatementLocked keeps what a statement sent on the session's one
@@ -844,54 +597,11 @@ func (ss *session) crossEntry(typ byte, n int, body []byte, a *analysis, r route
 
 // eachShard runs a statement Postgres refuses inside a transaction block
 // (VACUUM, CREATE INDEX CONCURRENTLY…) on every shard of plan, one after
-// the other, each on its own; the client gets the first shard's answer,
-// or an error naming the shards where it succeeded and where it failed.
+// the other (see fanout.EachShard); only a simple query may.
 func (ss *session) eachShard(typ byte, body []byte, plan *fanPlan) error {
 	if typ != 'Q' {
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "a statement that cannot run inside a transaction block runs on several shards only as a simple query")
 		return ss.cw.send(false, e.Response())
 	}
-	sql := string(body[:len(body)-1])
-	var ok, failed []string
-	var firstErr *pgerr.Error
-	tag := ""
-	for _, t := range plan.targets {
-		c, err := ss.takeConn(t)
-		if err == nil {
-			err = c.Value.exec(sql, nil)
-			if err == nil && tag == "" {
-				tag = c.Value.tag
-			}
-			if c.Value.txStatus == 'I' && (err == nil || errors.As(err, new(*pgerr.Error))) {
-				ss.mu.Lock()
-				ss.keepLocked(c)
-				ss.mu.Unlock()
-			} else {
-				c.Destroy()
-			}
-		}
-		if err != nil {
-			failed = append(failed, t.Shard)
-			if firstErr == nil {
-				firstErr = pgerr.From(err)
-			}
-			continue
-		}
-		ok = append(ok, t.Shard)
-	}
-	if firstErr == nil {
-		return ss.cw.send(true, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	}
-	e := *firstErr
-	e.Severity = pgerr.SevError
-	e.Message = "on shard " + failed[0] + ": " + e.Message
-	e.Detail = strings.TrimSpace("it succeeded on " + listOrNone(ok) + " and failed on " + strings.Join(failed, ", ") + ". " + e.Detail)
-	return ss.cw.send(true, e.Response(), &pgproto3.ReadyForQuery{TxStatus: 'I'})
-}
-
-func listOrNone(s []string) string {
-	if len(s) == 0 {
-		return "no shard"
-	}
-	return strings.Join(s, ", ")
+	return fanout.EachShard(ss.fanEnv(), string(body[:len(body)-1]), plan)
 }

@@ -1,4 +1,4 @@
-package proxy
+package fanout
 
 import (
 	"bytes"
@@ -323,8 +323,7 @@ func unescapeCopyText(s string) string {
 // to the legs (split by key, or all of it to every leg of a replicated
 // table) until CopyDone or CopyFail. A leg that failed to start the COPY
 // fails the request before the client sends anything.
-func (f *fanOut) copyIn(sql string) error {
-	ss := f.ss
+func (f *Request) copyIn(sql string) error {
 	var first []byte
 	started := make([]bool, len(f.legs))
 	failed := false
@@ -362,7 +361,7 @@ func (f *fanOut) copyIn(sql string) error {
 	fail := func(msg string) error {
 		for i, l := range f.legs {
 			if started[i] {
-				if err := f.write(l, copyFail(msg)); err != nil {
+				if err := f.write(l, wire.AppendCopyFail(nil, msg)); err != nil {
 					return err
 				}
 			}
@@ -375,7 +374,7 @@ func (f *fanOut) copyIn(sql string) error {
 	}
 	o, _ := parseCopy(sql)
 	var split *copySplitter
-	if f.plan.copy != nil {
+	if f.plan.Copy != nil {
 		if o.format == "binary" {
 			return f.copyRefused(fail, pgerr.Errorf(pgerr.FeatureNotSupported, "binary COPY into a sharded table spanning shards is not supported"))
 		}
@@ -387,7 +386,7 @@ func (f *fanOut) copyIn(sql string) error {
 			}
 		}
 		var err error
-		if split, err = newCopySplitter(o, f.plan.copy, ss.srv.router, f.shards(), cols); err != nil {
+		if split, err = newCopySplitter(o, f.plan.Copy, f.env.Deps.Router, f.Shards(), cols); err != nil {
 			return f.copyRefused(fail, pgerr.From(err))
 		}
 	}
@@ -395,17 +394,17 @@ func (f *fanOut) copyIn(sql string) error {
 	f.flushClient()
 	var rowErr error
 	for {
-		typ, n, err := ss.cr.Next()
+		typ, n, err := f.env.Client.Next()
 		if err != nil {
 			_ = fail("client connection lost")
 			return err
 		}
 		switch typ {
 		case 'd':
-			if n > maxAnalyzed {
+			if n > MaxBody {
 				rowErr = pgerr.Errorf(pgerr.ProgramLimitExceeded, "a COPY data message of %d bytes is too large", n)
 			}
-			body, err := ss.cr.Body()
+			body, err := f.env.Client.Body()
 			if err != nil {
 				return err
 			}
@@ -444,7 +443,7 @@ func (f *fanOut) copyIn(sql string) error {
 			}
 			return nil
 		case 'f':
-			body, err := ss.cr.Body()
+			body, err := f.env.Client.Body()
 			if err != nil {
 				return err
 			}
@@ -462,21 +461,21 @@ func (f *fanOut) copyIn(sql string) error {
 // copyRefused refuses a COPY the sidecar cannot split: the legs' COPY is
 // failed and the client gets e (it has sent no data yet: it waits for
 // CopyInResponse).
-func (f *fanOut) copyRefused(fail func(string) error, e *pgerr.Error) error {
-	f.ss.srv.metrics.Refused.WithLabelValues("copy").Inc()
+func (f *Request) copyRefused(fail func(string) error, e *pgerr.Error) error {
+	f.env.Deps.Metrics.Refused.WithLabelValues("copy").Inc()
 	f.sendError(e.Encode(nil)[5:])
 	return fail(e.Message)
 }
 
 // columnsAfterCopy reads a table's columns while the legs are in COPY:
 // from the column cache only (the legs are busy).
-func (f *fanOut) columnsAfterCopy(table string) ([]router.Column, bool) {
-	cols, _, ok := f.ss.srv.catalog.get(table)
+func (f *Request) columnsAfterCopy(table string) ([]router.Column, bool) {
+	cols, _, ok := f.env.Deps.Catalog.columns.get(table)
 	return cols, ok && cols != nil
 }
 
 // sendPending writes each leg's pending rows as one CopyData message.
-func (f *fanOut) sendPending(s *copySplitter) error {
+func (f *Request) sendPending(s *copySplitter) error {
 	for i, l := range f.legs {
 		if len(s.pending[i]) == 0 {
 			continue
@@ -488,9 +487,4 @@ func (f *fanOut) sendPending(s *copySplitter) error {
 		}
 	}
 	return nil
-}
-
-// copyFail is a CopyFail message.
-func copyFail(msg string) []byte {
-	return append(append(wire.AppendHeader(nil, 'f', len(msg)+1), msg...), 0)
 }

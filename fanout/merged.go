@@ -1,17 +1,13 @@
-package proxy
+package fanout
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/brownie/brownie-sidecar/health"
-	"github.com/brownie/brownie-sidecar/internal/lru"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/merge"
@@ -23,122 +19,6 @@ import (
 // turned into the client's, and the shards' rows go through Plan.Run.
 // Reads merge has nothing to do for (no ORDER BY, LIMIT, aggregate,
 // DISTINCT) are concatenated as they come.
-
-// mergeCatalog holds what merges need from the shards' catalog: merge
-// plans by statement text, enum sort orders by type OID, and whether
-// text sorts bytewise (database collation C). Safe for concurrent use.
-type mergeCatalog struct {
-	plans *lru.Cache[string, mergeEntry]
-
-	mu        sync.Mutex
-	enums     map[enumKey]map[string]float64 // nil value: not an enum
-	collation string                         // the shards' database collation, once read
-}
-
-// enumKey names a type on one shard: type OIDs differ between shards.
-type enumKey struct {
-	shard string
-	oid   uint32
-}
-
-type mergeEntry struct {
-	plan *merge.Plan
-	err  error
-}
-
-func newMergeCatalog() *mergeCatalog {
-	return &mergeCatalog{plans: lru.New[string, mergeEntry](4096), enums: map[enumKey]map[string]float64{}}
-}
-
-// clear forgets what a schema change may change (enum labels).
-func (c *mergeCatalog) clear() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.enums = map[enumKey]map[string]float64{}
-}
-
-// mergePlan returns the merge plan of sql (nil when its rows need no
-// merging), or the 0A000 error refusing it. Plans are cached by text.
-func (s *Server) mergePlan(sql string) (*merge.Plan, error) {
-	if e, ok := s.merges.plans.Get(sql); ok {
-		return e.plan, e.err
-	}
-	p, err := merge.Analyze(sql)
-	e := s.merges.plans.Add(sql, mergeEntry{plan: p, err: err})
-	return e.plan, e.err
-}
-
-// onFirstPrimary runs fn on the health checker's connection to the first
-// shard's primary: catalog reads made while the request's own
-// connections are busy.
-func (s *Server) onFirstPrimary(fn func(health.Conn) error) error {
-	return s.onPrimary(context.Background(), s.router.Map().Shards[0].Name, fn)
-}
-
-// enumOrder returns the sort positions of the labels of enum type oid on
-// shard (the shard whose RowDescription named the type: OIDs differ
-// between shards), read once per type from that shard's catalog.
-func (s *Server) enumOrder(shard string, oid uint32) (map[string]float64, bool) {
-	c := s.merges
-	key := enumKey{shard, oid}
-	c.mu.Lock()
-	m, ok := c.enums[key]
-	c.mu.Unlock()
-	if ok {
-		return m, m != nil
-	}
-	var labels map[string]float64
-	err := s.onPrimary(context.Background(), shard, func(conn health.Conn) error {
-		return conn.Exec("SELECT enumlabel, enumsortorder FROM pg_catalog.pg_enum WHERE enumtypid = "+strconv.FormatUint(uint64(oid), 10), func(row [][]byte) {
-			if len(row) == 2 {
-				f, err := strconv.ParseFloat(string(row[1]), 64)
-				if err == nil {
-					if labels == nil {
-						labels = map[string]float64{}
-					}
-					labels[string(row[0])] = f
-				}
-			}
-		})
-	})
-	if err != nil {
-		return nil, false // not cached: the next merge asks again
-	}
-	c.mu.Lock()
-	c.enums[key] = labels
-	c.mu.Unlock()
-	return labels, labels != nil
-}
-
-// bytewiseText reports whether the shards' database collation sorts text
-// bytewise, as the merge compares it (C, POSIX, C.UTF-8). It is read
-// once from the first shard.
-func (s *Server) bytewiseText() (bool, error) {
-	c := s.merges
-	c.mu.Lock()
-	coll := c.collation
-	c.mu.Unlock()
-	if coll == "" {
-		err := s.onFirstPrimary(func(conn health.Conn) error {
-			return conn.Exec("SELECT datcollate FROM pg_catalog.pg_database WHERE datname = current_database()", func(row [][]byte) {
-				if len(row) == 1 {
-					coll = string(row[0])
-				}
-			})
-		})
-		if err != nil {
-			return false, err
-		}
-		c.mu.Lock()
-		c.collation = coll
-		c.mu.Unlock()
-	}
-	switch strings.ToLower(coll) {
-	case "c", "posix", "c.utf-8", "c.utf8":
-		return true, nil
-	}
-	return false, nil
-}
 
 // mergeState is one merged execution in a request: the plan and what the
 // Bind said (nil for a simple Query), and the shards' RowDescription.
@@ -153,8 +33,8 @@ type mergeState struct {
 
 // merging reports whether the request is a read whose rows may need
 // merging: on several shards, not a broadcast.
-func (f *fanOut) merging() bool {
-	return f.plan.readOnly && !f.plan.broadcast && len(f.legs) > 1
+func (f *Request) merging() bool {
+	return f.plan.ReadOnly && !f.plan.Broadcast && len(f.legs) > 1
 }
 
 // refusalReason is the metric label of a merge refusal: a bounded set
@@ -178,29 +58,29 @@ func refusalReason(msg string) string {
 // checkCollation refuses, when the shards' database collation does not
 // sort text bytewise, a merge that compares values (every kind but a
 // plain LIMIT): the merge compares text bytewise.
-func (f *fanOut) checkCollation(p *merge.Plan) error {
+func (f *Request) checkCollation(p *merge.Plan) error {
 	kinds := p.Kinds()
 	if len(kinds) == 1 && kinds[0] == "limit" {
 		return nil
 	}
-	ok, err := f.ss.srv.bytewiseText()
+	ok, err := f.env.Deps.Catalog.bytewiseText()
 	if err != nil || ok {
 		return nil // unknown: the merge runs; the shards' own order is C in every supported set-up
 	}
 	e := pgerr.Errorf(pgerr.FeatureNotSupported, "ORDER BY, GROUP BY, DISTINCT and min/max across shards need the database collation \"C\"")
 	e.Hint = "create the database with LC_COLLATE 'C', or add the team key (team_id) so the statement runs on one shard"
-	f.ss.srv.metrics.Refused.WithLabelValues("collation").Inc()
+	f.env.Deps.Metrics.Refused.WithLabelValues("collation").Inc()
 	return e
 }
 
 // planQueryMerge returns the text the legs run for a simple Query of the
 // request and the merge of its rows (nil: concatenate), or the error
 // refusing it.
-func (f *fanOut) planQueryMerge(sql string) (string, *mergeState, error) {
+func (f *Request) planQueryMerge(sql string) (string, *mergeState, error) {
 	if !f.merging() {
 		return sql, nil, nil
 	}
-	p, err := f.ss.srv.mergePlan(sql)
+	p, err := f.env.Deps.Catalog.mergePlan(sql)
 	if err != nil || p == nil {
 		f.refused(err)
 		return sql, nil, err
@@ -212,10 +92,10 @@ func (f *fanOut) planQueryMerge(sql string) (string, *mergeState, error) {
 }
 
 // refused counts a statement refused as impossible to merge exactly.
-func (f *fanOut) refused(err error) {
+func (f *Request) refused(err error) {
 	var pe *pgerr.Error
 	if errors.As(err, &pe) && pe.Code == pgerr.FeatureNotSupported {
-		f.ss.srv.metrics.Refused.WithLabelValues(refusalReason(pe.Message)).Inc()
+		f.env.Deps.Metrics.Refused.WithLabelValues(refusalReason(pe.Message)).Inc()
 	}
 }
 
@@ -223,11 +103,11 @@ func (f *fanOut) refused(err error) {
 // statement the legs prepare (def, or its ShardSQL rewrite, cached on
 // def), the Bind's result formats for the legs, and the merge state
 // (nil: concatenate). An error refuses the statement.
-func (f *fanOut) mergedBind(def *stmtDef, body []byte) (*stmtDef, []int16, *mergeState, error) {
+func (f *Request) mergedBind(def Stmt, body []byte) (Stmt, []int16, *mergeState, error) {
 	if !f.merging() {
 		return def, nil, nil, nil
 	}
-	p, err := f.ss.srv.mergePlan(def.query)
+	p, err := f.env.Deps.Catalog.mergePlan(def.SQL())
 	if err != nil {
 		f.refused(err)
 		return nil, nil, nil, err
@@ -247,10 +127,7 @@ func (f *fanOut) mergedBind(def *stmtDef, body []byte) (*stmtDef, []int16, *merg
 	if len(formats) > 1 {
 		formats = p.ShardResultFormats(formats, len(formats)+p.HiddenColumns())
 	}
-	if def.merged == nil || def.merged.query != p.ShardSQL() {
-		def.merged = newStmtDef(p.ShardSQL(), def.oids, def.a, def.gen)
-	}
-	return def.merged, formats, ms, nil
+	return def.Variant(p.ShardSQL()), formats, ms, nil
 }
 
 // appendBind appends a Bind of the legs' statement sname with the
@@ -267,8 +144,8 @@ func appendBind(out []byte, body []byte, sname string, formats []int16) ([]byte,
 
 // legSource is one leg's rows for merge.Run.
 type legSource struct {
-	f    *fanOut
-	l    *fanLeg
+	f    *Request
+	l    *leg
 	done bool
 	tag  []byte
 }
@@ -289,7 +166,7 @@ func (s *legSource) Next() ([]byte, bool, error) {
 		switch typ {
 		case 'D':
 			if body == nil { // larger than largeMessage: read it whole
-				if body, err = s.l.u.r.Body(); err != nil {
+				if body, err = s.l.c.Reader().Body(); err != nil {
 					return nil, false, s.f.legLost(s.l, err)
 				}
 			}
@@ -324,8 +201,7 @@ func (s *legSource) drain() error {
 
 // runMerge merges the legs' rows for one result whose RowDescription is
 // known (ms.rowDesc) and answers the client's rows and command tag.
-func (f *fanOut) runMerge(ms *mergeState) error {
-	ss := f.ss
+func (f *Request) runMerge(ms *mergeState) error {
 	sources := make([]*legSource, len(f.legs))
 	srcs := make([]merge.Source, len(f.legs))
 	for i, l := range f.legs {
@@ -335,8 +211,8 @@ func (f *fanOut) runMerge(ms *mergeState) error {
 		}
 		srcs[i] = sources[i]
 	}
-	shard := f.legs[0].u.target.Shard // whose RowDescription ms.rowDesc is
-	opt := merge.Options{EnumOrder: func(oid uint32) (map[string]float64, bool) { return ss.srv.enumOrder(shard, oid) }}
+	shard := f.legs[0].c.Target().Shard // whose RowDescription ms.rowDesc is
+	opt := merge.Options{EnumOrder: func(oid uint32) (map[string]float64, bool) { return f.env.Deps.Catalog.enumOrder(shard, oid) }}
 	emitted, err := ms.plan.Run(ms.params, ms.paramFormats, ms.rowDesc, ms.clientFormats, srcs, func(row []byte) error {
 		f.emit('D', row)
 		if f.clientGone {
@@ -363,7 +239,7 @@ func (f *fanOut) runMerge(ms *mergeState) error {
 		if !ms.counted {
 			ms.counted = true
 			for _, k := range ms.plan.Kinds() {
-				ss.srv.metrics.MergedReads.WithLabelValues(k).Inc()
+				f.env.Deps.Metrics.MergedReads.WithLabelValues(k).Inc()
 			}
 		}
 		f.emit('C', []byte("SELECT "+strconv.FormatInt(emitted, 10)+"\x00"))
@@ -377,7 +253,7 @@ var errClientGone = errors.New("client gone")
 // answerMergedQuery answers a simple Query whose rows are merged: every
 // leg's RowDescription first (the client gets the first one, described
 // for the client), then the merged rows, then every leg's ReadyForQuery.
-func (f *fanOut) answerMergedQuery(ms *mergeState) error {
+func (f *Request) answerMergedQuery(ms *mergeState) error {
 	for _, l := range f.legs {
 		ok, err := f.skipInjected(l)
 		if err != nil {
@@ -431,18 +307,18 @@ func (f *fanOut) answerMergedQuery(ms *mergeState) error {
 	return nil
 }
 
-// describeItem appends a Describe of the portal an Execute names, for a
+// describePortal appends a Describe of the portal an Execute names, for a
 // merge that needs the shards' RowDescription: the legs answer it and the
 // sidecar keeps the answer (the client asked for none).
 func describePortal(out []byte, executeBody []byte) []byte {
-	portal, _, _ := cstr(executeBody)
+	portal, _, _ := wire.CString(executeBody)
 	out = wire.AppendHeader(out, 'D', 1+len(portal)+1)
 	return append(append(append(out, 'P'), portal...), 0)
 }
 
 // answerMergedExecute answers an Execute whose rows are merged: the legs'
 // earlier answers are consumed, then their rows go through the merge.
-func (f *fanOut) answerMergedExecute(ms *mergeState) error {
+func (f *Request) answerMergedExecute(ms *mergeState) error {
 	for _, l := range f.legs {
 		if l.failed {
 			continue

@@ -1,9 +1,10 @@
-package proxy
+package fanout
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,11 +17,11 @@ import (
 )
 
 // This file reads a fan-out's answers and merges them into what the
-// client sees (see fanOut).
+// client sees (see Request).
 
 // answer reads every leg's answer to one item and sends the client the
 // merged answer.
-func (f *fanOut) answer(it fanItem) error {
+func (f *Request) answer(it item) error {
 	switch {
 	case it.typ == '1' || it.typ == '3':
 		f.emit(it.typ, nil)
@@ -49,7 +50,7 @@ func (f *fanOut) answer(it fanItem) error {
 	var tags, others [][]byte
 	empty, legFailed := false, false
 	for i, l := range f.legs {
-		primary := !f.plan.broadcast || i == 0 // a broadcast answers with the first leg's rows
+		primary := !f.plan.Broadcast || i == 0 // a broadcast answers with the first leg's rows
 		if l.failed {
 			continue
 		}
@@ -136,7 +137,7 @@ func (f *fanOut) answer(it fanItem) error {
 
 // answers lists the message types that answer an item (besides
 // ErrorResponse, and DataRows before an Execute's end).
-func answers(it fanItem) string {
+func answers(it item) string {
 	switch it.typ {
 	case 'B':
 		return "2"
@@ -154,7 +155,7 @@ func answers(it fanItem) string {
 // answerQuery reads the answers to a simple Query, result by result: each
 // leg's next result (rows, then a command tag, an empty-query answer or an
 // error), merged, until every leg has answered ReadyForQuery.
-func (f *fanOut) answerQuery(it fanItem) error {
+func (f *Request) answerQuery(it item) error {
 	if it.copyIn {
 		if err := f.copyIn(it.sql); err != nil {
 			return err
@@ -168,7 +169,7 @@ func (f *fanOut) answerQuery(it fanItem) error {
 			if l.done {
 				continue
 			}
-			primary := !f.plan.broadcast || i == 0 // a broadcast answers with the first leg's rows
+			primary := !f.plan.Broadcast || i == 0 // a broadcast answers with the first leg's rows
 			active = true
 			ok, err := f.skipInjected(l)
 			if err != nil {
@@ -223,7 +224,7 @@ func (f *fanOut) answerQuery(it fanItem) error {
 					// A COPY FROM STDIN the sidecar did not expect (inside a
 					// query of several statements): refuse it on the leg,
 					// which then answers with an error.
-					if err := f.write(l, copyFail("COPY spanning shards inside a query of several statements is not supported")); err != nil {
+					if err := f.write(l, wire.AppendCopyFail(nil, "COPY spanning shards inside a query of several statements is not supported")); err != nil {
 						return err
 					}
 				case 'H':
@@ -265,7 +266,7 @@ func (f *fanOut) answerQuery(it fanItem) error {
 		case copyRefused:
 			e := pgerr.Errorf(pgerr.FeatureNotSupported, "binary COPY TO spanning shards is not supported")
 			e.Hint = "copy in text or CSV format, or from each shard (brownie:shard hint)"
-			f.ss.srv.metrics.Refused.WithLabelValues("copy").Inc()
+			f.env.Deps.Metrics.Refused.WithLabelValues("copy").Inc()
 			f.sendError(e.Encode(nil)[5:])
 		case len(tags) > 0:
 			if copyDone {
@@ -281,10 +282,10 @@ func (f *fanOut) answerQuery(it fanItem) error {
 // skipInjected consumes the leg's answers to injected messages queued
 // before its next item, and the item's marker. It reports false when the
 // leg answered one of them with an error (the leg is then failed).
-func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
+func (f *Request) skipInjected(l *leg) (bool, error) {
 	for len(l.exp) > 0 {
 		e := l.exp[0]
-		if e.kind == expFanItem {
+		if e.kind == expItem {
 			l.exp = l.exp[1:]
 			return true, nil
 		}
@@ -296,14 +297,14 @@ func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
 		case typ == 'E':
 			f.failLeg(l, body)
 			return false, nil
-		case e.kind == expQueryInjected && typ == 'C':
+		case e.kind == expQuery && typ == 'C':
 			continue // the wrapping BEGIN's tag; its ReadyForQuery follows
-		case e.kind == expQueryInjected && typ == 'Z':
-		case e.kind == expParseInjected && typ == '1':
+		case e.kind == expQuery && typ == 'Z':
+		case e.kind == expParse && typ == '1':
 			if e.key != "" {
-				l.u.stmts.confirm(e.key)
+				l.c.Parsed(e.key, true)
 			}
-		case e.kind == expCloseInjected && typ == '3':
+		case e.kind == expClose && typ == '3':
 		default:
 			return false, f.legLost(l, fmt.Errorf("unexpected message %q", typ))
 		}
@@ -314,18 +315,22 @@ func (f *fanOut) skipInjected(l *fanLeg) (bool, error) {
 
 // failLeg records a leg's ErrorResponse: statements whose Parse the
 // server will now skip are not prepared there.
-func (f *fanOut) failLeg(l *fanLeg, body []byte) {
+func (f *Request) failLeg(l *leg, body []byte) {
 	l.failed = true
-	forgetSkipped(l.u, l.exp)
+	for _, e := range l.exp { // the server skips the Parses after the error
+		if e.kind == expParse {
+			l.c.Parsed(e.key, false)
+		}
+	}
 	l.exp = nil
 	if f.firstErr == nil {
 		f.firstErr = slices.Clone(body)
 	}
-	f.ss.srv.metrics.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+	f.env.Deps.Metrics.Errors.WithLabelValues("upstream", wire.ErrorClass(body)).Inc()
 }
 
 // readToReady discards a leg's messages up to its ReadyForQuery.
-func (f *fanOut) readToReady(l *fanLeg) error {
+func (f *Request) readToReady(l *leg) error {
 	for !l.done {
 		typ, n, body, err := f.next(l)
 		if err != nil {
@@ -340,7 +345,7 @@ func (f *fanOut) readToReady(l *fanLeg) error {
 			}
 		case 'D':
 			if body == nil {
-				if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+				if err := l.c.Reader().CopyBody(io.Discard); err != nil {
 					return f.legLost(l, err)
 				}
 			}
@@ -351,45 +356,45 @@ func (f *fanOut) readToReady(l *fanLeg) error {
 }
 
 // ready records a leg's ReadyForQuery.
-func (f *fanOut) ready(l *fanLeg, body []byte) {
+func (f *Request) ready(l *leg, body []byte) {
 	l.done = true
 	if len(body) == 1 {
 		l.status = body[0]
-		l.u.txStatus = body[0]
+		l.c.Note('Z', body)
 	}
-	if l.u.duration != nil && !l.timed {
+	if !l.timed {
 		l.timed = true
-		l.u.duration.Observe(time.Since(f.start).Seconds())
+		l.c.ObserveQuery(time.Since(f.start))
 	}
 }
 
 // next reads a leg's next message. Notices and notifications go to the
 // client; ParameterStatus is recorded. A DataRow larger than largeMessage
 // is returned with a nil body for the caller to stream.
-func (f *fanOut) next(l *fanLeg) (byte, int, []byte, error) {
-	u := l.u
+func (f *Request) next(l *leg) (byte, int, []byte, error) {
+	r := l.c.Reader()
 	for {
-		typ, n, err := u.r.Next()
+		typ, n, err := r.Next()
 		if err != nil {
 			return 0, 0, nil, f.legLost(l, err)
 		}
 		if typ == 'D' && n > largeMessage {
 			return typ, n, nil, nil
 		}
-		body, err := u.r.Body()
+		body, err := r.Body()
 		if err != nil {
 			return 0, 0, nil, f.legLost(l, err)
 		}
 		switch typ {
 		case 'S':
-			u.setParam(body)
+			l.c.Note('S', body)
 			continue
 		case 'N':
 			f.emit('N', body)
 			continue
 		case 'A':
-			if len(body) >= 4 && binary.BigEndian.Uint32(body) == u.pid {
-				binary.BigEndian.PutUint32(body, f.ss.pid)
+			if len(body) >= 4 && binary.BigEndian.Uint32(body) == l.c.BackendPID() {
+				binary.BigEndian.PutUint32(body, f.env.Session.PID())
 			}
 			f.emit('A', body)
 			continue
@@ -400,31 +405,24 @@ func (f *fanOut) next(l *fanLeg) (byte, int, []byte, error) {
 
 // row sends one DataRow to the client (streaming a large one), or drops
 // it once the request has failed.
-func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
+func (f *Request) row(l *leg, n int, body []byte) error {
 	if body != nil {
 		f.emit('D', body)
-		if l.u.r.Buffered() == 0 {
+		if l.c.Reader().Buffered() == 0 {
 			f.flushClient()
 		}
 		return nil
 	}
 	if f.failed || f.clientGone {
-		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+		if err := l.c.Reader().CopyBody(io.Discard); err != nil {
 			return f.legLost(l, err)
 		}
 		return nil
 	}
-	w := &f.ss.cw
-	w.mu.Lock()
-	_, err := w.w.Write(wire.AppendHeader(nil, 'D', n))
-	if err == nil {
-		err = l.u.r.CopyBody(&w.w)
-	}
-	w.mu.Unlock()
-	if err != nil {
+	if err := f.env.Client.Stream('D', n, l.c.Reader()); err != nil {
 		f.clientGone = true
 		// CopyBody consumed only what the client took: drop the rest.
-		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+		if err := l.c.Reader().CopyBody(io.Discard); err != nil {
 			return f.legLost(l, err)
 		}
 	}
@@ -433,12 +431,12 @@ func (f *fanOut) row(l *fanLeg, n int, body []byte) error {
 
 // rowOf sends a leg's DataRow to the client when the leg is the one
 // answering (see row), or drops it.
-func (f *fanOut) rowOf(answering bool, l *fanLeg, n int, body []byte) error {
+func (f *Request) rowOf(answering bool, l *leg, n int, body []byte) error {
 	if answering {
 		return f.row(l, n, body)
 	}
 	if body == nil {
-		if err := l.u.r.CopyBody(discardWriter{}); err != nil {
+		if err := l.c.Reader().CopyBody(io.Discard); err != nil {
 			return f.legLost(l, err)
 		}
 	}
@@ -449,17 +447,17 @@ func (f *fanOut) rowOf(answering bool, l *fanLeg, n int, body []byte) error {
 // what the first did (the same rows of a replicated table changed). It
 // fails the request and reports true when one did not: the shards'
 // copies differ, and committing would hide it.
-func (f *fanOut) diverged(tags, others [][]byte) bool {
-	if !f.plan.broadcast || len(tags) != 1 {
+func (f *Request) diverged(tags, others [][]byte) bool {
+	if !f.plan.Broadcast || len(tags) != 1 {
 		return false
 	}
 	for i, t := range others {
 		if string(t) != string(tags[0]) {
-			shard := f.legs[i+1].u.target.Shard
+			shard := f.legs[i+1].c.Target().Shard
 			e := pgerr.Errorf(pgerr.DataCorrupted, "replicated tables differ between shards: %s reported %q where %s reported %q",
-				shard, strings.TrimSuffix(string(t), "\x00"), f.legs[0].u.target.Shard, strings.TrimSuffix(string(tags[0]), "\x00"))
+				shard, strings.TrimSuffix(string(t), "\x00"), f.legs[0].c.Target().Shard, strings.TrimSuffix(string(tags[0]), "\x00"))
 			e.Hint = "compare the replicated tables' rows on every shard and repair them; the statement was not applied"
-			f.ss.log.Error("replicated tables differ between shards", zap.String("shard", shard), zap.String("statement_tag", string(tags[0])))
+			f.env.Log.Error("replicated tables differ between shards", zap.String("shard", shard), zap.String("statement_tag", string(tags[0])))
 			f.sendError(e.Encode(nil)[5:])
 			return true
 		}
@@ -469,19 +467,12 @@ func (f *fanOut) diverged(tags, others [][]byte) bool {
 
 // emit writes one message to the client, unless the request has failed
 // (notices and errors excepted) or the client is gone.
-func (f *fanOut) emit(typ byte, body []byte) {
+func (f *Request) emit(typ byte, body []byte) {
 	if f.clientGone || (f.failed && typ != 'N' && typ != 'A') {
 		return
 	}
-	w := &f.ss.cw
-	var hdr [5]byte
-	w.mu.Lock()
-	_, err := w.w.Write(wire.AppendHeader(hdr[:0], typ, len(body)))
-	if err == nil {
-		_, err = w.w.Write(body)
-	}
-	w.mu.Unlock()
-	f.ss.srv.metrics.ToClient.Add(float64(len(body) + 5))
+	err := f.env.Client.Send(typ, body)
+	f.env.Deps.Metrics.ToClient.Add(float64(len(body) + 5))
 	if err != nil {
 		f.clientGone = true
 	}
@@ -489,7 +480,7 @@ func (f *fanOut) emit(typ byte, body []byte) {
 
 // sendError sends an ErrorResponse (body; nil for the first error a leg
 // answered) and fails the request: the client sees one error per request.
-func (f *fanOut) sendError(body []byte) {
+func (f *Request) sendError(body []byte) {
 	if f.failed {
 		return
 	}
@@ -504,15 +495,11 @@ func (f *fanOut) sendError(body []byte) {
 
 // flushClient flushes what was sent to the client; a failure marks the
 // client gone (the request still runs to its end upstream).
-func (f *fanOut) flushClient() {
+func (f *Request) flushClient() {
 	if f.clientGone {
 		return
 	}
-	w := &f.ss.cw
-	w.mu.Lock()
-	err := w.w.Flush()
-	w.mu.Unlock()
-	if err != nil {
+	if err := f.env.Client.Flush(); err != nil {
 		f.clientGone = true
 	}
 }

@@ -1,7 +1,8 @@
-package proxy
+package fanout
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ type columnCache struct {
 	pinned *lru.Cache[pinKey, pinnedText]
 }
 
+// newColumnCache returns an empty cache.
 func newColumnCache() *columnCache {
 	return &columnCache{pinned: lru.New[pinKey, pinnedText](2048)}
 }
@@ -86,19 +88,19 @@ WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdr
 
 // pinning reports whether the request writes replicated tables (and so
 // needs its time pinned).
-func (f *fanOut) pinning() bool {
-	return f.plan.broadcast && !f.plan.readOnly && !f.plan.ddl && len(f.legs) > 1
+func (f *Request) pinning() bool {
+	return f.plan.Broadcast && !f.plan.ReadOnly && !f.plan.DDL && len(f.legs) > 1
 }
 
 // columns returns a table's columns from the cache, or from the catalog
 // of the request's first leg. Called before the request is sent.
-func (f *fanOut) columns(table string) ([]router.Column, bool) {
-	cache := f.ss.srv.catalog
+func (f *Request) columns(table string) ([]router.Column, bool) {
+	cache := f.env.Deps.Catalog.columns
 	cols, gen, ok := cache.get(table)
 	if ok {
 		return cols, cols != nil
 	}
-	err := f.legs[0].u.exec(fmt.Sprintf(columnsSQL, quoteLiteral(table)), func(row [][]byte) {
+	_, err := f.legs[0].c.Exec(fmt.Sprintf(columnsSQL, quoteLiteral(table)), func(row [][]byte) {
 		if len(row) == 2 {
 			cols = append(cols, router.Column{Name: string(row[0]), Default: string(row[1])})
 		}
@@ -113,12 +115,11 @@ func (f *fanOut) columns(table string) ([]router.Column, bool) {
 // pinTime rewrites sql when the request writes replicated tables, and
 // queues, on every leg that lacks it, the setting the rewritten text
 // reads. A schema change clears the column cache instead.
-func (f *fanOut) pinTime(sql string) (string, error) {
-	if f.plan.ddl {
-		f.ss.srv.catalog.clear()
-		f.ss.srv.merges.clear()
+func (f *Request) pinTime(sql string) (string, error) {
+	if f.plan.DDL {
+		f.env.Deps.Catalog.schemaChanged()
 	}
-	if f.plan.copy != nil {
+	if f.plan.Copy != nil {
 		// The columns of a COPY without a column list are read now: once
 		// the COPY runs, the legs are busy.
 		if o, ok := isCopy(sql); ok && o.columns == nil {
@@ -139,8 +140,8 @@ func (f *fanOut) pinTime(sql string) (string, error) {
 
 // pin is router.PinTime with the catalog of the request's first leg,
 // cached by text for the column cache's generation.
-func (f *fanOut) pin(sql string) (string, bool, error) {
-	cache := f.ss.srv.catalog
+func (f *Request) pin(sql string) (string, bool, error) {
+	cache := f.env.Deps.Catalog.columns
 	key := pinKey{cache.generation(), sql}
 	if p, ok := cache.pinned.Get(key); ok {
 		return p.out, p.changed, p.err
@@ -151,50 +152,30 @@ func (f *fanOut) pin(sql string) (string, bool, error) {
 }
 
 // pinnedDef returns the statement to prepare for def in a request that
-// writes replicated tables: def itself, or its pinned rewrite (cached on
-// def), with the setting queued as pinTime does.
-func (f *fanOut) pinnedDef(def *stmtDef) (*stmtDef, error) {
-	gen := f.ss.srv.catalog.generation()
-	if p := def.pinned; p != nil && p.gen == gen {
-		if p.def != nil {
-			f.setNow()
-			return p.def, nil
-		}
-		return def, nil
-	}
-	out, changed, err := f.pin(def.query)
+// writes replicated tables: def itself, or its pinned rewrite (a variant
+// kept with def), with the setting queued as pinTime does.
+func (f *Request) pinnedDef(def Stmt) (Stmt, error) {
+	out, changed, err := f.pin(def.SQL())
 	if err != nil {
 		return nil, err
 	}
-	p := &pinnedStmt{gen: gen}
-	if changed {
-		p.def = newStmtDef(out, def.oids, def.a, def.gen)
-		f.setNow()
+	if !changed {
+		return def, nil
 	}
-	def.pinned = p
-	if p.def != nil {
-		return p.def, nil
-	}
-	return def, nil
-}
-
-// pinnedStmt is a statement's rewrite for replicated writes (nil def:
-// none needed), valid for one generation of the column cache.
-type pinnedStmt struct {
-	def *stmtDef
-	gen uint64
+	f.setNow()
+	return def.Variant(out), nil
 }
 
 // setNow queues SET LOCAL brownie.now on every leg that lacks it: once
 // per transaction spanning shards (kept for legs opened later), or in
 // the wrapping transaction of a write outside one.
-func (f *fanOut) setNow() {
+func (f *Request) setNow() {
 	now := ""
 	if f.xt != nil {
 		if f.xt.now == "" {
 			f.xt.now = time.Now().UTC().Format("2006-01-02 15:04:05.999999+00")
 			sql := "SET LOCAL " + router.NowSetting + " = " + quoteLiteral(f.xt.now)
-			f.xt.replay = append(f.xt.replay, txStmt{sql: sql})
+			f.xt.replay = append(f.xt.replay, TxStmt{SQL: sql})
 		}
 		now = f.xt.now
 	} else {
@@ -212,8 +193,16 @@ func (f *fanOut) setNow() {
 			continue
 		}
 		l.nowSet = true
-		l.u.unnamed = nil // a simple Query drops the server's unnamed statement
-		l.out = appendQuery(l.out, sql)
-		l.exp = append(l.exp, expectation{kind: expQueryInjected})
+		f.injectQuery(l, sql)
 	}
+}
+
+// quoteLiteral quotes s as an SQL string literal, correct whatever the
+// setting of standard_conforming_strings.
+func quoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return "E'" + strings.ReplaceAll(s, `\`, `\\`) + "'"
+	}
+	return "'" + s + "'"
 }
