@@ -37,6 +37,22 @@ func TestParsePgbenchReadsTPSAndMeanLatency(t *testing.T) {
 	}
 }
 
+func TestConnectRowsOpenAConnectionPerTransaction(t *testing.T) {
+	tg := target{host: "127.0.0.1", port: 6432}
+	got := strings.Join(pgbenchArgs(tg, protoConnect, 4, 5*time.Second), " ")
+	if want := "-S -C -M simple -c 4 -j 2 -T 5 -n -h 127.0.0.1 -p 6432"; !strings.HasPrefix(got, want) {
+		t.Errorf("connect row: pgbench %s, want it to start with %s", got, want)
+	}
+	if got := strings.Join(pgbenchArgs(tg, "extended", 1, time.Second), " "); !strings.HasPrefix(got, "-S -M extended -c 1 -j 1 -T 1 -n ") {
+		t.Errorf("extended row: pgbench %s", got)
+	}
+	// pgbench -C counts the connections in its TPS, and says so.
+	out := strings.Replace(pgbench15Output, "tps = 4268.117185 (without initial connection time)", "tps = 3159.5 (including reconnection times)", 1)
+	if r := parsePgbench(out); !r.parsed || r.tps != 3159.5 {
+		t.Fatalf("parsePgbench of a -C run = %+v", r)
+	}
+}
+
 func TestParsePgbenchWithoutResultsIsAFailure(t *testing.T) {
 	out := strings.Split(pgbench15Output, "latency average")[0]
 	if r := parsePgbench(out); r.parsed || !r.failed() {
@@ -208,7 +224,7 @@ func TestTransactionTableShowsPgBouncerPreparedAsAnExpectedFailure(t *testing.T)
 		"| prepared | 50 | failed† | 6050 | failed† | 1.000 | n/a |",
 		"† pgbouncer, prepared/50: failed as expected",
 		"1× pgbench: error: client N aborted\n1× "+strings.Replace(preparedErr, "client 3", "client N", 1)+"\npgbench exit status 2\n",
-		"Targets: sidecar TPS ≥ PgBouncer TPS in every row both can run: **met** (4 of 4 rows; PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **met** (50 clients: 6050 vs 5500 (1.10)).",
+		"Targets: sidecar TPS ≥ 0.95× PgBouncer TPS in every row both can run, new connections (connect rows, `pgbench -C`) ≥ 1.00×: **met** (4 of 4 rows; PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **met** (50 clients: 6050 vs 5500 (1.10)).",
 		"No errors: every pgbench run exited 0 with nothing on stderr and no failed transactions (apart from the 1 expected failure(s) marked †)",
 	)
 	if strings.Contains(md, "sidecar/direct") || strings.Contains(md, "## Errors") {
@@ -220,10 +236,12 @@ func TestTransactionTableShowsPgBouncerPreparedAsAnExpectedFailure(t *testing.T)
 }
 
 func TestTransactionTargetsNotMet(t *testing.T) {
-	tbl := txnTable(5400) // prepared below extended
-	tbl.rows[1].res[1] = ok(6900)
+	tbl := txnTable(5400)                                                                                                                   // prepared below extended
+	tbl.rows[1].res[1] = ok(6600)                                                                                                           // 0.94: under 0.95
+	tbl.rows[2].res[1] = ok(5700)                                                                                                           // 0.95: met
+	tbl.rows = append(tbl.rows, row{proto: protoConnect, clients: 4, res: []result{ok(3000), ok(2970)}, unsupported: []bool{false, false}}) // 0.99: under 1.0
 	e := tbl.evalVsBouncer()
-	if e.ok() || e.met != 3 || e.judged != 4 || !slices.Equal(e.below, []string{"simple/50 (0.99)"}) || !slices.Equal(e.skipped, []string{"prepared/50"}) {
+	if e.ok() || e.met != 3 || e.judged != 5 || !slices.Equal(e.below, []string{"simple/50 (0.94)", "connect/4 (0.99)"}) || !slices.Equal(e.skipped, []string{"prepared/50"}) {
 		t.Errorf("evalVsBouncer = %+v", e)
 	}
 	p := tbl.evalPreparedVsExtended()
@@ -231,7 +249,7 @@ func TestTransactionTargetsNotMet(t *testing.T) {
 		t.Errorf("evalPreparedVsExtended = %+v", p)
 	}
 	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
-	reportHas(t, md, "**not met** (3 of 4 rows; not met in simple/50 (0.99); PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **not met** (50 clients: 5400 vs 5500 (0.98)).")
+	reportHas(t, md, "**not met** (3 of 5 rows; not met in simple/50 (0.94), connect/4 (0.99); PgBouncer cannot run prepared/50); sidecar prepared TPS ≥ its extended TPS: **not met** (50 clients: 5400 vs 5500 (0.98)).")
 
 	// Without an extended row at the prepared row's client count the
 	// second target is not judged rather than met.
@@ -315,7 +333,12 @@ func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
 		"| simple | 10 | 8000 | 7000 | 1.000 | 1.000 | 32.0 | 42.0 | 0.88 |",
 		"| simple | 50 | 7000 | 7700 | 1.000 | 1.000 | – | 40.0 | 1.10 |",
 		"CPU µs/tx = the pooler's CPU time",
+		// 41.96 / 32.04 = 1.31; the row without PgBouncer's CPU is not judged.
+		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's: **not met** (0 of 1 rows; not met in simple/10 (1.31)).",
 	)
+	tbl.rows[0].res[1].cpuUs = 36.8 // 1.149
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
+		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's: **met** (1 of 1 rows).")
 	if got := combineRuns([]result{withCPU(1, 30), withCPU(1, 50), withCPU(1, 34)}); got.cpuUs != 34 {
 		t.Errorf("combined CPU = %v, want the median 34", got.cpuUs)
 	}

@@ -9,18 +9,23 @@
 //
 //   - session (pool 60): for every protocol (simple, extended, prepared)
 //     and client count (1, 10, 50) it runs `pgbench -S` against the three
-//     targets back to back; TPS, mean latency and the sidecar/PgBouncer and
-//     sidecar/direct ratios, judged against "sidecar TPS ≥ PgBouncer's in
-//     every row".
+//     targets back to back; TPS, mean latency, each pooler's CPU per
+//     transaction and the sidecar/PgBouncer and sidecar/direct ratios,
+//     judged against the cost-per-pod targets "sidecar TPS ≥ 0.95×
+//     PgBouncer's in every row" and "sidecar CPU per transaction ≤ 1.15×
+//     PgBouncer's".
 //   - transaction (pool 10, fixed rows): a second PgBouncer (pool_mode =
 //     transaction) and a second sidecar (POOL_MODE=transaction), started
 //     after the session pair is stopped, run the fixed rows simple and
-//     extended at 10 and 50 clients and prepared at 50. PgBouncer 1.18 has
+//     extended at 10 and 50 clients, prepared at 50, and connect at 4
+//     (`pgbench -C -M simple`: a new connection, its startup and one query
+//     per transaction). PgBouncer 1.18 has
 //     no protocol-level prepared statements in transaction mode: its
 //     prepared row runs anyway and is shown as failed with the error pgbench
 //     printed, which does not fail the benchmark (any other failure does).
-//     Judged against "sidecar TPS ≥ PgBouncer's in every row both can run"
-//     and "sidecar prepared TPS ≥ its own extended TPS".
+//     Judged against "sidecar TPS ≥ 0.95× PgBouncer's in every row both
+//     can run, new connections ≥ 1.0×", "sidecar CPU per transaction ≤
+//     1.15× PgBouncer's" and "sidecar prepared TPS ≥ its own extended TPS".
 //   - sharded (sharded.go, workload.go): the sidecar over shards. The one
 //     database is restarted with the settings of two more clusters made
 //     for this table (shard-0, shard-1: each the primary of one shard,

@@ -89,11 +89,13 @@ type rowSpec struct {
 
 // txnRows are the rows of the transaction table, fixed whatever
 // -clients and -protocols say: the sidecar's extended and prepared rows at
-// 50 clients are compared with each other.
+// 50 clients are compared with each other, and the connect row measures
+// new connections (pgbench -C, each with one query) at 4 clients.
 var txnRows = []rowSpec{
 	{"simple", 10}, {"simple", 50},
 	{"extended", 10}, {"extended", 50},
 	{"prepared", 50},
+	{protoConnect, 4},
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {

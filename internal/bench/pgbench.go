@@ -195,11 +195,7 @@ func (r result) summary() string {
 // runPgbench runs pgbench -S against t and parses its output, which is also
 // kept in the work directory. tag, if set, prefixes the log file name.
 func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients int, dur time.Duration, tag string) result {
-	args := []string{
-		"-S", "-M", proto, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
-		"-T", strconv.Itoa(int(dur / time.Second)), "-n",
-		"-h", t.host, "-p", strconv.Itoa(t.port), "-U", pgcluster.BrownieRole, pgcluster.BrownieDatabase,
-	}
+	args := pgbenchArgs(t, proto, clients, dur)
 	vars := map[string]string{"PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
 	if t.tls {
 		vars["PGSSLMODE"] = "verify-full"
@@ -242,6 +238,25 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	return r
 }
 
+// protoConnect is the pseudo-protocol of the connect row: pgbench -C, a
+// new connection for every transaction (startup, authentication, the
+// greeting's parameters, one SELECT over the simple protocol, Terminate),
+// the cost an application without a pool of its own pays per request.
+const protoConnect = "connect"
+
+// pgbenchArgs is the pgbench command line of one run of proto (a pgbench
+// protocol, or protoConnect) with clients against t for dur.
+func pgbenchArgs(t target, proto string, clients int, dur time.Duration) []string {
+	mode := []string{"-M", proto}
+	if proto == protoConnect {
+		mode = []string{"-C", "-M", "simple"}
+	}
+	args := append([]string{"-S"}, mode...)
+	return append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
+		"-T", strconv.Itoa(int(dur/time.Second)), "-n",
+		"-h", t.host, "-p", strconv.Itoa(t.port), "-U", pgcluster.BrownieRole, pgcluster.BrownieDatabase)
+}
+
 func envList(m map[string]string) []string {
 	var out []string
 	for _, k := range []string{"PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"} {
@@ -253,7 +268,9 @@ func envList(m map[string]string) []string {
 }
 
 var (
-	tpsRE       = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
+	// With -C (a connection per transaction) pgbench counts the
+	// connections in: "including reconnection times".
+	tpsRE       = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)`)
 	latencyRE   = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
 	processedRE = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
 	failedRE    = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`)

@@ -135,8 +135,18 @@ func (r *report) hasErrors() bool {
 	return r.rss != nil && (r.rss.opened < r.rss.wanted || len(r.rss.errors) > 0)
 }
 
-// bouncerEval is the verdict on "sidecar TPS ≥ PgBouncer TPS in every row
-// both can run".
+// The cost-per-pod targets against PgBouncer in the same run: TPS of
+// every row both can run at least tpsTarget of PgBouncer's (new
+// connections, the connect row, at least connectTarget), and CPU per
+// transaction at most cpuTarget times PgBouncer's.
+const (
+	tpsTarget     = 0.95
+	connectTarget = 1.0
+	cpuTarget     = 1.15
+)
+
+// bouncerEval is the verdict on "sidecar TPS ≥ tpsTarget × PgBouncer TPS
+// (connectTarget for new connections) in every row both can run".
 type bouncerEval struct {
 	met, judged int
 	below       []string // rows where it is not met: "proto/clients (ratio)"
@@ -160,15 +170,56 @@ func (t *table) evalVsBouncer() bouncerEval {
 			continue
 		}
 		e.judged++
+		need := tpsTarget
+		if row.proto == protoConnect {
+			need = connectTarget
+		}
 		side, bouncer := row.res[si], row.res[bi]
 		vs, ok := ratio(side, bouncer)
-		if ok && side.tps >= bouncer.tps && !side.failed() && !bouncer.failed() {
+		if ok && side.tps >= need*bouncer.tps && !side.failed() && !bouncer.failed() {
 			e.met++
 		} else {
 			e.below = append(e.below, fmt.Sprintf("%s (%s)", row.name(), vs))
 		}
 	}
 	return e
+}
+
+// evalCPU judges "sidecar CPU per transaction ≤ cpuTarget × PgBouncer's"
+// over the rows where both were measured.
+func (t *table) evalCPU() bouncerEval {
+	var e bouncerEval
+	bi, si := t.col(colBouncer), t.col(colSidecar)
+	if bi < 0 || si < 0 {
+		return e
+	}
+	for _, row := range t.rows {
+		side, bouncer := row.res[si], row.res[bi]
+		if side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() {
+			continue
+		}
+		e.judged++
+		if side.cpuUs <= cpuTarget*bouncer.cpuUs {
+			e.met++
+		} else {
+			e.below = append(e.below, fmt.Sprintf("%s (%.2f)", row.name(), side.cpuUs/bouncer.cpuUs))
+		}
+	}
+	return e
+}
+
+// writeCPUVerdict appends the CPU target's verdict, when any row measured
+// both poolers' CPU.
+func (t *table) writeCPUVerdict(b *strings.Builder) {
+	vc := t.evalCPU()
+	if vc.judged == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Target sidecar CPU per transaction ≤ %.2f× PgBouncer's: **%s** (%d of %d rows", cpuTarget, verdict(vc.ok()), vc.met, vc.judged)
+	if len(vc.below) > 0 {
+		fmt.Fprintf(b, "; not met in %s", strings.Join(vc.below, ", "))
+	}
+	b.WriteString(").\n\n")
 }
 
 // preparedEval is the verdict on "prepared-mode TPS through the sidecar ≥
@@ -343,15 +394,16 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	b.WriteString(t.controlNote())
 
 	vb := t.evalVsBouncer()
+	defer t.writeCPUVerdict(b)
 	if t.mode == modeSession {
-		fmt.Fprintf(b, "Target sidecar TPS ≥ PgBouncer TPS in every row: **%s** (%d of %d rows)", verdict(vb.ok()), vb.met, vb.judged)
+		fmt.Fprintf(b, "Target sidecar TPS ≥ %.2f× PgBouncer TPS in every row: **%s** (%d of %d rows)", tpsTarget, verdict(vb.ok()), vb.met, vb.judged)
 		if len(vb.below) > 0 {
 			fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
 		}
 		b.WriteString(".\n\n")
 		return
 	}
-	fmt.Fprintf(b, "Targets: sidecar TPS ≥ PgBouncer TPS in every row both can run: **%s** (%d of %d rows", verdict(vb.ok()), vb.met, vb.judged)
+	fmt.Fprintf(b, "Targets: sidecar TPS ≥ %.2f× PgBouncer TPS in every row both can run, new connections (%s rows, `pgbench -C`) ≥ %.2f×: **%s** (%d of %d rows", tpsTarget, protoConnect, connectTarget, verdict(vb.ok()), vb.met, vb.judged)
 	if len(vb.below) > 0 {
 		fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
 	}
