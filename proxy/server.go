@@ -169,10 +169,16 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return s, nil
 }
 
+// clientListen turns TCP keepalive on for client connections with the
+// kernel's timings, as PgBouncer's tcp_keepalive does: one setsockopt per
+// accepted connection instead of Go's four (its 15 s idle, interval and
+// count), which a connection per request pays every time.
+var clientListen = net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+
 // Listen opens the TCP listener and, when configured, the Unix socket
 // .s.PGSQL.<port> in LISTEN_SOCKET_DIR (a stale socket file is replaced).
 func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.cfg.Listen.Addr)
+	ln, err := clientListen.Listen(context.Background(), "tcp", s.cfg.Listen.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen.Addr, err)
 	}
