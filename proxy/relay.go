@@ -367,6 +367,9 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		}
 	}
 	r := ss.routeMessage(typ, n, body, bindFull, a, refused != "")
+	if (typ == 'B' || typ == 'Q') && (!r.readOnly || r.fan != nil || r.refuse != nil) {
+		ss.retry.ok = false // only a request of reads may run again elsewhere
+	}
 	if r.fan != nil {
 		ss.mu.Lock()
 		mixed := ss.up != nil && (!ss.synced || ss.copyIn)

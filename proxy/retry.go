@@ -12,15 +12,18 @@ import (
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-// A read that a replica was running when the replica failed is run once
-// more, on another healthy host of its shard (another replica, or the
-// primary), when nothing of its answer had reached the client: the client
-// sees the answer, not the failure. Only a request that can be repeated
-// unchanged qualifies: routed to a replica (so read-only), outside any
-// transaction, on a session with no state on that backend, nothing sent
-// by the client after it (no pipeline), and made of messages the session
-// can replay (Bind, Describe, Execute, Sync, Flush, Query, and Parses
-// the sidecar answered itself), each small.
+// A read that a host was running when the host failed is run once more
+// when nothing of its answer had reached the client: the client sees the
+// answer, not the failure. Its statements are routed again, with a failed
+// replica banned (so another replica or the primary serves them) or, for
+// a failed primary, the health checks asked to look now (a read that must
+// run on the primary then waits for it, or for a promoted standby, as any
+// statement needing it does: see acquirePrimary). Only a request that can
+// be repeated unchanged qualifies: every statement a read (by the
+// router's analysis), outside any transaction, on a session with no state
+// on that backend, nothing sent by the client after it (no pipeline), and
+// made of messages the session can replay (Bind, Describe, Execute, Sync,
+// Flush, Query, and Parses the sidecar answered itself), each small.
 //
 // The session goroutine records the request's client messages as it reads
 // them (record), arms the retry when it sends the request's last message
@@ -94,8 +97,7 @@ func (ss *session) parsedLocally() { ss.retry.parse = false }
 // Called with ss.mu held, before the message is written.
 func (ss *session) armRetryLocked(typ byte) {
 	r := &ss.retry
-	if (typ != 'S' && typ != 'Q') || !r.ok || r.parse || ss.up == nil ||
-		ss.up.Value.target.Role != router.Replica || ss.pending != 1 || ss.txStatus != 'I' ||
+	if (typ != 'S' && typ != 'Q') || !r.ok || r.parse || ss.up == nil || ss.pending != 1 || ss.txStatus != 'I' ||
 		len(ss.deferred) > 0 || ss.backendStateLocked() || ss.draining || ss.ended ||
 		ss.cancelHold > 0 || ss.cr.Buffered() > 0 {
 		return
@@ -195,14 +197,15 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 	if held != nil {
 		fields = append(fields, zap.String("server_error", errorField(held, 'M')))
 	}
-	ss.log.Info("upstream connection lost while it ran a read; the read runs again on another host", fields...)
+	ss.log.Info("upstream connection lost while it ran a read; the read runs again", fields...)
 	return true
 }
 
 // endRequest follows the client's last message of a request (Sync or
 // Query). When the request is armed for a retry, it waits for it to end
-// and, when its replica failed before answering, bans the replica and
-// replays the request once (that run is not armed again). Then the record
+// and, when its host failed before answering, bans the host (a replica)
+// or asks for a round of health checks (a primary) and replays the
+// request once (that run is not armed again). Then the record
 // starts afresh. Session goroutine only.
 func (ss *session) endRequest() error {
 	r := &ss.retry
@@ -215,7 +218,11 @@ func (ss *session) endRequest() error {
 	ss.mu.Unlock()
 	var err error
 	if lost {
-		ss.srv.health.Ban(failed.Host.Addr, cause)
+		if failed.Role == router.Replica {
+			ss.srv.health.Ban(failed.Host.Addr, cause)
+		} else {
+			ss.srv.health.Recheck()
+		}
 		err = ss.replay()
 	}
 	r.rec, r.ok, r.parse = r.rec[:0], true, false

@@ -292,6 +292,18 @@ func TestFailuresStayLocal(t *testing.T) {
 		}
 		l := startLoad(t, e.sc, teams, []pgtype.UUID{a, b, a})
 		waitFor(t, 10*time.Second, "load running", func() bool { return l.writes.Load() > 100 && l.reads.Load() > 50 })
+		// A read running on the primary at the kill runs again once the
+		// shard has a primary.
+		onPrimary := e.sc.connect(t, "")
+		slow := make(chan error, 1)
+		var slowPort int
+		go func() {
+			slow <- onPrimary.QueryRow(ctx, "/* brownie:role=primary */ SELECT inet_server_port() FROM (SELECT count(*) FROM items WHERE team_id = $1) s, pg_sleep(2)", b).Scan(&slowPort)
+		}()
+		waitFor(t, 10*time.Second, "the slow read running on shard-1's primary", func() bool {
+			out, err := sh.Primary.Exec(ctx, "brownie_metadata", "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()")
+			return err == nil && out == "1"
+		})
 		if err := sh.Primary.KillHard(); err != nil {
 			t.Fatal(err)
 		}
@@ -333,6 +345,14 @@ func TestFailuresStayLocal(t *testing.T) {
 			return ok
 		})
 		resumed, _ := l.firstAckAfter(promoted)
+		select {
+		case err := <-slow:
+			if err != nil || e.ports[slowPort] != "shard-1/replica" {
+				t.Errorf("the read in flight on the killed primary: served by %q, error %v; want an answer from the promoted replica", e.ports[slowPort], err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("the read in flight on the killed primary did not answer")
+		}
 		done := l.writes.Load()
 		waitFor(t, 5*time.Second, "more writes on the promoted replica", func() bool { return l.writes.Load() > done+50 })
 		l.end()
