@@ -134,7 +134,9 @@ type relayJob struct {
 
 // relayLoop is the session's relay goroutine: it serves one attachment
 // after another, so transaction pooling does not start a goroutine (and
-// grow its stack again) per transaction. It ends when jobs is closed.
+// grow its stack again) per transaction. It ends when jobs is closed: at
+// the end of the session, or when a session holding no upstream goes
+// dormant (goDormant).
 func (ss *session) relayLoop(jobs <-chan relayJob) {
 	for j := range jobs {
 		ss.upstreamToClient(j.c, j.done)
@@ -209,8 +211,9 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	return c, nil
 }
 
-// startRelay attaches c to the session and starts its relay goroutine.
-// Called with ss.mu held.
+// startRelay attaches c to the session and hands it to the relay
+// goroutine, starting one when the session has none (its first
+// attachment, or the first since it went dormant). Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up = c
 	if u := c.Value; u.clients != nil {
@@ -237,7 +240,11 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 // a message arrives and none is held (transaction mode).
 func (ss *session) clientToUpstream() error {
 	for {
+		if err := ss.awaitClient(); err != nil {
+			return err
+		}
 		typ, n, err := ss.cr.Next()
+		ss.wake()
 		if err != nil {
 			return err
 		}

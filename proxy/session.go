@@ -66,12 +66,15 @@ type session struct {
 	wbuf []byte
 	rhdr [5]byte
 
-	// relayJobs feeds the relay goroutine (started at the first
-	// attachment, under mu); waitObs caches the pool-wait histogram child
+	// relayJobs feeds the relay goroutine (started at an attachment when
+	// none runs, under mu; nil while none runs); waitObs caches the pool-wait histogram child
 	// for waitFor (session goroutine only).
 	relayJobs chan relayJob
 	waitObs   prometheus.Observer
 	waitFor   router.Target
+	// dormant is set while the session waits without a read buffer
+	// (idle.go); session goroutine only.
+	dormant bool
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
@@ -237,7 +240,11 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 	return nil
 }
 
-// serve runs a client connection from accept to close.
+// serve runs a client connection's startup: negotiation, authentication
+// and greeting. A session that starts goes on in a new goroutine (run),
+// which owns the connection and the registration from then on, so the
+// stack the startup grew (TLS handshake, SCRAM) is not kept by a session
+// that then idles. A session that does not start is cleaned up here.
 func (s *Server) serve(conn net.Conn) {
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
 		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
@@ -245,11 +252,26 @@ func (s *Server) serve(conn net.Conn) {
 	ss.cond = sync.NewCond(&ss.mu)
 	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
-	defer conn.Close()
-
-	err := ss.negotiateStartup()
-	if errors.Is(err, errCancelHandled) {
+	registered, err := ss.start()
+	if err != nil {
+		if registered {
+			s.unregister(ss)
+		}
+		_ = conn.Close()
 		return
+	}
+	s.wg.Add(1) // while this goroutine still holds its own count: no race with Wait
+	go ss.run(conn)
+}
+
+// start runs the session's startup up to its greeting. It reports whether
+// the session was registered (for the caller to unregister when start
+// fails) and the failure, already reported to the client.
+func (ss *session) start() (registered bool, err error) {
+	s := ss.srv
+	err = ss.negotiateStartup()
+	if errors.Is(err, errCancelHandled) {
+		return false, err
 	}
 	if err == nil {
 		err = ss.authenticate()
@@ -257,7 +279,7 @@ func (s *Server) serve(conn net.Conn) {
 	if err == nil {
 		err = s.register(ss)
 		if err == nil {
-			defer s.unregister(ss)
+			registered = true
 			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
 		}
 	}
@@ -281,7 +303,7 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	if err != nil {
 		ss.fail(err)
-		return
+		return registered, err
 	}
 	ss.log.Debug("session started", zap.String("user", ss.user))
 	if !ss.transactionMode() {
@@ -289,6 +311,17 @@ func (s *Server) serve(conn net.Conn) {
 		ss.pins[PinSessionMode] = true
 		ss.mu.Unlock()
 	}
+	return registered, nil
+}
+
+// run relays a started session until it ends, then unregisters it and
+// closes conn (the accepted connection, under any TLS layer). It owns
+// both from serve's hand-over; it holds one count of the server's wait
+// group, which it releases last.
+func (ss *session) run(conn net.Conn) {
+	defer ss.srv.wg.Done()
+	defer conn.Close()
+	defer ss.srv.unregister(ss)
 	ss.relay()
 }
 

@@ -1,0 +1,86 @@
+package app
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/brownie/brownie-sidecar/internal/pgtest"
+)
+
+// TestDormantSessionsServeStatementsAfterwards lets sessions idle past
+// CLIENT_IDLE_RELEASE (short here) in both pool modes, twice, and checks
+// that they went dormant (the gauge; in transaction mode without a relay
+// goroutine, in session mode keeping the one that reads its upstream) and
+// then run simple and extended statements and transactions with their
+// settings and prepared statements intact.
+func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			sc := startSidecar(t, srv, map[string]string{"POOL_MODE": mode, "CLIENT_IDLE_RELEASE": "50ms"})
+			defer sc.stop()
+			ctx := ctx10(t)
+			conn := sc.connect(t, "application_name=idle-test")
+			dormant := func() float64 {
+				_, body := sc.get(t, "/metrics")
+				v, _ := metricValue(body, "brownie_sidecar_client_connections_dormant")
+				return v
+			}
+			wantRelays := 0
+			if mode == "session" {
+				wantRelays = 1 // it keeps its upstream, and the goroutine reading it
+			}
+			if _, err := conn.Exec(ctx, "SET work_mem = '3MB'"); err != nil {
+				t.Fatal(err)
+			}
+			for round := 1; round <= 2; round++ {
+				var one int
+				if err := conn.QueryRow(ctx, "SELECT $1::int", round).Scan(&one); err != nil || one != round {
+					t.Fatalf("round %d: extended query = %d, %v", round, one, err)
+				}
+				waitFor(t, 5*time.Second, "the session to go dormant", func() bool {
+					return dormant() == 1 && relayGoroutines() == wantRelays
+				})
+
+				var wm, app string
+				if err := conn.QueryRow(ctx, "SELECT current_setting('work_mem'), current_setting('application_name')").Scan(&wm, &app); err != nil {
+					t.Fatalf("round %d: after dormancy: %v", round, err)
+				}
+				if wm != "3MB" || app != "idle-test" {
+					t.Fatalf("round %d: settings after dormancy: work_mem %q, application_name %q", round, wm, app)
+				}
+				if v := dormant(); v != 0 {
+					t.Fatalf("round %d: dormant gauge %v with the session busy", round, v)
+				}
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var n int
+				if err := tx.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != 1 {
+					t.Fatalf("round %d: in a transaction: %d, %v", round, n, err)
+				}
+				if err := tx.Commit(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// relayGoroutines counts the goroutines of the in-process sidecar serving
+// relay jobs.
+func relayGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "proxy.(*session).relayLoop(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
