@@ -13,6 +13,10 @@ import (
 // 5-byte header, for the message that wakes them).
 const defaultIdleRelease = time.Second
 
+// errDormant ends clientToUpstream when the session has gone dormant: run
+// continues it in a fresh goroutine.
+var errDormant = errors.New("session dormant")
+
 // idleRelease is the session's delay before going dormant.
 func (ss *session) idleRelease() time.Duration {
 	if d := ss.srv.cfg.Listen.IdleRelease; d > 0 {
@@ -23,7 +27,8 @@ func (ss *session) idleRelease() time.Duration {
 
 // awaitClient waits for the client's next message when none is buffered,
 // with a read deadline of idleRelease on the wait. When the deadline passes
-// with nothing read, the session goes dormant (goDormant) and the next
+// with nothing read, the session goes dormant (goDormant) and awaitClient
+// returns errDormant; in the fresh goroutine that continues the session,
 // Next waits for the header with no buffer and no deadline.
 //
 // The deadline covers only this wait: wire.Reader.Wait consumes nothing
@@ -44,18 +49,22 @@ func (ss *session) awaitClient() error {
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
-	ss.goDormant()
-	return nil
+	if !ss.goDormant() {
+		return nil
+	}
+	return errDormant
 }
 
 // goDormant gives back what a long-idle session does not need while it
 // waits: its read buffer and scratch buffer and, when it holds no upstream
 // connection, its relay goroutine (startRelayLocked starts one again at the
-// next attachment). A dormant session is one goroutine parked in a read of
-// a 5-byte array. Session goroutine only; wake ends the dormancy.
-func (ss *session) goDormant() {
+// next attachment); run then leaves the goroutine with its grown stack
+// for a fresh one. A dormant session is one goroutine with a small stack
+// parked in a read of a 5-byte array. It reports whether the session went
+// dormant. Session goroutine only; wake ends the dormancy.
+func (ss *session) goDormant() bool {
 	if !ss.cr.Release() {
-		return
+		return false
 	}
 	ss.wbuf = nil
 	ss.mu.Lock()
@@ -66,6 +75,7 @@ func (ss *session) goDormant() {
 	ss.mu.Unlock()
 	ss.dormant = true
 	ss.srv.metrics.ClientsDormant.Inc()
+	return true
 }
 
 // wake ends the session's dormancy, if any, when the client's next message

@@ -85,10 +85,15 @@ func (ss *session) passthrough() bool {
 }
 
 // relay runs an attached (session mode) or detached (transaction mode)
-// session until the client leaves, then cleans up.
-func (ss *session) relay() {
-	defer ss.stopRelay()
+// session until the client leaves, then cleans up; or until the session
+// goes dormant (idle.go), then it reports true and cleans up nothing: the
+// session goes on in a fresh goroutine (run).
+func (ss *session) relay() (dormant bool) {
 	err := ss.clientToUpstream()
+	if errors.Is(err, errDormant) {
+		return true
+	}
+	defer ss.stopRelay()
 	var pe *pgerr.Error
 	if errors.As(err, &pe) {
 		ss.abort(pe) // a protocol violation or limit: the client hears why
@@ -105,6 +110,7 @@ func (ss *session) relay() {
 	}
 
 	ss.finish(err)
+	return false
 }
 
 // awaitLostReport waits (bounded) for the relay goroutine to read the end
@@ -236,12 +242,13 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 }
 
 // clientToUpstream forwards client messages until the client terminates,
-// fails, or the session is ended. It attaches an upstream connection when
+// fails, or the session is ended, or returns errDormant when the session
+// has gone dormant (idle.go). It attaches an upstream connection when
 // a message arrives and none is held (transaction mode).
 func (ss *session) clientToUpstream() error {
 	for {
 		if err := ss.awaitClient(); err != nil {
-			return err
+			return err // errDormant included
 		}
 		typ, n, err := ss.cr.Next()
 		ss.wake()

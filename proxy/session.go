@@ -316,13 +316,18 @@ func (ss *session) start() (registered bool, err error) {
 
 // run relays a started session until it ends, then unregisters it and
 // closes conn (the accepted connection, under any TLS layer). It owns
-// both from serve's hand-over; it holds one count of the server's wait
-// group, which it releases last.
+// both from serve's hand-over and holds one count of the server's wait
+// group, which it releases last. When the session goes dormant, run hands
+// all of it to a fresh goroutine (with a small stack) and ends, so a
+// long-idle session does not keep the stack its statements grew.
 func (ss *session) run(conn net.Conn) {
-	defer ss.srv.wg.Done()
-	defer conn.Close()
-	defer ss.srv.unregister(ss)
-	ss.relay()
+	if ss.relay() {
+		go ss.run(conn)
+		return
+	}
+	ss.srv.unregister(ss)
+	_ = conn.Close()
+	ss.srv.wg.Done()
 }
 
 // fail reports a failure that refuses a session during startup to the
