@@ -3,6 +3,10 @@ package proxy
 import (
 	"errors"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -75,6 +79,7 @@ func (ss *session) goDormant() bool {
 	ss.mu.Unlock()
 	ss.dormant = true
 	ss.srv.metrics.ClientsDormant.Inc()
+	ss.srv.reclaim.dormant()
 	return true
 }
 
@@ -85,4 +90,72 @@ func (ss *session) wake() {
 		ss.dormant = false
 		ss.srv.metrics.ClientsDormant.Dec()
 	}
+}
+
+// reclaimDelay is how long after a session goes dormant the server looks
+// whether the Go runtime has collected garbage since; when it has not (the
+// sidecar is otherwise quiet), the server runs a collection, so what
+// dormant sessions let go of (read buffers, the stacks of the goroutines
+// they left) returns to the system within seconds rather than at the
+// runtime's forced collection every two minutes. A busy sidecar collects
+// on its own and never pays for it; a quiet one pays at most one
+// collection per reclaimDelay.
+const reclaimDelay = 2 * time.Second
+
+// reclaimer runs those collections for a Server. Safe for concurrent use.
+type reclaimer struct {
+	lastDormant atomic.Int64 // unix nanoseconds of the latest dormancy
+	mu          sync.Mutex
+	timer       *time.Timer // pending check; nil when none
+	stopped     bool
+}
+
+// dormant records that a session went dormant and schedules a check.
+func (r *reclaimer) dormant() {
+	r.lastDormant.Store(time.Now().UnixNano())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.timer == nil && !r.stopped {
+		r.timer = time.AfterFunc(reclaimDelay, r.check)
+	}
+}
+
+// check collects garbage unless the runtime did since the latest dormancy.
+func (r *reclaimer) check() {
+	r.mu.Lock()
+	r.timer = nil
+	r.mu.Unlock()
+	var st debug.GCStats
+	debug.ReadGCStats(&st)
+	if st.LastGC.UnixNano() < r.lastDormant.Load() {
+		runtime.GC()
+	}
+}
+
+// stop cancels a pending check; later dormancies schedule none. Idempotent.
+func (r *reclaimer) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+}
+
+// closeClient closes the client's connection from outside the session
+// goroutine (terminate, a lost upstream), first waking the session if it
+// is parked with no goroutine, so that it ends and cleans up. The caller
+// has set ss.ended, which keeps the session from being parked afterwards.
+func (ss *session) closeClient() {
+	ss.srv.dormancy.unpark(ss)
+	_ = ss.client.Close()
+}
+
+// parkable reports whether the session may be parked: it has not been
+// ended (see closeClient).
+func (ss *session) parkable() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return !ss.ended
 }

@@ -1612,7 +1612,7 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 		return
 	}
 	ss.reportLost(u, err)
-	_ = ss.client.Close()
+	ss.closeClient()
 }
 
 // reportLost gives the client exactly one error for the loss of upstream
@@ -1802,7 +1802,7 @@ func (ss *session) terminate(e *pgerr.Error) {
 	if !ss.discard.Load() {
 		_ = ss.cw.sendError(e)
 	}
-	_ = ss.client.Close()
+	ss.closeClient()
 }
 
 // errorField returns the value of field f of an ErrorResponse body

@@ -73,8 +73,12 @@ type session struct {
 	waitObs   prometheus.Observer
 	waitFor   router.Target
 	// dormant is set while the session waits without a read buffer
-	// (idle.go); session goroutine only.
-	dormant bool
+	// (idle.go); session goroutine only. parkID and parkWatched, under
+	// the server's dormancy lock, identify the session in its epoll
+	// instance and say whether its socket is registered there.
+	dormant     bool
+	parkID      uint64
+	parkWatched bool
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
@@ -250,9 +254,13 @@ func (s *Server) serve(conn net.Conn) {
 		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
 		txStatus: 'I', synced: true} // idle, outside any transaction, until its first statement
 	ss.cond = sync.NewCond(&ss.mu)
-	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
+	// The session's logger encodes its fields only when it first writes
+	// (WithLazy): most sessions never log above debug, and an encoded
+	// child logger costs about 1 KB per session.
+	peer := zap.String("peer", conn.RemoteAddr().String())
+	ss.log = s.log.WithLazy(peer)
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
-	registered, err := ss.start()
+	registered, err := ss.start(peer)
 	if err != nil {
 		if registered {
 			s.unregister(ss)
@@ -267,7 +275,7 @@ func (s *Server) serve(conn net.Conn) {
 // start runs the session's startup up to its greeting. It reports whether
 // the session was registered (for the caller to unregister when start
 // fails) and the failure, already reported to the client.
-func (ss *session) start() (registered bool, err error) {
+func (ss *session) start(peer zap.Field) (registered bool, err error) {
 	s := ss.srv
 	err = ss.negotiateStartup()
 	if errors.Is(err, errCancelHandled) {
@@ -280,7 +288,7 @@ func (ss *session) start() (registered bool, err error) {
 		err = s.register(ss)
 		if err == nil {
 			registered = true
-			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
+			ss.log = s.log.WithLazy(peer, zap.Uint32("client_pid", ss.pid))
 		}
 	}
 	if err == nil {
@@ -318,11 +326,15 @@ func (ss *session) start() (registered bool, err error) {
 // closes conn (the accepted connection, under any TLS layer). It owns
 // both from serve's hand-over and holds one count of the server's wait
 // group, which it releases last. When the session goes dormant, run hands
-// all of it to a fresh goroutine (with a small stack) and ends, so a
-// long-idle session does not keep the stack its statements grew.
+// all of it on and ends, so a long-idle session keeps neither a goroutine
+// nor the stack its statements grew: to the server's dormancy, which
+// starts a new run when the client's socket becomes readable, or, where
+// the socket cannot be watched, to a fresh goroutine waiting in a read.
 func (ss *session) run(conn net.Conn) {
 	if ss.relay() {
-		go ss.run(conn)
+		if !ss.srv.dormancy.park(ss, conn) {
+			go ss.run(conn)
+		}
 		return
 	}
 	ss.srv.unregister(ss)

@@ -13,10 +13,12 @@ import (
 
 // TestDormantSessionsServeStatementsAfterwards lets sessions idle past
 // CLIENT_IDLE_RELEASE (short here) in both pool modes, twice, and checks
-// that they went dormant (the gauge; in transaction mode without a relay
-// goroutine, in session mode keeping the one that reads its upstream) and
-// then run simple and extended statements and transactions with their
-// settings and prepared statements intact.
+// that they went dormant (the gauge; no session goroutine left; in
+// transaction mode no relay goroutine either, in session mode the one
+// that reads its upstream) and then run simple and extended statements and
+// transactions with their settings intact. A client that leaves while
+// dormant ends its session, and a sidecar stopping with dormant sessions
+// ends them and exits cleanly.
 func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	for _, mode := range []string{"transaction", "session"} {
@@ -25,11 +27,12 @@ func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 			defer sc.stop()
 			ctx := ctx10(t)
 			conn := sc.connect(t, "application_name=idle-test")
-			dormant := func() float64 {
+			gauge := func(name string) float64 {
 				_, body := sc.get(t, "/metrics")
-				v, _ := metricValue(body, "brownie_sidecar_client_connections_dormant")
+				v, _ := metricValue(body, name)
 				return v
 			}
+			dormant := func() float64 { return gauge("brownie_sidecar_client_connections_dormant") }
 			wantRelays := 0
 			if mode == "session" {
 				wantRelays = 1 // it keeps its upstream, and the goroutine reading it
@@ -43,7 +46,8 @@ func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 					t.Fatalf("round %d: extended query = %d, %v", round, one, err)
 				}
 				waitFor(t, 5*time.Second, "the session to go dormant", func() bool {
-					return dormant() == 1 && relayGoroutines() == wantRelays
+					return dormant() == 1 && goroutinesIn("proxy.(*session).relayLoop(") == wantRelays &&
+						goroutinesIn("proxy.(*session).clientToUpstream(") == 0
 				})
 
 				var wm, app string
@@ -68,18 +72,31 @@ func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+
+			leaving := sc.connect(t, "")
+			waitFor(t, 5*time.Second, "both sessions to go dormant", func() bool { return dormant() == 2 })
+			leaving.Close(ctx)
+			waitFor(t, 5*time.Second, "the departed client's session to end", func() bool {
+				return gauge("brownie_sidecar_client_connections") == 1 && dormant() == 1
+			})
+			if code := sc.stop(); code != 0 {
+				t.Fatalf("sidecar stopping with a dormant session exited with %d", code)
+			}
+			if err := conn.Ping(ctx); err == nil {
+				t.Fatal("a session survived the sidecar's shutdown")
+			}
 		})
 	}
 }
 
-// relayGoroutines counts the goroutines of the in-process sidecar serving
-// relay jobs.
-func relayGoroutines() int {
+// goroutinesIn counts the goroutines whose stack holds the function call
+// prefix fn.
+func goroutinesIn(fn string) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
 		if n < len(buf) {
-			return strings.Count(string(buf[:n]), "proxy.(*session).relayLoop(")
+			return strings.Count(string(buf[:n]), fn)
 		}
 		buf = make([]byte, 2*len(buf))
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 )
 
 // MaxMessageLen bounds the length field of a typed message. Postgres itself
@@ -20,10 +19,10 @@ var ErrMessageTooLarge = errors.New("message length exceeds limit")
 // returned by Body stay valid only until the next call on the Reader.
 // A Reader is not safe for concurrent use.
 //
-// Its read buffer comes from a pool shared by the Readers of the same size.
-// Release gives it back between messages (a long-idle client session then
-// holds no buffer); the next Next reads the 5-byte header straight from
-// the stream and takes a buffer again for the body and what follows.
+// Release drops its read buffer between messages (a long-idle client
+// session then holds no buffer); the next Next reads the 5-byte header
+// straight from the stream and takes a new buffer for the body and what
+// follows.
 type Reader struct {
 	src    io.Reader
 	r      *bufio.Reader // nil while released
@@ -39,23 +38,11 @@ type Reader struct {
 	hdrN int
 }
 
-// bufPools holds one pool of *bufio.Reader per buffer size.
-var bufPools sync.Map // int → *sync.Pool
-
-func bufPool(size int) *sync.Pool {
-	if p, ok := bufPools.Load(size); ok {
-		return p.(*sync.Pool)
-	}
-	p, _ := bufPools.LoadOrStore(size, &sync.Pool{})
-	return p.(*sync.Pool)
-}
-
-// takeBuffer returns a pooled buffered reader of size over src.
+// takeBuffer returns a new buffered reader of size over src. Released
+// buffers are not pooled: a pool would keep them until two collections
+// have passed, while dropped they are garbage at the next one, and a
+// Reader takes a buffer again at most once per idle period.
 func takeBuffer(src io.Reader, size int) *bufio.Reader {
-	if br, ok := bufPool(size).Get().(*bufio.Reader); ok {
-		br.Reset(src)
-		return br
-	}
 	return bufio.NewReaderSize(src, size)
 }
 
@@ -64,8 +51,8 @@ func NewReader(r io.Reader, size int) *Reader {
 	return &Reader{src: r, r: takeBuffer(r, size), size: size, maxLen: MaxMessageLen}
 }
 
-// Release gives the read buffer back to its pool and drops the body
-// buffer, when nothing is buffered and no message is partly read; it
+// Release drops the read buffer and the body buffer, when nothing is
+// buffered and no message is partly read; it
 // reports whether the Reader now holds no buffer (true when it already
 // held none). The next Next reads the header straight from the stream
 // with one small read, then takes a buffer again. Idempotent.
@@ -76,8 +63,6 @@ func (r *Reader) Release() bool {
 	if r.remain > 0 || r.hdrN > 0 || r.r.Buffered() > 0 {
 		return false
 	}
-	r.r.Reset(nil)
-	bufPool(r.size).Put(r.r)
 	r.r, r.buf = nil, nil
 	return true
 }
