@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -106,6 +107,10 @@ type session struct {
 	want      map[string]string // settings the client expects (startup + SET), by lower-case name
 	startup   map[string]string // settings from the startup packet: what RESET returns to
 	seen      map[string]string // ParameterStatus values the client has been told
+	// wantShared and seenShared say that want is startup and seen the
+	// greeting's values shared with other sessions: copied before a change
+	// (ownWantLocked, setSeenLocked).
+	wantShared, seenShared bool
 	// reportedFor and reportedVersion identify the upstream parameters
 	// last compared with seen, to skip the comparison when nothing changed.
 	reportedFor     *upstream
@@ -250,9 +255,10 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 // stack the startup grew (TLS handshake, SCRAM) is not kept by a session
 // that then idles. A session that does not start is cleaned up here.
 func (s *Server) serve(conn net.Conn) {
+	// want and seen are set at the startup and the greeting; the session
+	// is idle, outside any transaction, until its first statement.
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
-		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
-		txStatus: 'I', synced: true} // idle, outside any transaction, until its first statement
+		startup: map[string]string{}, txStatus: 'I', synced: true}
 	ss.cond = sync.NewCond(&ss.mu)
 	// The session's logger encodes its fields only when it first writes
 	// (WithLazy): most sessions never log above debug, and an encoded
@@ -475,8 +481,8 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 		}
 		name := strings.ToLower(kv[0])
 		ss.startup[name] = kv[1]
-		ss.want[name] = kv[1]
 	}
+	ss.want, ss.wantShared = ss.startup, true // until the first change (ownWantLocked)
 	return nil
 }
 
@@ -569,23 +575,56 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 // AuthenticationOk, every reported parameter, the sidecar's BackendKeyData
 // and ReadyForQuery.
 func (ss *session) greet(u *upstream) error {
-	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
-	names := make([]string, 0, len(u.params))
-	for name := range u.params {
+	// The values are shared with the other sessions greeted over u since
+	// its parameters last changed (about 600 bytes a session otherwise);
+	// setSeenLocked copies them before a change.
+	if u.greeted == nil || u.greetedVersion != u.paramsVersion {
+		g := maps.Clone(u.params)
+		if _, ok := g["in_hot_standby"]; ok {
+			g["in_hot_standby"] = "off" // the sidecar takes writes, whichever host greeted
+		}
+		u.greeted, u.greetedVersion = g, u.paramsVersion
+	}
+	seen := u.greeted
+	names := make([]string, 0, len(seen))
+	for name := range seen {
 		names = append(names, name)
 	}
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
-	ss.mu.Lock()
+	msgs := make([]pgproto3.BackendMessage, 0, len(names)+3)
+	msgs = append(msgs, &pgproto3.AuthenticationOk{})
 	for _, name := range names {
-		v := u.params[name]
-		if name == "in_hot_standby" {
-			v = "off" // the sidecar takes writes, whichever host greeted
-		}
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
-		ss.seen[name] = v
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: seen[name]})
 	}
+	ss.mu.Lock()
+	ss.seen, ss.seenShared = seen, true
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	return ss.cw.send(true, msgs...)
+}
+
+// setSeenLocked records that the client was told value v of parameter
+// name, first copying the values the session shares since its greeting.
+// Called with ss.mu held.
+func (ss *session) setSeenLocked(name, v string) {
+	if ss.seenShared || ss.seen == nil {
+		ss.seen, ss.seenShared = maps.Clone(ss.seen), false
+		if ss.seen == nil {
+			ss.seen = map[string]string{}
+		}
+	}
+	ss.seen[name] = v
+}
+
+// ownWantLocked makes ss.want the session's own map before a change: it
+// starts as the startup settings, shared with ss.startup (which never
+// changes after the startup). Called with ss.mu held.
+func (ss *session) ownWantLocked() {
+	if ss.wantShared || ss.want == nil {
+		ss.want, ss.wantShared = maps.Clone(ss.want), false
+		if ss.want == nil {
+			ss.want = map[string]string{}
+		}
+	}
 }
