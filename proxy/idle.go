@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -93,13 +92,17 @@ func (ss *session) wake() {
 }
 
 // reclaimDelay is how long after a session goes dormant the server looks
-// whether the Go runtime has collected garbage since; when it has not (the
-// sidecar is otherwise quiet), the server runs a collection, so what
-// dormant sessions let go of (read buffers, the stacks of the goroutines
-// they left) returns to the system within seconds rather than at the
-// runtime's forced collection every two minutes. A busy sidecar collects
-// on its own and never pays for it; a quiet one pays at most one
-// collection per reclaimDelay.
+// whether the Go runtime has collected garbage since. When it has not
+// for all of reclaimDelay (the sidecar is otherwise quiet), the server
+// collects and returns the free memory to the system
+// (debug.FreeOSMemory), so what dormant sessions let go of (read buffers,
+// the stacks of the goroutines they left) leaves the RSS within seconds:
+// otherwise it waits for the runtime's forced collection (every two
+// minutes) and then for its scavenger, which returns free memory slowly
+// and keeps some. When the runtime did collect, but before the latest
+// dormancy, the server looks again later. A busy sidecar collects on its
+// own and never pays for it; a quiet one pays at most one collection per
+// reclaimDelay, a few milliseconds.
 const reclaimDelay = 2 * time.Second
 
 // reclaimer runs those collections for a Server. Safe for concurrent use.
@@ -107,6 +110,7 @@ type reclaimer struct {
 	lastDormant atomic.Int64 // unix nanoseconds of the latest dormancy
 	mu          sync.Mutex
 	timer       *time.Timer // pending check; nil when none
+	armed       time.Time   // when the pending check was scheduled
 	stopped     bool
 }
 
@@ -115,20 +119,31 @@ func (r *reclaimer) dormant() {
 	r.lastDormant.Store(time.Now().UnixNano())
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.scheduleLocked()
+}
+
+func (r *reclaimer) scheduleLocked() {
 	if r.timer == nil && !r.stopped {
+		r.armed = time.Now()
 		r.timer = time.AfterFunc(reclaimDelay, r.check)
 	}
 }
 
-// check collects garbage unless the runtime did since the latest dormancy.
+// check collects and returns free memory when the runtime has not
+// collected since the check was scheduled, and looks again later when it
+// has, but not since the latest dormancy.
 func (r *reclaimer) check() {
-	r.mu.Lock()
-	r.timer = nil
-	r.mu.Unlock()
 	var st debug.GCStats
 	debug.ReadGCStats(&st)
-	if st.LastGC.UnixNano() < r.lastDormant.Load() {
-		runtime.GC()
+	r.mu.Lock()
+	r.timer = nil
+	armed := r.armed
+	if !st.LastGC.Before(armed) && st.LastGC.UnixNano() < r.lastDormant.Load() {
+		r.scheduleLocked()
+	}
+	r.mu.Unlock()
+	if st.LastGC.Before(armed) {
+		debug.FreeOSMemory()
 	}
 }
 
