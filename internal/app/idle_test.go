@@ -1,6 +1,10 @@
 package app
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -16,17 +20,39 @@ import (
 // that they went dormant (the gauge; no session goroutine left; in
 // transaction mode no relay goroutine either, in session mode the one
 // that reads its upstream) and then run simple and extended statements and
-// transactions with their settings intact. A client that leaves while
-// dormant ends its session, and a sidecar stopping with dormant sessions
-// ends them and exits cleanly.
+// transactions with their settings intact, over TLS too. A client that
+// leaves while dormant ends its session, and a sidecar stopping with
+// dormant sessions ends them and exits cleanly.
 func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
-	for _, mode := range []string{"transaction", "session"} {
-		t.Run(mode, func(t *testing.T) {
-			sc := startSidecar(t, srv, map[string]string{"POOL_MODE": mode, "CLIENT_IDLE_RELEASE": "50ms"})
+	for _, tc := range []struct {
+		name, mode string
+		tls        bool
+	}{{"transaction", "transaction", false}, {"session", "session", false}, {"transaction over TLS", "transaction", true}} {
+		mode := tc.mode
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{"POOL_MODE": mode, "CLIENT_IDLE_RELEASE": "50ms"}
+			if tc.tls {
+				env["CLIENT_TLS_CERT"] = filepath.Join(srv.CertDir, "server.crt")
+				env["CLIENT_TLS_KEY"] = filepath.Join(srv.CertDir, "server.key")
+			}
+			sc := startSidecar(t, srv, env)
 			defer sc.stop()
 			ctx := ctx10(t)
-			conn := sc.connect(t, "application_name=idle-test")
+			connect := func(extra string) *pgx.Conn {
+				if !tc.tls {
+					return sc.connect(t, extra)
+				}
+				_, port, _ := net.SplitHostPort(sc.addr)
+				conn, err := pgx.Connect(ctx, fmt.Sprintf("host=localhost port=%s dbname=brownie_metadata user=brownie-fastapi-server sslmode=verify-full sslrootcert=%s %s",
+					port, filepath.Join(srv.CertDir, "ca.crt"), extra))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close(context.Background()) })
+				return conn
+			}
+			conn := connect("application_name=idle-test")
 			gauge := func(name string) float64 {
 				_, body := sc.get(t, "/metrics")
 				v, _ := metricValue(body, name)
@@ -73,7 +99,7 @@ func TestDormantSessionsServeStatementsAfterwards(t *testing.T) {
 				}
 			}
 
-			leaving := sc.connect(t, "")
+			leaving := connect("")
 			waitFor(t, 5*time.Second, "both sessions to go dormant", func() bool { return dormant() == 2 })
 			leaving.Close(ctx)
 			waitFor(t, 5*time.Second, "the departed client's session to end", func() bool {
