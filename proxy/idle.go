@@ -5,7 +5,6 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -99,24 +98,24 @@ func (ss *session) wake() {
 // the stacks of the goroutines they left) leaves the RSS within seconds:
 // otherwise it waits for the runtime's forced collection (every two
 // minutes) and then for its scavenger, which returns free memory slowly
-// and keeps some. When the runtime did collect, but before the latest
-// dormancy, the server looks again later. A busy sidecar collects on its
-// own and never pays for it; a quiet one pays at most one collection per
-// reclaimDelay, a few milliseconds.
+// and keeps as much as the last busy moment needed. When the runtime did
+// collect, the server looks again reclaimDelay later, until the sidecar
+// has been quiet that long. A busy sidecar collects on its own and never
+// pays for it; a quiet one pays one collection, a few milliseconds, per
+// reclaimDelay at most.
 const reclaimDelay = 2 * time.Second
 
 // reclaimer runs those collections for a Server. Safe for concurrent use.
 type reclaimer struct {
-	lastDormant atomic.Int64 // unix nanoseconds of the latest dormancy
-	mu          sync.Mutex
-	timer       *time.Timer // pending check; nil when none
-	armed       time.Time   // when the pending check was scheduled
-	stopped     bool
+	mu      sync.Mutex
+	timer   *time.Timer // pending check; nil when none
+	armed   time.Time   // when the pending check was scheduled
+	stopped bool
 }
 
-// dormant records that a session went dormant and schedules a check.
+// dormant records that a session went dormant: it schedules a check when
+// none is pending.
 func (r *reclaimer) dormant() {
-	r.lastDormant.Store(time.Now().UnixNano())
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.scheduleLocked()
@@ -130,19 +129,18 @@ func (r *reclaimer) scheduleLocked() {
 }
 
 // check collects and returns free memory when the runtime has not
-// collected since the check was scheduled, and looks again later when it
-// has, but not since the latest dormancy.
+// collected since the check was scheduled; otherwise it looks again later.
 func (r *reclaimer) check() {
 	var st debug.GCStats
 	debug.ReadGCStats(&st)
 	r.mu.Lock()
 	r.timer = nil
-	armed := r.armed
-	if !st.LastGC.Before(armed) && st.LastGC.UnixNano() < r.lastDormant.Load() {
+	quiet := st.LastGC.Before(r.armed)
+	if !quiet {
 		r.scheduleLocked()
 	}
 	r.mu.Unlock()
-	if st.LastGC.Before(armed) {
+	if quiet {
 		debug.FreeOSMemory()
 	}
 }
