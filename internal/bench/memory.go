@@ -77,10 +77,14 @@ func (m memTarget) perClientKB(p memPoint) float64 {
 // is longer than the sidecar's default CLIENT_IDLE_RELEASE (1 s).
 const memSettle = 2 * time.Second
 
-// Once settled, the RSS is read every memStableEvery until two readings in
-// a row differ by at most memStableKB, for up to memStableWithin.
+// Once settled, the RSS is read every memStableEvery until the readings of
+// the last memStableFor stay within memStableKB of each other, for up to
+// memStableWithin. memStableFor is longer than the few seconds a quiet
+// sidecar takes to return what dormant sessions let go of (proxy's
+// reclaimDelay, 2 s, twice when the runtime collected meanwhile).
 const (
 	memStableEvery  = time.Second
+	memStableFor    = 6 * time.Second
 	memStableKB     = 256
 	memStableWithin = time.Minute
 )
@@ -208,24 +212,26 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 				return 0, err
 			}
 		}
-		prev, err := rss()
-		if err != nil {
-			return 0, err
-		}
-		for end := time.Now().Add(memStableWithin); time.Now().Before(end); {
-			if err := wait(memStableEvery); err != nil {
-				return 0, err
-			}
+		var window []int64 // readings of the last memStableFor
+		for end := time.Now().Add(memStableWithin); ; {
 			cur, err := rss()
 			if err != nil {
 				return 0, err
 			}
-			if d := cur - prev; d <= memStableKB && d >= -memStableKB {
+			window = append(window, cur)
+			if n := int(memStableFor/memStableEvery) + 1; len(window) > n {
+				window = window[len(window)-n:]
+			}
+			if len(window) > int(memStableFor/memStableEvery) && slices.Max(window)-slices.Min(window) <= memStableKB {
 				return cur, nil
 			}
-			prev = cur
+			if time.Now().After(end) {
+				return cur, nil
+			}
+			if err := wait(memStableEvery); err != nil {
+				return 0, err
+			}
 		}
-		return prev, nil
 	}
 	logRuntime := func() {
 		if metricsURL == "" {
@@ -315,7 +321,7 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 		b.WriteString("Not measured.\n\n")
 		return
 	}
-	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS is stable.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle)
+	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS has stayed within %d KB for %s.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle, memStableKB, memStableFor)
 	head := []string{"figure"}
 	for _, m := range ms {
 		head = append(head, m.name)
