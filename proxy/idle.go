@@ -16,7 +16,7 @@ import (
 const defaultIdleRelease = time.Second
 
 // errDormant ends clientToUpstream when the session has gone dormant: run
-// continues it in a fresh goroutine.
+// hands the session to the server's dormancy (or to a fresh goroutine).
 var errDormant = errors.New("session dormant")
 
 // idleRelease is the session's delay before going dormant.
@@ -30,8 +30,8 @@ func (ss *session) idleRelease() time.Duration {
 // awaitClient waits for the client's next message when none is buffered,
 // with a read deadline of idleRelease on the wait. When the deadline passes
 // with nothing read, the session goes dormant (goDormant) and awaitClient
-// returns errDormant; in the fresh goroutine that continues the session,
-// Next waits for the header with no buffer and no deadline.
+// returns errDormant; in the goroutine that continues the session, Next
+// reads the header with no buffer and no deadline.
 //
 // The deadline covers only this wait: wire.Reader.Wait consumes nothing
 // when it fails, so a deadline can never cut a message, and its error
@@ -60,10 +60,9 @@ func (ss *session) awaitClient() error {
 // goDormant gives back what a long-idle session does not need while it
 // waits: its read buffer and scratch buffer and, when it holds no upstream
 // connection, its relay goroutine (startRelayLocked starts one again at the
-// next attachment); run then leaves the goroutine with its grown stack
-// for a fresh one. A dormant session is one goroutine with a small stack
-// parked in a read of a 5-byte array. It reports whether the session went
-// dormant. Session goroutine only; wake ends the dormancy.
+// next attachment); run then ends its goroutine too (see run). It reports
+// whether the session went dormant. Session goroutine only; wake ends the
+// dormancy.
 func (ss *session) goDormant() bool {
 	if !ss.cr.Release() {
 		return false

@@ -43,15 +43,16 @@ type upstream struct {
 	// paramsVersion grows whenever one changes.
 	params        map[string]string
 	paramsVersion uint64
+	txStatus      byte
+	tag           string // the last command tag exec read
+	gen           uint64
+	serial        string
+
 	// greeted is what sessions greeted over this connection are told
 	// (params as of greetedVersion, in_hot_standby off), shared by them
 	// until one changes its copy; see session.greet.
 	greeted        map[string]string
 	greetedVersion uint64
-	txStatus       byte
-	tag            string // the last command tag exec read
-	gen            uint64
-	serial         string
 
 	// State the sidecar keeps for the session holding the connection,
 	// guarded by that session's mutex: statements prepared under sidecar
