@@ -86,10 +86,15 @@ func (ss *session) passthrough() bool {
 }
 
 // relay runs an attached (session mode) or detached (transaction mode)
-// session until the client leaves, then cleans up.
-func (ss *session) relay() {
-	defer ss.stopRelay()
+// session until the client leaves, then cleans up; or until the session
+// goes dormant (idle.go), then it reports true and cleans up nothing: the
+// session goes on in a fresh goroutine (run).
+func (ss *session) relay() (dormant bool) {
 	err := ss.clientToUpstream()
+	if errors.Is(err, errDormant) {
+		return true
+	}
+	defer ss.stopRelay()
 	var pe *pgerr.Error
 	if errors.As(err, &pe) {
 		ss.abort(pe) // a protocol violation or limit: the client hears why
@@ -106,6 +111,7 @@ func (ss *session) relay() {
 	}
 
 	ss.finish(err)
+	return false
 }
 
 // awaitLostReport waits (bounded) for the relay goroutine to read the end
@@ -135,7 +141,9 @@ type relayJob struct {
 
 // relayLoop is the session's relay goroutine: it serves one attachment
 // after another, so transaction pooling does not start a goroutine (and
-// grow its stack again) per transaction. It ends when jobs is closed.
+// grow its stack again) per transaction. It ends when jobs is closed: at
+// the end of the session, or when a session holding no upstream goes
+// dormant (goDormant).
 func (ss *session) relayLoop(jobs <-chan relayJob) {
 	for j := range jobs {
 		ss.upstreamToClient(j.c, j.done)
@@ -210,8 +218,9 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	return c, nil
 }
 
-// startRelay attaches c to the session and starts its relay goroutine.
-// Called with ss.mu held.
+// startRelay attaches c to the session and hands it to the relay
+// goroutine, starting one when the session has none (its first
+// attachment, or the first since it went dormant). Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up = c
 	if u := c.Value; u.clients != nil {
@@ -234,11 +243,16 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 }
 
 // clientToUpstream forwards client messages until the client terminates,
-// fails, or the session is ended. It attaches an upstream connection when
+// fails, or the session is ended, or returns errDormant when the session
+// has gone dormant (idle.go). It attaches an upstream connection when
 // a message arrives and none is held (transaction mode).
 func (ss *session) clientToUpstream() error {
 	for {
+		if err := ss.awaitClient(); err != nil {
+			return err // errDormant included
+		}
 		typ, n, err := ss.cr.Next()
+		ss.wake()
 		if err != nil {
 			return err
 		}
@@ -1638,7 +1652,7 @@ func (ss *session) upstreamLost(u *upstream, err error) {
 		return
 	}
 	ss.reportLost(u, err)
-	_ = ss.client.Close()
+	ss.closeClient()
 }
 
 // reportLost gives the client exactly one error for the loss of upstream
@@ -1828,7 +1842,7 @@ func (ss *session) terminate(e *pgerr.Error) {
 	if !ss.discard.Load() {
 		_ = ss.cw.sendError(e)
 	}
-	_ = ss.client.Close()
+	ss.closeClient()
 }
 
 // errorField returns the value of field f of an ErrorResponse body

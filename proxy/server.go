@@ -70,6 +70,8 @@ type Server struct {
 	health    *health.Checker
 	twoPhase  *twophase.Recovery
 	fan       *fanout.Deps // what requests spanning shards share
+	reclaim   reclaimer    // collections after sessions go dormant (idle.go)
+	dormancy  dormancy     // dormant sessions without a goroutine
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID
@@ -128,6 +130,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
 	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
+	s.dormancy.log, s.dormancy.wake = s.log, func(p parked) { go p.ss.run(p.conn) }
 	s.health = health.New(health.Config{
 		Interval: cfg.Routing.HealthInterval, Timeout: cfg.Routing.HealthTimeout, BanTime: cfg.Routing.BanTime,
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
@@ -261,6 +264,8 @@ func (s *Server) Run(ctx context.Context) error {
 	acceptWG.Wait()
 	s.drain(s.cfg.ShutdownTimeout)
 	s.wg.Wait()
+	s.reclaim.stop()
+	s.dormancy.stop()
 	s.poolStop()
 	s.mu.Lock()
 	for _, p := range s.pools {

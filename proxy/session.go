@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -66,12 +67,19 @@ type session struct {
 	wbuf []byte
 	rhdr [5]byte
 
-	// relayJobs feeds the relay goroutine (started at the first
-	// attachment, under mu); waitObs caches the pool-wait histogram child
+	// relayJobs feeds the relay goroutine (started at an attachment when
+	// none runs, under mu; nil while none runs); waitObs caches the pool-wait histogram child
 	// for waitFor (session goroutine only).
 	relayJobs chan relayJob
 	waitObs   prometheus.Observer
 	waitFor   router.Target
+	// dormant is set while the session waits without a read buffer
+	// (idle.go); session goroutine only. parkID and parkWatched, under
+	// the server's dormancy lock, identify the session in its epoll
+	// instance and say whether its socket is registered there.
+	dormant     bool
+	parkID      uint64
+	parkWatched bool
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
@@ -99,6 +107,10 @@ type session struct {
 	want      map[string]string // settings the client expects (startup + SET), by lower-case name
 	startup   map[string]string // settings from the startup packet: what RESET returns to
 	seen      map[string]string // ParameterStatus values the client has been told
+	// wantShared and seenShared say that want is startup and seen the
+	// greeting's values shared with other sessions: copied before a change
+	// (ownWantLocked, setSeenLocked).
+	wantShared, seenShared bool
 	// reportedFor and reportedVersion identify the upstream parameters
 	// last compared with seen, to skip the comparison when nothing changed.
 	reportedFor     *upstream
@@ -246,19 +258,43 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 	return nil
 }
 
-// serve runs a client connection from accept to close.
+// serve runs a client connection's startup: negotiation, authentication
+// and greeting. A session that starts goes on in a new goroutine (run),
+// which owns the connection and the registration from then on, so the
+// stack the startup grew (TLS handshake, SCRAM) is not kept by a session
+// that then idles. A session that does not start is cleaned up here.
 func (s *Server) serve(conn net.Conn) {
+	// want and seen are set at the startup and the greeting; the session
+	// is idle, outside any transaction, until its first statement.
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
-		want: map[string]string{}, startup: map[string]string{}, seen: map[string]string{},
-		txStatus: 'I', synced: true, retry: readRetry{ok: true}} // idle, outside any transaction, until its first statement
+		startup: map[string]string{}, txStatus: 'I', synced: true, retry: readRetry{ok: true}}
 	ss.cond = sync.NewCond(&ss.mu)
-	ss.log = s.log.With(zap.String("peer", conn.RemoteAddr().String()))
+	// The session's logger encodes its fields only when it first writes
+	// (WithLazy): most sessions never log above debug, and an encoded
+	// child logger costs about 1 KB per session.
+	peer := zap.String("peer", conn.RemoteAddr().String())
+	ss.log = s.log.WithLazy(peer)
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
-	defer conn.Close()
-
-	err := ss.negotiateStartup()
-	if errors.Is(err, errCancelHandled) {
+	registered, err := ss.start(peer)
+	if err != nil {
+		if registered {
+			s.unregister(ss)
+		}
+		_ = conn.Close()
 		return
+	}
+	s.wg.Add(1) // while this goroutine still holds its own count: no race with Wait
+	go ss.run(conn)
+}
+
+// start runs the session's startup up to its greeting. It reports whether
+// the session was registered (for the caller to unregister when start
+// fails) and the failure, already reported to the client.
+func (ss *session) start(peer zap.Field) (registered bool, err error) {
+	s := ss.srv
+	err = ss.negotiateStartup()
+	if errors.Is(err, errCancelHandled) {
+		return false, err
 	}
 	if err == nil {
 		err = ss.authenticate()
@@ -266,8 +302,8 @@ func (s *Server) serve(conn net.Conn) {
 	if err == nil {
 		err = s.register(ss)
 		if err == nil {
-			defer s.unregister(ss)
-			ss.log = ss.log.With(zap.Uint32("client_pid", ss.pid))
+			registered = true
+			ss.log = s.log.WithLazy(peer, zap.Uint32("client_pid", ss.pid))
 		}
 	}
 	if err == nil {
@@ -290,7 +326,7 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	if err != nil {
 		ss.fail(err)
-		return
+		return registered, err
 	}
 	ss.log.Debug("session started", zap.String("user", ss.user))
 	if !ss.transactionMode() {
@@ -298,7 +334,27 @@ func (s *Server) serve(conn net.Conn) {
 		ss.pins[PinSessionMode] = true
 		ss.mu.Unlock()
 	}
-	ss.relay()
+	return registered, nil
+}
+
+// run relays a started session until it ends, then unregisters it and
+// closes conn (the accepted connection, under any TLS layer). It owns
+// both from serve's hand-over and holds one count of the server's wait
+// group, which it releases last. When the session goes dormant, run hands
+// all of it on and ends, so a long-idle session keeps neither a goroutine
+// nor the stack its statements grew: to the server's dormancy, which
+// starts a new run when the client's socket becomes readable, or, where
+// the socket cannot be watched, to a fresh goroutine waiting in a read.
+func (ss *session) run(conn net.Conn) {
+	if ss.relay() {
+		if !ss.srv.dormancy.park(ss, conn) {
+			go ss.run(conn)
+		}
+		return
+	}
+	ss.srv.unregister(ss)
+	_ = conn.Close()
+	ss.srv.wg.Done()
 }
 
 // fail reports a failure that refuses a session during startup to the
@@ -434,8 +490,8 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 		}
 		name := strings.ToLower(kv[0])
 		ss.startup[name] = kv[1]
-		ss.want[name] = kv[1]
 	}
+	ss.want, ss.wantShared = ss.startup, true // until the first change (ownWantLocked)
 	return nil
 }
 
@@ -528,23 +584,56 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 // AuthenticationOk, every reported parameter, the sidecar's BackendKeyData
 // and ReadyForQuery.
 func (ss *session) greet(u *upstream) error {
-	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
-	names := make([]string, 0, len(u.params))
-	for name := range u.params {
+	// The values are shared with the other sessions greeted over u since
+	// its parameters last changed (about 600 bytes a session otherwise);
+	// setSeenLocked copies them before a change.
+	if u.greeted == nil || u.greetedVersion != u.paramsVersion {
+		g := maps.Clone(u.params)
+		if _, ok := g["in_hot_standby"]; ok {
+			g["in_hot_standby"] = "off" // the sidecar takes writes, whichever host greeted
+		}
+		u.greeted, u.greetedVersion = g, u.paramsVersion
+	}
+	seen := u.greeted
+	names := make([]string, 0, len(seen))
+	for name := range seen {
 		names = append(names, name)
 	}
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
-	ss.mu.Lock()
+	msgs := make([]pgproto3.BackendMessage, 0, len(names)+3)
+	msgs = append(msgs, &pgproto3.AuthenticationOk{})
 	for _, name := range names {
-		v := u.params[name]
-		if name == "in_hot_standby" {
-			v = "off" // the sidecar takes writes, whichever host greeted
-		}
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
-		ss.seen[name] = v
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: seen[name]})
 	}
+	ss.mu.Lock()
+	ss.seen, ss.seenShared = seen, true
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	return ss.cw.send(true, msgs...)
+}
+
+// setSeenLocked records that the client was told value v of parameter
+// name, first copying the values the session shares since its greeting.
+// Called with ss.mu held.
+func (ss *session) setSeenLocked(name, v string) {
+	if ss.seenShared || ss.seen == nil {
+		ss.seen, ss.seenShared = maps.Clone(ss.seen), false
+		if ss.seen == nil {
+			ss.seen = map[string]string{}
+		}
+	}
+	ss.seen[name] = v
+}
+
+// ownWantLocked makes ss.want the session's own map before a change: it
+// starts as the startup settings, shared with ss.startup (which never
+// changes after the startup). Called with ss.mu held.
+func (ss *session) ownWantLocked() {
+	if ss.wantShared || ss.want == nil {
+		ss.want, ss.wantShared = maps.Clone(ss.want), false
+		if ss.want == nil {
+			ss.want = map[string]string{}
+		}
+	}
 }

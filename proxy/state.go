@@ -120,7 +120,7 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 	msgs := make([]pgproto3.BackendMessage, 0, len(names))
 	for _, name := range names {
 		v := u.params[name]
-		ss.seen[name] = v
+		ss.setSeenLocked(name, v)
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
 	}
 	ss.mu.Unlock()
@@ -152,13 +152,14 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 	}
 	if d.resetAll {
 		u.applied = map[string]string{}
-		ss.want = maps.Clone(ss.startup)
+		ss.want, ss.wantShared = ss.startup, true
 	}
 	var restore, read []string
 	for n := range d.reset {
 		if _, ok := ss.startup[n]; ok {
 			restore = append(restore, n)
 		} else {
+			ss.ownWantLocked()
 			delete(ss.want, n)
 			delete(u.applied, n)
 		}
@@ -205,6 +206,7 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	ss.ownWantLocked()
 	for i, n := range names {
 		if values[i] == nil { // an unknown custom setting: nothing to carry
 			delete(ss.want, n)

@@ -48,6 +48,12 @@ type upstream struct {
 	gen           uint64
 	serial        string
 
+	// greeted is what sessions greeted over this connection are told
+	// (params as of greetedVersion, in_hot_standby off), shared by them
+	// until one changes its copy; see session.greet.
+	greeted        map[string]string
+	greetedVersion uint64
+
 	// State the sidecar keeps for the session holding the connection,
 	// guarded by that session's mutex: statements prepared under sidecar
 	// names, the statement held as the unnamed one, and settings applied

@@ -56,7 +56,13 @@
 // backends, starts a fresh sidecar, opens 2,000 idle client sessions (each
 // a completed startup and nothing else: like PgBouncer, the sidecar takes an
 // upstream connection at a session's first statement, so idle sessions hold
-// none) and reports the sidecar's peak resident set (VmHWM).
+// none) and reports the sidecar's peak resident set (VmHWM). Then the cost
+// per pod in memory (memory.go): the sidecar (backups configured) and
+// PgBouncer alone, transaction mode, pool 10: RSS at start, with 1,000
+// idle clients right after their startup, with the same clients after
+// each ran `SELECT 1`, and with 10,000 such clients. Each reading waits
+// until every sidecar session is dormant (its gauge) and the RSS is
+// stable.
 //
 // It owns the work directory (.bench by default, recreated on every run) and
 // every process it starts there: one PostgreSQL cluster through

@@ -360,7 +360,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		if err != nil {
 			return rep, err
 		}
-		if rep.memory, err = b.measureMemory(ctx, []int{1000, memManyClients}); err != nil {
+		if rep.memory, err = b.measureMemory(ctx); err != nil {
 			return rep, err
 		}
 	}

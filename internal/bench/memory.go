@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +19,12 @@ import (
 // configured, no client) and with many idle clients in transaction mode
 // (each past its startup, holding no upstream connection), for the
 // sidecar and for PgBouncer with the same pool, one after the other.
+//
+// An application's idle pooled connections have usually run statements,
+// so the idle clients are measured twice: right after their startup, and
+// after each has run one statement (memQuery) and gone idle again. Each
+// reading waits for the pooler to settle: past the sidecar's idle point
+// (every session dormant, by its gauge) and until the RSS stops changing.
 
 // Memory targets of a sidecar in every pod.
 const (
@@ -25,17 +34,33 @@ const (
 	memManyClients       = 10000 // clients of the last measurement
 )
 
-// memPoint is one level of idle clients.
+// memQuery is the statement each idle client runs before idling.
+const memQuery = "SELECT 1"
+
+// memStep is one reading: clients idle sessions open, which have run
+// memQuery when queried.
+type memStep struct {
+	clients int
+	queried bool
+}
+
+// memSteps are the readings, in order: the first clients are opened,
+// measured, then run memQuery and are measured again; the rest are opened
+// running memQuery.
+var memSteps = []memStep{{1000, false}, {1000, true}, {memManyClients, true}}
+
+// memPoint is one reading of idle clients.
 type memPoint struct {
 	wanted, opened int
 	rssKB          int64
+	queried        bool // the clients ran memQuery before idling
 }
 
 // memTarget is one pooler's memory measurement.
 type memTarget struct {
 	name    string
 	startKB int64      // VmRSS with no client
-	points  []memPoint // ascending clients
+	points  []memPoint // in memSteps order
 	errors  []string   // distinct session errors with counts
 	note    string     // why the measurement is incomplete, if it is
 }
@@ -48,14 +73,26 @@ func (m memTarget) perClientKB(p memPoint) float64 {
 	return float64(p.rssKB-m.startKB) / float64(p.opened)
 }
 
-// memSettle is how long a pooler is left idle before its RSS is read.
+// memSettle is how long a pooler is left idle before its RSS is read; it
+// is longer than the sidecar's default CLIENT_IDLE_RELEASE (1 s).
 const memSettle = 2 * time.Second
 
+// Once settled, the RSS is read every memStableEvery until the readings of
+// the last memStableFor stay within memStableKB of each other, for up to
+// memStableWithin. memStableFor is longer than the few seconds a quiet
+// sidecar takes to return what dormant sessions let go of (proxy's
+// reclaimDelay, 2 s, twice when the runtime collected meanwhile).
+const (
+	memStableEvery  = time.Second
+	memStableFor    = 6 * time.Second
+	memStableKB     = 256
+	memStableWithin = time.Minute
+)
+
 // measureMemory measures the sidecar, then PgBouncer, in transaction mode
-// with pool 10: RSS memSettle after start, then after opening idle
-// clients up to each of levels (ascending).
-func (b *bench) measureMemory(ctx context.Context, levels []int) ([]memTarget, error) {
-	top := levels[len(levels)-1]
+// with pool 10: RSS memSettle after start, then at each of memSteps.
+func (b *bench) measureMemory(ctx context.Context) ([]memTarget, error) {
+	top := memSteps[len(memSteps)-1].clients
 	var out []memTarget
 	backupDir := filepath.Join(b.dir, "memory-backups")
 	if err := os.MkdirAll(backupDir, 0o755); err != nil {
@@ -69,7 +106,9 @@ func (b *bench) measureMemory(ctx context.Context, levels []int) ([]memTarget, e
 	if err != nil {
 		return out, err
 	}
-	m, err := b.measureIdle(ctx, colSidecar, side.proc.pid(), side.addr.String(), levels)
+	metricsURL := "http://" + side.adminAddr.String() + "/metrics"
+	dormant := func(ctx context.Context, n int) error { return b.waitDormant(ctx, metricsURL, n) }
+	m, err := b.measureIdle(ctx, colSidecar, side.proc.pid(), side.addr.String(), dormant, metricsURL)
 	side.stop()
 	out = append(out, m)
 	if err != nil {
@@ -79,57 +118,182 @@ func (b *bench) measureMemory(ctx context.Context, levels []int) ([]memTarget, e
 	if err != nil {
 		return out, err
 	}
-	m, err = b.measureIdle(ctx, colBouncer, bouncer.proc.pid(), addr.String(), levels)
+	m, err = b.measureIdle(ctx, colBouncer, bouncer.proc.pid(), addr.String(), nil, "")
 	bouncer.stop()
 	return append(out, m), err
 }
 
-// measureIdle reads pid's RSS after memSettle, then opens idle sessions
-// to addr up to each level and reads it again after each.
-func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr string, levels []int) (memTarget, error) {
-	m := memTarget{name: name}
-	read := func() (int64, error) {
+// waitDormant polls the sidecar's metrics until n client sessions are
+// dormant (idle past CLIENT_IDLE_RELEASE), for up to a minute.
+func (b *bench) waitDormant(ctx context.Context, metricsURL string, n int) error {
+	deadline := time.Now().Add(time.Minute)
+	last := -1.0
+	for {
+		ms, err := scrapeMetrics(ctx, metricsURL, "brownie_sidecar_client_connections_dormant")
+		if err == nil {
+			last = ms["brownie_sidecar_client_connections_dormant"]
+			if int(last) == n {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%v of %d sessions dormant after a minute (last error: %v)", last, n, err)
+		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(memSettle):
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// scrapeMetrics reads the unlabelled series of names from a Prometheus
+// text endpoint.
+func scrapeMetrics(ctx context.Context, url string, names ...string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !slices.Contains(names, name) {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			out[name] = f
+		}
+	}
+	return out, sc.Err()
+}
+
+// goMemSeries are the Go runtime figures logged beside the sidecar's RSS,
+// to tell heap, stacks and memory not yet returned to the system apart.
+var goMemSeries = []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes",
+	"go_memstats_heap_released_bytes", "go_memstats_stack_inuse_bytes", "go_gc_duration_seconds_count"}
+
+// measureIdle reads pid's RSS after memSettle, then opens idle sessions
+// to addr for each of memSteps and reads it again, once settled: after
+// dormant (when not nil) reports every session idle past its idle point,
+// and the RSS is stable. metricsURL, when set, is scraped for goMemSeries
+// to log beside each reading.
+func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr string,
+	dormant func(context.Context, int) error, metricsURL string) (memTarget, error) {
+	m := memTarget{name: name}
+	wait := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	rss := func() (int64, error) {
 		st, err := procStatus(pid)
 		if err != nil {
 			return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
 		}
 		return st["VmRSS"], nil
 	}
+	// settled reads the RSS once n sessions are dormant and it is stable.
+	settled := func(n int) (int64, error) {
+		if err := wait(memSettle); err != nil {
+			return 0, err
+		}
+		if dormant != nil {
+			if err := dormant(ctx, n); err != nil {
+				return 0, err
+			}
+		}
+		var window []int64 // readings of the last memStableFor
+		for end := time.Now().Add(memStableWithin); ; {
+			cur, err := rss()
+			if err != nil {
+				return 0, err
+			}
+			window = append(window, cur)
+			if n := int(memStableFor/memStableEvery) + 1; len(window) > n {
+				window = window[len(window)-n:]
+			}
+			if len(window) > int(memStableFor/memStableEvery) && slices.Max(window)-slices.Min(window) <= memStableKB {
+				return cur, nil
+			}
+			if time.Now().After(end) {
+				return cur, nil
+			}
+			if err := wait(memStableEvery); err != nil {
+				return 0, err
+			}
+		}
+	}
+	logRuntime := func() {
+		if metricsURL == "" {
+			return
+		}
+		ms, err := scrapeMetrics(ctx, metricsURL, goMemSeries...)
+		if err != nil {
+			return
+		}
+		var parts []string
+		for _, s := range goMemSeries {
+			parts = append(parts, fmt.Sprintf("%s=%.0f", strings.TrimPrefix(s, "go_memstats_"), ms[s]))
+		}
+		b.logf("%s runtime: %s", name, strings.Join(parts, " "))
+	}
 	var err error
-	if m.startKB, err = read(); err != nil {
+	if m.startKB, err = settled(0); err != nil {
 		m.note = err.Error()
 		return m, err
 	}
+	logRuntime()
 	var conns []net.Conn
+	queried := 0 // conns[:queried] ran memQuery
 	errs := map[string]int{}
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	tried := 0
-	for _, level := range levels {
-		more, failed := b.openSessions(ctx, addr, level-tried, time.Minute)
-		tried = level
-		conns = append(conns, more...)
-		for msg, n := range failed {
-			errs[msg] += n
+	for _, step := range memSteps {
+		if step.queried && queried < len(conns) {
+			failed := runOnSessions(ctx, conns[queried:], memQuery, time.Minute)
+			for msg, n := range failed {
+				errs[msg] += n
+			}
+			queried = len(conns)
+		}
+		if more := step.clients - len(conns); more > 0 {
+			q := ""
+			if step.queried {
+				q = memQuery
+			}
+			opened, failed := b.openSessions(ctx, addr, more, q, time.Minute)
+			conns = append(conns, opened...)
+			if step.queried {
+				queried = len(conns)
+			}
+			for msg, n := range failed {
+				errs[msg] += n
+			}
 		}
 		if ctx.Err() != nil {
 			return m, ctx.Err()
 		}
-		rss, err := read()
+		kb, err := settled(len(conns))
 		if err != nil {
 			m.note = err.Error()
 			return m, err
 		}
-		m.points = append(m.points, memPoint{wanted: level, opened: len(conns), rssKB: rss})
-		b.logf("%s: %d/%d idle clients, VmRSS %.1f MB (start %.1f MB)", name, len(conns), level, mb(rss), mb(m.startKB))
+		m.points = append(m.points, memPoint{wanted: step.clients, opened: len(conns), rssKB: kb, queried: step.queried})
+		b.logf("%s: %d/%d idle clients (%s), VmRSS %.1f MB (start %.1f MB)", name, len(conns), step.clients, stepLabel(step.queried), mb(kb), mb(m.startKB))
+		logRuntime()
 	}
 	for msg, count := range errs {
 		m.errors = append(m.errors, fmt.Sprintf("%d× %s", count, msg))
@@ -141,19 +305,23 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 	return m, nil
 }
 
+// stepLabel says what idle clients did before idling.
+func stepLabel(queried bool) string {
+	if queried {
+		return "after `" + memQuery + "`"
+	}
+	return "startup only"
+}
+
 // writeMemory renders the memory table: each pooler's figures and the
-// targets, judged on the sidecar.
+// targets, judged on the sidecar's clients that ran a statement.
 func writeMemory(b *strings.Builder, ms []memTarget) {
 	b.WriteString("## Cost per pod: memory\n\n")
 	if len(ms) == 0 {
 		b.WriteString("Not measured.\n\n")
 		return
 	}
-	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) %s after start with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, no transaction, so no upstream connection), %d opened at a time.\n\n", txnPoolSize, memSettle, rssConcurrency)
-	var levels []int
-	for _, p := range ms[0].points {
-		levels = append(levels, p.wanted)
-	}
+	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS has stayed within %d KB for %s.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle, memStableKB, memStableFor)
 	head := []string{"figure"}
 	for _, m := range ms {
 		head = append(head, m.name)
@@ -189,30 +357,44 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 	startOK := mb(sidecar.startKB) <= memStartTargetMB && sidecar.startKB > 0
 	row("RSS at start", func(m memTarget) (float64, bool) { return mb(m.startKB), m.startKB > 0 }, "MB",
 		fmt.Sprintf("≤ %d MB: **%s**", memStartTargetMB, verdict(startOK)))
-	for i, level := range levels {
+	// The per-client target is judged on the first reading of clients
+	// that ran a statement, the 10,000-client one on the last reading.
+	perJudged, manyJudged := -1, -1
+	for i, p := range sidecar.points {
+		if p.queried && perJudged < 0 {
+			perJudged = i
+		}
+		if p.queried && p.wanted == memManyClients {
+			manyJudged = i
+		}
+	}
+	point := func(m memTarget, i int) (memPoint, bool) {
+		if i >= len(m.points) || m.points[i].opened == 0 {
+			return memPoint{}, false
+		}
+		return m.points[i], true
+	}
+	for i, p := range sidecar.points {
 		judge := ""
-		if i == 0 {
-			p := sidecar.points[i]
+		if i == perJudged {
 			judge = fmt.Sprintf("≤ %d KB: **%s**", memPerClientTargetKB, verdict(p.opened == p.wanted && sidecar.perClientKB(p) <= memPerClientTargetKB))
 		}
-		row(fmt.Sprintf("RSS per idle client (%s clients)", thousands(level)), func(m memTarget) (float64, bool) {
-			if i >= len(m.points) || m.points[i].opened == 0 {
-				return 0, false
-			}
-			return m.perClientKB(m.points[i]), true
+		row(fmt.Sprintf("RSS per idle client (%s clients, %s)", thousands(p.wanted), stepLabel(p.queried)), func(m memTarget) (float64, bool) {
+			q, ok := point(m, i)
+			return m.perClientKB(q), ok
 		}, "KB", judge)
 	}
-	for i, level := range levels {
+	for i, p := range sidecar.points {
+		if p.wanted != memManyClients {
+			continue
+		}
 		judge := ""
-		if level == memManyClients {
-			p := sidecar.points[i]
+		if i == manyJudged {
 			judge = fmt.Sprintf("≤ %d MB: **%s**", memManyTargetMB, verdict(p.opened == p.wanted && mb(p.rssKB) <= memManyTargetMB))
 		}
-		row(fmt.Sprintf("RSS with %s idle clients", thousands(level)), func(m memTarget) (float64, bool) {
-			if i >= len(m.points) {
-				return 0, false
-			}
-			return mb(m.points[i].rssKB), m.points[i].rssKB > 0
+		row(fmt.Sprintf("RSS with %s idle clients (%s)", thousands(p.wanted), stepLabel(p.queried)), func(m memTarget) (float64, bool) {
+			q, ok := point(m, i)
+			return mb(q.rssKB), ok && q.rssKB > 0
 		}, "MB", judge)
 	}
 	b.WriteString("\n")

@@ -77,7 +77,7 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 
 	b.logf("opening %d idle sessions to the sidecar (%d at a time)", n, rssConcurrency)
 	start := time.Now()
-	conns, errs := b.openSessions(ctx, side.addr.String(), n, 3*time.Minute)
+	conns, errs := b.openSessions(ctx, side.addr.String(), n, "", 3*time.Minute)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -119,10 +119,10 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 }
 
 // openSessions opens n client sessions to addr, rssConcurrency at a time,
-// each given timeout to reach ReadyForQuery, and returns those that did
-// (the caller closes them) and the others' errors with their counts. It
-// logs every 500 sessions opened.
-func (b *bench) openSessions(ctx context.Context, addr string, n int, timeout time.Duration) ([]net.Conn, map[string]int) {
+// each given timeout to reach ReadyForQuery (and, when query is not empty,
+// to run it), and returns those that did (the caller closes them) and the
+// others' errors with their counts. It logs every 500 sessions opened.
+func (b *bench) openSessions(ctx context.Context, addr string, n int, query string, timeout time.Duration) ([]net.Conn, map[string]int) {
 	var (
 		mu    sync.Mutex
 		conns []net.Conn
@@ -137,7 +137,7 @@ func (b *bench) openSessions(ctx context.Context, addr string, n int, timeout ti
 			defer func() { <-sem; wg.Done() }()
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			c, err := openSession(sctx, addr, "")
+			c, err := openSession(sctx, addr, query)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

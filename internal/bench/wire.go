@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -83,4 +84,48 @@ func readUntilReady(fe *pgproto3.Frontend) error {
 			return fmt.Errorf("server asked for authentication (%T); expected trust", m)
 		}
 	}
+}
+
+// runQuery runs query as a simple Query on an open, idle session and reads
+// up to its ReadyForQuery; ctx bounds the exchange.
+func runQuery(ctx context.Context, conn net.Conn, query string) error {
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.Query{String: query})
+	err := fe.Flush()
+	if err == nil {
+		err = readUntilReady(fe)
+	}
+	if err == nil && !stop() {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// runOnSessions runs query on each of conns, rssConcurrency at a time,
+// each given timeout, and returns the errors with their counts.
+func runOnSessions(ctx context.Context, conns []net.Conn, query string, timeout time.Duration) map[string]int {
+	var (
+		mu   sync.Mutex
+		errs = map[string]int{}
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, rssConcurrency)
+	)
+	for _, c := range conns {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			qctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			if err := runQuery(qctx, c, query); err != nil {
+				mu.Lock()
+				errs[err.Error()]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
 }

@@ -77,6 +77,10 @@ type Listen struct {
 	AllowedCIDRs   []string      `env:"CLIENT_ALLOWED_CIDRS" envSeparator:","`
 	StartupTimeout time.Duration `env:"CLIENT_STARTUP_TIMEOUT" envDefault:"15s"`
 	MaxClients     int           `env:"MAX_CLIENT_CONN" envDefault:"10000"`
+	// IdleRelease is how long a client session waits for its next
+	// message before it gives back its read buffer and, when it holds
+	// no upstream connection, its relay goroutine.
+	IdleRelease time.Duration `env:"CLIENT_IDLE_RELEASE" envDefault:"1s"`
 }
 
 // Pool modes.
@@ -330,6 +334,9 @@ func (c Config) Validate() error {
 	}
 	if c.Listen.StartupTimeout <= 0 {
 		add("CLIENT_STARTUP_TIMEOUT must be positive")
+	}
+	if c.Listen.IdleRelease <= 0 {
+		add("CLIENT_IDLE_RELEASE must be positive")
 	}
 	if c.Listen.MaxClients < 1 {
 		add("MAX_CLIENT_CONN must be at least 1")

@@ -31,6 +31,7 @@ func TestLoadFromAnEmptyEnvironmentGivesTheDefaults(t *testing.T) {
 			Addr:           "127.0.0.1:5432",
 			StartupTimeout: 15 * time.Second,
 			MaxClients:     10000,
+			IdleRelease:    time.Second,
 		},
 		Pool: config.Pool{
 			Mode:              config.PoolSession,
@@ -85,6 +86,7 @@ func TestLoadMapsEachVariableToItsField(t *testing.T) {
 		"CLIENT_ALLOWED_CIDRS":     "10.0.0.0/8, fd00::/8",
 		"CLIENT_STARTUP_TIMEOUT":   "3s",
 		"MAX_CLIENT_CONN":          "50",
+		"CLIENT_IDLE_RELEASE":      "250ms",
 		"POOL_MODE":                "session",
 		"POOL_SIZE":                "7",
 		"POOL_MIN_IDLE":            "2",
@@ -118,7 +120,7 @@ func TestLoadMapsEachVariableToItsField(t *testing.T) {
 			TLSCert: "/etc/tls/tls.crt", TLSKey: "/etc/tls/tls.key",
 			AuthFile:       "/etc/brownie/userlist.txt",
 			AllowedCIDRs:   []string{"10.0.0.0/8", " fd00::/8"},
-			StartupTimeout: 3 * time.Second, MaxClients: 50,
+			StartupTimeout: 3 * time.Second, MaxClients: 50, IdleRelease: 250 * time.Millisecond,
 		},
 		Pool: config.Pool{
 			Mode: config.PoolSession, Size: 7, MinIdle: 2,
@@ -226,6 +228,7 @@ func TestValidateRejectsBadValues(t *testing.T) {
 		{map[string]string{"CLIENT_TLS_CERT": "/x.crt"}, "CLIENT_TLS_CERT and CLIENT_TLS_KEY"},
 		{map[string]string{"CLIENT_ALLOWED_CIDRS": "10.0.0.1"}, `"10.0.0.1" is not a CIDR prefix`},
 		{map[string]string{"CLIENT_STARTUP_TIMEOUT": "-1s"}, "CLIENT_STARTUP_TIMEOUT"},
+		{map[string]string{"CLIENT_IDLE_RELEASE": "0s"}, "CLIENT_IDLE_RELEASE"},
 		{map[string]string{"MAX_CLIENT_CONN": "0"}, "MAX_CLIENT_CONN"},
 		{map[string]string{"POOL_MODE": "statement"}, `POOL_MODE "statement"`},
 		{map[string]string{"POOL_MIN_IDLE": "21"}, "POOL_MIN_IDLE"},

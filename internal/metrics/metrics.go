@@ -14,6 +14,7 @@ type Metrics struct {
 	ClientsAccepted prometheus.Counter
 	ClientsRejected *prometheus.CounterVec // reason
 	ClientsActive   prometheus.Gauge
+	ClientsDormant  prometheus.Gauge
 	PoolWait        *prometheus.HistogramVec // shard, role
 	UpstreamDials   *prometheus.CounterVec   // shard, role, result
 	BytesRelayed    *prometheus.CounterVec   // direction
@@ -104,6 +105,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		ClientsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "brownie_sidecar_client_connections",
 			Help: "Client connections currently open.",
+		}),
+		ClientsDormant: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "brownie_sidecar_client_connections_dormant",
+			Help: "Client connections idle past CLIENT_IDLE_RELEASE, waiting without a read buffer.",
 		}),
 		PoolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "brownie_sidecar_pool_wait_seconds",
@@ -272,7 +277,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	m.ToUpstream = m.BytesRelayed.WithLabelValues("client_to_upstream")
 	m.ToClient = m.BytesRelayed.WithLabelValues("upstream_to_client")
-	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.PoolWait,
+	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.ClientsDormant, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.CancelsInFlight, m.SchemaChanges, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.ShardMapReloads, m.ShardMapValid,

@@ -110,6 +110,10 @@ func WrapFast(c net.Conn) net.Conn {
 	return fc
 }
 
+// SyscallConn returns the wrapped socket's raw connection (for control
+// operations on its descriptor, such as watching it for readability).
+func (c *fastConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
 // Read reads into p, waiting for data when none is there.
 func (c *fastConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {

@@ -18,17 +18,81 @@ var ErrMessageTooLarge = errors.New("message length exceeds limit")
 // Reader reads typed protocol messages from a buffered stream. Bodies
 // returned by Body stay valid only until the next call on the Reader.
 // A Reader is not safe for concurrent use.
+//
+// Release drops its read buffer between messages (a long-idle client
+// session then holds no buffer); the next Next reads the 5-byte header
+// straight from the stream and takes a new buffer for the body and what
+// follows.
 type Reader struct {
-	r      *bufio.Reader
+	src    io.Reader
+	r      *bufio.Reader // nil while released
+	size   int
 	buf    []byte
 	typ    byte
 	remain int // body bytes of the current message not yet consumed
 	maxLen int
+	// hdr holds a message header being read and hdrN how many of its
+	// bytes were read, so a header cut short by an error (a deadline)
+	// resumes where it stopped.
+	hdr  [5]byte
+	hdrN int
+}
+
+// takeBuffer returns a new buffered reader of size over src. Released
+// buffers are not pooled: a pool would keep them until two collections
+// have passed, while dropped they are garbage at the next one, and a
+// Reader takes a buffer again at most once per idle period.
+func takeBuffer(src io.Reader, size int) *bufio.Reader {
+	return bufio.NewReaderSize(src, size)
 }
 
 // NewReader returns a Reader over r. size is the bufio buffer size.
 func NewReader(r io.Reader, size int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, size), maxLen: MaxMessageLen}
+	return &Reader{src: r, r: takeBuffer(r, size), size: size, maxLen: MaxMessageLen}
+}
+
+// Release drops the read buffer and the body buffer, when nothing is
+// buffered and no message is partly read; it
+// reports whether the Reader now holds no buffer (true when it already
+// held none). The next Next reads the header straight from the stream
+// with one small read, then takes a buffer again. Idempotent.
+func (r *Reader) Release() bool {
+	if r.r == nil {
+		return true
+	}
+	if r.remain > 0 || r.hdrN > 0 || r.r.Buffered() > 0 {
+		return false
+	}
+	r.r, r.buf = nil, nil
+	return true
+}
+
+// Released reports whether the Reader holds no read buffer (see Release).
+func (r *Reader) Released() bool { return r.r == nil }
+
+// Wait returns when at least one byte of the next message has been read,
+// with a buffer (one read into it, which the next Next then serves: no
+// extra system call) or, when released, without one (up to the 5 header
+// bytes, kept for Next). It consumes nothing a later call needs: after an
+// error, such as a read deadline, Wait or Next may be called again and the
+// Reader is still in step with the stream. Call it between messages.
+func (r *Reader) Wait() error {
+	if r.r != nil {
+		_, err := r.r.Peek(1)
+		return err
+	}
+	if r.hdrN > 0 {
+		return nil
+	}
+	n, err := r.src.Read(r.hdr[:])
+	r.hdrN = n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
 }
 
 // SetMaxLen sets the largest accepted body length.
@@ -44,10 +108,10 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 		}
 		r.remain = 0
 	}
-	var hdr [5]byte
-	if _, err := io.ReadFull(r.r, hdr[:]); err != nil {
+	if err := r.readHeader(); err != nil {
 		return 0, 0, err
 	}
+	hdr := r.hdr
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
 	if n < 0 {
 		return 0, 0, fmt.Errorf("invalid message length %d for type %q", n+4, hdr[0])
@@ -57,6 +121,29 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 	}
 	r.typ, r.remain = hdr[0], n
 	return hdr[0], n, nil
+}
+
+// readHeader reads the rest of the next message header into r.hdr: from
+// the buffer, or straight from the stream when released (then it takes a
+// buffer once the header is complete).
+func (r *Reader) readHeader() error {
+	var from io.Reader = r.r
+	if r.r == nil {
+		from = r.src
+	}
+	n, err := io.ReadFull(from, r.hdr[r.hdrN:])
+	r.hdrN += n
+	if err != nil {
+		if err == io.EOF && r.hdrN > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	r.hdrN = 0
+	if r.r == nil {
+		r.r = takeBuffer(r.src, r.size)
+	}
+	return nil
 }
 
 // Body reads the whole body of the current message into an internal buffer
@@ -101,11 +188,23 @@ func (r *Reader) CopyBody(w io.Writer) error {
 
 // Buffered reports how many bytes can be read without touching the
 // underlying stream; relays flush their writer when it is zero.
-func (r *Reader) Buffered() int { return r.r.Buffered() }
+func (r *Reader) Buffered() int {
+	if r.r == nil {
+		return 0
+	}
+	return r.r.Buffered()
+}
 
 // Underlying returns the buffered reader, for handing the stream over to
 // another protocol reader (for example after a TLS upgrade is refused).
-func (r *Reader) Underlying() *bufio.Reader { return r.r }
+// It takes a buffer when the Reader was released; call it between
+// messages, not after a failed Wait or Next.
+func (r *Reader) Underlying() *bufio.Reader {
+	if r.r == nil {
+		r.r = takeBuffer(r.src, r.size)
+	}
+	return r.r
+}
 
 // AppendHeader appends a message header for typ and body length n to dst.
 func AppendHeader(dst []byte, typ byte, n int) []byte {
@@ -117,6 +216,9 @@ func AppendHeader(dst []byte, typ byte, n int) []byte {
 // (fewer when the body is shorter). n must not exceed the buffer size.
 // The slice is valid until the next call on the Reader.
 func (r *Reader) Peek(n int) ([]byte, error) {
+	if r.remain == 0 {
+		return nil, nil
+	}
 	return r.r.Peek(min(n, r.remain, r.r.Size()))
 }
 
@@ -124,6 +226,9 @@ func (r *Reader) Peek(n int) ([]byte, error) {
 func (r *Reader) Skip(n int) error {
 	if n > r.remain {
 		return fmt.Errorf("skip %d beyond body of %d", n, r.remain)
+	}
+	if n == 0 {
+		return nil
 	}
 	d, err := r.r.Discard(n)
 	r.remain -= d
