@@ -1082,8 +1082,12 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 		case 'N':
 			if errorClass(body) == "57" && (ss.idleOn(c) || ss.retryPending()) {
 				// A shutdown's WARNING (pg_ctl stop -m immediate) to a
-				// session idle on the connection: the loss that follows is
-				// the session's to hide, so is its announcement.
+				// session idle on the connection, or running a read that
+				// will run again: the loss that follows is the session's
+				// to hide, so is its announcement.
+				if ss.retryPending() {
+					ss.noteShutdownWarning()
+				}
 				ss.log.Debug("server notice on an idle upstream not relayed", zap.String("message", errorField(body, 'M')))
 				continue
 			}

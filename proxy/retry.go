@@ -55,6 +55,14 @@ type readRetry struct {
 	lost   bool
 	cause  error
 	failed router.Target
+	// silent: the connection died without a word from the server (no
+	// FATAL or shutdown WARNING): its host went away at once (killed,
+	// unreachable), and its other connections are as dead, though their
+	// sockets may not show it yet.
+	silent bool
+	// warned: a shutdown WARNING (class 57) arrived for the armed request
+	// and was not relayed (see noteShutdownWarning).
+	warned bool
 }
 
 // record adds the client message just read (its header read, its body
@@ -102,7 +110,7 @@ func (ss *session) armRetryLocked(typ byte) {
 		ss.cancelHold > 0 || ss.cr.Buffered() > 0 {
 		return
 	}
-	r.on = ss.up
+	r.on, r.warned = ss.up, false
 	ss.retryAnswered.Store(false)
 	ss.retryArmed.Store(true)
 }
@@ -156,6 +164,15 @@ func (ss *session) retryPending() bool {
 	return ss.retryArmed.Load() && !ss.retryAnswered.Load()
 }
 
+// noteShutdownWarning records that the server announced its shutdown to
+// the armed request's connection (a WARNING of class 57, not relayed): its
+// loss that follows is not a silent one. Relay goroutine.
+func (ss *session) noteShutdownWarning() {
+	ss.mu.Lock()
+	ss.retry.warned = true
+	ss.mu.Unlock()
+}
+
 // holdRetryFatal keeps back a FATAL error the server sent while running
 // an armed request before anything of its answer: the loss that follows
 // decides whether the client hears it (retryLost, or reportLost when the
@@ -184,7 +201,7 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 	u := c.Value
 	held := ss.idleFatal
 	ss.idleFatal = nil
-	r.on, r.lost, r.cause, r.failed = nil, true, err, u.target
+	r.on, r.lost, r.cause, r.failed, r.silent = nil, true, err, u.target, held == nil && !r.warned
 	ss.retryArmed.Store(false)
 	ss.up = nil
 	ss.checkNext = true // the pool's idle connections to that host may be dead too
@@ -213,7 +230,7 @@ func (ss *session) endRequest() error {
 	for r.on != nil && !r.lost && !ss.ended {
 		ss.cond.Wait()
 	}
-	lost, cause, failed := r.lost, r.cause, r.failed
+	lost, cause, failed, silent := r.lost, r.cause, r.failed, r.silent
 	r.on, r.lost, r.cause = nil, false, nil
 	ss.mu.Unlock()
 	var err error
@@ -221,6 +238,12 @@ func (ss *session) endRequest() error {
 		if failed.Role == router.Replica {
 			ss.srv.health.Ban(failed.Host.Addr, cause)
 		} else {
+			if silent {
+				// Its idle pooled connections would pass the liveness
+				// check for the few milliseconds the kernel takes to close
+				// them: the read must not run again on one.
+				ss.srv.hostDown(failed.Host.Addr)
+			}
 			ss.srv.health.Recheck()
 		}
 		err = ss.replay()
