@@ -257,7 +257,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, []string{"shard", "addr"})
 	m.UpstreamsLost = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "brownie_sidecar_upstream_lost_total",
-		Help: "Upstream connections that died under a client session, by outcome: replaced (the session was idle on it with no state there and takes a new connection at its next statement), session_ended (the session ended with one error).",
+		Help: "Upstream connections that died under a client session, by outcome: replaced (the session was idle on it with no state there and takes a new connection at its next statement), retried (it died running a read, which ran again), session_ended (the session ended with one error).",
 	}, []string{"shard", "role", "outcome"})
 	reg.MustRegister(m.FailoverWaiting, m.FailoverWaits, m.FailoverWaitSeconds, m.Promotions, m.SyncStandby, m.UpstreamsLost)
 	m.ShardMapValid.Set(1)
