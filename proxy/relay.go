@@ -1625,6 +1625,16 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		ss.upstreamLost(u, err)
 		return
 	}
+	ss.detachLostLocked(c, err, "replaced", "idle upstream connection lost; the session goes on with a new one")
+}
+
+// detachLostLocked detaches and destroys c, the session's upstream, which
+// died while the session can go on without it, and counts the loss under
+// outcome and logs msg, with the server's FATAL held back meanwhile (if
+// any). Called by the relay goroutine with ss.mu held; returns with it
+// released.
+func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome, msg string) {
+	u := c.Value
 	held := ss.idleFatal
 	ss.idleFatal = nil
 	ss.up = nil
@@ -1632,13 +1642,13 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 	ss.cond.Broadcast()
 	ss.mu.Unlock()
 	c.Destroy()
-	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "replaced").Inc()
+	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), outcome).Inc()
 	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),
 		zap.Uint32("backend_pid", u.pid), zap.Error(err)}
 	if held != nil {
 		fields = append(fields, zap.String("server_error", errorField(held, 'M')))
 	}
-	ss.log.Info("idle upstream connection lost; the session goes on with a new one", fields...)
+	ss.log.Info(msg, fields...)
 }
 
 // upstreamLost handles an upstream read failure. If the session did not

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 
-	"go.uber.org/zap"
-
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
 	"github.com/brownie/brownie-sidecar/router"
@@ -198,23 +196,9 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 	if r.on != c || ss.retryAnswered.Load() || ss.backendStateLocked() || ss.draining || ss.ended || ss.cancelHold > 0 {
 		return false
 	}
-	u := c.Value
-	held := ss.idleFatal
-	ss.idleFatal = nil
-	r.on, r.lost, r.cause, r.failed, r.silent = nil, true, err, u.target, held == nil && !r.warned
+	r.on, r.lost, r.cause, r.failed, r.silent = nil, true, err, c.Value.target, ss.idleFatal == nil && !r.warned
 	ss.retryArmed.Store(false)
-	ss.up = nil
-	ss.checkNext = true // the pool's idle connections to that host may be dead too
-	ss.cond.Broadcast()
-	ss.mu.Unlock()
-	c.Destroy()
-	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), "retried").Inc()
-	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),
-		zap.Uint32("backend_pid", u.pid), zap.Error(err)}
-	if held != nil {
-		fields = append(fields, zap.String("server_error", errorField(held, 'M')))
-	}
-	ss.log.Info("upstream connection lost while it ran a read; the read runs again", fields...)
+	ss.detachLostLocked(c, err, "retried", "upstream connection lost while it ran a read; the read runs again")
 	return true
 }
 
