@@ -46,6 +46,9 @@ type readRetry struct {
 	rec   []byte
 	ok    bool
 	parse bool
+	// armed: armRetryLocked armed the current request, so endRequest must
+	// wait for its end (the mutex is not taken for the others).
+	armed bool
 	// Under mu: on is the attachment running the armed request; lost says
 	// it failed before answering (the session goroutine replays the
 	// request), cause why and failed where.
@@ -80,7 +83,7 @@ func (ss *session) record(typ byte, n int) {
 		r.ok = false
 		return
 	}
-	if n > retryMaxMessage || len(r.rec)+n+5 > retryMaxRequest || !ss.srv.routingEnabled() {
+	if n > retryMaxMessage || len(r.rec)+n+5 > retryMaxRequest {
 		r.ok = false
 		return
 	}
@@ -108,7 +111,7 @@ func (ss *session) armRetryLocked(typ byte) {
 		ss.cancelHold > 0 || ss.cr.Buffered() > 0 {
 		return
 	}
-	r.on, r.warned = ss.up, false
+	r.on, r.warned, r.armed = ss.up, false, true
 	ss.retryAnswered.Store(false)
 	ss.retryArmed.Store(true)
 }
@@ -210,6 +213,13 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 // starts afresh. Session goroutine only.
 func (ss *session) endRequest() error {
 	r := &ss.retry
+	if !r.armed {
+		// Most requests: nothing to wait for. Without routing nothing is
+		// ever recorded (record returns at once).
+		r.rec, r.ok, r.parse = r.rec[:0], ss.srv.routingEnabled(), false
+		return nil
+	}
+	r.armed = false
 	ss.mu.Lock()
 	for r.on != nil && !r.lost && !ss.ended {
 		ss.cond.Wait()

@@ -267,7 +267,7 @@ func (s *Server) serve(conn net.Conn) {
 	// want and seen are set at the startup and the greeting; the session
 	// is idle, outside any transaction, until its first statement.
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
-		startup: map[string]string{}, txStatus: 'I', synced: true, retry: readRetry{ok: true}}
+		startup: map[string]string{}, txStatus: 'I', synced: true, retry: readRetry{ok: s.routingEnabled()}}
 	ss.cond = sync.NewCond(&ss.mu)
 	// The session's logger encodes its fields only when it first writes
 	// (WithLazy): most sessions never log above debug, and an encoded
