@@ -39,7 +39,8 @@ const lsnSamples = 64
 type Config struct {
 	// Interval is the period of the checks (HEALTH_CHECK_INTERVAL);
 	// Timeout bounds one check, connect and query (HEALTH_CHECK_TIMEOUT),
-	// and every OnHost call.
+	// and every OnHost call. A host that has not answered a check for
+	// Timeout is down (see checkDeadline).
 	Interval time.Duration
 	Timeout  time.Duration
 	// BanTime is how long a replica that failed is left out of reads
@@ -110,6 +111,7 @@ type hostHealth struct {
 	BannedUntil time.Time
 	LastError   string
 	CheckedAt   time.Time
+	took        time.Duration // how long the check ran
 	// Synchronous shards only: a primary's streaming standbys (walreceiver
 	// application_name → sync_state), a standby's own application_name,
 	// and why replication could not be read (brownie_sidecar
@@ -226,8 +228,23 @@ func (h *Checker) Run(ctx context.Context) {
 	}()
 	var resMu sync.Mutex
 	latest := map[string]*hostHealth{} // address → last finished check
+	answered := map[string]time.Time{} // address → when it last answered a check
 	inflight := map[string]bool{}
 	finished := make(chan struct{}, 1)
+	wentDown := make(chan struct{}, 1) // a check found a host that answered before failing
+	publish := func(m *router.Map) {
+		resMu.Lock()
+		var results []*hostHealth
+		for _, j := range checkJobs(m) {
+			if r := latest[j.host.Addr]; r != nil {
+				c := *r // a check started under an older map reports under this one
+				c.Shard, c.Configured = j.shard, j.role
+				results = append(results, &c)
+			}
+		}
+		resMu.Unlock()
+		h.publish(m, results)
+	}
 	for {
 		begun := time.Now()
 		m := h.router.Map()
@@ -240,17 +257,22 @@ func (h *Checker) Run(ctx context.Context) {
 			}
 			inflight[j.host.Addr] = true
 			mine = append(mine, j.host.Addr)
+			deadline := h.checkDeadline(begun, answered[j.host.Addr])
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := h.check(ctx, j.shard, j.host, j.role, j.sync)
+				r := h.check(ctx, j.shard, j.host, j.role, j.sync, deadline)
 				resMu.Lock()
+				prev := latest[j.host.Addr]
 				latest[j.host.Addr] = r
+				if r.Up {
+					answered[j.host.Addr] = r.CheckedAt.Add(r.took)
+				}
 				delete(inflight, j.host.Addr)
 				resMu.Unlock()
-				select {
-				case finished <- struct{}{}:
-				default:
+				signal(finished)
+				if !r.Up && prev != nil && prev.Up {
+					signal(wentDown)
 				}
 			}()
 		}
@@ -277,34 +299,56 @@ func (h *Checker) Run(ctx context.Context) {
 			}
 		}
 		timer.Stop()
-		resMu.Lock()
-		var results []*hostHealth
-		for _, j := range checkJobs(m) {
-			if r := latest[j.host.Addr]; r != nil {
-				c := *r // a check started under an older map reports under this one
-				c.Shard, c.Configured = j.shard, j.role
-				results = append(results, &c)
-			}
-		}
-		resMu.Unlock()
-		h.publish(m, results)
+		publish(m)
 		wait := time.NewTimer(time.Until(begun.Add(h.period())))
-		select {
-		case <-ctx.Done():
-			wait.Stop()
-			return
-		case <-wait.C:
-		case <-h.kick:
-			wait.Stop()
-			if gap := time.Until(begun.Add(h.fastInterval())); gap > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(gap):
+	between:
+		for {
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return
+			case <-wait.C:
+				break between
+			case <-wentDown:
+				// A check that outlived its round failed: publish it now,
+				// not with the next round.
+				publish(m)
+			case <-h.kick:
+				wait.Stop()
+				if gap := time.Until(begun.Add(h.fastInterval())); gap > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(gap):
+					}
 				}
+				break between
 			}
 		}
 	}
+}
+
+// signal wakes the receiver of a one-slot channel without blocking.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// checkDeadline bounds a check started at start of a host that last
+// answered at answered (zero: never). A host is down once it has not
+// answered for Timeout: a check sent soon after the host's last answer
+// gets the rest of that Timeout, so a host that stops answering is found
+// within Timeout of its last answer rather than Timeout after the first
+// check it left unanswered. A check sent later (an Interval close to the
+// Timeout) gets the whole Timeout.
+func (h *Checker) checkDeadline(start, answered time.Time) time.Time {
+	deadline := start.Add(h.cfg.Timeout)
+	if silent := answered.Add(h.cfg.Timeout); silent.Before(deadline) && silent.Sub(start) >= h.cfg.Timeout/2 {
+		return silent
+	}
+	return deadline
 }
 
 // checkJob is one host to check.
@@ -369,7 +413,7 @@ func (h *Checker) round(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = h.check(ctx, j.shard, j.host, j.role, j.sync)
+			results[i] = h.check(ctx, j.shard, j.host, j.role, j.sync, time.Now().Add(h.cfg.Timeout))
 		}()
 	}
 	wg.Wait()
@@ -379,12 +423,13 @@ func (h *Checker) round(ctx context.Context) {
 	h.publish(m, results)
 }
 
-// check runs the health query on one host.
+// check runs the health query on one host, bounded by deadline.
 // On a synchronous shard it also reads the host's replication state.
-func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role, sync bool) *hostHealth {
+func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role, sync bool, deadline time.Time) *hostHealth {
 	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true, CheckedAt: time.Now()}
+	defer func() { res.took = time.Since(res.CheckedAt) }()
 	var row [][]byte
-	err := h.OnHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, func(c Conn) error {
+	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, deadline, func(c Conn) error {
 		err := c.Exec(healthQuery, func(v [][]byte) {
 			row = make([][]byte, len(v))
 			for i := range v {
@@ -425,14 +470,17 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 // Safe for concurrent use: a caller finding the connection taken dials
 // another.
 func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) error) error {
-	timeout := h.cfg.Timeout
+	return h.onHost(ctx, t, time.Now().Add(h.cfg.Timeout), fn)
+}
+
+// onHost is OnHost bounded by deadline.
+func (h *Checker) onHost(ctx context.Context, t router.Target, deadline time.Time, fn func(Conn) error) error {
 	h.mu.Lock()
 	u := h.conns[t.Host.Addr]
 	delete(h.conns, t.Host.Addr)
 	h.mu.Unlock()
-	start := time.Now()
 	if u == nil {
-		cctx, cancel := context.WithTimeout(ctx, timeout)
+		cctx, cancel := context.WithDeadline(ctx, deadline)
 		var err error
 		u, err = h.dial(cctx, t)
 		cancel()
@@ -440,7 +488,7 @@ func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) err
 			return err
 		}
 	}
-	_ = u.SetDeadline(start.Add(timeout))
+	_ = u.SetDeadline(deadline)
 	err := fn(u)
 	_ = u.SetDeadline(time.Time{})
 	// A connection that failed (an I/O error, or the sidecar's 08xxx for

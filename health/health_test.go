@@ -549,3 +549,23 @@ func TestRunClosesItsConnectionsWhenItsContextEnds(t *testing.T) {
 		t.Errorf("%d connections open after OnHost following Run", n)
 	}
 }
+
+func TestACheckSoonAfterAnAnswerGetsTheRestOfTheTimeout(t *testing.T) {
+	h := New(Config{Interval: 200 * time.Millisecond, Timeout: time.Second}, Deps{})
+	start := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
+	for _, c := range []struct {
+		name     string
+		answered time.Time
+		want     time.Time
+	}{
+		{"never answered", time.Time{}, start.Add(time.Second)},
+		{"answered 150ms before", start.Add(-150 * time.Millisecond), start.Add(850 * time.Millisecond)},
+		{"answered at the start", start, start.Add(time.Second)},
+		{"answered 600ms before: half the timeout at least", start.Add(-600 * time.Millisecond), start.Add(time.Second)},
+		{"answered long ago", start.Add(-time.Hour), start.Add(time.Second)},
+	} {
+		if got := h.checkDeadline(start, c.answered); !got.Equal(c.want) {
+			t.Errorf("%s: deadline %s after the start, want %s", c.name, got.Sub(start), c.want.Sub(start))
+		}
+	}
+}
