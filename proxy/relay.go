@@ -45,6 +45,9 @@ type expectation struct {
 	// and definition, forgotten when the server fails or skips the Parse.
 	client *clientParse
 	err    *pgerr.Error // expParseError: the error the client gets
+	// quiet: an expQueryInjected whose ErrorResponse is swallowed too
+	// (failedTxSQL).
+	quiet bool
 }
 
 // clientParse names the statement a client's Parse defined.
@@ -279,6 +282,9 @@ func (ss *session) clientToUpstream() error {
 // that keep protocol-level prepared statements working on whichever
 // upstream serves the client.
 func (ss *session) forwardMessage(typ byte, n int) error {
+	if ss.preRead.Load() && (typ == 'Q' || typ == 'B' || typ == 'F') {
+		ss.waitReadAhead()
+	}
 	if ss.skipStatus != 0 {
 		return ss.skipToSync(typ)
 	}
@@ -424,7 +430,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		status := byte('I')
 		switch {
 		case len(ss.deferred) > 0:
-			status = 'T'
+			status = ss.deferredStatusLocked()
 		case ss.up != nil:
 			status = ss.txStatus
 		}
@@ -484,7 +490,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		}
 	}
 	if err == nil {
-		err = ss.replayDeferredLocked(typ)
+		err = ss.replayDeferredLocked(typ, r)
 	}
 	if err != nil {
 		// The request reached no server: a session outside any transaction
@@ -1050,7 +1056,7 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			}
 		}
 		forward := true
-		if ss.injected.Load() > 0 && (typ == 'C' || typ == 'Z') {
+		if ss.injected.Load() > 0 && (typ == 'C' || typ == 'Z' || typ == 'E') {
 			if ss.swallowInjected(typ, body) {
 				continue
 			}
@@ -1072,6 +1078,9 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			ss.mu.Lock()
 			if ss.resetting {
 				ss.resetFailed = true
+			}
+			if ss.preRead.Load() {
+				ss.preErr = true
 			}
 			if len(ss.expect) > 0 && ss.expect[0].kind == expParseError {
 				body = ss.expect[0].err.Encode(nil)[5:] // the sidecar's error stands in for the server's
@@ -1174,7 +1183,7 @@ func (ss *session) isParking() bool {
 func (ss *session) swallowInjected(typ byte, body []byte) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if len(ss.expect) == 0 || ss.expect[0].kind != expQueryInjected {
+	if len(ss.expect) == 0 || ss.expect[0].kind != expQueryInjected || (typ == 'E' && !ss.expect[0].quiet) {
 		return false
 	}
 	if typ == 'Z' {
@@ -1433,6 +1442,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	if ss.pending == 0 {
 		ss.disarmLocked(c)
+		if ss.preRead.Load() {
+			ss.readAheadDoneLocked()
+		}
 	}
 	ss.cond.Broadcast() // a session goroutine may wait for the requests in flight
 	if ss.pending == 0 {
@@ -1501,7 +1513,7 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 		ss.up = nil
 	}
 	if status == 'I' && len(ss.deferred) > 0 {
-		status = 'T' // the client is in the transaction the sidecar deferred
+		status = ss.deferredStatusLocked() // the client is in the transaction the sidecar deferred
 	}
 	ss.cw.mu.Lock()
 	ss.mu.Unlock()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/brownie/brownie-sidecar/fanout"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 	"github.com/brownie/brownie-sidecar/pool"
@@ -54,15 +56,19 @@ type routeResult struct {
 	fan *fanPlan
 	// anyShard: the statement may run on any shard (no table, or only
 	// replicated tables read). readOnly: it only reads; noData: it touches
-	// no table data (SET, SHOW, transaction control).
-	anyShard, readOnly, noData bool
+	// no table data (SET, SHOW, transaction control); txFree: it neither
+	// depends on nor acts on the transaction it runs in
+	// (router.Decision.TxFree).
+	anyShard, readOnly, noData, txFree bool
 }
 
 // movable reports whether a transaction that ran only statements like
-// this one may move to another shard (see session.relocateLocked): a
-// read of nothing or of replicated tables, the same on every shard.
+// this one may move to another shard (see session.relocateLocked), or run
+// it ahead of its BEGIN (see session.readAheadLocked): a read of nothing
+// or of replicated tables, the same on every shard, that is not tied to
+// its transaction.
 func (r routeResult) movable() bool {
-	return r.refuse == nil && r.fan == nil && r.anyShard && r.readOnly
+	return r.refuse == nil && r.fan == nil && r.anyShard && r.readOnly && r.txFree
 }
 
 // routingEnabled reports whether statements are routed by the shard map
@@ -187,7 +193,7 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 			zap.Bool("in_transaction", f.InTransaction), zap.Bool("read_only_transaction", f.ReadOnlyTransaction))
 	}
 	anyShard := d.Kind == router.AnyShard
-	return routeResult{target: t, anyShard: anyShard, readOnly: readOnly, noData: noData, compatible: func(c router.Target) bool {
+	return routeResult{target: t, anyShard: anyShard, readOnly: readOnly, noData: noData, txFree: d.TxFree, compatible: func(c router.Target) bool {
 		// SET, transaction control and the like run wherever the session
 		// is; other statements need their shard (any, for AnyShard) and a
 		// primary unless they only read.
@@ -701,12 +707,15 @@ func (ss *session) deferTx(a *analysis, sql string, hints bool) (string, byte, b
 		ss.txSnapshot = a.txSnapshot
 		tag = "BEGIN"
 	case deferred && a.tx == txCommit:
-		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
 		tag, status = "COMMIT", 'I'
+		if ss.deferredFailedLocked() {
+			tag = "ROLLBACK" // as Postgres ends a failed transaction
+		}
+		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
 	case deferred && a.tx == txRollback:
 		ss.deferred, ss.readOnlyTx, ss.local = nil, false, hintState{}
 		tag, status = "ROLLBACK", 'I'
-	case deferred && a.hintsOnly && hints:
+	case deferred && a.hintsOnly && hints && !ss.deferredFailedLocked():
 		ss.mu.Unlock()
 		hs, err := ss.srv.router.SessionHints(sql)
 		if err != nil {
@@ -725,19 +734,29 @@ func (ss *session) deferTx(a *analysis, sql string, hints bool) (string, byte, b
 }
 
 // replayDeferredLocked sends the deferred BEGIN (and hint settings) ahead
-// of the transaction's first statement (typ Query, Bind or FunctionCall)
-// on the upstream it routed to; their replies are swallowed. Other
-// messages (Describe, Close) run outside the transaction: they need none,
-// and must not pick its shard.
-func (ss *session) replayDeferredLocked(typ byte) error {
+// of the transaction's first statement (typ Query, Bind or FunctionCall,
+// routed as r) on the upstream it routed to; their replies are
+// swallowed. Other messages (Describe, Close) run outside the
+// transaction: they need none, and must not pick its shard. Neither does
+// a read the transaction may run ahead of its BEGIN (readAheadLocked).
+func (ss *session) replayDeferredLocked(typ byte, r routeResult) error {
 	if len(ss.deferred) == 0 || (typ != 'Q' && typ != 'B' && typ != 'F') {
+		return nil
+	}
+	if ss.readAheadLocked(typ, r) {
+		ss.preRead.Store(true)
+		ss.preErr = false
+		ss.srv.metrics.ReadsAhead.Inc()
 		return nil
 	}
 	var out []byte
 	ss.up.Value.unnamed = nil // a simple Query drops the server's unnamed statement
 	for _, q := range ss.deferred {
 		out = wire.AppendQuery(out, q)
-		ss.expect = append(ss.expect, expectation{kind: expQueryInjected})
+		// The statement that fails the transaction ahead of the client's
+		// has its error swallowed too: the client's statement gets the
+		// server's own 25P02.
+		ss.expect = append(ss.expect, expectation{kind: expQueryInjected, quiet: q == failedTxSQL})
 		ss.pending++
 		ss.injected.Add(1)
 	}
@@ -750,6 +769,109 @@ func (ss *session) replayDeferredLocked(typ byte) error {
 		return ss.upstreamWriteFailedLocked(err)
 	}
 	return nil
+}
+
+// A transaction whose BEGIN the sidecar deferred may run its first
+// statements ahead of that BEGIN, outside any transaction, when they are
+// reads of nothing or of replicated tables that are not tied to their
+// transaction (router.Decision.TxFree) and the transaction is READ
+// COMMITTED: each statement takes its own snapshot there, so the answer is
+// the one the transaction would have had, and the BEGIN then goes with the
+// first statement that needs a shard. A request that starts with a user
+// lookup and then works on one team's rows runs on that team's shard
+// alone, without a transaction opened and rolled back elsewhere.
+//
+// When such a read fails, the client is told its transaction failed
+// (ReadyForQuery 'E'), and failedTxSQL joins the deferred statements: it
+// fails the transaction where it is replayed, so what follows gets the
+// server's own answers in a failed transaction (25P02, ROLLBACK TO,
+// COMMIT answering ROLLBACK).
+
+// failedTxSQL fails the transaction it runs in with Postgres's 25P02.
+var failedTxSQL = raiseStatement(fanout.ErrInFailedTx)
+
+// readAheadLocked reports whether the request starting with the message
+// typ, routed as r, runs ahead of the deferred BEGIN. A Bind qualifies
+// only when the rest of its request (Describe, Execute, Sync) is already
+// buffered: a BEGIN replayed in the middle of an extended-protocol
+// request would share its implicit transaction. Called with ss.mu held.
+func (ss *session) readAheadLocked(typ byte, r routeResult) bool {
+	if len(ss.deferred) != 1 || ss.txSnapshot || !r.movable() || ss.pending > 0 || !ss.synced {
+		return false
+	}
+	switch iso := strings.ToLower(ss.want["default_transaction_isolation"]); {
+	case iso == "repeatable read" || iso == "serializable":
+		return false
+	case typ == 'Q':
+		return true
+	case typ == 'B':
+		return ss.cr.Remaining() == 0 && requestBuffered(ss.cr)
+	}
+	return false
+}
+
+// requestBuffered reports whether the messages buffered in cr end an
+// extended-protocol request at a Sync with only Describe and Execute
+// before it.
+func requestBuffered(cr *wire.Reader) bool {
+	buf, _ := cr.Underlying().Peek(cr.Buffered())
+	for len(buf) >= 5 {
+		switch buf[0] {
+		case 'S':
+			return true
+		case 'D', 'E':
+		default:
+			return false
+		}
+		n := int(binary.BigEndian.Uint32(buf[1:5])) + 1
+		if n < 5 || n > len(buf) {
+			return false
+		}
+		buf = buf[n:]
+	}
+	return false
+}
+
+// deferredFailedLocked reports whether the deferred transaction failed in
+// a statement run ahead of its BEGIN. Called with ss.mu held.
+func (ss *session) deferredFailedLocked() bool {
+	return len(ss.deferred) > 0 && ss.deferred[len(ss.deferred)-1] == failedTxSQL
+}
+
+// deferredStatusLocked is the transaction status the client is told while
+// its BEGIN is deferred. Called with ss.mu held.
+func (ss *session) deferredStatusLocked() byte {
+	if ss.deferredFailedLocked() {
+		return 'E'
+	}
+	return 'T'
+}
+
+// readAheadDoneLocked ends the read run ahead of the deferred BEGIN once its
+// request is over: when it failed, so does the transaction. Called by the
+// relay goroutine with ss.mu held.
+func (ss *session) readAheadDoneLocked() {
+	if ss.preErr && len(ss.deferred) > 0 && !ss.deferredFailedLocked() {
+		ss.deferred = append(ss.deferred, failedTxSQL)
+	}
+	ss.preRead.Store(false)
+	ss.preErr = false
+}
+
+// waitReadAhead waits until the read run ahead of the deferred BEGIN is
+// over, before the session serves the client's next request (its Query,
+// Bind or FunctionCall): where that goes depends on whether the
+// transaction failed. Session goroutine only.
+func (ss *session) waitReadAhead() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for ss.preRead.Load() && !ss.ended && ss.up != nil && ss.pending > 0 {
+		ss.cond.Wait()
+	}
+	if ss.preRead.Load() { // the upstream was lost under it: the read failed
+		ss.preErr = true
+		ss.readAheadDoneLocked()
+	}
 }
 
 // raiseStatement is a statement that makes the upstream raise e, so a

@@ -167,6 +167,12 @@ type session struct {
 
 	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
 
+	// preRead is set (under mu) while a read runs ahead of the deferred
+	// BEGIN (readAheadLocked), until its request ends; preErr (under mu)
+	// says the server answered it with an error.
+	preRead atomic.Bool
+	preErr  bool
+
 	discard atomic.Bool // stop writing upstream output to the client
 
 	// Local answers, session goroutine only: held are the client's Parses

@@ -24,6 +24,11 @@ type StmtPlan struct {
 	parseErr error // *pgerr.Error 42601, or nil
 
 	readOnly bool
+	// txFree: every statement is a plain SELECT (no INTO, no locking
+	// clause) calling no function but those in txFreeFuncs, so at READ
+	// COMMITTED its answer does not depend on the transaction it runs in,
+	// nor does it act on it (Decision.TxFree).
+	txFree   bool
 	ddl      bool // a schema change or similar: runs on every shard
 	refs     []*tableRef
 	repl     []tableUse // replicated tables (and unlisted ones under UnlistedReplicated)
@@ -132,9 +137,15 @@ func compilePlan(c *compiled, text string) *StmtPlan {
 		return p
 	}
 	b := &builder{c: c, p: p}
+	p.txFree = len(tree.GetStmts()) > 0
 	for _, raw := range tree.GetStmts() {
 		b.top(raw.GetStmt())
+		sel := raw.GetStmt().GetSelectStmt()
+		if sel == nil || sel.GetIntoClause() != nil || len(sel.GetLockingClause()) > 0 {
+			p.txFree = false
+		}
 	}
+	p.txFree = p.txFree && p.readOnly && !b.tied
 	return p
 }
 
@@ -142,6 +153,7 @@ type builder struct {
 	c    *compiled
 	p    *StmtPlan
 	ctes []string // CTE names in scope
+	tied bool     // a function ties the statement to its transaction (see txFreeFuncs)
 }
 
 // scope is the FROM list of one query level.
@@ -1064,9 +1076,16 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 		b.mergeStmt(v, sc)
 		return
 	case *pg.FuncCall:
-		if writerFuncs[lastName(v.GetFuncname())] {
+		name := lastName(v.GetFuncname())
+		if writerFuncs[name] {
 			b.p.readOnly = false
 		}
+		if names := v.GetFuncname(); !txFreeFuncs[name] || len(names) > 2 ||
+			(len(names) == 2 && !strings.EqualFold(names[0].GetString_().GetSval(), "pg_catalog")) {
+			b.tied = true
+		}
+	case *pg.SQLValueFunction:
+		b.tied = true // CURRENT_TIMESTAMP and the like: the transaction's start, or the session's user
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
 		switch {
@@ -1082,6 +1101,27 @@ func (b *builder) walkMsg(m protoreflect.Message, sc *scope) {
 		}
 		return true
 	})
+}
+
+// txFreeFuncs are the built-in functions whose result does not depend on
+// the transaction they run in and that do not act on it: aggregates,
+// string, number, JSON and array functions. Any other function (now(),
+// set_config, advisory locks, sequences, the application's own) ties a
+// statement to its transaction.
+var txFreeFuncs = map[string]bool{
+	"count": true, "sum": true, "avg": true, "min": true, "max": true, "bool_and": true, "bool_or": true,
+	"every": true, "array_agg": true, "string_agg": true, "json_agg": true, "jsonb_agg": true,
+	"json_object_agg": true, "jsonb_object_agg": true,
+	"lower": true, "upper": true, "length": true, "char_length": true, "octet_length": true, "concat": true,
+	"concat_ws": true, "substr": true, "substring": true, "trim": true, "btrim": true, "ltrim": true,
+	"rtrim": true, "replace": true, "split_part": true, "strpos": true, "position": true, "left": true,
+	"right": true, "lpad": true, "rpad": true, "md5": true, "starts_with": true, "initcap": true,
+	"abs": true, "round": true, "floor": true, "ceil": true, "ceiling": true, "trunc": true, "mod": true,
+	"to_json": true, "to_jsonb": true, "json_build_object": true, "jsonb_build_object": true,
+	"json_build_array": true, "jsonb_build_array": true, "jsonb_extract_path": true,
+	"jsonb_extract_path_text": true, "json_extract_path": true, "json_extract_path_text": true,
+	"jsonb_array_length": true, "json_array_length": true, "jsonb_typeof": true,
+	"array_length": true, "cardinality": true, "unnest": true, "array_position": true,
 }
 
 // writerFuncs are functions that write (or need a transaction id), so a

@@ -142,6 +142,12 @@ type Decision struct {
 	// EXPLAIN of one) with no locking clause, no data-modifying CTE and no
 	// writing function.
 	ReadOnly bool
+	// TxFree is true for plain SELECTs calling no function but built-in
+	// aggregates, string, number, JSON and array functions: at READ
+	// COMMITTED, where each statement takes its own snapshot, such a
+	// statement answers the same outside the transaction it was sent in
+	// (or in another one), and leaves nothing behind in it.
+	TxFree bool
 	// Replica is true when the statement may run on a replica: ReadOnly,
 	// not forced to the primary, and outside an explicit transaction or in
 	// a read-only one. Read-your-writes is the proxy's to enforce.
@@ -305,7 +311,7 @@ func (r *Router) Route(f SessionFacts, st StmtInfo) (Decision, error) {
 func (s *snapshot) route(f SessionFacts, ch commentHints, p *StmtPlan, st *StmtInfo) (Decision, error) {
 	n := len(s.m.Shards)
 	e := &env{kt: s.m.KeyType, params: st.Params, formats: st.Formats, oids: st.ParamOIDs}
-	d := Decision{ReadOnly: p.readOnly}
+	d := Decision{ReadOnly: p.readOnly, TxFree: p.txFree}
 
 	sets, err := s.resolveSetHints(p, e)
 	if err != nil {

@@ -764,3 +764,36 @@ func TestLargeKeyArraysRouteInLinearTime(t *testing.T) {
 		t.Errorf("Explain lists every key: %.300s", d.Explain())
 	}
 }
+
+func TestTxFreeMarksSelectsThatNeitherDependOnNorActOnTheirTransaction(t *testing.T) {
+	r := testRouter(t)
+	for sql, want := range map[string]bool{
+		"SELECT id, email FROM users WHERE id = $1":                          true,
+		"SELECT count(*), max(created_at) FROM users WHERE org_id = $1":      true,
+		"SELECT lower(email), pg_catalog.upper(username) FROM users LIMIT 1": true,
+		"SELECT 1; SELECT 2":       true,
+		"SELECT now()":             false,
+		"SELECT CURRENT_TIMESTAMP": false,
+		"SELECT id FROM users WHERE created_at > now() - interval '1 day'":         false,
+		"SELECT pg_advisory_xact_lock(1)":                                          false,
+		"SELECT set_config('statement_timeout', '1s', true)":                       false,
+		"SELECT nextval('users_seq')":                                              false,
+		"SELECT app.lower(email) FROM users":                                       false,
+		"SELECT my_function(id) FROM users":                                        false,
+		"SELECT id FROM users WHERE id = $1 FOR UPDATE":                            false,
+		"SELECT id INTO users_copy FROM users":                                     false,
+		"SHOW statement_timeout":                                                   false,
+		"SET LOCAL statement_timeout = '1s'":                                       false,
+		"UPDATE users SET email = 'x' WHERE id = $1":                               false,
+		"WITH u AS (DELETE FROM users WHERE id = $1 RETURNING id) SELECT * FROM u": false,
+	} {
+		d, err := r.Route(SessionFacts{}, StmtInfo{SQL: sql, Params: [][]byte{txt("00000000-0000-0000-0000-000000000001")}})
+		if err != nil {
+			t.Errorf("%s: %v", sql, err)
+			continue
+		}
+		if d.TxFree != want {
+			t.Errorf("%s: TxFree %v, want %v", sql, d.TxFree, want)
+		}
+	}
+}

@@ -152,32 +152,104 @@ func TestTransactionsSpanningShards(t *testing.T) {
 		nonePrepared(t)
 	})
 
-	t.Run("ATransactionThatOnlyReadReplicatedTablesMovesToItsShard", func(t *testing.T) {
-		moved := func() float64 {
-			_, body := e.sc.get(t, "/metrics")
-			v, _ := metricValue(body, `brownie_sidecar_cross_shard_transactions_total{outcome="moved",shards="1"}`)
-			return v
-		}
-		before := moved()
+	counter := func(t *testing.T, name string) float64 {
+		_, body := e.sc.get(t, "/metrics")
+		v, _ := metricValue(body, name)
+		return v
+	}
+	const moved, ahead = `brownie_sidecar_cross_shard_transactions_total{outcome="moved",shards="1"}`, "brownie_sidecar_reads_ahead_of_begin_total"
+
+	t.Run("ReadsOfReplicatedTablesRunAheadOfTheBeginWhichGoesToTheTeamsShard", func(t *testing.T) {
+		m0, a0 := counter(t, moved), counter(t, ahead)
 		tx, err := conn.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var name string
-		if err := tx.QueryRow(ctx, "SELECT name FROM dir WHERE id = $1", 1).Scan(&name); err != nil {
-			t.Fatal(err)
+		if err := tx.QueryRow(ctx, "SELECT name FROM dir WHERE id = $1", 1).Scan(&name); err != nil || name != "one" {
+			t.Fatalf("the lookup: %q, %v", name, err)
+		}
+		if s := conn.PgConn().TxStatus(); s != 'T' {
+			t.Errorf("transaction status after a read run ahead of the BEGIN: %c, want T", s)
 		}
 		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5300)", b)
 		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5301)", b)
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
-		// The lookup ran on shard-0 (the first healthy shard); the team's
-		// statements then needed shard-1: the transaction moved there.
-		if m := moved(); m != before+1 {
-			t.Errorf("moved transactions went from %v to %v, want one more", before, m)
+		if m, n := counter(t, moved), counter(t, ahead); m != m0 || n != a0+1 {
+			t.Errorf("moved transactions %v → %v, reads ahead %v → %v; want the same and one more", m0, m, a0, n)
 		}
-		expect(t, "after a moved transaction", "5000,5010,5200", "5001,5011,5203,5300,5301")
+		expect(t, "after a transaction whose lookup ran ahead", "5000,5010,5200", "5001,5011,5203,5300,5301")
+	})
+
+	t.Run("ATransactionThatOnlyReadReplicatedTablesMovesToItsShard", func(t *testing.T) {
+		// A routing hint set first keeps the lookup in the transaction
+		// (only a lone BEGIN lets a read run ahead): it runs on shard-0,
+		// the first healthy shard, and the transaction moves to shard-1
+		// for the team's statements.
+		m0 := counter(t, moved)
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "SET LOCAL brownie.role = 'primary'")
+		var name string
+		if err := tx.QueryRow(ctx, "SELECT name FROM dir WHERE id = $1", 1).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		exec(t, tx, "INSERT INTO items (team_id, id) VALUES ($1, 5302)", b)
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if m := counter(t, moved); m != m0+1 {
+			t.Errorf("moved transactions went from %v to %v, want one more", m0, m)
+		}
+		expect(t, "after a moved transaction", "5000,5010,5200", "5001,5011,5203,5300,5301,5302")
+	})
+
+	t.Run("AFailedReadRunAheadFailsTheTransactionAsPostgresWould", func(t *testing.T) {
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+			fail := func(sql, code string) {
+				t.Helper()
+				if _, err := conn.Exec(ctx, sql, mode); pgErrCode(err) != code {
+					t.Errorf("%v: %s: %v, want %s", mode, sql, err, code)
+				}
+				if s := conn.PgConn().TxStatus(); s != 'E' {
+					t.Errorf("%v: transaction status after %s: %c, want E", mode, sql, s)
+				}
+			}
+			if _, err := conn.Exec(ctx, "BEGIN", mode); err != nil {
+				t.Fatal(err)
+			}
+			fail("SELECT 1/0", "22012")
+			fail("SELECT 1", "25P02")
+			fail("SELECT name FROM dir WHERE id = 1", "25P02")
+			fail("SELECT count(*) FROM items", "25P02") // every shard
+			fail("INSERT INTO items (team_id, id) VALUES ('"+b.String()+"', 5399)", "25P02")
+			fail("SET LOCAL brownie.role = 'primary'", "25P02")
+			fail("ROLLBACK TO SAVEPOINT nowhere", "3B001")
+			tag, err := conn.Exec(ctx, "COMMIT", mode)
+			if err != nil || tag.String() != "ROLLBACK" {
+				t.Errorf("%v: COMMIT of the failed transaction: %q, %v; want ROLLBACK", mode, tag, err)
+			}
+			if s := conn.PgConn().TxStatus(); s != 'I' {
+				t.Errorf("%v: transaction status after COMMIT: %c, want I", mode, s)
+			}
+			// Failed before any statement reached a shard, ended by ROLLBACK.
+			if _, err := conn.Exec(ctx, "BEGIN", mode); err != nil {
+				t.Fatal(err)
+			}
+			fail("SELECT 1/0", "22012")
+			if tag, err := conn.Exec(ctx, "ROLLBACK", mode); err != nil || tag.String() != "ROLLBACK" {
+				t.Errorf("%v: ROLLBACK: %q, %v", mode, tag, err)
+			}
+			var n int
+			if err := conn.QueryRow(ctx, "SELECT 1", mode).Scan(&n); err != nil || n != 1 {
+				t.Errorf("%v: the session after the failed transaction: %d, %v", mode, n, err)
+			}
+		}
+		expect(t, "after failed transactions", "5000,5010,5200", "5001,5011,5203,5300,5301,5302")
 	})
 
 	t.Run("ADepartingClientLeavesNothing", func(t *testing.T) {
@@ -195,7 +267,7 @@ func TestTransactionsSpanningShards(t *testing.T) {
 			err := conn.QueryRow(ctx, "SELECT count(*) FROM items WHERE id = 5400 AND team_id = $1", a).Scan(&n)
 			return err == nil && n == 0 && e.direct(t, "shard-0", "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted AND pid <> pg_backend_pid() AND pid IN (SELECT pid FROM pg_stat_activity WHERE state LIKE 'idle in transaction%')") == "0"
 		})
-		expect(t, "after a client left mid-transaction", "5000,5010,5200", "5001,5011,5203,5300,5301")
+		expect(t, "after a client left mid-transaction", "5000,5010,5200", "5001,5011,5203,5300,5301,5302")
 		sameDir(t, "1=one,2=two,5000=signup,5010=signup")
 		// The same key again: no lock is left held.
 		tx, err = conn.Begin(ctx)

@@ -64,6 +64,10 @@ type Metrics struct {
 	CrossShardTx *prometheus.CounterVec
 	MergedReads  *prometheus.CounterVec
 	Refused      *prometheus.CounterVec
+	// ReadsAhead counts reads of nothing or of replicated tables that ran
+	// ahead of their transaction's deferred BEGIN, so the BEGIN went to
+	// the shard its other statements need.
+	ReadsAhead prometheus.Counter
 
 	// Failover: FailoverWaiting counts the statements (and new
 	// transactions) waiting now for a shard's primary, by shard;
@@ -225,6 +229,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_cross_shard_transactions_total",
 			Help: "Client transactions that spanned shards, by outcome (committed, rolled_back, unknown, moved) and number of shards (1, 2, 3+).",
 		}, []string{"outcome", "shards"}),
+		ReadsAhead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_reads_ahead_of_begin_total",
+			Help: "Reads of nothing or of replicated tables that ran ahead of their READ COMMITTED transaction's BEGIN, so the BEGIN went to the shard its other statements need.",
+		}),
 		MergedReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_merged_reads_total",
 			Help: "Reads spanning shards whose rows the sidecar merged, by kind: order, limit, aggregate, group, distinct (a read may count under several).",
@@ -281,6 +289,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.CancelsInFlight, m.SchemaChanges, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.ShardMapReloads, m.ShardMapValid,
-		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused)
+		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused,
+		m.ReadsAhead)
 	return m
 }
