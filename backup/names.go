@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -23,13 +24,21 @@ const (
 	FormatCustom = "pg_dump-custom"
 )
 
+// The patterns are compiled at their first use, not when the sidecar
+// starts: compiled patterns stay on the heap.
 var (
-	nameRE  = regexp.MustCompile(`^brownie-[0-9]{8}T[0-9]{6}Z$`)
-	shardRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$`)
+	nameRE  = lazyRegexp(`^brownie-[0-9]{8}T[0-9]{6}Z$`)
+	shardRE = lazyRegexp(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$`)
 	// dbNameRE is what a restore's TargetDatabase may be: a plain
 	// identifier, quoted anyway.
-	dbNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+	dbNameRE = lazyRegexp(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 )
+
+// lazyRegexp returns a function that compiles expr on its first call and
+// returns the same *regexp.Regexp on every call. Safe for concurrent use.
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // Name names the backup started (or scheduled) at t.
 func Name(t time.Time) string { return namePrefix + t.UTC().Format(nameLayout) }
@@ -37,7 +46,7 @@ func Name(t time.Time) string { return namePrefix + t.UTC().Format(nameLayout) }
 // ParseName parses a backup name; ok is false for anything that is not
 // one.
 func ParseName(name string) (t time.Time, ok bool) {
-	if !nameRE.MatchString(name) {
+	if !nameRE().MatchString(name) {
 		return time.Time{}, false
 	}
 	t, err := time.Parse(nameLayout, strings.TrimPrefix(name, namePrefix))
@@ -46,10 +55,10 @@ func ParseName(name string) (t time.Time, ok bool) {
 
 // ValidShardName reports whether a shard name can name a backup object:
 // letters, digits, '.', '_' and '-', not starting with '.' or '-'.
-func ValidShardName(s string) bool { return shardRE.MatchString(s) }
+func ValidShardName(s string) bool { return shardRE().MatchString(s) }
 
 // ValidDatabaseName reports whether s may be a restore's target database.
-func ValidDatabaseName(s string) bool { return dbNameRE.MatchString(s) }
+func ValidDatabaseName(s string) bool { return dbNameRE().MatchString(s) }
 
 // CheckManifest rejects a manifest that does not describe backup name or
 // whose object names could leave the backup's directory.
@@ -62,7 +71,7 @@ func CheckManifest(name string, man *Manifest) error {
 	}
 	seen := map[string]bool{}
 	for _, s := range man.Shards {
-		if !shardRE.MatchString(s.Shard) || s.Object != s.Shard+DumpSuffix || seen[s.Shard] {
+		if !shardRE().MatchString(s.Shard) || s.Object != s.Shard+DumpSuffix || seen[s.Shard] {
 			return fmt.Errorf("shard entry %q/%q is invalid", s.Shard, s.Object)
 		}
 		seen[s.Shard] = true

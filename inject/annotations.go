@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/brownie/brownie-sidecar/internal/config"
 )
@@ -45,14 +46,22 @@ var Annotations = []string{
 // MaxPoolSize bounds brownie.ai/pool-size.
 const MaxPoolSize = 10000
 
+// The patterns are compiled at their first use: the package is linked into
+// the sidecar, which never injects, and compiled patterns stay on the heap.
 var (
 	// dns1123Subdomain is a Kubernetes object name (ConfigMap, Secret).
-	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	dns1123Subdomain = lazyRegexp(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 	// vaultRoleRE is a Vault role name.
-	vaultRoleRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	vaultRoleRE = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	// imageRE is an image reference: [registry[:port]/]path[:tag][@digest].
-	imageRE = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$`)
+	imageRE = lazyRegexp(`^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$`)
 )
+
+// lazyRegexp returns a function that compiles expr on its first call and
+// returns the same *regexp.Regexp on every call. Safe for concurrent use.
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // settings are the values one injection uses: the injector's defaults with
 // the pod's annotations applied.
@@ -220,21 +229,21 @@ func pick(ann map[string]string, keys ...string) string {
 }
 
 func checkObjectName(v string) string {
-	if len(v) > 253 || !dns1123Subdomain.MatchString(v) {
+	if len(v) > 253 || !dns1123Subdomain().MatchString(v) {
 		return "is not a Kubernetes object name (lower-case letters, digits, '-' and '.', at most 253)"
 	}
 	return ""
 }
 
 func checkVaultRole(v string) string {
-	if len(v) > 128 || !vaultRoleRE.MatchString(v) {
+	if len(v) > 128 || !vaultRoleRE().MatchString(v) {
 		return "is not a Vault role name (letters, digits, '_', '-', '.')"
 	}
 	return ""
 }
 
 func checkImage(v string) string {
-	if len(v) > 512 || !imageRE.MatchString(v) {
+	if len(v) > 512 || !imageRE().MatchString(v) {
 		return "is not an image reference (registry/name:tag or @sha256:digest)"
 	}
 	return ""
