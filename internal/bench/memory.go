@@ -252,6 +252,7 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 		m.note = err.Error()
 		return m, err
 	}
+	b.logf("%s: no client, VmRSS %.1f MB (%s)", name, mb(m.startKB), rssSplit(pid))
 	logRuntime()
 	var conns []net.Conn
 	queried := 0 // conns[:queried] ran memQuery
@@ -292,7 +293,7 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 			return m, err
 		}
 		m.points = append(m.points, memPoint{wanted: step.clients, opened: len(conns), rssKB: kb, queried: step.queried})
-		b.logf("%s: %d/%d idle clients (%s), VmRSS %.1f MB (start %.1f MB)", name, len(conns), step.clients, stepLabel(step.queried), mb(kb), mb(m.startKB))
+		b.logf("%s: %d/%d idle clients (%s), VmRSS %.1f MB (%s; start %.1f MB)", name, len(conns), step.clients, stepLabel(step.queried), mb(kb), rssSplit(pid), mb(m.startKB))
 		logRuntime()
 	}
 	for msg, count := range errs {
@@ -303,6 +304,17 @@ func (b *bench) measureIdle(ctx context.Context, name string, pid int, addr stri
 		m.note = fmt.Sprintf("only %d of %d sessions reached ReadyForQuery", last.opened, last.wanted)
 	}
 	return m, nil
+}
+
+// rssSplit tells pid's resident file pages (the binary and libraries,
+// clean and shared between processes mapping the same files) from its
+// anonymous memory (heap, stacks), for the log.
+func rssSplit(pid int) string {
+	st, err := procStatus(pid)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("RssFile %.1f MB, RssAnon %.1f MB", mb(st["RssFile"]), mb(st["RssAnon"]))
 }
 
 // stepLabel says what idle clients did before idling.
