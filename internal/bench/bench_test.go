@@ -90,8 +90,26 @@ func TestFlagsDefaultToTheAcceptanceMatrix(t *testing.T) {
 	if o.repeat != 1 || !slices.Equal(o.modes, []string{"session", "transaction", "sharded"}) {
 		t.Fatalf("repeat %d, modes %q; want 1 and every table", o.repeat, o.modes)
 	}
+	if !slices.Equal(o.txnRows, txnRows) {
+		t.Fatalf("transaction rows %v; want every row", o.txnRows)
+	}
 	if o.shardedClients != 10 || o.fanoutIncidents != 100000 {
 		t.Fatalf("sharded clients %d, fan-out incidents %d; want 10 and 100000", o.shardedClients, o.fanoutIncidents)
+	}
+}
+
+func TestFlagsChooseTransactionRowsInTableOrder(t *testing.T) {
+	o, err := parseFlags([]string{"-txn-rows", "connect, simple"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rowSpec{{"simple", 10}, {"simple", 50}, {protoConnect, 4}}
+	if !slices.Equal(o.txnRows, want) {
+		t.Fatalf("transaction rows %v; want %v", o.txnRows, want)
+	}
+	_, err = parseFlags([]string{"-txn-rows", "connect,copy"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `"copy"`) {
+		t.Fatalf("error %v; want one naming \"copy\"", err)
 	}
 }
 

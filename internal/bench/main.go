@@ -61,6 +61,9 @@ type options struct {
 	// fanoutIncidents is how many incidents the sharded table's fan-out
 	// read orders.
 	fanoutIncidents int
+	// txnRows are the transaction table's rows to run, in txnRows order
+	// (default all).
+	txnRows []rowSpec
 }
 
 var allProtocols = []string{"simple", "extended", "prepared"}
@@ -98,6 +101,32 @@ var txnRows = []rowSpec{
 	{protoConnect, 4},
 }
 
+// selectTxnRows returns the transaction table's rows whose protocol is in
+// the comma-separated list names, in txnRows order; every row when names
+// is empty.
+func selectTxnRows(names string) ([]rowSpec, error) {
+	if strings.TrimSpace(names) == "" {
+		return txnRows, nil
+	}
+	var want []string
+	var errs []error
+	for _, s := range strings.Split(names, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.ContainsFunc(txnRows, func(r rowSpec) bool { return r.proto == s }) {
+			errs = append(errs, fmt.Errorf("-txn-rows: %q is not one of %s, %s", s, strings.Join(allProtocols, ", "), protoConnect))
+			continue
+		}
+		want = append(want, s)
+	}
+	var rows []rowSpec
+	for _, r := range txnRows {
+		if slices.Contains(want, r.proto) {
+			rows = append(rows, r)
+		}
+	}
+	return rows, errors.Join(errs...)
+}
+
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -126,6 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run (empty: only the memory measurements): session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
 	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
+	txnRowNames := fs.String("txn-rows", "", "comma-separated protocols of the transaction table's rows to run (simple, extended, prepared, connect); empty: every row")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -133,6 +163,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	var errs []error
+	var err error
 	if o.duration < time.Second || o.duration%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("-duration %s must be a whole number of seconds, at least 1s (pgbench -T)", o.duration))
 	}
@@ -162,6 +193,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if slices.ContainsFunc(strings.Split(*modes, ","), func(s string) bool { return strings.TrimSpace(s) == m }) {
 			o.modes = append(o.modes, m)
 		}
+	}
+	if o.txnRows, err = selectTxnRows(*txnRowNames); err != nil {
+		errs = append(errs, err)
 	}
 	if slices.Max(append([]int{0}, o.clients...)) > maxBenchClients {
 		errs = append(errs, fmt.Errorf("-clients: at most %d (pool sizes and max_connections are sized for it)", maxBenchClients))
@@ -344,7 +378,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 	}
 	if slices.Contains(b.opts.modes, modeTransaction) {
-		if err := b.runMode(ctx, rep, modeTransaction, txnPoolSize, txnRows); err != nil {
+		if err := b.runMode(ctx, rep, modeTransaction, txnPoolSize, b.opts.txnRows); err != nil {
 			return rep, err
 		}
 	}
