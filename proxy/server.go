@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -173,10 +174,23 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // clientListen turns TCP keepalive on for client connections with the
-// kernel's timings, as PgBouncer's tcp_keepalive does: one setsockopt per
-// accepted connection instead of Go's four (its 15 s idle, interval and
-// count), which a connection per request pays every time.
-var clientListen = net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+// kernel's timings, as PgBouncer's tcp_keepalive does. It is set once, on
+// the listening socket, whose accepted sockets inherit it: a connection
+// per request then pays no setsockopt for it (Go's per-connection
+// keepalive is off). Go's accept still sets TCP_NODELAY on each.
+var clientListen = net.ListenConfig{KeepAlive: -1, Control: keepAliveListener}
+
+// keepAliveListener sets SO_KEEPALIVE on a listening socket.
+func keepAliveListener(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setKeepAlive(fd) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_KEEPALIVE on the client listener: %w", serr)
+	}
+	return nil
+}
 
 // Listen opens the TCP listener and, when configured, the Unix socket
 // .s.PGSQL.<port> in LISTEN_SOCKET_DIR (a stale socket file is replaced).
@@ -315,15 +329,10 @@ func (s *Server) accept(ln net.Listener) {
 			continue
 		}
 		s.metrics.ClientsAccepted.Inc()
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(true)
-			_ = tc.SetKeepAlive(true)
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serve(netx.WrapFast(conn))
-		}()
+		// The socket options are set: Go's accept turns TCP_NODELAY on
+		// and clientListen keepalive, one setsockopt each.
+		s.wg.Add(1) // released by serve, or by the session it starts
+		go s.serve(netx.WrapFast(conn))
 	}
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	cryptotls "crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/xdg-go/scram"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 	"github.com/brownie/brownie-sidecar/internal/wire"
@@ -66,6 +68,10 @@ type session struct {
 	// rhdr for the relay goroutine's message headers (one relay at a time).
 	wbuf []byte
 	rhdr [5]byte
+
+	// grewStack is set when the startup ran a TLS handshake or a SCRAM
+	// exchange (see serve); startup only.
+	grewStack bool
 
 	// relayJobs feeds the relay goroutine (started at an attachment when
 	// none runs, under mu; nil while none runs); waitObs caches the pool-wait histogram child
@@ -232,6 +238,16 @@ func (w *clientWriter) sendError(e *pgerr.Error) error {
 	return w.w.Flush()
 }
 
+// sendBytes writes encoded messages made by the sidecar and flushes.
+func (w *clientWriter) sendBytes(msgs []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.w.Write(msgs); err != nil {
+		return err
+	}
+	return w.w.Flush()
+}
+
 // send writes messages made by the sidecar, flushing if asked.
 func (w *clientWriter) send(flush bool, msgs ...pgproto3.BackendMessage) error {
 	w.mu.Lock()
@@ -264,11 +280,17 @@ func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
 	return nil
 }
 
-// serve runs a client connection's startup: negotiation, authentication
-// and greeting. A session that starts goes on in a new goroutine (run),
-// which owns the connection and the registration from then on, so the
-// stack the startup grew (TLS handshake, SCRAM) is not kept by a session
-// that then idles. A session that does not start is cleaned up here.
+// serve runs a client connection's startup (negotiation, authentication
+// and greeting) and then the session (run), which owns the connection and
+// the registration from then on. It holds one count of the server's wait
+// group, taken by accept, which run releases when the session ends; a
+// session that does not start is cleaned up and released here.
+//
+// The session goes on in the same goroutine, except after a TLS handshake
+// or a SCRAM exchange: these grow the goroutine's stack, and a new
+// goroutine (run) keeps the session from carrying that stack until it
+// goes dormant. A plain startup, the common case of a connection per
+// request, starts no goroutine beyond the one accept started.
 func (s *Server) serve(conn net.Conn) {
 	// want and seen are set at the startup and the greeting; the session
 	// is idle, outside any transaction, until its first statement.
@@ -278,25 +300,50 @@ func (s *Server) serve(conn net.Conn) {
 	// The session's logger encodes its fields only when it first writes
 	// (WithLazy): most sessions never log above debug, and an encoded
 	// child logger costs about 1 KB per session.
-	peer := zap.String("peer", conn.RemoteAddr().String())
-	ss.log = s.log.WithLazy(peer)
+	ss.log = s.log.WithLazy(zap.Inline(sessionFields{ss: ss, conn: conn}))
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
-	registered, err := ss.start(peer)
+	// The session's reader reads the startup packets too: one read takes
+	// a startup message whole (and whatever the client sent after it).
+	ss.cr = wire.NewReader(conn, bufSize)
+	registered, err := ss.start()
 	if err != nil {
 		if registered {
 			s.unregister(ss)
 		}
 		_ = conn.Close()
+		s.wg.Done()
 		return
 	}
-	s.wg.Add(1) // while this goroutine still holds its own count: no race with Wait
-	go ss.run(conn)
+	if ss.grewStack {
+		go ss.run(conn)
+		return
+	}
+	ss.run(conn)
+}
+
+// sessionFields are the fields of a session's log events: the client's
+// address and, once the session is registered, the pid the client was
+// given. They are encoded at the session's first event (its logger is
+// lazy); no session logs between its startup's first steps and its
+// registration unless it then ends.
+type sessionFields struct {
+	ss   *session
+	conn net.Conn // as accepted, under any TLS layer
+}
+
+// MarshalLogObject adds the fields to enc.
+func (f sessionFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("peer", f.conn.RemoteAddr().String())
+	if f.ss.pid != 0 {
+		enc.AddUint32("client_pid", f.ss.pid)
+	}
+	return nil
 }
 
 // start runs the session's startup up to its greeting. It reports whether
 // the session was registered (for the caller to unregister when start
 // fails) and the failure, already reported to the client.
-func (ss *session) start(peer zap.Field) (registered bool, err error) {
+func (ss *session) start() (registered bool, err error) {
 	s := ss.srv
 	err = ss.negotiateStartup()
 	if errors.Is(err, errCancelHandled) {
@@ -307,10 +354,7 @@ func (ss *session) start(peer zap.Field) (registered bool, err error) {
 	}
 	if err == nil {
 		err = s.register(ss)
-		if err == nil {
-			registered = true
-			ss.log = s.log.WithLazy(peer, zap.Uint32("client_pid", ss.pid))
-		}
+		registered = err == nil
 	}
 	if err == nil {
 		err = ss.startupHints()
@@ -345,7 +389,7 @@ func (ss *session) start(peer zap.Field) (registered bool, err error) {
 
 // run relays a started session until it ends, then unregisters it and
 // closes conn (the accepted connection, under any TLS layer). It owns
-// both from serve's hand-over and holds one count of the server's wait
+// both from serve's startup and holds one count of the server's wait
 // group, which it releases last. When the session goes dormant, run hands
 // all of it on and ends, so a long-idle session keeps neither a goroutine
 // nor the stack its statements grew: to the server's dormancy, which
@@ -396,7 +440,7 @@ func (ss *session) negotiateStartup() error {
 	defer ss.client.SetDeadline(time.Time{})
 	sslDone, gssDone := false, false
 	for {
-		st, err := wire.ReadStartup(ss.client)
+		st, err := wire.ReadStartup(ss.cr.Underlying())
 		switch {
 		case errors.Is(err, wire.ErrStartupLength):
 			// Not a startup packet at all (node-postgres's connect() then
@@ -436,6 +480,12 @@ func (ss *session) negotiateStartup() error {
 				}
 				continue
 			}
+			if ss.cr.Buffered() > 0 {
+				// Bytes sent before the handshake would be taken as
+				// if they came over TLS (CVE-2021-23214): refused, as
+				// Postgres refuses them.
+				return pgerr.Fatalf(pgerr.ProtocolViolation, "received unencrypted data after SSL request")
+			}
 			if _, err := ss.client.Write([]byte{'S'}); err != nil {
 				return err
 			}
@@ -443,9 +493,11 @@ func (ss *session) negotiateStartup() error {
 			if err := tc.Handshake(); err != nil {
 				return fmt.Errorf("client TLS handshake: %w", io.EOF)
 			}
+			ss.grewStack = true
 			ss.client = tc
 			ss.cw.conn = tc
 			ss.cw.w.Reset(tc)
+			ss.cr = wire.NewReader(tc, bufSize)
 		case wire.KindStartup:
 			return ss.acceptStartup(st)
 		}
@@ -466,7 +518,6 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 			return err
 		}
 	}
-	ss.cr = wire.NewReader(ss.client, bufSize)
 	for _, p := range st.Params {
 		switch p.Name {
 		case "user":
@@ -535,6 +586,7 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 	if err != nil {
 		return pgerr.From(err)
 	}
+	ss.grewStack = true
 	authFailed := pgerr.Fatalf(pgerr.InvalidPassword, "password authentication failed for user %q", ss.user)
 	if err := ss.cw.send(true, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
@@ -588,35 +640,39 @@ func (ss *session) scramAuth(creds scram.StoredCredentials) error {
 
 // greet tells the client what Postgres tells it after authentication:
 // AuthenticationOk, every reported parameter, the sidecar's BackendKeyData
-// and ReadyForQuery.
+// and ReadyForQuery, in one write.
 func (ss *session) greet(u *upstream) error {
-	// The values are shared with the other sessions greeted over u since
-	// its parameters last changed (about 600 bytes a session otherwise);
-	// setSeenLocked copies them before a change.
+	// The values, and their messages, are shared with the other sessions
+	// greeted over u since its parameters last changed (about 600 bytes a
+	// session otherwise); setSeenLocked copies the values before a change.
 	if u.greeted == nil || u.greetedVersion != u.paramsVersion {
 		g := maps.Clone(u.params)
 		if _, ok := g["in_hot_standby"]; ok {
 			g["in_hot_standby"] = "off" // the sidecar takes writes, whichever host greeted
 		}
-		u.greeted, u.greetedVersion = g, u.paramsVersion
-	}
-	seen := u.greeted
-	names := make([]string, 0, len(seen))
-	for name := range seen {
-		names = append(names, name)
-	}
-	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+3)
-	msgs = append(msgs, &pgproto3.AuthenticationOk{})
-	for _, name := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: seen[name]})
+		names := make([]string, 0, len(g))
+		for name := range g {
+			names = append(names, name)
+		}
+		slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+		var status []byte
+		for _, name := range names {
+			status, _ = (&pgproto3.ParameterStatus{Name: name, Value: g[name]}).Encode(status)
+		}
+		u.greeted, u.greetedStatus, u.greetedVersion = g, status, u.paramsVersion
 	}
 	ss.mu.Lock()
-	ss.seen, ss.seenShared = seen, true
+	ss.seen, ss.seenShared = u.greeted, true
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	ss.mu.Unlock()
-	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return ss.cw.send(true, msgs...)
+	msg := make([]byte, 0, 9+len(u.greetedStatus)+17+6)
+	msg = append(msg, 'R', 0, 0, 0, 8, 0, 0, 0, 0) // AuthenticationOk
+	msg = append(msg, u.greetedStatus...)
+	msg = wire.AppendHeader(msg, 'K', 8)
+	msg = binary.BigEndian.AppendUint32(msg, ss.pid)
+	msg = append(msg, ss.secret...)
+	msg = append(msg, 'Z', 0, 0, 0, 5, 'I')
+	return ss.cw.sendBytes(msg)
 }
 
 // setSeenLocked records that the client was told value v of parameter

@@ -50,8 +50,10 @@ type upstream struct {
 
 	// greeted is what sessions greeted over this connection are told
 	// (params as of greetedVersion, in_hot_standby off), shared by them
-	// until one changes its copy; see session.greet.
+	// until one changes its copy; see session.greet. greetedStatus is
+	// their ParameterStatus messages, encoded in the greeting's order.
 	greeted        map[string]string
+	greetedStatus  []byte
 	greetedVersion uint64
 
 	// State the sidecar keeps for the session holding the connection,

@@ -506,6 +506,17 @@ func TestClientTLSIsOfferedWhenConfigured(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
 		t.Fatalf("SELECT 1 = %d, %v", one, err)
 	}
+
+	// Bytes sent behind the SSLRequest, before the handshake, are refused
+	// as Postgres refuses them (CVE-2021-23214), not taken as sent over
+	// TLS.
+	c := dialRawClient(t, "tcp", sc.addr)
+	buf, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+	buf, _ = brownieStartup().Encode(buf)
+	c.write(buf)
+	if e := c.expectFatal("08P01"); !strings.Contains(e.Message, "unencrypted data after SSL request") {
+		t.Fatalf("FATAL %q", e.Message)
+	}
 }
 
 func TestStartupOptionsAreAppliedUpstream(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Request codes carried in the protocol-version field of untyped packets.
@@ -129,45 +130,41 @@ func ParseStartup(body []byte) (*Startup, error) {
 		return nil, fmt.Errorf("%w: unsupported protocol version %d.%d", ErrBadStartup, code>>16, code&0xFFFF)
 	}
 	s := &Startup{Kind: KindStartup, Version: code}
-	for len(rest) > 0 {
-		if rest[0] == 0 {
-			if len(rest) != 1 {
+	// One string holds every name and value: the parameters are slices
+	// of it (a startup message has a handful, each parsed once).
+	str := string(rest)
+	s.Params = make([]Param, 0, strings.Count(str, "\x00")/2)
+	for len(str) > 0 {
+		if str[0] == 0 {
+			if len(str) != 1 {
 				return nil, fmt.Errorf("%w: bytes after terminator", ErrBadStartup)
 			}
-			rest = rest[1:]
+			str = str[1:]
 			break
 		}
-		name, r2, ok := cstring(rest)
+		name, r2, ok := strings.Cut(str, "\x00")
 		if !ok {
 			return nil, fmt.Errorf("%w: unterminated parameter name", ErrBadStartup)
 		}
-		val, r3, ok := cstring(r2)
+		val, r3, ok := strings.Cut(r2, "\x00")
 		if !ok {
 			return nil, fmt.Errorf("%w: unterminated value for %q", ErrBadStartup, name)
 		}
-		rest = r3
-		if len(rest) == 0 {
+		str = r3
+		if len(str) == 0 {
 			return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
 		}
-		if len(name) > 5 && name[:5] == "_pq_." {
+		if strings.HasPrefix(name, "_pq_.") && len(name) > 5 {
 			s.ProtocolOptions = append(s.ProtocolOptions, name)
 			continue
 		}
 		s.Params = append(s.Params, Param{Name: name, Value: val})
 	}
-	if len(rest) != 0 {
+	if len(str) != 0 {
 		return nil, fmt.Errorf("%w: missing terminator", ErrBadStartup)
 	}
 	if _, ok := s.Get("user"); !ok {
 		return nil, fmt.Errorf("%w: no user name", ErrBadStartup)
 	}
 	return s, nil
-}
-
-func cstring(b []byte) (string, []byte, bool) {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
-		return "", nil, false
-	}
-	return string(b[:i]), b[i+1:], true
 }
