@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -15,6 +16,13 @@ import (
 )
 
 func main() {
+	// A sidecar serves one pod's connections. Like PgBouncer's one
+	// thread, one scheduler thread spends the least CPU per transaction:
+	// with more, every message a goroutine waits for wakes another thread
+	// (README, Cost per pod). GOMAXPROCS in the environment overrides it.
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		runtime.GOMAXPROCS(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := app.Main(ctx, os.Args, environ(), app.IO{Stdout: os.Stdout, Stderr: os.Stderr})
 	stop()
