@@ -760,9 +760,8 @@ func (ss *session) replayDeferredLocked(typ byte, r routeResult) error {
 		ss.pending++
 		ss.injected.Add(1)
 	}
-	iso := strings.ToLower(ss.want["default_transaction_isolation"])
 	ss.txBegin, ss.txReplay = ss.deferred, nil
-	ss.txMovable = !ss.txSnapshot && iso != "repeatable read" && iso != "serializable"
+	ss.txMovable = ss.readCommittedLocked(ss.txSnapshot)
 	ss.deferred = nil
 	ss.txStatus = 'T'
 	if _, err := ss.uw.Write(out); err != nil {
@@ -796,18 +795,25 @@ var failedTxSQL = raiseStatement(fanout.ErrInFailedTx)
 // buffered: a BEGIN replayed in the middle of an extended-protocol
 // request would share its implicit transaction. Called with ss.mu held.
 func (ss *session) readAheadLocked(typ byte, r routeResult) bool {
-	if len(ss.deferred) != 1 || ss.txSnapshot || !r.movable() || ss.pending > 0 || !ss.synced {
+	if len(ss.deferred) != 1 || !ss.readCommittedLocked(ss.txSnapshot) || !r.movable() || ss.pending > 0 || !ss.synced {
 		return false
 	}
-	switch iso := strings.ToLower(ss.want["default_transaction_isolation"]); {
-	case iso == "repeatable read" || iso == "serializable":
-		return false
-	case typ == 'Q':
+	switch typ {
+	case 'Q':
 		return true
-	case typ == 'B':
+	case 'B':
 		return ss.cr.Remaining() == 0 && requestBuffered(ss.cr)
 	}
 	return false
+}
+
+// readCommittedLocked reports whether a transaction whose BEGIN asked for
+// REPEATABLE READ or SERIALIZABLE (snapshot) or not runs at READ
+// COMMITTED, given the session's default_transaction_isolation: each of
+// its statements then takes a snapshot of its own. Called with ss.mu held.
+func (ss *session) readCommittedLocked(snapshot bool) bool {
+	iso := strings.ToLower(ss.want["default_transaction_isolation"])
+	return !snapshot && iso != "repeatable read" && iso != "serializable"
 }
 
 // requestBuffered reports whether the messages buffered in cr end an

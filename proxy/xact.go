@@ -578,9 +578,8 @@ func (ss *session) noteTxStatementLocked(typ byte, body []byte, a *analysis, r r
 	switch {
 	case a.tx == txBegin:
 		ss.readOnlyTx = a.txReadOnly
-		iso := strings.ToLower(ss.want["default_transaction_isolation"])
 		ss.txBegin, ss.txReplay = []string{sql}, nil
-		ss.txMovable = !a.txSnapshot && iso != "repeatable read" && iso != "serializable"
+		ss.txMovable = ss.readCommittedLocked(a.txSnapshot)
 	case a.local || a.tx == txSavepoint || a.tx == txRelease || a.tx == txRollbackTo:
 		ss.txReplay = recordTxStmt(ss.txReplay, a, sql)
 	}
