@@ -207,15 +207,25 @@ func (z *analyzer) analyzeBytes(b []byte) *analysis {
 
 func mayTouchState(text string) bool {
 	for i := 0; i < len(text); i++ {
-		c := text[i] | 0x20
-		for _, k := range stateKeywords {
-			if c == k[0] && len(text)-i >= len(k) && strings.EqualFold(text[i:i+len(k)], k) {
+		ks := keywordsByFirst[text[i]|0x20]
+		for _, k := range ks {
+			if len(text)-i >= len(k) && strings.EqualFold(text[i:i+len(k)], k) {
 				return true
 			}
 		}
 	}
 	return false
 }
+
+// keywordsByFirst indexes stateKeywords by their first letter (lower case;
+// ASCII letters fold to it with |0x20), so mayTouchState looks at one
+// table entry per byte of a statement.
+var keywordsByFirst = func() (t [256][]string) {
+	for _, k := range stateKeywords {
+		t[k[0]] = append(t[k[0]], k)
+	}
+	return t
+}()
 
 func parseAnalysis(text string) *analysis {
 	tree, err := pg_query.Parse(text)

@@ -168,15 +168,22 @@ func (ss *session) stopRelay() {
 // connection however recently it was used (see pool.AcquireChecked). The
 // relay goroutine is not running; the caller owns the returned connection.
 func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream], error) {
-	p := ss.srv.pool(t)
+	if ss.poolOf == nil || ss.poolFor != t {
+		ss.poolOf, ss.poolFor = ss.srv.pool(t), t // pools live as long as the server
+	}
+	p := ss.poolOf
 	start := time.Now()
 	var c *pool.Conn[*upstream]
 	var err error
-	ctx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
+	// One wait context serves the session's acquisitions until a
+	// CancelRequest ends a wait with it.
+	if ss.waitCtx == nil {
+		ss.waitCtx, ss.waitCancel = context.WithCancelCause(context.Background())
+	}
+	ctx := ss.waitCtx
 	ss.mu.Lock()
 	if ss.queueable && !ss.ended {
-		ss.acquireCancel = cancel // a CancelRequest may end the wait
+		ss.acquireCancel = ss.waitCancel // a CancelRequest may end the wait
 	}
 	if ss.checkNext { // an upstream of the session died: its pool's idle ones may have too
 		checked, ss.checkNext = true, false
@@ -191,6 +198,7 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	ss.acquireCancel = nil
 	ss.mu.Unlock()
 	if errors.Is(context.Cause(ctx), errQueuedCancel) {
+		ss.waitCtx = nil
 		if err == nil {
 			c.Release()
 		}
@@ -226,8 +234,9 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 // attachment, or the first since it went dormant). Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up = c
-	if u := c.Value; u.clients != nil {
+	if u := c.Value; u.clients != nil && u.servedPID != ss.pid {
 		u.clients.Store(backendKey{u.target.Host.Addr, u.pid}, ss.pid)
+		u.servedPID = ss.pid
 	}
 	ss.pending, ss.synced, ss.copyIn, ss.txStatus = 0, true, false, c.Value.txStatus
 	ss.expect = ss.expect[:0]

@@ -98,6 +98,9 @@ type Server struct {
 	// the sidecar pid of the client it last served, so a notification
 	// from it names the pid that client was given.
 	backendClients sync.Map // backendKey → uint32
+
+	// params interns the parameter values upstreams report (reportParams).
+	params paramSets
 }
 
 // backendKey identifies a server backend.

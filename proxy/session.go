@@ -121,10 +121,13 @@ type session struct {
 	// last compared with seen, to skip the comparison when nothing changed.
 	reportedFor     *upstream
 	reportedVersion uint64
-	dirty           dirtyState
-	draining        bool
-	ended           bool // terminate or finish was called
-	ddlSent         bool // a statement changing the schema was sent in the current transaction
+	// reportedSet, when not nil, holds values the client was told, every
+	// one of them (reportParams sets it; setSeenLocked and greet clear it).
+	reportedSet *paramSet
+	dirty       dirtyState
+	draining    bool
+	ended       bool // terminate or finish was called
+	ddlSent     bool // a statement changing the schema was sent in the current transaction
 	// Cancels (cancel.go): cancelHold counts cancels being delivered to
 	// the backend running the session's request, which is not released
 	// or given the next request meanwhile; acquireCancel, set while the
@@ -133,6 +136,13 @@ type session struct {
 	cancelHold    int
 	queueable     bool
 	acquireCancel context.CancelCauseFunc
+	// waitCtx is the context of the session's pool waits (acquire),
+	// replaced after a CancelRequest cancels it; waitCancel cancels it.
+	// poolOf caches the pool of poolFor. Session goroutine only.
+	waitCtx    context.Context
+	waitCancel context.CancelCauseFunc
+	poolOf     *upstreamPool
+	poolFor    router.Target
 
 	// Routing, under mu. hints are the session's brownie.* hints, local
 	// those of SET LOCAL in the current transaction. deferred holds a
@@ -663,7 +673,7 @@ func (ss *session) greet(u *upstream) error {
 	}
 	ss.mu.Lock()
 	ss.seen, ss.seenShared = u.greeted, true
-	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
+	ss.reportedFor, ss.reportedVersion, ss.reportedSet = u, u.paramsVersion, nil
 	ss.mu.Unlock()
 	msg := make([]byte, 0, 9+len(u.greetedStatus)+17+6)
 	msg = append(msg, 'R', 0, 0, 0, 8, 0, 0, 0, 0) // AuthenticationOk
@@ -686,6 +696,7 @@ func (ss *session) setSeenLocked(name, v string) {
 		}
 	}
 	ss.seen[name] = v
+	ss.reportedSet = nil
 }
 
 // ownWantLocked makes ss.want the session's own map before a change: it

@@ -97,12 +97,17 @@ func (ss *session) syncSettings(u *upstream) error {
 // of u that differs from what the client was last told. Called by the
 // goroutine that currently writes to the client.
 func (ss *session) reportParams(u *upstream, flush bool) error {
+	set := ss.srv.params.of(u)
 	ss.mu.Lock()
 	if u == ss.reportedFor && u.paramsVersion == ss.reportedVersion {
 		ss.mu.Unlock()
 		return nil // nothing changed since the last report (the common case)
 	}
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
+	if set == ss.reportedSet {
+		ss.mu.Unlock()
+		return nil // another upstream with the values last reported (transaction mode)
+	}
 	// Another upstream of the same pool usually reports the same values:
 	// look for a difference before sorting anything (transaction mode
 	// changes upstream at every transaction).
@@ -113,6 +118,7 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 		}
 	}
 	if len(names) == 0 {
+		ss.reportedSet = set
 		ss.mu.Unlock()
 		return nil
 	}
@@ -123,6 +129,7 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 		ss.setSeenLocked(name, v)
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
 	}
+	ss.reportedSet = set
 	ss.mu.Unlock()
 	if len(msgs) == 0 {
 		return nil

@@ -43,10 +43,13 @@ type upstream struct {
 	// paramsVersion grows whenever one changes.
 	params        map[string]string
 	paramsVersion uint64
-	txStatus      byte
-	tag           string // the last command tag exec read
-	gen           uint64
-	serial        string
+	// pset is params interned (paramSets.of) at version psetVersion.
+	pset        *paramSet
+	psetVersion uint64
+	txStatus    byte
+	tag         string // the last command tag exec read
+	gen         uint64
+	serial      string
 
 	// greeted is what sessions greeted over this connection are told
 	// (params as of greetedVersion, in_hot_standby off), shared by them
@@ -68,8 +71,10 @@ type upstream struct {
 	// ReadyForQuery on this connection's target.
 	duration prometheus.Observer
 	// clients is the server's backendClients registry (nil for
-	// connections outside the pools).
-	clients *sync.Map
+	// connections outside the pools); servedPID is the pid last stored
+	// there for this backend (0: none).
+	clients   *sync.Map
+	servedPID uint32
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.
