@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/pprof/profile"
+
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
 )
 
@@ -64,6 +66,9 @@ type options struct {
 	// txnRows are the transaction table's rows to run, in txnRows order
 	// (default all).
 	txnRows []rowSpec
+	// cpuProfile, if set, is where the merged CPU profile of the session
+	// and transaction tables' sidecars is written (cpuprofile.go).
+	cpuProfile string
 }
 
 var allProtocols = []string{"simple", "extended", "prepared"}
@@ -155,6 +160,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run (empty: only the memory measurements): session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
 	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the sidecars of the session and transaction tables, merged over every pgbench run against them, to this file (e.g. cmd/brownie-sidecar/default.pgo)")
 	txnRowNames := fs.String("txn-rows", "", "comma-separated protocols of the transaction table's rows to run (simple, extended, prepared, connect); empty: every row")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -237,6 +243,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer b.cleanup()
 
 	rep, err := b.run(ctx)
+	// An interrupted run leaves an earlier profile in place.
+	if opts.cpuProfile != "" && ctx.Err() == nil {
+		if perr := b.writeCPUProfile(opts.cpuProfile); perr != nil {
+			err = errors.Join(err, fmt.Errorf("-cpu-profile %s: %w", opts.cpuProfile, perr))
+		} else {
+			fmt.Fprintf(stderr, "bench: CPU profile of %d sidecar runs written to %s\n", len(b.profiles), opts.cpuProfile)
+		}
+	}
 	if rep != nil && (rep.hasRows() || rep.rss != nil) {
 		out := rep.markdown()
 		fmt.Fprint(stdout, "\n"+out)
@@ -275,6 +289,9 @@ type bench struct {
 
 	pg      *pgcluster.Cluster
 	cleanFn []func()
+
+	// profiles are the sidecar CPU profiles fetched so far (-cpu-profile).
+	profiles []*profile.Profile
 }
 
 // newBench checks that every tool is installed before anything starts, so a
@@ -364,6 +381,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		skipRSS:  b.opts.skipRSS,
 
 		sidecarEnv: b.opts.sidecarEnv,
+		cpuProfile: b.opts.cpuProfile != "",
 	}
 
 	if slices.Contains(b.opts.modes, modeSession) {
@@ -422,9 +440,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		return err
 	}
 	defer bouncer.stop()
-	side, err := b.startSidecar(ctx, sidecarName, map[string]string{
-		"POOL_MODE": mode, "POOL_SIZE": strconv.Itoa(poolSize), "MAX_CLIENT_CONN": "5000",
-	})
+	side, err := b.startSidecar(ctx, sidecarName, sidecarTableEnv(mode, poolSize, b.opts.cpuProfile != ""))
 	if err != nil {
 		return err
 	}
@@ -441,6 +457,9 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		target{name: "pgbouncer", host: "127.0.0.1", port: bouncerAddr.Port, noPrepared: mode == modeTransaction, pid: bouncer.proc.pid()},
 		target{name: "sidecar", host: "127.0.0.1", port: side.addr.Port, pid: side.proc.pid()},
 	)
+	if b.opts.cpuProfile != "" {
+		targets[len(targets)-1].pprofAddr = side.adminAddr.String()
+	}
 	if b.opts.reference {
 		// A second, identical PgBouncer: its ratio to the first is what
 		// the noise alone does to a ratio of two equal poolers.

@@ -38,6 +38,10 @@ type target struct {
 	// workload of the target instead of the workload's own transaction.
 	peers  []int
 	peerTx peerTxFunc
+	// pprofAddr is the admin address of a sidecar started with
+	// ADMIN_PPROF=true, whose CPU profile runPgbench fetches during every
+	// run (-cpu-profile); empty for no profile.
+	pprofAddr string
 }
 
 // result is the outcome of one pgbench run.
@@ -211,6 +215,7 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cpuBefore, cpuErr := cpuTicks(t.pid)
+	prof := startCPUProfile(rctx, t, dur)
 	err := cmd.Run()
 	cpuAfter, cpuErr2 := cpuTicks(t.pid)
 
@@ -218,6 +223,7 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	if tag != "" {
 		name = tag + "-" + name
 	}
+	b.collectProfile(prof, strings.TrimSuffix(name, ".log"))
 	logDir := filepath.Join(b.dir, "pgbench")
 	_ = os.MkdirAll(logDir, 0o755)
 	logPath := filepath.Join(logDir, name)

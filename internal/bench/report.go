@@ -96,6 +96,9 @@ type report struct {
 	rss         *rssResult
 	memory      []memTarget       // cost per pod (memory.go)
 	sidecarEnv  map[string]string // extra sidecar environment, if any
+	// cpuProfile is set when the session and transaction tables' sidecars
+	// were CPU-profiled during every run (-cpu-profile).
+	cpuProfile bool
 }
 
 // hasPgbenchTables reports whether the report has a session or
@@ -281,6 +284,9 @@ func (r *report) markdown() string {
 		}
 		slices.Sort(kv)
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
+	}
+	if r.cpuProfile {
+		b.WriteString("The sidecars of the session and transaction tables ran with `ADMIN_PPROF=true` and were CPU-profiled during every run (-cpu-profile): their TPS and CPU figures include the profiler's cost.\n\n")
 	}
 	for _, t := range r.tables {
 		if t.mode == modeSharded {
