@@ -84,13 +84,24 @@
 // machine at best, so the sidecar's ratio to PgBouncer can be read against
 // the ceiling of the language and design, in the same run.
 //
+// With -cpu-profile PATH (cpuprofile.go; `make pgo` writes
+// cmd/brownie-sidecar/default.pgo with it) the sidecars of the session and
+// transaction tables run with ADMIN_PPROF=true, and during every pgbench
+// run against one of them (warm-up and connect rows included) the program
+// fetches /debug/pprof/profile from its admin port for the run's length
+// less one second. At the end it merges the profiles into one pprof file
+// at PATH, replacing it only then; a failed fetch is logged and skipped,
+// and an interrupted run leaves PATH as it was. The report notes that the
+// sidecars' figures include the profiler's cost.
+//
 // Usage:
 //
 //	go run ./internal/bench [-duration 10s] [-repeat 1]
 //	    [-modes session,transaction,sharded] [-clients 1,10,50]
-//	    [-protocols simple,extended,prepared] [-skip-rss] [-rss-clients 2000]
-//	    [-reference] [-sidecar-env NAME=VALUE]
+//	    [-protocols simple,extended,prepared] [-txn-rows ...] [-skip-rss]
+//	    [-rss-clients 2000] [-reference] [-sidecar-env NAME=VALUE]
 //	    [-sharded-clients 10] [-fanout-incidents 100000]
+//	    [-cpu-profile PATH]
 //
 // -clients and -protocols choose the session table's rows only. PgBouncer
 // and pgbench are needed only by the session and transaction tables.
