@@ -431,3 +431,15 @@ func TestMemoryTableJudgesTheSidecarAgainstItsTargets(t *testing.T) {
 		}
 	}
 }
+
+func TestSidecarBNeedsAnExistingBinary(t *testing.T) {
+	o, err := parseFlags([]string{"-sidecar-b", "/nonexistent/brownie-sidecar"}, io.Discard)
+	if err != nil || o.sidecarB != "/nonexistent/brownie-sidecar" {
+		t.Fatalf("parseFlags(-sidecar-b) = %q, %v", o.sidecarB, err)
+	}
+	o.modes = nil // no tool is needed for the missing binary to be reported
+	_, err = newBench(o, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "-sidecar-b binary /nonexistent/brownie-sidecar not found") {
+		t.Fatalf("newBench with a missing -sidecar-b binary: %v", err)
+	}
+}

@@ -101,7 +101,13 @@
 //	    [-protocols simple,extended,prepared] [-txn-rows ...] [-skip-rss]
 //	    [-rss-clients 2000] [-reference] [-sidecar-env NAME=VALUE]
 //	    [-sharded-clients 10] [-fanout-incidents 100000]
-//	    [-cpu-profile PATH]
+//	    [-cpu-profile PATH] [-sidecar-b PATH]
+//
+// -sidecar-b PATH runs a second sidecar build as one more target
+// (sidecar-b) of the session and transaction tables, interleaved with the
+// others in every round, so two builds are compared in one run under the
+// same load (its columns and its ratio to PgBouncer sit beside the
+// sidecar's).
 //
 // -clients and -protocols choose the session table's rows only. PgBouncer
 // and pgbench are needed only by the session and transaction tables.

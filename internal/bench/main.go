@@ -54,6 +54,10 @@ type options struct {
 	// sidecarEnv is extra environment for every sidecar run (e.g.
 	// GOMAXPROCS=1), recorded in the report.
 	sidecarEnv map[string]string
+	// sidecarB is a second sidecar binary run as one more target
+	// (colSidecarB) in the session and transaction tables: two builds
+	// compared in one run, interleaved like every target.
+	sidecarB string
 	// reference adds a second PgBouncer to both tables and the reference
 	// relays (refKinds) to the session table.
 	reference bool
@@ -160,6 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run (empty: only the memory measurements): session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
 	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
+	fs.StringVar(&o.sidecarB, "sidecar-b", "", "a second sidecar binary, run as the target sidecar-b in the session and transaction tables beside -sidecar: an A/B comparison of two builds in one run")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the sidecars of the session and transaction tables, merged over every pgbench run against them, to this file (e.g. cmd/brownie-sidecar/default.pgo)")
 	txnRowNames := fs.String("txn-rows", "", "comma-separated protocols of the transaction table's rows to run (simple, extended, prepared, connect); empty: every row")
 	if err := fs.Parse(args); err != nil {
@@ -285,7 +290,9 @@ type bench struct {
 	pgbench string
 	bouncer string // pgbouncer executable
 	sidecar string // absolute sidecar binary
-	cmdLog  *os.File
+	// sidecarB is the absolute -sidecar-b binary, or "".
+	sidecarB string
+	cmdLog   *os.File
 
 	pg      *pgcluster.Cluster
 	cleanFn []func()
@@ -308,6 +315,13 @@ func newBench(opts options, log io.Writer) (*bench, error) {
 		errs = append(errs, err)
 	} else if fi, err := os.Stat(b.sidecar); err != nil || fi.IsDir() {
 		errs = append(errs, fmt.Errorf("sidecar binary %s not found: run make build", opts.sidecarBin))
+	}
+	if opts.sidecarB != "" {
+		if b.sidecarB, err = filepath.Abs(opts.sidecarB); err != nil {
+			errs = append(errs, err)
+		} else if !isFile(b.sidecarB) {
+			errs = append(errs, fmt.Errorf("-sidecar-b binary %s not found", opts.sidecarB))
+		}
 	}
 	if b.binDir, err = pgcluster.FindBinDir(); err != nil {
 		errs = append(errs, err)
@@ -469,6 +483,17 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		}
 		defer aa.stop()
 		targets = append(targets, target{name: colBouncerAA, host: "127.0.0.1", port: aaAddr.Port, noPrepared: mode == modeTransaction, pid: aa.proc.pid()})
+	}
+	if b.sidecarB != "" {
+		sb, err := b.startSidecarBin(ctx, b.sidecarB, sidecarName+"-b", sidecarTableEnv(mode, poolSize, false))
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sb.stop()
+			tbl.sidecarLogs = append(tbl.sidecarLogs, namedLog{name: colSidecarB, log: readSidecarLog(sb.proc.logPath, 0, -1)})
+		}()
+		targets = append(targets, target{name: colSidecarB, host: "127.0.0.1", port: sb.addr.Port, pid: sb.proc.pid()})
 	}
 	if mode == modeSession && b.opts.reference {
 		for _, kind := range refKinds {

@@ -17,6 +17,8 @@ const (
 	// colBouncerAA is the second, identical PgBouncer of -reference.
 	colBouncerAA = "pgbouncer-aa"
 	colSidecar   = "sidecar"
+	// colSidecarB is the second sidecar build of -sidecar-b.
+	colSidecarB = "sidecar-b"
 )
 
 // rssTargetMB is the acceptance target for rssTargetClients idle clients.

@@ -28,6 +28,11 @@ func (s *sidecarProc) stop() { s.proc.stop(syscall.SIGTERM, 15*time.Second) }
 // client certificate, on free loopback ports, with extra overriding the
 // defaults, and waits until /ready answers 200. name labels the log file.
 func (b *bench) startSidecar(ctx context.Context, name string, extra map[string]string) (*sidecarProc, error) {
+	return b.startSidecarBin(ctx, b.sidecar, name, extra)
+}
+
+// startSidecarBin is startSidecar for the binary bin.
+func (b *bench) startSidecarBin(ctx context.Context, bin, name string, extra map[string]string) (*sidecarProc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -50,7 +55,7 @@ func (b *bench) startSidecar(ctx context.Context, name string, extra map[string]
 	}
 	maps.Copy(env, b.opts.sidecarEnv)
 	maps.Copy(env, extra)
-	cmd := exec.Command(b.sidecar, "run")
+	cmd := exec.Command(bin, "run")
 	cmd.Dir = b.dir
 	cmd.Env = cleanEnv("", env)
 	b.logf("starting %s on %s (admin %s, POOL_MODE=%s, POOL_SIZE=%s, extra environment %v)", name, addr, admin, env["POOL_MODE"], env["POOL_SIZE"], b.opts.sidecarEnv)
