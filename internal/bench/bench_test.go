@@ -39,12 +39,15 @@ func TestParsePgbenchReadsTPSAndMeanLatency(t *testing.T) {
 
 func TestConnectRowsOpenAConnectionPerTransaction(t *testing.T) {
 	tg := target{host: "127.0.0.1", port: 6432}
-	got := strings.Join(pgbenchArgs(tg, protoConnect, 4, 5*time.Second), " ")
+	got := strings.Join(pgbenchArgs(tg, protoConnect, 4, 5*time.Second, 0), " ")
 	if want := "-S -C -M simple -c 4 -j 2 -T 5 -n -h 127.0.0.1 -p 6432"; !strings.HasPrefix(got, want) {
 		t.Errorf("connect row: pgbench %s, want it to start with %s", got, want)
 	}
-	if got := strings.Join(pgbenchArgs(tg, "extended", 1, time.Second), " "); !strings.HasPrefix(got, "-S -M extended -c 1 -j 1 -T 1 -n ") {
+	if got := strings.Join(pgbenchArgs(tg, "extended", 1, time.Second, 0), " "); !strings.HasPrefix(got, "-S -M extended -c 1 -j 1 -T 1 -n -h ") {
 		t.Errorf("extended row: pgbench %s", got)
+	}
+	if got := strings.Join(pgbenchArgs(tg, "simple", 10, time.Second, 5000), " "); !strings.HasPrefix(got, "-S -M simple -c 10 -j 2 -T 1 -n -R 5000 -h ") {
+		t.Errorf("rate-limited row: pgbench %s", got)
 	}
 	// pgbench -C counts the connections in its TPS, and says so.
 	out := strings.Replace(pgbench15Output, "tps = 4268.117185 (without initial connection time)", "tps = 3159.5 (including reconnection times)", 1)

@@ -101,13 +101,20 @@
 //	    [-protocols simple,extended,prepared] [-txn-rows ...] [-skip-rss]
 //	    [-rss-clients 2000] [-reference] [-sidecar-env NAME=VALUE]
 //	    [-sharded-clients 10] [-fanout-incidents 100000]
-//	    [-cpu-profile PATH] [-sidecar-b PATH]
+//	    [-cpu-profile PATH] [-sidecar-b PATH] [-rate 0]
 //
 // -sidecar-b PATH runs a second sidecar build as one more target
 // (sidecar-b) of the session and transaction tables, interleaved with the
 // others in every round, so two builds are compared in one run under the
 // same load (its columns and its ratio to PgBouncer sit beside the
 // sidecar's).
+//
+// -rate N runs every pgbench of the session and transaction tables at N
+// transactions per second over all its clients (pgbench -R) instead of as
+// fast as it can. Every target then does the same work on a machine with
+// CPU to spare, so CPU per transaction compares the cost of equal work
+// without the contention of a saturated machine; TPS only shows whether a
+// target kept up.
 //
 // -clients and -protocols choose the session table's rows only. PgBouncer
 // and pgbench are needed only by the session and transaction tables.

@@ -58,6 +58,9 @@ type options struct {
 	// (colSidecarB) in the session and transaction tables: two builds
 	// compared in one run, interleaved like every target.
 	sidecarB string
+	// rate, when > 0, limits every pgbench run of the session and
+	// transaction tables to rate transactions per second (pgbench -R).
+	rate int
 	// reference adds a second PgBouncer to both tables and the reference
 	// relays (refKinds) to the session table.
 	reference bool
@@ -165,6 +168,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.shardedClients, "sharded-clients", 10, "clients of the sharded table's rows (the fan-out read also runs with 1)")
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
 	fs.StringVar(&o.sidecarB, "sidecar-b", "", "a second sidecar binary, run as the target sidecar-b in the session and transaction tables beside -sidecar: an A/B comparison of two builds in one run")
+	fs.IntVar(&o.rate, "rate", 0, "pgbench -R: run the session and transaction tables' rows at this many transactions per second (over all clients) instead of as fast as possible, so each pooler's CPU per transaction is measured for the same work on a machine with CPU to spare (0: unlimited)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the sidecars of the session and transaction tables, merged over every pgbench run against them, to this file (e.g. cmd/brownie-sidecar/default.pgo)")
 	txnRowNames := fs.String("txn-rows", "", "comma-separated protocols of the transaction table's rows to run (simple, extended, prepared, connect); empty: every row")
 	if err := fs.Parse(args); err != nil {
@@ -175,6 +179,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	var errs []error
 	var err error
+	if o.rate < 0 {
+		errs = append(errs, fmt.Errorf("-rate %d must not be negative", o.rate))
+	}
 	if o.duration < time.Second || o.duration%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("-duration %s must be a whole number of seconds, at least 1s (pgbench -T)", o.duration))
 	}
@@ -396,6 +403,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 
 		sidecarEnv: b.opts.sidecarEnv,
 		cpuProfile: b.opts.cpuProfile != "",
+		rate:       b.opts.rate,
 	}
 
 	if slices.Contains(b.opts.modes, modeSession) {

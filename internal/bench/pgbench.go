@@ -199,7 +199,7 @@ func (r result) summary() string {
 // runPgbench runs pgbench -S against t and parses its output, which is also
 // kept in the work directory. tag, if set, prefixes the log file name.
 func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients int, dur time.Duration, tag string) result {
-	args := pgbenchArgs(t, proto, clients, dur)
+	args := pgbenchArgs(t, proto, clients, dur, b.opts.rate)
 	vars := map[string]string{"PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
 	if t.tls {
 		vars["PGSSLMODE"] = "verify-full"
@@ -251,16 +251,20 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 const protoConnect = "connect"
 
 // pgbenchArgs is the pgbench command line of one run of proto (a pgbench
-// protocol, or protoConnect) with clients against t for dur.
-func pgbenchArgs(t target, proto string, clients int, dur time.Duration) []string {
+// protocol, or protoConnect) with clients against t for dur, at most rate
+// transactions per second over all clients when rate > 0 (pgbench -R).
+func pgbenchArgs(t target, proto string, clients int, dur time.Duration, rate int) []string {
 	mode := []string{"-M", proto}
 	if proto == protoConnect {
 		mode = []string{"-C", "-M", "simple"}
 	}
 	args := append([]string{"-S"}, mode...)
-	return append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
-		"-T", strconv.Itoa(int(dur/time.Second)), "-n",
-		"-h", t.host, "-p", strconv.Itoa(t.port), "-U", pgcluster.BrownieRole, pgcluster.BrownieDatabase)
+	args = append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
+		"-T", strconv.Itoa(int(dur/time.Second)), "-n")
+	if rate > 0 {
+		args = append(args, "-R", strconv.Itoa(rate))
+	}
+	return append(args, "-h", t.host, "-p", strconv.Itoa(t.port), "-U", pgcluster.BrownieRole, pgcluster.BrownieDatabase)
 }
 
 func envList(m map[string]string) []string {

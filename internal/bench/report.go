@@ -101,6 +101,9 @@ type report struct {
 	// cpuProfile is set when the session and transaction tables' sidecars
 	// were CPU-profiled during every run (-cpu-profile).
 	cpuProfile bool
+	// rate is the pgbench -R of the session and transaction tables (0:
+	// unlimited).
+	rate int
 }
 
 // hasPgbenchTables reports whether the report has a session or
@@ -286,6 +289,9 @@ func (r *report) markdown() string {
 		}
 		slices.Sort(kv)
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
+	}
+	if r.rate > 0 {
+		fmt.Fprintf(&b, "Rate-limited (-rate): every pgbench run of the session and transaction tables asks for %d transactions per second over all its clients (`pgbench -R`), so every target does the same work and CPU per transaction compares its cost; TPS only says whether a target kept up, and latency includes pgbench's schedule lag.\n\n", r.rate)
 	}
 	if r.cpuProfile {
 		b.WriteString("The sidecars of the session and transaction tables ran with `ADMIN_PPROF=true` and were CPU-profiled during every run (-cpu-profile): their TPS and CPU figures include the profiler's cost.\n\n")
