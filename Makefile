@@ -19,7 +19,7 @@ FUZZTIME  ?= 10s
 # Go relays to the session table (the ceiling of a Go proxy).
 BENCH_ARGS ?= -reference
 
-.PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup pgo chaos deps deps-bench deps-backup deps-monitoring clean generate
+.PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup chaos deps deps-bench deps-backup deps-monitoring clean generate
 
 all: build
 
@@ -107,14 +107,6 @@ fuzz:
 bench: deps-bench build
 	$(GO) run ./internal/bench $(BENCH_ARGS)
 	$(MAKE) bench-backup
-
-# pgo refreshes the profile the sidecar is built with (profile-guided
-# optimisation: go build reads cmd/brownie-sidecar/default.pgo itself): a
-# CPU profile of the sidecar under the bench's session and transaction
-# tables, merged over every run. About 10 minutes on two cores; refresh it
-# after changes to the data path and before a release.
-pgo: deps-bench build
-	$(GO) run ./internal/bench -modes session,transaction -repeat 1 -duration 10s -skip-rss -cpu-profile cmd/brownie-sidecar/default.pgo
 
 # chaos runs the failover scenario (internal/chaos) twice on fresh
 # stacks under .chaos: with asynchronous replicas, then with synchronous

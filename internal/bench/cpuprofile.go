@@ -19,8 +19,7 @@ import (
 // runs with ADMIN_PPROF=true, and each pgbench run against one of them
 // (warm-up and connect rows included) fetches a CPU profile of the sidecar
 // from its admin port while pgbench runs. At the end the profiles are
-// merged into one pprof file: the profile `make pgo` writes to
-// cmd/brownie-sidecar/default.pgo for profile-guided optimisation.
+// merged into one pprof file, for `go tool pprof` or for `go build -pgo`.
 
 // sidecarTableEnv is the environment a sidecar of the session or
 // transaction table runs with, over startSidecar's defaults: the table's

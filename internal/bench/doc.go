@@ -84,8 +84,7 @@
 // machine at best, so the sidecar's ratio to PgBouncer can be read against
 // the ceiling of the language and design, in the same run.
 //
-// With -cpu-profile PATH (cpuprofile.go; `make pgo` writes
-// cmd/brownie-sidecar/default.pgo with it) the sidecars of the session and
+// With -cpu-profile PATH (cpuprofile.go) the sidecars of the session and
 // transaction tables run with ADMIN_PPROF=true, and during every pgbench
 // run against one of them (warm-up and connect rows included) the program
 // fetches /debug/pprof/profile from its admin port for the run's length

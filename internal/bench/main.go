@@ -169,7 +169,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.fanoutIncidents, "fanout-incidents", 100000, "incidents the sharded table's fan-out read orders (spread over the two shards)")
 	fs.StringVar(&o.sidecarB, "sidecar-b", "", "a second sidecar binary, run as the target sidecar-b in the session and transaction tables beside -sidecar: an A/B comparison of two builds in one run")
 	fs.IntVar(&o.rate, "rate", 0, "pgbench -R: run the session and transaction tables' rows at this many transactions per second (over all clients) instead of as fast as possible, so each pooler's CPU per transaction is measured for the same work on a machine with CPU to spare (0: unlimited)")
-	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the sidecars of the session and transaction tables, merged over every pgbench run against them, to this file (e.g. cmd/brownie-sidecar/default.pgo)")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the sidecars of the session and transaction tables, merged over every pgbench run against them, to this file (for go tool pprof, or go build -pgo)")
 	txnRowNames := fs.String("txn-rows", "", "comma-separated protocols of the transaction table's rows to run (simple, extended, prepared, connect); empty: every row")
 	if err := fs.Parse(args); err != nil {
 		return o, err
