@@ -30,6 +30,7 @@ import (
 	"github.com/brownie/brownie-sidecar/deploy/monitoring"
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
 	"github.com/brownie/brownie-sidecar/internal/vaulttest"
+	"github.com/brownie/brownie-sidecar/router"
 )
 
 // scrape returns the sidecar's /metrics, parsed.
@@ -83,6 +84,7 @@ type monitoringEnv struct {
 	srv *pgtest.Server
 	v   *vaulttest.Server
 	env map[string]string
+	rt  *router.Router // routes by the stack's shard map
 }
 
 func newMonitoringEnv(t *testing.T) *monitoringEnv {
@@ -104,24 +106,51 @@ func newMonitoringEnv(t *testing.T) *monitoringEnv {
 		"DB_METRICS_INTERVAL", "2s", "DB_METRICS_QUERY_TIMEOUT", "2s",
 		"BACKUP_PROVIDER", "local", "BACKUP_DESTINATION", t.TempDir(), "BACKUP_SCHEDULE", "off",
 	)
-	return &monitoringEnv{srv: srv, v: v, env: env}
+	m, err := router.LoadMap(mapFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &monitoringEnv{srv: srv, v: v, env: env, rt: rt}
 }
 
 func uuidLit(u pgtype.UUID) string { return "'" + uuidText(u) + "'" }
 
+// newUUIDOn returns a random UUID that rt places on shard.
+func newUUIDOn(t *testing.T, rt *router.Router, shard string) pgtype.UUID {
+	t.Helper()
+	for range 1000 {
+		u := newUUID()
+		k, err := rt.ParseKey(uuidText(u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rt.Place(k) == shard {
+			return u
+		}
+	}
+	t.Fatalf("no UUID of 1000 placed on %s", shard)
+	return pgtype.UUID{}
+}
+
 // seedBrownie writes Brownie rows through the sidecar, as the API does:
 // an organization and a user (replicated: on every shard, two-phase),
 // teams placed by their id's hash, and their incidents and agent
-// configurations.
-func seedBrownie(t *testing.T, conn *pgx.Conn) {
+// configurations. The teams' ids are drawn until rt places them on
+// alternate shards, so every shard of a two-shard map holds some.
+func seedBrownie(t *testing.T, conn *pgx.Conn, rt *router.Router) {
 	t.Helper()
 	ctx := ctx10(t)
 	org := newUUID()
 	stmts := []string{
 		fmt.Sprintf(`INSERT INTO organizations (id, name, slug, is_active, max_teams, max_users_per_team) VALUES (%s, 'Acme', 'acme', true, 10, 10)`, uuidLit(org)),
 	}
+	shards := rt.Map().ShardNames()
 	for i := range 7 {
-		team := newUUID()
+		team := newUUIDOn(t, rt, shards[i%len(shards)])
 		stmts = append(stmts,
 			fmt.Sprintf(`INSERT INTO teams (id, org_id, name, slug, is_active, organization_id) VALUES (%s, %s, 'team %d', 'team-%d', true, %s)`,
 				uuidLit(team), uuidLit(org), i, i, uuidLit(org)))
@@ -171,7 +200,7 @@ func TestMonitoringOfARunningSidecar(t *testing.T) {
 	sc2 := startSidecar(t, e.srv, e.env)
 	sc2.waitCertReady(t, 15*time.Second)
 	conn := sc1.connect(t, "")
-	seedBrownie(t, conn)
+	seedBrownie(t, conn, e.rt)
 
 	t.Run("DatabaseMetricsEqualDirectCountsAndOneSidecarCollects", func(t *testing.T) {
 		counts := map[string]string{
