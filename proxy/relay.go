@@ -1196,7 +1196,7 @@ func (ss *session) swallowInjected(typ byte, body []byte) bool {
 		return false
 	}
 	if typ == 'Z' {
-		ss.expect = ss.expect[1:]
+		ss.dropExpectLocked(1)
 		if ss.pending > 0 {
 			ss.pending--
 		}
@@ -1223,7 +1223,7 @@ func (ss *session) completeLocked(typ byte, u *upstream) (bool, byte) {
 		return true, typ
 	}
 	e := ss.expect[0]
-	ss.expect = ss.expect[1:]
+	ss.dropExpectLocked(1)
 	switch e.kind {
 	case expParse:
 		if e.key != "" {
@@ -1253,7 +1253,18 @@ func (ss *session) dropSkippedLocked(u *upstream) {
 	if len(ss.expect) > 0 && (ss.expect[0].kind == expQuery || ss.expect[0].kind == expQueryInjected) {
 		return // simple query: its ReadyForQuery still comes
 	}
-	ss.expect = ss.expect[ss.skipToEndLocked(u):]
+	ss.dropExpectLocked(ss.skipToEndLocked(u))
+}
+
+// dropExpectLocked removes the first n expectations. The rest move to the
+// front of the queue's array, which stays the session's: slicing the front
+// off would shrink the capacity until every request appended to a new
+// array. The queue is short (the messages of one pipeline). Called with
+// ss.mu held.
+func (ss *session) dropExpectLocked(n int) {
+	k := copy(ss.expect, ss.expect[n:])
+	clear(ss.expect[k:]) // no references kept past the end
+	ss.expect = ss.expect[:k]
 }
 
 // skipToEndLocked records that the server failed or skipped the messages
@@ -1442,9 +1453,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 		if at := ss.expect[i].at; !at.IsZero() && u.duration != nil {
 			u.duration.Observe(time.Since(at).Seconds())
 		}
-		ss.expect = ss.expect[i+1:]
+		ss.dropExpectLocked(i + 1)
 	} else {
-		ss.expect = ss.expect[:0]
+		ss.dropExpectLocked(len(ss.expect))
 	}
 	if ss.pending > 0 {
 		ss.pending--

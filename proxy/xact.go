@@ -561,6 +561,9 @@ func (ss *session) noteTxStatementLocked(typ byte, body []byte, a *analysis, r r
 	var sql string
 	switch {
 	case typ == 'Q' && len(body) > 0:
+		if a == nil || !keptInTx(a) {
+			return // not recorded: no copy of the text
+		}
 		sql = string(body[:len(body)-1])
 	case typ == 'B':
 		// psycopg 3 sends BEGIN, COMMIT and SAVEPOINT with the extended
@@ -572,7 +575,7 @@ func (ss *session) noteTxStatementLocked(typ byte, body []byte, a *analysis, r r
 		}
 		a, sql = def.a, def.query
 	}
-	if a == nil || sql == "" {
+	if a == nil || sql == "" || !keptInTx(a) {
 		return
 	}
 	switch {
@@ -583,6 +586,12 @@ func (ss *session) noteTxStatementLocked(typ byte, body []byte, a *analysis, r r
 	case a.local || a.tx == txSavepoint || a.tx == txRelease || a.tx == txRollbackTo:
 		ss.txReplay = recordTxStmt(ss.txReplay, a, sql)
 	}
+}
+
+// keptInTx reports whether noteTxStatementLocked records a statement of
+// analysis a: a BEGIN, a SET LOCAL, or a savepoint command.
+func keptInTx(a *analysis) bool {
+	return a.tx == txBegin || a.local || a.tx == txSavepoint || a.tx == txRelease || a.tx == txRollbackTo
 }
 
 // crossEntry serves the statement that made the transaction span shards
