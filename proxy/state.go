@@ -97,13 +97,13 @@ func (ss *session) syncSettings(u *upstream) error {
 // of u that differs from what the client was last told. Called by the
 // goroutine that currently writes to the client.
 func (ss *session) reportParams(u *upstream, flush bool) error {
-	set := ss.srv.params.of(u)
 	ss.mu.Lock()
 	if u == ss.reportedFor && u.paramsVersion == ss.reportedVersion {
 		ss.mu.Unlock()
 		return nil // nothing changed since the last report (the common case)
 	}
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
+	set := ss.srv.params.of(u) // takes the server's paramSets lock inside ss.mu, never the reverse
 	if set == ss.reportedSet {
 		ss.mu.Unlock()
 		return nil // another upstream with the values last reported (transaction mode)

@@ -575,7 +575,7 @@ func (ss *session) noteTxStatementLocked(typ byte, body []byte, a *analysis, r r
 		}
 		a, sql = def.a, def.query
 	}
-	if a == nil || sql == "" || !keptInTx(a) {
+	if a == nil || sql == "" {
 		return
 	}
 	switch {
