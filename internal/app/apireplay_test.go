@@ -110,14 +110,7 @@ func startBrownieShards(t *testing.T, replicas bool, setup string) *brownieShard
 	text := brownieMapFor(t, srv)
 	mapFile := filepath.Join(t.TempDir(), "shardmap.yaml")
 	writeFileAtomic(t, mapFile, text)
-	m, err := router.ParseMap([]byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &brownieShards{srv: srv, mapFile: mapFile}
-	if b.rt, err = router.New(m); err != nil {
-		t.Fatal(err)
-	}
+	b := &brownieShards{srv: srv, mapFile: mapFile, rt: testRouter(t, text)}
 	b.sc = startSidecar(t, srv, map[string]string{
 		"SHARD_MAP_FILE":        mapFile,
 		"POOL_MODE":             "transaction",
@@ -438,11 +431,7 @@ func replayTeams(t *testing.T, rt *router.Router, seed string) []string {
 			copy(u.Bytes[:], sum[:16])
 			u.Bytes[6] = u.Bytes[6]&0x0f | 0x40
 			u.Bytes[8] = u.Bytes[8]&0x3f | 0x80
-			k, err := rt.ParseKey(uuidText(u))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rt.Place(k) == shard {
+			if shardOf(t, rt, u) == shard {
 				teams = append(teams, uuidText(u))
 				break
 			}

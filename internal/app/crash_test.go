@@ -24,7 +24,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
-	"github.com/brownie/brownie-sidecar/router"
 )
 
 var crashSeed = flag.Uint64("crash.seed", 0, "seed of the kill times of TestSidecarKilledDuringCommits… (0: from the clock)")
@@ -597,13 +596,7 @@ tables:
 `, srv.Shards[0].Primary.Port(), srv.Shards[1].Primary.Port())
 	e := &routingEnv{srv: srv, mapFile: filepath.Join(t.TempDir(), "shardmap.yaml")}
 	writeFileAtomic(t, e.mapFile, text)
-	m, err := router.ParseMap([]byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.rt, err = router.New(m); err != nil {
-		t.Fatal(err)
-	}
+	e.rt = testRouter(t, text)
 	return e, map[string]string{
 		"DB_HOST":                     "localhost",
 		"DB_PORT":                     strconv.Itoa(srv.Primary.Port()),

@@ -20,7 +20,6 @@ import (
 	"github.com/brownie/brownie-sidecar/health"
 	"github.com/brownie/brownie-sidecar/internal/faultnet"
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
-	"github.com/brownie/brownie-sidecar/router"
 )
 
 // failoverMap is the routing tests' map with both shards synchronous and
@@ -204,14 +203,7 @@ func TestFailuresStayLocal(t *testing.T) {
 	t.Cleanup(func() { _ = relay.Close() })
 	mapFile := filepath.Join(t.TempDir(), "shardmap.yaml")
 	writeFileAtomic(t, mapFile, failoverMap(srv, relay, ""))
-	m, err := router.ParseMap([]byte(failoverMap(srv, relay, "")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := router.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt := testRouter(t, failoverMap(srv, relay, ""))
 	e := &routingEnv{srv: srv, rt: rt, mapFile: mapFile, ports: map[int]string{
 		srv.Shards[0].Primary.Port(): "shard-0/primary", srv.Shards[0].Replica.Port(): "shard-0/replica",
 		srv.Shards[1].Primary.Port(): "shard-1/primary", srv.Shards[1].Replica.Port(): "shard-1/replica",

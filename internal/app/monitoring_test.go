@@ -106,35 +106,14 @@ func newMonitoringEnv(t *testing.T) *monitoringEnv {
 		"DB_METRICS_INTERVAL", "2s", "DB_METRICS_QUERY_TIMEOUT", "2s",
 		"BACKUP_PROVIDER", "local", "BACKUP_DESTINATION", t.TempDir(), "BACKUP_SCHEDULE", "off",
 	)
-	m, err := router.LoadMap(mapFile)
+	text, err := os.ReadFile(mapFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := router.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &monitoringEnv{srv: srv, v: v, env: env, rt: rt}
+	return &monitoringEnv{srv: srv, v: v, env: env, rt: testRouter(t, string(text))}
 }
 
 func uuidLit(u pgtype.UUID) string { return "'" + uuidText(u) + "'" }
-
-// newUUIDOn returns a random UUID that rt places on shard.
-func newUUIDOn(t *testing.T, rt *router.Router, shard string) pgtype.UUID {
-	t.Helper()
-	for range 1000 {
-		u := newUUID()
-		k, err := rt.ParseKey(uuidText(u))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rt.Place(k) == shard {
-			return u
-		}
-	}
-	t.Fatalf("no UUID of 1000 placed on %s", shard)
-	return pgtype.UUID{}
-}
 
 // seedBrownie writes Brownie rows through the sidecar, as the API does:
 // an organization and a user (replicated: on every shard, two-phase),
@@ -150,7 +129,7 @@ func seedBrownie(t *testing.T, conn *pgx.Conn, rt *router.Router) {
 	}
 	shards := rt.Map().ShardNames()
 	for i := range 7 {
-		team := newUUIDOn(t, rt, shards[i%len(shards)])
+		team := teamOn(t, rt, shards[i%len(shards)])
 		stmts = append(stmts,
 			fmt.Sprintf(`INSERT INTO teams (id, org_id, name, slug, is_active, organization_id) VALUES (%s, %s, 'team %d', 'team-%d', true, %s)`,
 				uuidLit(team), uuidLit(org), i, i, uuidLit(org)))

@@ -101,21 +101,47 @@ type routingEnv struct {
 
 func (e *routingEnv) shardOf(t *testing.T, team pgtype.UUID) string {
 	t.Helper()
-	k, err := e.rt.ParseKey(uuidText(team))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e.rt.Place(k)
+	return shardOf(t, e.rt, team)
 }
 
 // teamOn returns a new team placed (by hash) on shard.
 func (e *routingEnv) teamOn(t *testing.T, shard string) pgtype.UUID {
+	t.Helper()
+	return teamOn(t, e.rt, shard)
+}
+
+// shardOf returns the shard rt places team on.
+func shardOf(t *testing.T, rt *router.Router, team pgtype.UUID) string {
+	t.Helper()
+	k, err := rt.ParseKey(uuidText(team))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt.Place(k)
+}
+
+// teamOn returns a new team id that rt places (by hash) on shard.
+func teamOn(t *testing.T, rt *router.Router, shard string) pgtype.UUID {
+	t.Helper()
 	for {
-		u := newUUID()
-		if e.shardOf(t, u) == shard {
+		if u := newUUID(); shardOf(t, rt, u) == shard {
 			return u
 		}
 	}
+}
+
+// testRouter returns a router for the shard map text.
+func testRouter(t *testing.T, text string) *router.Router {
+	t.Helper()
+	m, err := router.ParseMap([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
 }
 
 func (e *routingEnv) primary(shard string) *pgtest.Shard {
