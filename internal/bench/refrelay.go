@@ -505,6 +505,16 @@ func (p *loopPair) close() {
 	p.upRaw.Close()
 }
 
+// refRelayProcs is the GOMAXPROCS of the reference relays: the sidecars'
+// (from -sidecar-env, else the sidecar's default of one), so a control and
+// the sidecar it bounds schedule their goroutines on as many threads.
+func refRelayProcs(sidecarEnv map[string]string) string {
+	if v, ok := sidecarEnv["GOMAXPROCS"]; ok {
+		return v
+	}
+	return "1"
+}
+
 // startRefRelay starts this program as the reference relay kind (a
 // process of its own, so its CPU time is measured like a pooler's) in
 // front of the benchmark's PostgreSQL and waits until a session works
@@ -520,7 +530,7 @@ func (b *bench) startRefRelay(ctx context.Context, kind string) (*proc, *net.TCP
 	}
 	cmd := exec.Command(self, refRelayCmd, "-kind", kind, "-listen", addr.String(),
 		"-upstream", net.JoinHostPort("localhost", strconv.Itoa(b.pg.Port())), "-certs", b.certDir)
-	cmd.Env = cleanEnv("", nil)
+	cmd.Env = cleanEnv("", map[string]string{"GOMAXPROCS": refRelayProcs(b.opts.sidecarEnv)})
 	b.logf("starting reference relay %s on %s", kind, addr)
 	p, err := startProc(kind, cmd, filepath.Join(b.dir, kind+".log"))
 	if err != nil {

@@ -96,3 +96,12 @@ func TestReferenceRelaysCarrySessionsToPostgres(t *testing.T) {
 		})
 	}
 }
+
+func TestReferenceRelaysRunOnTheSidecarsThreadCount(t *testing.T) {
+	if got := refRelayProcs(nil); got != "1" {
+		t.Errorf("no -sidecar-env: GOMAXPROCS %q, want the sidecar's default 1", got)
+	}
+	if got := refRelayProcs(map[string]string{"GOMAXPROCS": "2", "POOL_SIZE": "5"}); got != "2" {
+		t.Errorf("-sidecar-env GOMAXPROCS=2: got %q", got)
+	}
+}
