@@ -234,9 +234,8 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 // attachment, or the first since it went dormant). Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up = c
-	if u := c.Value; u.clients != nil && u.servedPID != ss.pid {
-		u.clients.Store(backendKey{u.target.Host.Addr, u.pid}, ss.pid)
-		u.servedPID = ss.pid
+	if u := c.Value; u.served.Load() != ss.pid {
+		u.served.Store(ss.pid)
 	}
 	ss.pending, ss.synced, ss.copyIn, ss.txStatus = 0, true, false, c.Value.txStatus
 	ss.expect = ss.expect[:0]
@@ -1129,8 +1128,10 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 				case from == u.pid:
 					binary.BigEndian.PutUint32(body, ss.pid)
 				case u.clients != nil:
-					if pid, ok := u.clients.Load(backendKey{u.target.Host.Addr, from}); ok {
-						binary.BigEndian.PutUint32(body, pid.(uint32))
+					if v, ok := u.clients.Load(backendKey{u.target.Host.Addr, from}); ok {
+						if pid := v.(*upstream).served.Load(); pid != 0 {
+							binary.BigEndian.PutUint32(body, pid)
+						}
 					}
 				}
 			}

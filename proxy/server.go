@@ -95,9 +95,11 @@ type Server struct {
 	schemaGen atomic.Uint64
 
 	// backendClients maps an upstream backend (server address and pid) to
-	// the sidecar pid of the client it last served, so a notification
-	// from it names the pid that client was given.
-	backendClients sync.Map // backendKey → uint32
+	// its pooled connection, registered once when dialled and removed when
+	// closed; the connection's served field holds the sidecar pid of the
+	// client it last served, so a notification from it names the pid that
+	// client was given.
+	backendClients sync.Map // backendKey → *upstream
 
 	// params interns the parameter values upstreams report (reportParams).
 	params paramSets
@@ -393,6 +395,7 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 	s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), "ok").Inc()
 	u.duration = s.metrics.QueryDuration.WithLabelValues(t.Shard, t.Role.String())
 	u.clients = &s.backendClients
+	s.backendClients.Store(backendKey{t.Host.Addr, u.pid}, u)
 	if !s.connected.Swap(true) {
 		s.log.Info("upstream connected", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr))
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -70,11 +71,13 @@ type upstream struct {
 	// duration observes the time from a client request to its
 	// ReadyForQuery on this connection's target.
 	duration prometheus.Observer
-	// clients is the server's backendClients registry (nil for
-	// connections outside the pools); servedPID is the pid last stored
-	// there for this backend (0: none).
-	clients   *sync.Map
-	servedPID uint32
+	// clients is the server's backendClients registry, which holds this
+	// connection from its dial to its Close (nil for connections outside
+	// the pools). served is the sidecar pid of the client it last served
+	// (0: none yet): written by the session attaching it, read by any
+	// session's relay goroutine naming a notification's sender.
+	clients *sync.Map
+	served  atomic.Uint32
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.
