@@ -80,9 +80,11 @@
 // (refrelay.go): go-pipe and go-loop carry pgbench to PostgreSQL with the
 // client certificate and copy bytes without reading them, the first with
 // two goroutines per client like the sidecar, the second with one epoll
-// event loop like PgBouncer. They measure what a Go proxy reaches on this
-// machine at best, so the sidecar's ratio to PgBouncer can be read against
-// the ceiling of the language and design, in the same run.
+// event loop like PgBouncer. They run on as many scheduler threads as the
+// sidecar (its GOMAXPROCS from -sidecar-env, else its default of one).
+// They measure what a Go proxy reaches on this machine at best, so the
+// sidecar's ratio to PgBouncer can be read against the ceiling of the
+// language and design, in the same run.
 //
 // With -cpu-profile PATH (cpuprofile.go) the sidecars of the session and
 // transaction tables run with ADMIN_PPROF=true, and during every pgbench
