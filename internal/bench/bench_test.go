@@ -390,7 +390,13 @@ func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 		"| 0.90 | 1.10 | 0.80 | 1.05 | 0.45 |",
 		"not met in simple/10 (0.90)",
 		"Control: a second PgBouncer configured like the first measured 0.87–1.10 of its TPS (1 of 3 rows below 1.00).",
+		"The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=1`, the sidecar's thread count.",
 	)
+	two := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}, sidecarEnv: map[string]string{"GOMAXPROCS": "2"}}).markdown()
+	reportHas(t, two, "ran with `GOMAXPROCS=2`, the sidecar's thread count.")
+	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{sessionTable(row{proto: "simple", clients: 1, res: []result{ok(1), ok(1), ok(1)}})}}).markdown(); strings.Contains(md, "reference relays") {
+		t.Errorf("a report without the Go relays mentions them:\n%s", md)
+	}
 	if note := sessionTable(row{proto: "simple", clients: 1, res: []result{ok(1), ok(1), ok(1)}}).controlNote(); note != "" {
 		t.Errorf("a table without the control has a control note: %q", note)
 	}

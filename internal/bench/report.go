@@ -112,6 +112,13 @@ func (r *report) hasPgbenchTables() bool {
 	return slices.ContainsFunc(r.tables, func(t *table) bool { return t.mode != modeSharded })
 }
 
+// hasRefRelays reports whether any table ran the Go reference relays.
+func (r *report) hasRefRelays() bool {
+	return slices.ContainsFunc(r.tables, func(t *table) bool {
+		return slices.Contains(t.targets, refPipe) || slices.Contains(t.targets, refLoop)
+	})
+}
+
 // hasRows reports whether any table has a measured row.
 func (r *report) hasRows() bool {
 	for _, t := range r.tables {
@@ -289,6 +296,9 @@ func (r *report) markdown() string {
 		}
 		slices.Sort(kv)
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
+	}
+	if r.hasRefRelays() {
+		fmt.Fprintf(&b, "The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=%s`, the sidecar's thread count.\n\n", refRelayProcs(r.sidecarEnv))
 	}
 	if r.rate > 0 {
 		fmt.Fprintf(&b, "Rate-limited (-rate): every pgbench run of the session and transaction tables asks for %d transactions per second over all its clients (`pgbench -R`), so every target does the same work and CPU per transaction compares its cost; TPS only says whether a target kept up, and latency includes pgbench's schedule lag.\n\n", r.rate)
