@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -87,7 +86,8 @@ type Pool[R Resource] struct {
 	idle    []*Conn[R] // most recently released last
 	open    int        // idle + in use + being dialled
 	dialing int
-	waiters list.List // of *waiter[R], oldest first
+	waiters waitQueue[R]
+	spare   []*waiter[R] // finished waiters kept for reuse
 	closed  bool
 	stats   Stats
 	retired time.Time // last retirement of an old-generation resource
@@ -113,8 +113,6 @@ type grant[R Resource] struct {
 	dial bool     // permission to dial a new one (a slot is reserved)
 	err  error
 }
-
-type waiter[R Resource] struct{ ch chan grant[R] }
 
 // New returns an empty pool. Call Run to enforce idle and lifetime limits
 // and MinIdle, and Close when done.
@@ -170,30 +168,37 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 		p.unlock()
 		return p.dialConn(ctx)
 	}
-	w := &waiter[R]{ch: make(chan grant[R], 1)}
-	el := p.waiters.PushBack(w)
+	w := p.takeWaiterLocked()
+	p.waiters.push(w)
 	p.stats.Waits++
 	p.unlock()
 
 	var timeout <-chan time.Time
 	if p.cfg.AcquireTimeout > 0 {
-		t := time.NewTimer(p.cfg.AcquireTimeout)
-		defer t.Stop()
-		timeout = t.C
+		if w.timer == nil {
+			w.timer = time.NewTimer(p.cfg.AcquireTimeout)
+		} else {
+			w.timer.Reset(p.cfg.AcquireTimeout)
+		}
+		timeout = w.timer.C
 	}
 	var g grant[R]
 	select {
 	case g = <-w.ch:
 	case <-timeout:
-		g = p.abandon(el, w, ErrTimeout)
+		g = p.abandon(w, ErrTimeout)
 	case <-ctx.Done():
-		g = p.abandon(el, w, ctx.Err())
+		g = p.abandon(w, ctx.Err())
+	}
+	if w.timer != nil {
+		w.timer.Stop() // no stale expiry reaches the next wait (Go 1.23 timers)
 	}
 	p.mu.Lock()
 	p.stats.WaitTime += time.Since(start)
 	if errors.Is(g.err, ErrTimeout) {
 		p.stats.Timeouts++
 	}
+	p.keepWaiterLocked(w)
 	p.unlock()
 	switch {
 	case g.err != nil:
@@ -207,10 +212,10 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 
 // abandon removes a waiter that gave up. If a grant raced in, it is passed
 // on rather than lost.
-func (p *Pool[R]) abandon(el *list.Element, w *waiter[R], err error) grant[R] {
+func (p *Pool[R]) abandon(w *waiter[R], err error) grant[R] {
 	p.mu.Lock()
 	defer p.unlock()
-	if p.removeWaiterLocked(el) {
+	if p.waiters.remove(w) {
 		return grant[R]{err: err}
 	}
 	g := <-w.ch // already granted: hand the grant to the next waiter
@@ -227,14 +232,23 @@ func (p *Pool[R]) abandon(el *list.Element, w *waiter[R], err error) grant[R] {
 	return grant[R]{err: err}
 }
 
-func (p *Pool[R]) removeWaiterLocked(el *list.Element) bool {
-	for e := p.waiters.Front(); e != nil; e = e.Next() {
-		if e == el {
-			p.waiters.Remove(e)
-			return true
-		}
+// takeWaiterLocked returns a spare waiter, or a new one.
+func (p *Pool[R]) takeWaiterLocked() *waiter[R] {
+	if n := len(p.spare); n > 0 {
+		w := p.spare[n-1]
+		p.spare[n-1] = nil
+		p.spare = p.spare[:n-1]
+		return w
 	}
-	return false
+	return &waiter[R]{ch: make(chan grant[R], 1)}
+}
+
+// keepWaiterLocked keeps w, whose wait is over (not queued, its channel
+// drained, its timer stopped), for a later wait.
+func (p *Pool[R]) keepWaiterLocked(w *waiter[R]) {
+	if len(p.spare) < maxSpareWaiters {
+		p.spare = append(p.spare, w)
+	}
 }
 
 func (p *Pool[R]) dialConn(ctx context.Context) (*Conn[R], error) {
@@ -271,10 +285,11 @@ func (p *Pool[R]) dialConn(ctx context.Context) (*Conn[R], error) {
 // freeSlotLocked gives up one reserved slot: the oldest waiter, if any, may
 // dial in its place.
 func (p *Pool[R]) freeSlotLocked() {
-	if e := p.waiters.Front(); e != nil && !p.closed {
-		p.waiters.Remove(e)
-		e.Value.(*waiter[R]).ch <- grant[R]{dial: true}
-		return
+	if !p.closed {
+		if w := p.waiters.pop(); w != nil {
+			w.ch <- grant[R]{dial: true}
+			return
+		}
 	}
 	p.open--
 }
@@ -311,9 +326,8 @@ func (c *Conn[R]) Destroy() {
 
 // putLocked hands c to the oldest waiter or makes it idle.
 func (p *Pool[R]) putLocked(c *Conn[R]) {
-	if e := p.waiters.Front(); e != nil {
-		p.waiters.Remove(e)
-		e.Value.(*waiter[R]).ch <- grant[R]{conn: c}
+	if w := p.waiters.pop(); w != nil {
+		w.ch <- grant[R]{conn: c}
 		return
 	}
 	p.idle = append(p.idle, c)
@@ -434,7 +448,7 @@ func (p *Pool[R]) Stats() Stats {
 	s.Idle = len(p.idle)
 	s.Dialing = p.dialing
 	s.InUse = p.open - len(p.idle) - p.dialing
-	s.Waiting = p.waiters.Len()
+	s.Waiting = p.waiters.len()
 	return s
 }
 
@@ -448,9 +462,8 @@ func (p *Pool[R]) Close() {
 		return
 	}
 	p.closed = true
-	for e := p.waiters.Front(); e != nil; e = p.waiters.Front() {
-		p.waiters.Remove(e)
-		e.Value.(*waiter[R]).ch <- grant[R]{err: ErrClosed}
+	for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
+		w.ch <- grant[R]{err: ErrClosed}
 	}
 	for _, c := range p.idle {
 		p.stats.ClosedDestroyed++
