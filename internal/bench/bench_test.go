@@ -452,3 +452,30 @@ func TestSidecarBNeedsAnExistingBinary(t *testing.T) {
 		t.Fatalf("newBench with a missing -sidecar-b binary: %v", err)
 	}
 }
+
+// go-txloop in the transaction table: set against PgBouncer like the
+// sidecar, its prepared row an expected failure of its own, and the header
+// names it among the Go relays that ran.
+func TestTheTransactionTableSetsTheGoTransactionRelayAgainstPgBouncer(t *testing.T) {
+	tbl := txnTable(6050)
+	tbl.targets = append(tbl.targets, refTxLoop)
+	for i := range tbl.rows {
+		r := &tbl.rows[i]
+		if r.proto == "prepared" {
+			failed := r.res[0]
+			failed.logPath = "txn-prepared-c50-go-txloop.log"
+			r.res, r.unsupported = append(r.res, failed), append(r.unsupported, true)
+			continue
+		}
+		r.res, r.unsupported = append(r.res, ok(r.res[0].tps*0.9)), append(r.unsupported, false)
+	}
+	md := (&report{duration: 5 * time.Second, scale: 10, cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
+	reportHas(t, md,
+		"The Go reference relays (go-txloop) ran with `GOMAXPROCS=1`, the sidecar's thread count.",
+		"| sidecar/pgbouncer | go-txloop/pgbouncer |",
+		"| simple | 10 | 8000 | 8800 | 7200 |",
+		"† go-txloop, prepared/50: failed as expected: go-txloop has no protocol-level prepared statements in transaction mode",
+		"† pgbouncer, prepared/50: failed as expected: PgBouncer 1.18 has no protocol-level prepared statements in transaction mode",
+		"(apart from the 2 expected failure(s) marked †)",
+	)
+}

@@ -80,7 +80,10 @@
 // (refrelay.go): go-pipe and go-loop carry pgbench to PostgreSQL with the
 // client certificate and copy bytes without reading them, the first with
 // two goroutines per client like the sidecar, the second with one epoll
-// event loop like PgBouncer. They run on as many scheduler threads as the
+// event loop like PgBouncer. The transaction table runs against a third,
+// go-txloop (txloop.go): go-loop's event loop pooling as many upstream
+// connections as the poolers, a connection per transaction, reading only
+// the message framing. They run on as many scheduler threads as the
 // sidecar (its GOMAXPROCS from -sidecar-env, else its default of one).
 // They measure what a Go proxy reaches on this machine at best, so the
 // sidecar's ratio to PgBouncer can be read against the ceiling of the

@@ -61,8 +61,9 @@ type options struct {
 	// rate, when > 0, limits every pgbench run of the session and
 	// transaction tables to rate transactions per second (pgbench -R).
 	rate int
-	// reference adds a second PgBouncer to both tables and the reference
-	// relays (refKinds) to the session table.
+	// reference adds a second PgBouncer to both tables, the reference
+	// relays (refKinds) to the session table and go-txloop to the
+	// transaction table.
 	reference bool
 	// shardedClients is the client count of the sharded table's rows (its
 	// fan-out read also runs with one client).
@@ -161,7 +162,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.sidecarEnv[k] = val
 		return nil
 	})
-	fs.BoolVar(&o.reference, "reference", false, "also run each table against a second, identical PgBouncer (the noise of a ratio) and the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go), the ceiling of a Go proxy on this machine")
+	fs.BoolVar(&o.reference, "reference", false, "also run each table against a second, identical PgBouncer (the noise of a ratio) and the session table against two minimal Go relays (go-pipe, go-loop: see refrelay.go) and the transaction table against a minimal Go transaction pooler (go-txloop: txloop.go), the ceiling of a Go proxy on this machine")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.IntVar(&o.repeat, "repeat", 1, "runs per row and target (targets interleaved); cells show the median")
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated tables to run (empty: only the memory measurements): session (pool 60, -clients x -protocols), transaction (pool 10, fixed rows), sharded (one database, the sidecar on one and on two shards: fan-out read, single-team and signup transactions)")
@@ -503,14 +504,18 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		}()
 		targets = append(targets, target{name: colSidecarB, host: "127.0.0.1", port: sb.addr.Port, pid: sb.proc.pid()})
 	}
-	if mode == modeSession && b.opts.reference {
-		for _, kind := range refKinds {
-			p, addr, err := b.startRefRelay(ctx, kind)
+	if b.opts.reference {
+		kinds := refKinds
+		if mode == modeTransaction {
+			kinds = []string{refTxLoop}
+		}
+		for _, kind := range kinds {
+			p, addr, err := b.startRefRelay(ctx, kind, poolSize)
 			if err != nil {
 				return err
 			}
 			defer p.stop(syscall.SIGTERM, 5*time.Second)
-			targets = append(targets, target{name: kind, host: "127.0.0.1", port: addr.Port, pid: p.pid()})
+			targets = append(targets, target{name: kind, host: "127.0.0.1", port: addr.Port, pid: p.pid(), noPrepared: mode == modeTransaction})
 		}
 	}
 	for _, t := range targets {

@@ -34,6 +34,8 @@ const (
 	refLoop = "go-loop"
 )
 
+// refKinds are the session-mode reference relays; refTxLoop (txloop.go)
+// is the transaction-mode one.
 var refKinds = []string{refPipe, refLoop}
 
 // runRefRelay runs a reference relay until it is killed: the least a Go
@@ -57,7 +59,8 @@ var refKinds = []string{refPipe, refLoop}
 func runRefRelay(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(refRelayCmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	kind := fs.String("kind", refPipe, "go-pipe or go-loop")
+	kind := fs.String("kind", refPipe, "go-pipe, go-loop or go-txloop")
+	poolSize := fs.Int("pool", 10, "go-txloop: upstream connections")
 	listen := fs.String("listen", "127.0.0.1:0", "client address")
 	upstream := fs.String("upstream", "", "PostgreSQL host:port (TLS, verify-full)")
 	certs := fs.String("certs", "", "directory with ca.crt, client.crt, client.key")
@@ -74,7 +77,7 @@ func runRefRelay(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "reference relay:", err)
 		return exitFail
 	}
-	if err := serveRefRelay(ln, *kind, *upstream, cfg, func(err error) { fmt.Fprintln(stderr, "reference relay:", err) }); err != nil {
+	if err := serveRefRelay(ln, *kind, *upstream, cfg, *poolSize, func(err error) { fmt.Fprintln(stderr, "reference relay:", err) }); err != nil {
 		fmt.Fprintln(stderr, "reference relay:", err)
 		return exitFail
 	}
@@ -84,9 +87,13 @@ func runRefRelay(args []string, stderr io.Writer) int {
 // serveRefRelay serves clients from ln until ln is closed, then stops the
 // loop (go-loop), closing the clients it holds; go-pipe clients end when
 // they or the server close. logf hears each client's failure.
-func serveRefRelay(ln net.Listener, kind, upstream string, cfg *tls.Config, logf func(error)) error {
+func serveRefRelay(ln net.Listener, kind, upstream string, cfg *tls.Config, poolSize int, logf func(error)) error {
 	var l *epollLoop
+	var txp *txPool
 	switch kind {
+	case refTxLoop:
+		txp = newTxPool(upstream, cfg, poolSize)
+		defer txp.stop()
 	case refPipe:
 	case refLoop:
 		var err error
@@ -108,7 +115,11 @@ func serveRefRelay(ln net.Listener, kind, upstream string, cfg *tls.Config, logf
 			return err
 		}
 		wg.Go(func() {
-			if err := refServe(c, upstream, cfg, l); err != nil {
+			serve := func() error { return refServe(c, upstream, cfg, l) }
+			if txp != nil {
+				serve = func() error { return txp.serve(c) }
+			}
+			if err := serve(); err != nil {
 				logf(err)
 			}
 		})
@@ -519,7 +530,7 @@ func refRelayProcs(sidecarEnv map[string]string) string {
 // process of its own, so its CPU time is measured like a pooler's) in
 // front of the benchmark's PostgreSQL and waits until a session works
 // through it.
-func (b *bench) startRefRelay(ctx context.Context, kind string) (*proc, *net.TCPAddr, error) {
+func (b *bench) startRefRelay(ctx context.Context, kind string, poolSize int) (*proc, *net.TCPAddr, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
@@ -528,7 +539,7 @@ func (b *bench) startRefRelay(ctx context.Context, kind string) (*proc, *net.TCP
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.Command(self, refRelayCmd, "-kind", kind, "-listen", addr.String(),
+	cmd := exec.Command(self, refRelayCmd, "-kind", kind, "-listen", addr.String(), "-pool", strconv.Itoa(poolSize),
 		"-upstream", net.JoinHostPort("localhost", strconv.Itoa(b.pg.Port())), "-certs", b.certDir)
 	cmd.Env = cleanEnv("", map[string]string{"GOMAXPROCS": refRelayProcs(b.opts.sidecarEnv)})
 	b.logf("starting reference relay %s on %s", kind, addr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -37,7 +38,7 @@ func TestReferenceRelaysCarrySessionsToPostgres(t *testing.T) {
 			var failures strings.Builder
 			var mu sync.Mutex
 			go func() {
-				served <- serveRefRelay(ln, kind, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())), cfg, func(err error) {
+				served <- serveRefRelay(ln, kind, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())), cfg, 10, func(err error) {
 					mu.Lock()
 					defer mu.Unlock()
 					failures.WriteString(err.Error() + "\n")
@@ -103,5 +104,104 @@ func TestReferenceRelaysRunOnTheSidecarsThreadCount(t *testing.T) {
 	}
 	if got := refRelayProcs(map[string]string{"GOMAXPROCS": "2", "POOL_SIZE": "5"}); got != "2" {
 		t.Errorf("-sidecar-env GOMAXPROCS=2: got %q", got)
+	}
+}
+
+// go-txloop pools: more clients than connections share them transaction
+// by transaction, a transaction keeps its connection across round trips
+// (also after an error in it), results of many TLS records pass, and
+// clients that leave give their connection back.
+func TestTheTransactionReferenceRelayPoolsConnections(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	upstream := net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port()))
+	cfg, err := refTLSConfig(srv.CertDir, upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	var failures strings.Builder
+	var mu sync.Mutex
+	go func() {
+		served <- serveRefRelay(ln, refTxLoop, upstream, cfg, 2, func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			failures.WriteString(err.Error() + "\n")
+		})
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	dsn := "host=127.0.0.1 port=" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + " user=" + pgcluster.BrownieRole +
+		" dbname=brownie_metadata sslmode=disable default_query_exec_mode=exec"
+	var pids sync.Map
+	client := func(i int) {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Errorf("client %d: connect: %v", i, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		for j := range 30 {
+			var got int
+			if err := conn.QueryRow(ctx, "SELECT $1::int + 1", j).Scan(&got); err != nil || got != j+1 {
+				t.Errorf("client %d: SELECT %d+1 = %d, %v", i, j, got, err)
+				return
+			}
+		}
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Errorf("client %d: BEGIN: %v", i, err)
+			return
+		}
+		var first, second int32
+		err1 := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&first)
+		_, err2 := tx.Exec(ctx, "SELECT pg_sleep(0.01)")
+		err3 := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&second)
+		if err := errors.Join(err1, err2, err3, tx.Commit(ctx)); err != nil || first != second {
+			t.Errorf("client %d: a transaction ran on backends %d and %d (%v), want one", i, first, second, err)
+		}
+		pids.Store(first, true)
+		tx, err = conn.Begin(ctx)
+		if err != nil {
+			t.Errorf("client %d: BEGIN: %v", i, err)
+			return
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1/0"); err == nil || !strings.Contains(err.Error(), "22012") {
+			t.Errorf("client %d: division by zero gave %v, want SQLSTATE 22012", i, err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err == nil || !strings.Contains(err.Error(), "25P02") {
+			t.Errorf("client %d: a statement after the error gave %v, want SQLSTATE 25P02 (the failed transaction's connection)", i, err)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Errorf("client %d: ROLLBACK: %v", i, err)
+		}
+		var n, total int64
+		if err := conn.QueryRow(ctx, "SELECT count(*), sum(length(s)) FROM (SELECT repeat('x', g % 5000) AS s FROM generate_series(1, 4000) g) t").Scan(&n, &total); err != nil || n != 4000 {
+			t.Errorf("client %d: large result: %d rows, %v", i, n, err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Go(func() { client(i) })
+	}
+	wg.Wait()
+	client(6) // the connections came back when the six left
+	backends := 0
+	pids.Range(func(any, any) bool { backends++; return true })
+	if backends < 1 || backends > 2 {
+		t.Errorf("seven clients ran their transactions on %d backends, want at most the pool's 2", backends)
+	}
+	ln.Close()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if failures.Len() > 0 {
+		t.Errorf("the relay reported failures:\n%s", failures.String())
 	}
 }

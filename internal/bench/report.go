@@ -112,11 +112,15 @@ func (r *report) hasPgbenchTables() bool {
 	return slices.ContainsFunc(r.tables, func(t *table) bool { return t.mode != modeSharded })
 }
 
-// hasRefRelays reports whether any table ran the Go reference relays.
-func (r *report) hasRefRelays() bool {
-	return slices.ContainsFunc(r.tables, func(t *table) bool {
-		return slices.Contains(t.targets, refPipe) || slices.Contains(t.targets, refLoop)
-	})
+// refRelays lists the Go reference relays that some table ran.
+func (r *report) refRelays() []string {
+	var ran []string
+	for _, kind := range append(refKinds[:len(refKinds):len(refKinds)], refTxLoop) {
+		if slices.ContainsFunc(r.tables, func(t *table) bool { return slices.Contains(t.targets, kind) }) {
+			ran = append(ran, kind)
+		}
+	}
+	return ran
 }
 
 // hasRows reports whether any table has a measured row.
@@ -297,8 +301,8 @@ func (r *report) markdown() string {
 		slices.Sort(kv)
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
 	}
-	if r.hasRefRelays() {
-		fmt.Fprintf(&b, "The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=%s`, the sidecar's thread count.\n\n", refRelayProcs(r.sidecarEnv))
+	if ran := r.refRelays(); len(ran) > 0 {
+		fmt.Fprintf(&b, "The Go reference relays (%s) ran with `GOMAXPROCS=%s`, the sidecar's thread count.\n\n", strings.Join(ran, ", "), refRelayProcs(r.sidecarEnv))
 	}
 	if r.rate > 0 {
 		fmt.Fprintf(&b, "Rate-limited (-rate): every pgbench run of the session and transaction tables asks for %d transactions per second over all its clients (`pgbench -R`), so every target does the same work and CPU per transaction compares its cost; TPS only says whether a target kept up, and latency includes pgbench's schedule lag.\n\n", r.rate)
@@ -458,8 +462,12 @@ func expectedNote(target string, row row, res result) string {
 	if res.exitErr != nil {
 		lines = append(lines, "pgbench "+res.exitErr.Error())
 	}
-	return fmt.Sprintf("† %s, %s: failed as expected: PgBouncer 1.18 has no protocol-level prepared statements in transaction mode, so a client's statement is missing on, or already exists on, whichever server connection serves its next transaction.%s pgbench printed (all of it in %s):\n\n```\n%s\n```\n\n",
-		target, row.name(), runs, res.logPath, strings.Join(lines, "\n"))
+	who := target // the Go transaction relay
+	if strings.HasPrefix(target, "pgbouncer") {
+		who = "PgBouncer 1.18"
+	}
+	return fmt.Sprintf("† %s, %s: failed as expected: %s has no protocol-level prepared statements in transaction mode, so a client's statement is missing on, or already exists on, whichever server connection serves its next transaction.%s pgbench printed (all of it in %s):\n\n```\n%s\n```\n\n",
+		target, row.name(), who, runs, res.logPath, strings.Join(lines, "\n"))
 }
 
 var clientNumRE = regexp.MustCompile(`\bclient [0-9]+\b`)
