@@ -32,8 +32,10 @@ import (
 // costs the pool its connection.
 const refTxLoop = "go-txloop"
 
-// txPool is go-txloop: the pool, the loop and the greeting. Its fields
-// other than init, greeting, ups and err belong to the loop goroutine.
+// txPool is go-txloop: the pool, the loop and the greeting. upstream, cfg
+// and size are fixed; init sets err, greeting, ups and the loop's
+// descriptors once, before any client reaches the loop; the fields from
+// pending to waiting belong to the loop goroutine.
 type txPool struct {
 	upstream string
 	cfg      *tls.Config
