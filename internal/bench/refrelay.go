@@ -357,112 +357,63 @@ type loopPair struct {
 	nb            *nbConn
 }
 
-// epollLoop is go-loop's event loop: one goroutine and one level-triggered
-// epoll set. Pairs arrive on a channel with an eventfd wake-up.
+// epollLoop is go-loop's event loop: one goroutine and one epollSet.
+// Pairs arrive on a channel with a notify.
 type epollLoop struct {
-	ep, wake int
-	epFile   *os.File // ep in the Go poller; closing it stops the loop
-	pending  chan *loopPair
-	byFD     map[int]*loopPair // loop goroutine only
-	done     chan struct{}
+	set     *epollSet
+	pending chan *loopPair
+	byFD    map[int]*loopPair // loop goroutine only
+	buf     []byte            // loop goroutine only
 }
 
 func newEpollLoop() (*epollLoop, error) {
-	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	set, err := newEpollSet()
 	if err != nil {
 		return nil, err
 	}
-	r, _, e := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if e != 0 {
-		return nil, e
-	}
-	l := &epollLoop{ep: ep, wake: int(r), pending: make(chan *loopPair, 256), byFD: map[int]*loopPair{}, done: make(chan struct{})}
-	if err := l.watch(l.wake); err != nil {
-		return nil, err
-	}
-	// The epoll descriptor itself goes into the Go poller, so the loop
-	// goroutine parks there when nothing is ready instead of holding a
-	// thread in epoll_wait.
-	if err := syscall.SetNonblock(ep, true); err != nil {
-		return nil, err
-	}
-	l.epFile = os.NewFile(uintptr(ep), "epoll")
-	rc, err := l.epFile.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	go l.run(rc)
+	l := &epollLoop{set: set, pending: make(chan *loopPair, 256), byFD: map[int]*loopPair{}, buf: make([]byte, 32<<10)}
+	go set.run(l.admit, l.ready, func() {
+		for fd, p := range l.byFD {
+			if fd == p.cfd {
+				p.close() // the epoll set is gone with its descriptor
+			}
+		}
+	})
 	return l, nil
 }
 
 // stop ends the loop and closes every client it holds. Call once, after
 // the last add.
 func (l *epollLoop) stop() {
-	_ = l.epFile.Close()
-	<-l.done
+	l.set.close(true)
 	for len(l.pending) > 0 {
 		(<-l.pending).close()
 	}
-	_ = syscall.Close(l.wake)
-}
-
-func (l *epollLoop) watch(fd int) error {
-	return syscall.EpollCtl(l.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
 }
 
 func (l *epollLoop) add(p *loopPair) {
 	l.pending <- p
-	one := [8]byte{7: 1}
-	_, _ = syscall.Write(l.wake, one[:]) // EAGAIN: a wake-up is pending anyway
+	l.set.notify()
 }
 
-func (l *epollLoop) run(rc syscall.RawConn) {
-	events := make([]syscall.EpollEvent, 128)
-	buf := make([]byte, 32<<10)
-	n := 0
-	poll := func(fd uintptr) bool {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		n = int(r)
-		return e == 0 && n > 0
-	}
-	defer close(l.done)
-	for {
-		if err := rc.Read(poll); err != nil { // closed by stop
-			for fd, p := range l.byFD {
-				if fd == p.cfd {
-					p.close() // the epoll set is gone with its descriptor
-				}
-			}
-			return
-		}
-		for _, ev := range events[:n] {
-			fd := int(ev.Fd)
-			if fd == l.wake {
-				l.admit()
-				continue
-			}
-			p := l.byFD[fd]
-			switch {
-			case p == nil:
-			case fd == p.cfd:
-				l.fromClient(p, buf)
-			default:
-				l.fromServer(p, buf)
-			}
-		}
+func (l *epollLoop) ready(fd int) {
+	switch p := l.byFD[fd]; {
+	case p == nil:
+	case fd == p.cfd:
+		l.fromClient(p, l.buf)
+	default:
+		l.fromServer(p, l.buf)
 	}
 }
 
 func (l *epollLoop) admit() {
-	var b [8]byte
-	_, _ = syscall.Read(l.wake, b[:])
 	for {
 		select {
 		case p := <-l.pending:
 			l.byFD[p.cfd], l.byFD[p.nb.fd] = p, p
-			if err := l.watch(p.cfd); err != nil {
+			if err := l.set.watch(p.cfd); err != nil {
 				l.drop(p)
-			} else if err := l.watch(p.nb.fd); err != nil {
+			} else if err := l.set.watch(p.nb.fd); err != nil {
 				l.drop(p)
 			}
 		default:
@@ -505,7 +456,7 @@ func (l *epollLoop) fromServer(p *loopPair, buf []byte) {
 
 func (l *epollLoop) drop(p *loopPair) {
 	for _, fd := range []int{p.cfd, p.nb.fd} {
-		_ = syscall.EpollCtl(l.ep, syscall.EPOLL_CTL_DEL, fd, nil)
+		l.set.unwatch(fd)
 		delete(l.byFD, fd)
 	}
 	p.close()

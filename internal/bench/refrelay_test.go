@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strconv"
@@ -30,23 +31,10 @@ func TestReferenceRelaysCarrySessionsToPostgres(t *testing.T) {
 	for _, kind := range refKinds {
 		t.Run(kind, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			served := make(chan error, 1)
-			var failures strings.Builder
-			var mu sync.Mutex
-			go func() {
-				served <- serveRefRelay(ln, kind, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())), cfg, 10, func(err error) {
-					mu.Lock()
-					defer mu.Unlock()
-					failures.WriteString(err.Error() + "\n")
-				})
-			}()
+			port, stop := serveRelay(t, kind, net.JoinHostPort("localhost", strconv.Itoa(srv.Primary.Port())), cfg, 10)
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
-			dsn := "host=127.0.0.1 port=" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + " user=" + pgcluster.BrownieRole + " dbname=brownie_metadata sslmode=disable"
+			dsn := "host=127.0.0.1 port=" + strconv.Itoa(port) + " user=" + pgcluster.BrownieRole + " dbname=brownie_metadata sslmode=disable"
 			var wg sync.WaitGroup
 			for i := range 4 {
 				wg.Go(func() {
@@ -85,15 +73,7 @@ func TestReferenceRelaysCarrySessionsToPostgres(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			ln.Close()
-			if err := <-served; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if failures.Len() > 0 {
-				t.Errorf("the relay reported failures:\n%s", failures.String())
-			}
+			stop()
 		})
 	}
 }
@@ -119,23 +99,10 @@ func TestTheTransactionReferenceRelayPoolsConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	var failures strings.Builder
-	var mu sync.Mutex
-	go func() {
-		served <- serveRefRelay(ln, refTxLoop, upstream, cfg, 2, func(err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			failures.WriteString(err.Error() + "\n")
-		})
-	}()
+	port, stop := serveRelay(t, refTxLoop, upstream, cfg, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	dsn := "host=127.0.0.1 port=" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + " user=" + pgcluster.BrownieRole +
+	dsn := "host=127.0.0.1 port=" + strconv.Itoa(port) + " user=" + pgcluster.BrownieRole +
 		" dbname=brownie_metadata sslmode=disable default_query_exec_mode=exec"
 	var pids sync.Map
 	client := func(i int) {
@@ -195,13 +162,38 @@ func TestTheTransactionReferenceRelayPoolsConnections(t *testing.T) {
 	if backends < 1 || backends > 2 {
 		t.Errorf("seven clients ran their transactions on %d backends, want at most the pool's 2", backends)
 	}
-	ln.Close()
-	if err := <-served; err != nil {
-		t.Errorf("serve: %v", err)
+	stop()
+}
+
+// serveRelay runs the reference relay kind on a local port in front of
+// upstream until the returned stop, which checks that serving ended
+// cleanly and the relay reported no client's failure.
+func serveRelay(t *testing.T, kind, upstream string, cfg *tls.Config, poolSize int) (port int, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if failures.Len() > 0 {
-		t.Errorf("the relay reported failures:\n%s", failures.String())
+	served := make(chan error, 1)
+	var failures strings.Builder
+	var mu sync.Mutex
+	go func() {
+		served <- serveRefRelay(ln, kind, upstream, cfg, poolSize, func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			failures.WriteString(err.Error() + "\n")
+		})
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, func() {
+		t.Helper()
+		ln.Close()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if failures.Len() > 0 {
+			t.Errorf("the relay reported failures:\n%s", failures.String())
+		}
 	}
 }

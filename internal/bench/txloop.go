@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 
 	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/internal/wire"
@@ -33,9 +31,9 @@ import (
 const refTxLoop = "go-txloop"
 
 // txPool is go-txloop: the pool, the loop and the greeting. upstream, cfg
-// and size are fixed; init sets err, greeting, ups and the loop's
-// descriptors once, before any client reaches the loop; the fields from
-// pending to waiting belong to the loop goroutine.
+// and size are fixed; init sets err, greeting, ups and set once, before
+// any client reaches the loop; byFD, idle, waiting and buf belong to the
+// loop goroutine.
 type txPool struct {
 	upstream string
 	cfg      *tls.Config
@@ -46,13 +44,12 @@ type txPool struct {
 	greeting []byte // AuthenticationOk, the first connection's ParameterStatus, ReadyForQuery
 	ups      []*txUp
 
-	ep, wake int
-	epFile   *os.File
-	pending  chan *txClient
-	byFD     map[int]any // *txClient or *txUp
-	idle     []*txUp
-	waiting  []*txClient // oldest first
-	done     chan struct{}
+	set     *epollSet
+	pending chan *txClient
+	byFD    map[int]any // *txClient or *txUp
+	idle    []*txUp
+	waiting []*txClient // oldest first
+	buf     []byte
 
 	mu  sync.Mutex
 	pid uint32 // the last BackendKeyData pid handed out, guarded by mu
@@ -82,7 +79,7 @@ type txUp struct {
 
 func newTxPool(upstream string, cfg *tls.Config, size int) *txPool {
 	return &txPool{upstream: upstream, cfg: cfg, size: max(size, 1), pending: make(chan *txClient, 256),
-		byFD: map[int]any{}, done: make(chan struct{})}
+		byFD: map[int]any{}, buf: make([]byte, 32<<10)}
 }
 
 // serve takes one client through startup (dialling the pool for the first)
@@ -118,8 +115,7 @@ func (p *txPool) serve(c net.Conn) error {
 		return err
 	}
 	p.pending <- &txClient{conn: c, fd: fd}
-	one := [8]byte{7: 1}
-	_, _ = syscall.Write(p.wake, one[:]) // EAGAIN: a wake-up is pending anyway
+	p.set.notify()
 	return nil
 }
 
@@ -139,34 +135,29 @@ func (p *txPool) start(startup []byte) error {
 		}
 		p.ups = append(p.ups, u)
 	}
-	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	set, err := newEpollSet()
 	if err != nil {
 		return err
 	}
-	r, _, e := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if e != 0 {
-		return e
-	}
-	p.ep, p.wake = ep, int(r)
-	if err := p.watch(p.wake); err != nil {
-		return err
-	}
 	for _, u := range p.ups {
-		if err := p.watch(u.nb.fd); err != nil {
+		if err := set.watch(u.nb.fd); err != nil {
+			set.close(false)
 			return err
 		}
 		p.byFD[u.nb.fd] = u
 		p.idle = append(p.idle, u)
 	}
-	if err := syscall.SetNonblock(ep, true); err != nil {
-		return err
-	}
-	p.epFile = os.NewFile(uintptr(ep), "epoll")
-	rc, err := p.epFile.SyscallConn()
-	if err != nil {
-		return err
-	}
-	go p.run(rc)
+	p.set = set
+	go set.run(p.admit, p.ready, func() {
+		for _, v := range p.byFD {
+			switch v := v.(type) {
+			case *txClient:
+				v.conn.Close()
+			case *txUp:
+				v.raw.Close()
+			}
+		}
+	})
 	return nil
 }
 
@@ -234,70 +225,36 @@ func (p *txPool) dial(startup []byte) (*txUp, []byte, error) {
 	}
 }
 
-func (p *txPool) watch(fd int) error {
-	return syscall.EpollCtl(p.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
-}
-
 // stop ends the loop and closes every client and connection. Call once,
 // after the last serve.
 func (p *txPool) stop() {
-	if p.epFile == nil {
+	if p.set == nil {
+		for _, u := range p.ups { // a start that failed after dialling
+			u.raw.Close()
+		}
 		return
 	}
-	_ = p.epFile.Close()
-	<-p.done
+	p.set.close(true)
 	for len(p.pending) > 0 {
 		(<-p.pending).conn.Close()
 	}
-	_ = syscall.Close(p.wake)
 }
 
-func (p *txPool) run(rc syscall.RawConn) {
-	events := make([]syscall.EpollEvent, 128)
-	buf := make([]byte, 32<<10)
-	n := 0
-	poll := func(fd uintptr) bool {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		n = int(r)
-		return e == 0 && n > 0
-	}
-	defer close(p.done)
-	for {
-		if err := rc.Read(poll); err != nil { // closed by stop
-			for _, v := range p.byFD {
-				switch v := v.(type) {
-				case *txClient:
-					v.conn.Close()
-				case *txUp:
-					v.raw.Close()
-				}
-			}
-			return
-		}
-		for _, ev := range events[:n] {
-			fd := int(ev.Fd)
-			if fd == p.wake {
-				p.admit()
-				continue
-			}
-			switch v := p.byFD[fd].(type) {
-			case *txClient:
-				p.fromClient(v, buf)
-			case *txUp:
-				p.fromServer(v, buf)
-			}
-		}
+func (p *txPool) ready(fd int) {
+	switch v := p.byFD[fd].(type) {
+	case *txClient:
+		p.fromClient(v, p.buf)
+	case *txUp:
+		p.fromServer(v, p.buf)
 	}
 }
 
 func (p *txPool) admit() {
-	var b [8]byte
-	_, _ = syscall.Read(p.wake, b[:])
 	for {
 		select {
 		case c := <-p.pending:
 			p.byFD[c.fd] = c
-			if err := p.watch(c.fd); err != nil {
+			if err := p.set.watch(c.fd); err != nil {
 				p.dropClient(c)
 			}
 		default:
@@ -436,7 +393,7 @@ func (p *txPool) release(u *txUp) {
 
 func (p *txPool) dropClient(c *txClient) {
 	if p.byFD[c.fd] == any(c) {
-		_ = syscall.EpollCtl(p.ep, syscall.EPOLL_CTL_DEL, c.fd, nil)
+		p.set.unwatch(c.fd)
 		delete(p.byFD, c.fd)
 	}
 	if u := c.up; u != nil {
@@ -447,7 +404,7 @@ func (p *txPool) dropClient(c *txClient) {
 
 func (p *txPool) dropUp(u *txUp) {
 	if p.byFD[u.nb.fd] == any(u) {
-		_ = syscall.EpollCtl(p.ep, syscall.EPOLL_CTL_DEL, u.nb.fd, nil)
+		p.set.unwatch(u.nb.fd)
 		delete(p.byFD, u.nb.fd)
 	}
 	if c := u.client; c != nil {
