@@ -154,31 +154,12 @@ func refServe(c net.Conn, upstream string, cfg *tls.Config, l *epollLoop) error 
 		c.Close()
 		return err
 	}
-	raw, err := net.Dial("tcp", upstream)
+	raw, sw, up, err := refDial(upstream, cfg, startup)
 	if err != nil {
 		c.Close()
 		return err
 	}
 	closeBoth := func() { c.Close(); raw.Close() }
-	var answer [1]byte
-	if _, err := raw.Write(wire.SSLRequest()); err != nil {
-		closeBoth()
-		return err
-	}
-	if _, err := io.ReadFull(raw, answer[:]); err != nil || answer[0] != 'S' {
-		closeBoth()
-		return fmt.Errorf("server refused TLS (%q, %v)", answer[0], err)
-	}
-	sw := &switchConn{Conn: netx.WrapFast(raw)}
-	up := tls.Client(sw, cfg)
-	if err := up.Handshake(); err != nil {
-		closeBoth()
-		return err
-	}
-	if _, err := up.Write(startup); err != nil {
-		closeBoth()
-		return err
-	}
 	if l == nil {
 		cc := netx.WrapFast(c)
 		var once sync.Once
@@ -201,6 +182,33 @@ func refServe(c net.Conn, upstream string, cfg *tls.Config, l *epollLoop) error 
 	sw.nb = &nbConn{fd: ufd}
 	l.add(&loopPair{client: c, upRaw: raw, cfd: cfd, up: up, nb: sw.nb})
 	return nil
+}
+
+// refDial opens a verify-full TLS connection to the server through the
+// PostgreSQL SSLRequest and sends it startup. The TLS connection runs over
+// sw, blocking until sw.nb is set for an event loop; raw is for closing.
+func refDial(upstream string, cfg *tls.Config, startup []byte) (raw net.Conn, sw *switchConn, up *tls.Conn, err error) {
+	if raw, err = net.Dial("tcp", upstream); err != nil {
+		return nil, nil, nil, err
+	}
+	var answer [1]byte
+	if _, err = raw.Write(wire.SSLRequest()); err == nil {
+		if _, err = io.ReadFull(raw, answer[:]); err == nil && answer[0] != 'S' {
+			err = fmt.Errorf("server refused TLS (%q)", answer[0])
+		}
+	}
+	if err == nil {
+		sw = &switchConn{Conn: netx.WrapFast(raw)}
+		up = tls.Client(sw, cfg)
+		if err = up.Handshake(); err == nil {
+			_, err = up.Write(startup)
+		}
+	}
+	if err != nil {
+		raw.Close()
+		return nil, nil, nil, err
+	}
+	return raw, sw, up, nil
 }
 
 // refReadStartup answers SSLRequest and GSSENCRequest with 'N' and returns

@@ -5,12 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
-	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
@@ -51,8 +50,7 @@ type txPool struct {
 	waiting []*txClient // oldest first
 	buf     []byte
 
-	mu  sync.Mutex
-	pid uint32 // the last BackendKeyData pid handed out, guarded by mu
+	pid atomic.Uint32 // the last BackendKeyData pid handed out
 }
 
 // txClient is one client of go-txloop.
@@ -95,10 +93,7 @@ func (p *txPool) serve(c net.Conn) error {
 		c.Close()
 		return p.err
 	}
-	p.mu.Lock()
-	p.pid++
-	pid := p.pid
-	p.mu.Unlock()
+	pid := p.pid.Add(1)
 	// The greeting with this client's BackendKeyData (secret key 0: no
 	// cancel) before its ReadyForQuery, the last 6 bytes.
 	ready := len(p.greeting) - 6
@@ -125,10 +120,7 @@ func (p *txPool) start(startup []byte) error {
 	for range p.size {
 		u, greeting, err := p.dial(startup)
 		if err != nil {
-			for _, u := range p.ups {
-				u.raw.Close()
-			}
-			return err
+			return err // stop closes those dialled
 		}
 		if p.greeting == nil {
 			p.greeting = greeting
@@ -165,27 +157,8 @@ func (p *txPool) start(startup []byte) error {
 // greeting a client gets: AuthenticationOk, the server's ParameterStatus
 // messages and ReadyForQuery (BackendKeyData goes in per client).
 func (p *txPool) dial(startup []byte) (*txUp, []byte, error) {
-	raw, err := net.Dial("tcp", p.upstream)
+	raw, sw, up, err := refDial(p.upstream, p.cfg, startup)
 	if err != nil {
-		return nil, nil, err
-	}
-	var answer [1]byte
-	if _, err := raw.Write(wire.SSLRequest()); err != nil {
-		raw.Close()
-		return nil, nil, err
-	}
-	if _, err := io.ReadFull(raw, answer[:]); err != nil || answer[0] != 'S' {
-		raw.Close()
-		return nil, nil, fmt.Errorf("server refused TLS (%q, %v)", answer[0], err)
-	}
-	sw := &switchConn{Conn: netx.WrapFast(raw)}
-	up := tls.Client(sw, p.cfg)
-	if err := up.Handshake(); err != nil {
-		raw.Close()
-		return nil, nil, err
-	}
-	if _, err := up.Write(startup); err != nil {
-		raw.Close()
 		return nil, nil, err
 	}
 	greeting := wire.AppendHeader(nil, 'R', 4)
