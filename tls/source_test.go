@@ -114,7 +114,8 @@ func TestFileSourceRotatesWhenFilesAreRewritten(t *testing.T) {
 	writeFiles(t, dir, map[string][]byte{"client.key": key, "client.crt": crt})
 
 	eventually(t, 5*time.Second, func() bool {
-		return currentSerial(s) == newSerial && s.Status().LastError == ""
+		return currentSerial(s) == newSerial && s.Status().LastError == "" &&
+			logs.FilterMessage("certificate rotated").Len() > 0
 	})
 	st := s.Status()
 	if st.Generation != 2 || st.Rotations != 1 || st.Serial != newSerial {

@@ -314,7 +314,9 @@ func TestRunRotatesBeforeExpiryWithGenerationsGrowingByOne(t *testing.T) {
 	t.Cleanup(func() { stop.Store(true); wg.Wait() })
 
 	runSource(t, s)
-	eventually(t, 20*time.Second, func() bool { return s.Status().Generation >= 4 })
+	eventually(t, 20*time.Second, func() bool {
+		return s.Status().Generation >= 4 && logs.FilterMessage("certificate rotated").Len() >= 3
+	})
 	st := s.Status()
 	if st.Rotations != st.Generation-1 || st.Failures != 0 {
 		t.Fatalf("status %+v", st)
@@ -552,7 +554,10 @@ func TestKVModeSwapsOnlyWhenTheBundleChangesAndThePairValidates(t *testing.T) {
 	b64 := base64.StdEncoding.EncodeToString
 	v.PutKV("brownie-metadata/certs", map[string]any{
 		"client_cert": b64(crt2), "client_key": b64(key2), "ca_cert": b64(ca.CertPEM)})
-	eventually(t, 10*time.Second, func() bool { return currentSerial(s) == serial2 })
+	// The pair is swapped in before its rotation is logged: wait for both.
+	eventually(t, 10*time.Second, func() bool {
+		return currentSerial(s) == serial2 && logs.FilterMessage("certificate rotated").Len() > 0
+	})
 	if e := logs.FilterMessage("certificate rotated").All(); len(e) != 1 || e[0].ContextMap()["kv_version"] != int64(3) {
 		t.Fatalf("rotation log %v", e)
 	}
