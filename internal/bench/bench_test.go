@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -365,6 +366,58 @@ func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
 	}
 	if n, err := cpuTicks(os.Getpid()); err != nil || n < 0 {
 		t.Errorf("cpuTicks(self) = %d, %v", n, err)
+	}
+}
+
+func TestReportShowsThePoolersContextSwitchesPerTransaction(t *testing.T) {
+	withCS := func(tps, vol, invol float64) result {
+		r := ok(tps)
+		r.switched, r.volCS, r.involCS = true, vol, invol
+		return r
+	}
+	tbl := &table{mode: modeTransaction, poolSize: 10, targets: []string{"pgbouncer", "sidecar"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "extended", clients: 10, res: []result{withCS(8000, 0.104, 0.216), withCS(7000, 0.17, 0.64)}, unsupported: []bool{false, false}},
+		{proto: "connect", clients: 4, res: []result{ok(3000), withCS(3100, 2.5, 1.125)}, unsupported: []bool{false, false}},
+	}}
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
+		"Context switches per transaction, voluntary + involuntary",
+		"| protocol | clients | pgbouncer | sidecar |",
+		"| extended | 10 | 0.10 + 0.22 | 0.17 + 0.64 |",
+		"| connect | 4 | – | 2.50 + 1.12 |",
+	)
+	tbl.rows = tbl.rows[1:]
+	tbl.rows[0].res[1] = ok(3100)
+	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "Context switches") {
+		t.Errorf("a table without measured switches has a switch table:\n%s", md)
+	}
+
+	got := combineRuns([]result{withCS(1, 0.3, 2), ok(1), withCS(1, 0.1, 1), withCS(1, 0.2, 3)})
+	if !got.switched || got.volCS != 0.2 || got.involCS != 2 {
+		t.Errorf("combined switches = %v %v %v, want the medians of the measured runs, 0.2 and 2", got.switched, got.volCS, got.involCS)
+	}
+
+	vol, invol, err := parseSwitches([]byte("Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n"))
+	if err != nil || vol != 12 || invol != 3 {
+		t.Errorf("parseSwitches = %d, %d, %v", vol, invol, err)
+	}
+	if _, _, err := parseSwitches([]byte("Name:\tx\nvoluntary_ctxt_switches:\t12\n")); err == nil {
+		t.Error("a status without nonvoluntary_ctxt_switches parsed")
+	}
+	// This process: its switches only grow, and a thread's wait counts.
+	v1, i1, err := ctxSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A thread blocked in the kernel is switched out voluntarily.
+	if err := syscall.Nanosleep(&syscall.Timespec{Nsec: 1e6}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v2, i2, err := ctxSwitches(os.Getpid())
+	if err != nil || v2 <= v1 || i2 < i1 {
+		t.Errorf("switches went from %d+%d to %d+%d (%v)", v1, i1, v2, i2, err)
+	}
+	if _, _, err := ctxSwitches(0); err == nil {
+		t.Error("ctxSwitches(0) succeeded")
 	}
 }
 

@@ -71,6 +71,14 @@ type result struct {
 	// only by the sharded table; 0 otherwise.
 	pgCPUUs float64
 
+	// volCS and involCS are the pooler's context switches per transaction
+	// (every thread), voluntary (a thread waited: for the network, a lock,
+	// a timer) and involuntary (the kernel preempted it), set when
+	// switched; for a combined cell, medians over the runs that measured
+	// them.
+	volCS, involCS float64
+	switched       bool
+
 	// p50Ms and p95Ms are the median and 95th percentile latency, measured
 	// only by the sharded table's own client (workload.go), 0 otherwise;
 	// for a combined cell, medians like latencyMs.
@@ -111,7 +119,7 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, p50, p95, cpu, pgCPU []float64
+	var tps, lat, p50, p95, cpu, pgCPU, vol, invol []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
@@ -121,6 +129,9 @@ func combineRuns(runs []result) result {
 		}
 		if r.pgCPUUs > 0 {
 			pgCPU = append(pgCPU, r.pgCPUUs)
+		}
+		if r.switched {
+			vol, invol = append(vol, r.volCS), append(invol, r.involCS)
 		}
 		if r.parsed {
 			tps = append(tps, r.tps)
@@ -139,6 +150,9 @@ func combineRuns(runs []result) result {
 	}
 	out.runTPS = tps
 	out.cpuUs, out.pgCPUUs = median(cpu), median(pgCPU)
+	if len(vol) > 0 {
+		out.switched, out.volCS, out.involCS = true, median(vol), median(invol)
+	}
 	if len(tps) > 0 {
 		out.parsed = true
 		out.tps, out.latencyMs = median(tps), median(lat)
@@ -215,9 +229,11 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cpuBefore, cpuErr := cpuTicks(t.pid)
+	volBefore, involBefore, csErr := ctxSwitches(t.pid)
 	prof := startCPUProfile(rctx, t, dur)
 	err := cmd.Run()
 	cpuAfter, cpuErr2 := cpuTicks(t.pid)
+	volAfter, involAfter, csErr2 := ctxSwitches(t.pid)
 
 	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
 	if tag != "" {
@@ -235,6 +251,10 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	r.logPath = logPath
 	if t.pid > 0 && cpuErr == nil && cpuErr2 == nil && r.processed > 0 {
 		r.cpuUs = float64(cpuAfter-cpuBefore) * 1e6 / clockTicks / float64(r.processed)
+	}
+	if t.pid > 0 && csErr == nil && csErr2 == nil && r.processed > 0 {
+		n := float64(r.processed)
+		r.switched, r.volCS, r.involCS = true, float64(volAfter-volBefore)/n, float64(involAfter-involBefore)/n
 	}
 	for _, line := range strings.Split(stderr.String(), "\n") {
 		if line = strings.TrimRight(line, " \r"); line != "" {
@@ -333,6 +353,67 @@ func cpuTicks(pid int) (int64, error) {
 		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
 	return ticks, nil
+}
+
+// ctxSwitches returns the context switches every thread of process pid has
+// had so far, voluntary and involuntary, summed over /proc/PID/task/*/status.
+// A thread that exits between two readings takes its switches with it (the
+// poolers keep theirs while they run).
+func ctxSwitches(pid int) (vol, invol int64, err error) {
+	if pid <= 0 {
+		return 0, 0, errors.New("no process")
+	}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	read := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "status"))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		v, i, err := parseSwitches(b)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s/%s/status: %w", dir, task.Name(), err)
+		}
+		vol, invol, read = vol+v, invol+i, read+1
+	}
+	if read == 0 {
+		return 0, 0, fmt.Errorf("%s: no thread's status could be read", dir)
+	}
+	return vol, invol, nil
+}
+
+// parseSwitches returns the voluntary_ctxt_switches and
+// nonvoluntary_ctxt_switches of the text of a /proc status file.
+func parseSwitches(b []byte) (vol, invol int64, err error) {
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		name, value, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var dst *int64
+		switch name {
+		case "voluntary_ctxt_switches":
+			dst = &vol
+		case "nonvoluntary_ctxt_switches":
+			dst = &invol
+		default:
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		*dst, found = n, found+1
+	}
+	if found != 2 {
+		return 0, 0, errors.New("no context switch counts")
+	}
+	return vol, invol, nil
 }
 
 // parseStat returns the parent pid and the CPU time (utime + stime) in

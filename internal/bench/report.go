@@ -410,6 +410,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		b.WriteString(" CPU µs/tx = the pooler's CPU time (user + system, every thread, from /proc/PID/stat) during the run per transaction pgbench processed: on a machine whose CPUs are all busy, TPS follows it.")
 	}
 	b.WriteString("\n\n")
+	t.writeSwitches(b)
 	for _, note := range expected {
 		b.WriteString(note)
 	}
@@ -727,6 +728,39 @@ func (t *table) cpuColumns() []int {
 		}
 	}
 	return cols
+}
+
+// writeSwitches writes the context switches per transaction of the
+// targets that measured them, row by row, or nothing when none did.
+func (t *table) writeSwitches(b *strings.Builder) {
+	var cols []int
+	for i := range t.targets {
+		if slices.ContainsFunc(t.rows, func(r row) bool { return i < len(r.res) && r.res[i].switched }) {
+			cols = append(cols, i)
+		}
+	}
+	if len(cols) == 0 {
+		return
+	}
+	head := []string{"protocol", "clients"}
+	for _, i := range cols {
+		head = append(head, t.targets[i])
+	}
+	b.WriteString("Context switches per transaction, voluntary + involuntary (every thread of the pooler, from /proc/PID/task/*/status): a voluntary switch is a thread waiting (for the network, a lock, a timer), an involuntary one the kernel preempting it. Each costs the pooler CPU in the kernel beside its system calls.\n\n")
+	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
+	for _, row := range t.rows {
+		cells := []string{row.proto, fmt.Sprint(row.clients)}
+		for _, i := range cols {
+			r := row.res[i]
+			if !r.switched || row.expectedFailure(i) {
+				cells = append(cells, "–")
+				continue
+			}
+			cells = append(cells, fmt.Sprintf("%.2f + %.2f", r.volCS, r.involCS))
+		}
+		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
+	}
+	b.WriteString("\n")
 }
 
 // cpuCell renders a CPU-per-transaction cell ("–" when not measured).
