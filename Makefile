@@ -15,9 +15,11 @@ RACE_PKGS := ./pool/... ./proxy/... ./fanout/... ./health/... ./twophase/... ./t
 RACE_RE   := /(pool|proxy|fanout|health|twophase|tls|backup|dbmetrics|internal/app|internal/vaulttest|internal/netx|internal/faultnet)$$
 FUZZTIME  ?= 10s
 # BENCH_ARGS are internal/bench's flags (see its doc.go); -reference adds
-# a second PgBouncer to each table (the noise of a ratio) and the minimal
-# Go relays to the session table (the ceiling of a Go proxy).
-BENCH_ARGS ?= -reference
+# a second PgBouncer to each table and to the memory measurements (the
+# noise of a ratio) and the minimal Go relays to the session and
+# transaction tables (the ceiling of a Go proxy); -repeat 3 makes every
+# figure the median of three rounds.
+BENCH_ARGS ?= -reference -repeat 3
 
 .PHONY: all build dev test test-unit test-race test-conformance fuzz lint bench bench-backup chaos deps deps-bench deps-backup deps-monitoring clean generate
 

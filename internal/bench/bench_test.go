@@ -494,6 +494,51 @@ func TestMemoryTableJudgesTheSidecarAgainstItsTargets(t *testing.T) {
 	}
 }
 
+func TestMemoryRoundsAreCombinedIntoMediansAndSetAgainstTheSecondPgBouncer(t *testing.T) {
+	const k = 1024
+	target := func(name string, startMB, perClientKB int64, opened int, note string) memTarget {
+		return memTarget{name: name, startKB: startMB * k, note: note, points: []memPoint{
+			{1000, min(opened, 1000), startMB*k + 1000*perClientKB, false},
+			{1000, min(opened, 1000), startMB*k + 1000*perClientKB, true},
+			{10000, opened, startMB*k + 10000*perClientKB, true}}}
+	}
+	side := combineMemory([]memTarget{
+		target(colSidecar, 21, 7, 10000, ""), target(colSidecar, 19, 5, 10000, ""), target(colSidecar, 20, 6, 9990, "only 9990 of 10000 sessions reached ReadyForQuery")})
+	if side.rounds != 3 || side.startKB != 20*k || side.startSpreadKB != 2*k {
+		t.Fatalf("combined start %d KB (spread %d) over %d rounds, want the median 20 MB, 2 MB, 3", side.startKB, side.startSpreadKB, side.rounds)
+	}
+	if p := side.points[2]; p.rssKB != 20*k+60000 || p.opened != 9990 || p.wanted != 10000 || !p.queried {
+		t.Errorf("combined last reading %+v, want the median RSS and the fewest clients opened", p)
+	}
+	if side.note != "round 3: only 9990 of 10000 sessions reached ReadyForQuery" {
+		t.Errorf("note %q", side.note)
+	}
+	one := target(colBouncer, 4, 1, 10000, "")
+	if got := combineMemory([]memTarget{one}); got.rounds != 0 || got.startKB != one.startKB {
+		t.Errorf("a single round changed: %+v", got)
+	}
+	bouncer := combineMemory([]memTarget{one, target(colBouncer, 4, 1, 10000, ""), target(colBouncer, 4, 1, 10000, "")})
+	aa := combineMemory([]memTarget{target(colBouncerAA, 5, 1, 10000, ""), target(colBouncerAA, 5, 1, 10000, ""), target(colBouncerAA, 4, 1, 10000, "")})
+
+	var b strings.Builder
+	writeMemory(&b, []memTarget{side, bouncer, aa})
+	out := b.String()
+	for _, want := range []string{
+		"Every figure is the median of 3 rounds",
+		"| figure | sidecar | pgbouncer | pgbouncer-aa | sidecar/pgbouncer | pgbouncer-aa/pgbouncer | target (sidecar) |",
+		"| RSS at start | 20.0 MB | 4.0 MB | 5.0 MB | 5.0× | 1.2× | ≤ 20 MB: **met** |",
+		// 9990 clients opened of 10,000: the target is not judged met.
+		"| RSS with 10,000 idle clients (after `SELECT 1`) | 78.6 MB | 13.8 MB | 14.8 MB | 5.7× | 1.1× | ≤ 100 MB: **not met** |",
+		"Control: a second PgBouncer configured like the first measured 1.00–1.25 of its figures",
+		"RSS at start, range of the rounds: sidecar 2.0 MB, pgbouncer 0.0 MB, pgbouncer-aa 1.0 MB.",
+		"sidecar: round 3: only 9990 of 10000 sessions reached ReadyForQuery.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("memory table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestSidecarBNeedsAnExistingBinary(t *testing.T) {
 	o, err := parseFlags([]string{"-sidecar-b", "/nonexistent/brownie-sidecar"}, io.Discard)
 	if err != nil || o.sidecarB != "/nonexistent/brownie-sidecar" {

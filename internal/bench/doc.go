@@ -63,7 +63,9 @@
 // idle clients right after their startup, with the same clients after
 // each ran `SELECT 1`, and with 10,000 such clients. Each reading waits
 // until every sidecar session is dormant (its gauge) and the RSS is
-// stable.
+// stable. With -reference the second PgBouncer is measured as well; with
+// -repeat N every pooler is measured N times, started afresh and taking
+// turns, and each reading is the median of its rounds.
 //
 // It owns the work directory (.bench by default, recreated on every run) and
 // every process it starts there: one PostgreSQL cluster through

@@ -63,6 +63,10 @@ type memTarget struct {
 	points  []memPoint // in memSteps order
 	errors  []string   // distinct session errors with counts
 	note    string     // why the measurement is incomplete, if it is
+	// rounds is the number of rounds combined (combineMemory), 0 for a
+	// single one; startSpreadKB the range of their readings at start.
+	rounds        int
+	startSpreadKB int64
 }
 
 // perClientKB is the RSS added per idle client at p, above the start.
@@ -89,38 +93,123 @@ const (
 	memStableWithin = time.Minute
 )
 
-// measureMemory measures the sidecar, then PgBouncer, in transaction mode
-// with pool 10: RSS memSettle after start, then at each of memSteps.
+// measureMemory measures the memory targets (the sidecar, PgBouncer and,
+// with -reference, the second PgBouncer) -repeat times each: the targets
+// of a round one after the other, each alone, every round starting one
+// target further along (roundOrder), as the pgbench tables do. It returns
+// per target the medians of its rounds (combineMemory), in that order,
+// the sidecar first and PgBouncer second.
 func (b *bench) measureMemory(ctx context.Context) ([]memTarget, error) {
-	top := memSteps[len(memSteps)-1].clients
-	var out []memTarget
-	backupDir := filepath.Join(b.dir, "memory-backups")
-	if err := os.MkdirAll(backupDir, 0o755); err != nil {
-		return nil, err
+	names := []string{colSidecar, colBouncer}
+	if b.opts.reference {
+		names = append(names, colBouncerAA)
 	}
-	side, err := b.startSidecar(ctx, "sidecar-memory", map[string]string{
+	runs := make([][]memTarget, len(names))
+	combined := func() []memTarget {
+		out := make([]memTarget, 0, len(names))
+		for i, name := range names {
+			if len(runs[i]) > 0 {
+				out = append(out, combineMemory(runs[i]))
+			} else {
+				out = append(out, memTarget{name: name, note: "not measured"})
+			}
+		}
+		return out
+	}
+	for round := range b.opts.repeat {
+		for _, i := range roundOrder(len(names), round) {
+			m, err := b.measureMemoryOf(ctx, names[i], round)
+			runs[i] = append(runs[i], m)
+			if err != nil {
+				return combined(), err
+			}
+		}
+	}
+	return combined(), nil
+}
+
+// measureMemoryOf measures one target (colSidecar, colBouncer or
+// colBouncerAA) in transaction mode with pool 10, started for this round
+// alone: RSS memSettle after start, then at each of memSteps.
+func (b *bench) measureMemoryOf(ctx context.Context, name string, round int) (memTarget, error) {
+	top := memSteps[len(memSteps)-1].clients
+	dir := fmt.Sprintf("%s-memory-r%d", name, round+1)
+	if name != colSidecar {
+		bouncer, addr, err := b.startPgBouncerFor(ctx, dir, modeTransaction, txnPoolSize, top+1000)
+		if err != nil {
+			return memTarget{name: name, note: err.Error()}, err
+		}
+		defer bouncer.stop()
+		return b.measureIdle(ctx, name, bouncer.proc.pid(), addr.String(), nil, "")
+	}
+	backupDir := filepath.Join(b.dir, dir+"-backups")
+	if err := os.MkdirAll(backupDir, 0o755); err != nil {
+		return memTarget{name: name, note: err.Error()}, err
+	}
+	side, err := b.startSidecar(ctx, dir, map[string]string{
 		"POOL_MODE": modeTransaction, "POOL_SIZE": strconv.Itoa(txnPoolSize),
 		"MAX_CLIENT_CONN": strconv.Itoa(top + 1000), "POOL_ACQUIRE_TIMEOUT": "2m",
 		"BACKUP_PROVIDER": "local", "BACKUP_DESTINATION": backupDir,
 	})
 	if err != nil {
-		return out, err
+		return memTarget{name: name, note: err.Error()}, err
 	}
+	defer side.stop()
 	metricsURL := "http://" + side.adminAddr.String() + "/metrics"
 	dormant := func(ctx context.Context, n int) error { return b.waitDormant(ctx, metricsURL, n) }
-	m, err := b.measureIdle(ctx, colSidecar, side.proc.pid(), side.addr.String(), dormant, metricsURL)
-	side.stop()
-	out = append(out, m)
-	if err != nil {
-		return out, err
+	return b.measureIdle(ctx, name, side.proc.pid(), side.addr.String(), dormant, metricsURL)
+}
+
+// combineMemory folds one target's rounds into one memTarget: each RSS
+// reading (at start, and at each step) is the median of the rounds that
+// took it, the clients opened at a step the fewest any round opened, and
+// the notes and session errors of every round are kept. A single round is
+// returned unchanged.
+func combineMemory(runs []memTarget) memTarget {
+	if len(runs) == 1 {
+		return runs[0]
 	}
-	bouncer, addr, err := b.startPgBouncerFor(ctx, "pgbouncer-memory", modeTransaction, txnPoolSize, top+1000)
-	if err != nil {
-		return out, err
+	out := memTarget{name: runs[0].name, rounds: len(runs)}
+	var start []float64
+	for _, m := range runs {
+		if m.startKB > 0 {
+			start = append(start, float64(m.startKB))
+		}
 	}
-	m, err = b.measureIdle(ctx, colBouncer, bouncer.proc.pid(), addr.String(), nil, "")
-	bouncer.stop()
-	return append(out, m), err
+	out.startKB = int64(median(start))
+	if len(start) > 1 {
+		out.startSpreadKB = int64(slices.Max(start) - slices.Min(start))
+	}
+	for i := 0; ; i++ {
+		var rss []float64
+		var p memPoint
+		for _, m := range runs {
+			if i >= len(m.points) {
+				continue
+			}
+			q := m.points[i]
+			if len(rss) == 0 || q.opened < p.opened {
+				p.wanted, p.opened, p.queried = q.wanted, q.opened, q.queried
+			}
+			rss = append(rss, float64(q.rssKB))
+		}
+		if len(rss) == 0 {
+			break
+		}
+		p.rssKB = int64(median(rss))
+		out.points = append(out.points, p)
+	}
+	var notes []string
+	for r, m := range runs {
+		if m.note != "" {
+			notes = append(notes, fmt.Sprintf("round %d: %s", r+1, m.note))
+		}
+		for _, e := range m.errors {
+			out.errors = append(out.errors, fmt.Sprintf("round %d: %s", r+1, e))
+		}
+	}
+	out.note = strings.Join(notes, "; ")
+	return out
 }
 
 // waitDormant polls the sidecar's metrics until n client sessions are
@@ -334,15 +423,26 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 		return
 	}
 	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS has stayed within %d KB for %s.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle, memStableKB, memStableFor)
+	if rounds := ms[0].rounds; rounds > 1 {
+		fmt.Fprintf(b, "Every figure is the median of %d rounds, the poolers taking turns round by round, each started afresh; a per-client figure is taken from the medians of its reading and of the start.\n\n", rounds)
+	}
+	// Every other target is set against PgBouncer, the second column.
 	head := []string{"figure"}
 	for _, m := range ms {
 		head = append(head, m.name)
 	}
-	if len(ms) == 2 {
-		head = append(head, ms[0].name+"/"+ms[1].name)
+	var vs []int
+	if len(ms) >= 2 {
+		for i := range ms {
+			if i != 1 {
+				vs = append(vs, i)
+				head = append(head, ms[i].name+"/"+ms[1].name)
+			}
+		}
 	}
 	head = append(head, "target (sidecar)")
 	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
+	var aaRatios []float64 // the second PgBouncer's figures over the first's
 	row := func(label string, val func(m memTarget) (float64, bool), unit string, target string) {
 		cells := []string{label}
 		var vals []float64
@@ -356,11 +456,14 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 			cells = append(cells, fmt.Sprintf("%.1f %s", v, unit))
 			vals = append(vals, v)
 		}
-		if len(ms) == 2 {
-			if vals[1] > 0 && vals[0] > 0 {
-				cells = append(cells, fmt.Sprintf("%.1f×", vals[0]/vals[1]))
-			} else {
+		for _, i := range vs {
+			if vals[1] <= 0 || vals[i] <= 0 {
 				cells = append(cells, "n/a")
+				continue
+			}
+			cells = append(cells, fmt.Sprintf("%.1f×", vals[i]/vals[1]))
+			if ms[i].name == colBouncerAA {
+				aaRatios = append(aaRatios, vals[i]/vals[1])
 			}
 		}
 		fmt.Fprintf(b, "| %s | %s |\n", strings.Join(cells, " | "), target)
@@ -410,6 +513,18 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 		}, "MB", judge)
 	}
 	b.WriteString("\n")
+	if len(aaRatios) > 0 {
+		fmt.Fprintf(b, "Control: a second PgBouncer configured like the first measured %.2f–%.2f of its figures: the noise of a ratio of two equal poolers.\n\n", slices.Min(aaRatios), slices.Max(aaRatios))
+	}
+	var spreads []string
+	for _, m := range ms {
+		if m.rounds > 1 && m.startKB > 0 {
+			spreads = append(spreads, fmt.Sprintf("%s %.1f MB", m.name, mb(m.startSpreadKB)))
+		}
+	}
+	if len(spreads) > 0 {
+		fmt.Fprintf(b, "RSS at start, range of the rounds: %s.\n\n", strings.Join(spreads, ", "))
+	}
 	for _, m := range ms {
 		if m.note != "" {
 			fmt.Fprintf(b, "%s: %s.\n", m.name, m.note)
