@@ -445,6 +445,11 @@ func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 		"Control: a second PgBouncer configured like the first measured 0.87–1.10 of its TPS (1 of 3 rows below 1.00).",
 		"The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=1`, the sidecar's thread count.",
 	)
+	// With CPU measured, the control's CPU band is given as well.
+	tbl.rows[0].res[1].cpuUs, tbl.rows[0].res[3].cpuUs = 40, 36
+	tbl.rows[1].res[1].cpuUs, tbl.rows[1].res[3].cpuUs = 40, 46
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
+		"measured 0.87–1.10 of its TPS (1 of 3 rows below 1.00), and 0.90–1.15 of its CPU per transaction.")
 	two := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}, sidecarEnv: map[string]string{"GOMAXPROCS": "2"}}).markdown()
 	reportHas(t, two, "ran with `GOMAXPROCS=2`, the sidecar's thread count.")
 	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{sessionTable(row{proto: "simple", clients: 1, res: []result{ok(1), ok(1), ok(1)}})}}).markdown(); strings.Contains(md, "reference relays") {

@@ -707,8 +707,20 @@ func (t *table) controlNote() string {
 			below++
 		}
 	}
-	return fmt.Sprintf("Control: a second PgBouncer configured like the first measured %.2f–%.2f of its TPS (%d of %d rows below 1.00). Ratios within that band are this machine's noise, not a difference between poolers.\n\n",
-		slices.Min(ratios), slices.Max(ratios), below, len(ratios))
+	cpu := ""
+	var cpuRatios []float64
+	for _, row := range t.rows {
+		a, b := row.res[ai], row.res[bi]
+		if a.failed() || b.failed() || a.cpuUs <= 0 || b.cpuUs <= 0 {
+			continue
+		}
+		cpuRatios = append(cpuRatios, a.cpuUs/b.cpuUs)
+	}
+	if len(cpuRatios) > 0 {
+		cpu = fmt.Sprintf(", and %.2f–%.2f of its CPU per transaction", slices.Min(cpuRatios), slices.Max(cpuRatios))
+	}
+	return fmt.Sprintf("Control: a second PgBouncer configured like the first measured %.2f–%.2f of its TPS (%d of %d rows below 1.00)%s. Ratios within that band are this machine's noise, not a difference between poolers.\n\n",
+		slices.Min(ratios), slices.Max(ratios), below, len(ratios), cpu)
 }
 
 func verdict(ok bool) string {
