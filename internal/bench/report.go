@@ -354,7 +354,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	for _, name := range t.targets {
 		head = append(head, name+" lat ms")
 	}
-	cpuCols := t.cpuColumns()
+	cpuCols := t.columnsWith(func(r result) bool { return r.cpuUs > 0 })
 	for _, i := range cpuCols {
 		head = append(head, t.targets[i]+" CPU µs/tx")
 	}
@@ -730,12 +730,12 @@ func verdict(ok bool) string {
 	return "not met"
 }
 
-// cpuColumns returns the targets whose CPU time per transaction was
-// measured in some row, in table order.
-func (t *table) cpuColumns() []int {
+// columnsWith returns the targets for which some row's result satisfies
+// measured, in table order.
+func (t *table) columnsWith(measured func(result) bool) []int {
 	var cols []int
 	for i := range t.targets {
-		if slices.ContainsFunc(t.rows, func(r row) bool { return i < len(r.res) && r.res[i].cpuUs > 0 }) {
+		if slices.ContainsFunc(t.rows, func(r row) bool { return i < len(r.res) && measured(r.res[i]) }) {
 			cols = append(cols, i)
 		}
 	}
@@ -745,12 +745,7 @@ func (t *table) cpuColumns() []int {
 // writeSwitches writes the context switches per transaction of the
 // targets that measured them, row by row, or nothing when none did.
 func (t *table) writeSwitches(b *strings.Builder) {
-	var cols []int
-	for i := range t.targets {
-		if slices.ContainsFunc(t.rows, func(r row) bool { return i < len(r.res) && r.res[i].switched }) {
-			cols = append(cols, i)
-		}
-	}
+	cols := t.columnsWith(func(r result) bool { return r.switched })
 	if len(cols) == 0 {
 		return
 	}
