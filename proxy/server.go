@@ -204,6 +204,7 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen.Addr, err)
 	}
+	ln = netx.ListenFast(ln)
 	s.listeners = append(s.listeners, ln)
 	if dir := s.cfg.Listen.SocketDir; dir != "" {
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
@@ -217,7 +218,7 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen on unix socket %s: %w", path, err)
 		}
 		_ = os.Chmod(path, 0o777)
-		s.listeners = append(s.listeners, uln)
+		s.listeners = append(s.listeners, netx.ListenFast(uln))
 	}
 	return nil
 }
@@ -334,8 +335,9 @@ func (s *Server) accept(ln net.Listener) {
 			continue
 		}
 		s.metrics.ClientsAccepted.Inc()
-		// The socket options are set: Go's accept turns TCP_NODELAY on
-		// and clientListen keepalive, one setsockopt each.
+		// The socket options are set: the listener's accept turns
+		// TCP_NODELAY on, and keepalive is inherited from clientListen's
+		// listening socket.
 		s.wg.Add(1) // released by serve, or by the session it starts
 		go s.serve(netx.WrapFast(conn))
 	}

@@ -4,7 +4,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -22,9 +24,10 @@ import (
 // so it can safely skip that bookkeeping (the runtime does the same for
 // its own short calls).
 //
-// Everything else (deadlines, addresses, Close) is the wrapped conn's. Safe
-// for the same concurrent use as the wrapped conn: one reader and one
-// writer at a time.
+// Deadlines and addresses are the wrapped conn's; Close releases the
+// socket with raw calls too (see closeConn). Safe for the same concurrent
+// use as the wrapped conn: one reader and one writer at a time, Close
+// from any goroutine.
 type fastConn struct {
 	net.Conn
 	rc syscall.RawConn
@@ -33,6 +36,9 @@ type fastConn struct {
 	// methods, bound once, so a call allocates no closure.
 	rd, wr          rawOp
 	readFn, writeFn func(fd uintptr) bool
+	// closed is set by Close; from then on every call fails with
+	// net.ErrClosed, as on a closed net.Conn.
+	closed atomic.Bool
 }
 
 // rawOp is one raw read or write on the descriptor.
@@ -97,6 +103,9 @@ func RawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 
 // WrapFast returns c as a fastConn when it is a TCP or Unix socket, else c.
 func WrapFast(c net.Conn) net.Conn {
+	if _, ok := c.(*fastConn); ok {
+		return c
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -105,6 +114,11 @@ func WrapFast(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
+	return wrap(c, rc)
+}
+
+// wrap returns c, whose raw connection is rc, as a fastConn.
+func wrap(c net.Conn, rc syscall.RawConn) *fastConn {
 	fc := &fastConn{Conn: c, rc: rc}
 	fc.readFn, fc.writeFn = fc.rd.read, fc.wr.write
 	return fc
@@ -112,7 +126,50 @@ func WrapFast(c net.Conn) net.Conn {
 
 // SyscallConn returns the wrapped socket's raw connection (for control
 // operations on its descriptor, such as watching it for readability).
-func (c *fastConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+func (c *fastConn) SyscallConn() (syscall.RawConn, error) {
+	if c.closed.Load() {
+		return nil, net.ErrClosed
+	}
+	return c.rc, nil
+}
+
+// Close closes the connection: the peer sees it closed when Close
+// returns, and calls blocked on it return net.ErrClosed. See closeConn
+// for how. Safe to call concurrently with Read and Write; a second Close
+// fails with net.ErrClosed.
+func (c *fastConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.opError("close", net.ErrClosed)
+	}
+	return closeConn(c.Conn, c.rc)
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline are the wrapped
+// conn's, and fail with net.ErrClosed after Close.
+func (c *fastConn) SetDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.opError("set", net.ErrClosed)
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *fastConn) SetReadDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.opError("set", net.ErrClosed)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *fastConn) SetWriteDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.opError("set", net.ErrClosed)
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *fastConn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
 
 // Read reads into p, waiting for data when none is there.
 func (c *fastConn) Read(p []byte) (int, error) {
@@ -123,6 +180,9 @@ func (c *fastConn) Read(p []byte) (int, error) {
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rd.n, c.rd.errno
 	c.rd.p = nil // do not keep the caller's buffer
+	if c.closed.Load() {
+		err, errno = net.ErrClosed, 0
+	}
 	switch {
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
@@ -140,6 +200,9 @@ func (c *fastConn) Write(p []byte) (int, error) {
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wr.n, c.wr.errno
 	c.wr.p = nil
+	if c.closed.Load() {
+		err, errno = net.ErrClosed, 0
+	}
 	switch {
 	case err != nil:
 		return n, &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
