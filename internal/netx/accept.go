@@ -115,18 +115,17 @@ func (l *FastListener) opError(err error) error {
 }
 
 // newConn registers the accepted descriptor fd with the runtime poller
-// and wraps it; it closes fd when that fails.
+// and wraps it; it closes fd when that fails (the poller out of memory).
 func (l *FastListener) newConn(fd int, sa *syscall.RawSockaddrAny) (net.Conn, error) {
 	var remote net.Addr
 	if l.unix {
 		remote = &net.UnixAddr{Net: "unix"} // an unnamed client socket, as net reports it
 	} else {
+		// As net, ignoring a failure: it can only mean the connection is
+		// already gone, which its first read reports.
 		one := int32(1)
-		if _, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY,
-			uintptr(unsafe.Pointer(&one)), 4, 0); e != 0 {
-			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
-			return nil, l.opError(os.NewSyscallError("setsockopt", e))
-		}
+		syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY,
+			uintptr(unsafe.Pointer(&one)), 4, 0)
 		remote = tcpAddr(sa)
 	}
 	f := os.NewFile(uintptr(fd), "")
