@@ -272,13 +272,27 @@ func (ss *session) clientToUpstream() error {
 		}
 		ss.record(typ, n)
 		if err := ss.forwardMessage(typ, n); err != nil {
-			return err
+			if !errors.Is(err, errUpstreamWrite) || !ss.retry.armed {
+				return err
+			}
+			// The connection failed under the armed request's last
+			// message: the relay goroutine sees the loss too, and when it
+			// takes it for a retry the request runs again elsewhere, as
+			// when the host fails before answering.
+			replayed, rerr := ss.endRequest()
+			switch {
+			case rerr != nil:
+				return rerr
+			case !replayed:
+				return err
+			}
+			continue
 		}
 		if ss.retry.parse {
 			ss.retry.ok, ss.retry.parse = false, false // the Parse went upstream: not replayable
 		}
 		if typ == 'S' || typ == 'Q' {
-			if err := ss.endRequest(); err != nil {
+			if _, err := ss.endRequest(); err != nil {
 				return err
 			}
 		}

@@ -206,18 +206,18 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 }
 
 // endRequest follows the client's last message of a request (Sync or
-// Query). When the request is armed for a retry, it waits for it to end
-// and, when its host failed before answering, bans the host (a replica)
-// or asks for a round of health checks (a primary) and replays the
-// request once (that run is not armed again). Then the record
-// starts afresh. Session goroutine only.
-func (ss *session) endRequest() error {
+// Query), sent or failed to send. When the request is armed for a retry,
+// it waits for it to end and, when its host failed before answering, bans
+// the host (a replica) or asks for a round of health checks (a primary)
+// and replays the request once (that run is not armed again); replayed
+// reports that. Then the record starts afresh. Session goroutine only.
+func (ss *session) endRequest() (replayed bool, err error) {
 	r := &ss.retry
 	if !r.armed {
 		// Most requests: nothing to wait for. Without routing nothing is
 		// ever recorded (record returns at once).
 		r.rec, r.ok, r.parse = r.rec[:0], ss.srv.routingEnabled(), false
-		return nil
+		return false, nil
 	}
 	r.armed = false
 	ss.mu.Lock()
@@ -227,7 +227,6 @@ func (ss *session) endRequest() error {
 	lost, cause, failed, silent := r.lost, r.cause, r.failed, r.silent
 	r.on, r.lost, r.cause = nil, false, nil
 	ss.mu.Unlock()
-	var err error
 	if lost {
 		if failed.Role == router.Replica {
 			ss.srv.health.Ban(failed.Host.Addr, cause)
@@ -246,7 +245,7 @@ func (ss *session) endRequest() error {
 	if cap(r.rec) > retryMaxRequest {
 		r.rec = nil
 	}
-	return err
+	return lost, err
 }
 
 // replay runs the recorded request again, message by message, as if the
