@@ -40,21 +40,28 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 
 func TestFastConnMovesLargeWritesBothWays(t *testing.T) {
 	fc, peer := tcpPair(t)
-	data := make([]byte, 8<<20) // far more than the socket buffers
+	exchange(t, fc, peer, 8<<20) // far more than the socket buffers
+}
+
+// exchange moves size random bytes (more than the socket buffers hold)
+// each way between c and its peer.
+func exchange(t *testing.T, c, peer net.Conn, size int) {
+	t.Helper()
+	data := make([]byte, size)
 	_, _ = rand.Read(data)
 	got := make(chan []byte, 1)
 	go func() {
 		b, _ := io.ReadAll(io.LimitReader(peer, int64(len(data))))
 		got <- b
 	}()
-	if n, err := fc.Write(data); err != nil || n != len(data) {
+	if n, err := c.Write(data); err != nil || n != len(data) {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	if b := <-got; !bytes.Equal(b, data) {
 		t.Fatal("the peer read other bytes than were written")
 	}
 	go func() { _, _ = peer.Write(data) }()
-	back, err := io.ReadAll(io.LimitReader(fc, int64(len(data))))
+	back, err := io.ReadAll(io.LimitReader(c, int64(len(data))))
 	if err != nil || !bytes.Equal(back, data) {
 		t.Fatalf("read back %d bytes, %v", len(back), err)
 	}
