@@ -130,23 +130,38 @@ func New[R Resource](cfg Config, dial Dialer[R]) *Pool[R] {
 // is below Size. Errors are ErrTimeout, ErrClosed, ctx's error or the
 // Dialer's error.
 func (p *Pool[R]) Acquire(ctx context.Context) (*Conn[R], error) {
-	return p.acquire(ctx, p.cfg.CheckDelay)
+	c, _, err := p.acquire(ctx, p.cfg.CheckDelay)
+	return c, err
 }
 
 // AcquireChecked is Acquire for a caller that will not do I/O on the
 // resource soon enough to notice it is dead: an idle resource is checked
 // with its Checker however recently it was used.
 func (p *Pool[R]) AcquireChecked(ctx context.Context) (*Conn[R], error) {
-	return p.acquire(ctx, 0)
+	c, _, err := p.acquire(ctx, 0)
+	return c, err
 }
 
-// acquire checks idle resources that were idle at least checkDelay.
-func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[R], error) {
+// AcquireTimed is Acquire, or AcquireChecked when checked is true, that
+// also returns how long the call took when it had to wait or dial (an
+// idle resource at hand: 0), so a caller timing its acquisitions reads
+// no clock of its own on the common path.
+func (p *Pool[R]) AcquireTimed(ctx context.Context, checked bool) (*Conn[R], time.Duration, error) {
+	delay := p.cfg.CheckDelay
+	if checked {
+		delay = 0
+	}
+	return p.acquire(ctx, delay)
+}
+
+// acquire checks idle resources that were idle at least checkDelay. It
+// returns the time it took when it waited or dialled, else 0.
+func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[R], time.Duration, error) {
 	start := time.Now()
 	p.mu.Lock()
 	if p.closed {
 		p.unlock()
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	p.stats.Acquires++
 	for len(p.idle) > 0 {
@@ -161,12 +176,13 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 			continue
 		}
 		p.unlock()
-		return c, nil
+		return c, 0, nil
 	}
 	if p.open < p.cfg.Size {
 		p.open++
 		p.unlock()
-		return p.dialConn(ctx)
+		c, err := p.dialConn(ctx)
+		return c, time.Since(start), err
 	}
 	w := p.takeWaiterLocked()
 	p.waiters.push(w)
@@ -193,8 +209,9 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 	if w.timer != nil {
 		w.timer.Stop() // no stale expiry reaches the next wait (Go 1.23 timers)
 	}
+	waited := time.Since(start)
 	p.mu.Lock()
-	p.stats.WaitTime += time.Since(start)
+	p.stats.WaitTime += waited
 	if errors.Is(g.err, ErrTimeout) {
 		p.stats.Timeouts++
 	}
@@ -202,11 +219,12 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 	p.unlock()
 	switch {
 	case g.err != nil:
-		return nil, g.err
+		return nil, waited, g.err
 	case g.dial:
-		return p.dialConn(ctx)
+		c, err := p.dialConn(ctx)
+		return c, time.Since(start), err
 	default:
-		return g.conn, nil
+		return g.conn, waited, nil
 	}
 }
 

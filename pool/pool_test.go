@@ -891,3 +891,42 @@ func TestPurgeClosesIdleResourcesAndLeavesThoseInUse(t *testing.T) {
 		t.Errorf("purged twice: closed %d times", got)
 	}
 }
+
+func TestAcquireTimedReportsOnlyWaitsAndDials(t *testing.T) {
+	d := newDialer()
+	const dialTime = 20 * time.Millisecond
+	d.before = func(ctx context.Context, n int) error { time.Sleep(dialTime); return nil }
+	p := newPool(t, Config{Size: 1}, d)
+	c, took, err := p.AcquireTimed(t.Context(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took < dialTime {
+		t.Errorf("a dial took %v, want at least the dialer's %v", took, dialTime)
+	}
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		w, took, err := p.AcquireTimed(t.Context(), true)
+		if err == nil {
+			w.Release()
+		}
+		got <- result{took, err}
+	}()
+	waitFor(t, "the second AcquireTimed waits", func() bool { return p.Stats().Waiting == 1 })
+	const held = 30 * time.Millisecond
+	time.Sleep(held) // the wait being measured, not a hope
+	c.Release()
+	r := <-got
+	if r.err != nil || r.took < held {
+		t.Errorf("a wait: took %v, %v; want at least %v", r.took, r.err, held)
+	}
+	c, took, err = p.AcquireTimed(t.Context(), false)
+	if err != nil || took != 0 {
+		t.Errorf("an idle resource at hand: took %v, %v; want 0", took, err)
+	}
+	c.Release()
+}

@@ -206,15 +206,48 @@ func (z *analyzer) analyzeBytes(b []byte) *analysis {
 }
 
 func mayTouchState(text string) bool {
-	for i := 0; i < len(text); i++ {
-		ks := keywordsByFirst[text[i]|0x20]
-		for _, k := range ks {
-			if len(text)-i >= len(k) && strings.EqualFold(text[i:i+len(k)], k) {
+	for i := 0; i+1 < len(text); i++ {
+		c := text[i] | 0x20
+		seconds := keywordSeconds[c]
+		if seconds == 0 {
+			continue
+		}
+		// Most letters start a keyword; far fewer pairs of letters do.
+		if d := (text[i+1] | 0x20) - 'a'; d >= 26 || seconds&(1<<d) == 0 {
+			continue
+		}
+		for _, k := range keywordsByFirst[c] {
+			if hasFoldedPrefix(text[i:], k) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// keywordSeconds holds, for each first letter of stateKeywords (lower
+// case), the set of their second letters as bits (1<<0 is 'a').
+var keywordSeconds = func() (t [256]uint32) {
+	for _, k := range stateKeywords {
+		t[k[0]] |= 1 << (k[1] - 'a')
+	}
+	return t
+}()
+
+// hasFoldedPrefix reports whether s starts with k, a lower-case ASCII
+// word whose first letter the caller matched, in any letter case. Only
+// ASCII letters fold, as in Postgres's keywords (strings.EqualFold would
+// also fold some other Unicode letters, and costs a call per candidate).
+func hasFoldedPrefix(s, k string) bool {
+	if len(s) < len(k) {
+		return false
+	}
+	for j := 1; j < len(k); j++ {
+		if s[j]|0x20 != k[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // keywordsByFirst indexes stateKeywords by their first letter (lower case;

@@ -67,7 +67,7 @@ func (ss *session) goDormant() bool {
 	if !ss.cr.Release() {
 		return false
 	}
-	ss.wbuf = nil
+	ss.wbuf, ss.hbuf = nil, nil
 	ss.mu.Lock()
 	if ss.up == nil && ss.relayJobs != nil && !ss.parking {
 		close(ss.relayJobs) // the relay goroutine has let go of its last attachment, or is about to

@@ -17,6 +17,46 @@ type paramSet struct{ values map[string]string }
 // such as in_hot_standby on replicas).
 const maxParamSets = 16
 
+// settingsTag names one set of startup settings (see settingsTags): two
+// sessions with the same tag started with equal settings, and an upstream
+// whose appliedTag is a session's tag has exactly that session's settings
+// applied.
+type settingsTag struct{ values map[string]string }
+
+// settingsTags interns the settings clients send in their startup packets,
+// so that in transaction mode a session taking an upstream last used by a
+// client with the same settings (the usual case: one application's pool)
+// finds nothing to apply by comparing two pointers. Bounded like
+// paramSets; a tag dropped from the bound stays valid. Safe for concurrent
+// use.
+type settingsTags struct {
+	mu     sync.Mutex
+	recent []*settingsTag // most recently made or found first
+}
+
+// of returns the tag of settings, which the caller must not change.
+func (ts *settingsTags) of(settings map[string]string) *settingsTag {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var tag *settingsTag
+	for i, t := range ts.recent {
+		if maps.Equal(t.values, settings) {
+			tag = t
+			copy(ts.recent[1:i+1], ts.recent[:i])
+			break
+		}
+	}
+	if tag == nil {
+		tag = &settingsTag{values: maps.Clone(settings)}
+		if len(ts.recent) < maxParamSets {
+			ts.recent = append(ts.recent, nil)
+		}
+		copy(ts.recent[1:], ts.recent)
+	}
+	ts.recent[0] = tag
+	return tag
+}
+
 // paramSets interns the values upstreams report. Safe for concurrent use.
 type paramSets struct {
 	mu     sync.Mutex

@@ -63,6 +63,10 @@ func (k expKind) ends() bool    { return k == expSync || k == expQuery || k == e
 // closing it is a cheap round trip the server always acknowledges.
 const nonexistent = "brw_none"
 
+// maxKeptParse bounds the text of the last Parse a session keeps to share
+// with the next one that carries the same text (see decodeParse).
+const maxKeptParse = 8 << 10
+
 // maxAnalyzed bounds the Query size the sidecar parses; larger statements
 // (bulk INSERTs) are relayed without looking at them.
 const maxAnalyzed = 1 << 20
@@ -172,8 +176,8 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 		ss.poolOf, ss.poolFor = ss.srv.pool(t), t // pools live as long as the server
 	}
 	p := ss.poolOf
-	start := time.Now()
 	var c *pool.Conn[*upstream]
+	var waited time.Duration
 	var err error
 	// One wait context serves the session's acquisitions until a
 	// CancelRequest ends a wait with it.
@@ -189,11 +193,7 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 		checked, ss.checkNext = true, false
 	}
 	ss.mu.Unlock()
-	if checked {
-		c, err = p.AcquireChecked(ctx)
-	} else {
-		c, err = p.Acquire(ctx)
-	}
+	c, waited, err = p.AcquireTimed(ctx, checked)
 	ss.mu.Lock()
 	ss.acquireCancel = nil
 	ss.mu.Unlock()
@@ -207,7 +207,7 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	if ss.waitObs == nil || ss.waitFor != t {
 		ss.waitObs, ss.waitFor = ss.srv.metrics.PoolWait.WithLabelValues(t.Shard, t.Role.String()), t
 	}
-	ss.waitObs.Observe(time.Since(start).Seconds())
+	ss.waitObs.Observe(waited.Seconds())
 	switch {
 	case errors.Is(err, pool.ErrTimeout):
 		st := p.Stats()
@@ -353,8 +353,11 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			a = ss.srv.analyzer.analyzeBytes(body[:len(body)-1])
 		}
 	case 'P':
-		if pm, err = decodeParse(body); err != nil {
+		if pm, err = decodeParse(body, ss.lastParse); err != nil {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
+		}
+		if len(pm.query) <= maxKeptParse {
+			ss.lastParse = pm.query
 		}
 		a = ss.srv.analyzer.analyze(pm.query)
 	}
@@ -532,10 +535,13 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		ss.noteTxStatementLocked(typ, body, a, r)
 	}
 	u := ss.up.Value
-	var pre []byte
+	pre := ss.hbuf[:0]
 	for _, h := range ss.held { // Parses held for the request: the server answers them now
 		ss.synced = false
 		pre = ss.parseUpstreamLocked(pre, h.pm, h.a, "", u, true)
+	}
+	if cap(pre) <= 64<<10 {
+		ss.hbuf = pre[:0] // keep the grown scratch buffer
 	}
 	ss.held = ss.held[:0]
 	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
@@ -582,7 +588,7 @@ func (ss *session) define(pm parseMsg, a *analysis) {
 // defineFrom records the statement a Parse body defines, as define does.
 // Session goroutine only.
 func (ss *session) defineFrom(body []byte) error {
-	pm, err := decodeParse(body)
+	pm, err := decodeParse(body, ss.lastParse)
 	if err != nil {
 		return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 	}
@@ -1838,7 +1844,7 @@ func (ss *session) finish(cause error) {
 	if clean && discardAll {
 		u.stmts.clear()
 		u.unnamed = nil
-		u.applied = map[string]string{}
+		u.applied, u.appliedTag = map[string]string{}, nil
 	}
 	ss.mu.Unlock()
 	if clean {

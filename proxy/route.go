@@ -635,7 +635,7 @@ func (ss *session) releaseParked() {
 			if ok {
 				u.stmts.clear()
 				u.unnamed = nil
-				u.applied = map[string]string{}
+				u.applied, u.appliedTag = map[string]string{}, nil
 			}
 		}
 		if ok {

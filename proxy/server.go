@@ -103,6 +103,9 @@ type Server struct {
 
 	// params interns the parameter values upstreams report (reportParams).
 	params paramSets
+	// settings interns the settings of clients' startup packets
+	// (syncSettings).
+	settings settingsTags
 }
 
 // backendKey identifies a server backend.

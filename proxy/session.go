@@ -65,9 +65,16 @@ type session struct {
 	uw pooledWriter // the session's writer to whichever upstream it holds
 
 	// Scratch buffers: wbuf for the session goroutine's outgoing messages,
-	// rhdr for the relay goroutine's message headers (one relay at a time).
+	// hbuf for the held Parses sent ahead of them, rhdr for the relay
+	// goroutine's message headers (one relay at a time).
 	wbuf []byte
+	hbuf []byte
 	rhdr [5]byte
+
+	// lastParse is the text of the client's last Parse (up to
+	// maxKeptParse), which the next Parse of the same text shares.
+	// Session goroutine only.
+	lastParse string
 
 	// grewStack is set when the startup ran a TLS handshake or a SCRAM
 	// exchange (see serve); startup only.
@@ -117,6 +124,8 @@ type session struct {
 	// greeting's values shared with other sessions: copied before a change
 	// (ownWantLocked, setSeenLocked).
 	wantShared, seenShared bool
+	// startupTag is the tag of startup (see settingsTags), set with it.
+	startupTag *settingsTag
 	// reportedFor and reportedVersion identify the upstream parameters
 	// last compared with seen, to skip the comparison when nothing changed.
 	reportedFor     *upstream
@@ -235,6 +244,7 @@ type clientWriter struct {
 	mu   sync.Mutex
 	w    pooledWriter
 	conn net.Conn
+	rfq  [6]byte // writeReadyLocked's message, kept here so it is not allocated
 }
 
 func (w *clientWriter) sendError(e *pgerr.Error) error {
@@ -281,7 +291,8 @@ func (w *clientWriter) send(flush bool, msgs ...pgproto3.BackendMessage) error {
 // writeReadyLocked writes a ReadyForQuery with the given status; w.mu
 // must be held.
 func (w *clientWriter) writeReadyLocked(status byte, flush bool) error {
-	if _, err := w.w.Write([]byte{'Z', 0, 0, 0, 5, status}); err != nil {
+	w.rfq = [6]byte{'Z', 0, 0, 0, 5, status}
+	if _, err := w.w.Write(w.rfq[:]); err != nil {
 		return err
 	}
 	if flush {
@@ -559,6 +570,7 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 		ss.startup[name] = kv[1]
 	}
 	ss.want, ss.wantShared = ss.startup, true // until the first change (ownWantLocked)
+	ss.startupTag = ss.srv.settings.of(ss.startup)
 	return nil
 }
 

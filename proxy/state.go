@@ -75,7 +75,13 @@ func sortedKeys(m map[string]string) []string {
 // (to tell the client) or an upstream error.
 func (ss *session) syncSettings(u *upstream) error {
 	ss.mu.Lock()
-	if maps.Equal(ss.want, u.applied) { // the common case: nothing to do
+	tag := ss.wantTagLocked()
+	if tag != nil && u.appliedTag == tag { // the common case: nothing to do
+		ss.mu.Unlock()
+		return nil
+	}
+	if maps.Equal(ss.want, u.applied) {
+		u.appliedTag = tag
 		ss.mu.Unlock()
 		return nil
 	}
@@ -88,8 +94,18 @@ func (ss *session) syncSettings(u *upstream) error {
 	if err := u.exec(q, nil); err != nil {
 		return err
 	}
-	u.applied = want
+	u.applied, u.appliedTag = want, tag
 	ss.srv.metrics.SettingsSyncs.Inc()
+	return nil
+}
+
+// wantTagLocked returns the tag of the settings the client expects while
+// they are its startup settings, or nil once it changed them. Called with
+// ss.mu held.
+func (ss *session) wantTagLocked() *settingsTag {
+	if ss.wantShared {
+		return ss.startupTag
+	}
 	return nil
 }
 
@@ -158,7 +174,7 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 		}
 	}
 	if d.resetAll {
-		u.applied = map[string]string{}
+		u.applied, u.appliedTag = map[string]string{}, nil
 		ss.want, ss.wantShared = ss.startup, true
 	}
 	var restore, read []string
@@ -169,6 +185,7 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 			ss.ownWantLocked()
 			delete(ss.want, n)
 			delete(u.applied, n)
+			u.appliedTag = nil
 		}
 	}
 	if d.resetAll {
@@ -214,6 +231,7 @@ func (ss *session) settle(u *upstream, d dirtyState) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.ownWantLocked()
+	u.appliedTag = nil
 	for i, n := range names {
 		if values[i] == nil { // an unknown custom setting: nothing to carry
 			delete(ss.want, n)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"container/list"
 	"crypto/sha256"
 	"encoding/binary"
@@ -169,15 +170,26 @@ type parseMsg struct {
 	oids        []uint32
 }
 
-func decodeParse(body []byte) (parseMsg, error) {
+// decodeParse decodes a Parse body. prev is a text an earlier Parse of the
+// caller's carried: when this one carries the same text, m.query is prev
+// itself, so a client preparing the same statement for every transaction
+// (an unnamed statement, as most drivers use) costs no allocation for it.
+func decodeParse(body []byte, prev string) (parseMsg, error) {
 	var m parseMsg
 	var err error
 	if m.name, body, err = cstr(body); err != nil {
 		return m, err
 	}
-	if m.query, body, err = cstr(body); err != nil {
-		return m, err
+	i := bytes.IndexByte(body, 0)
+	if i < 0 {
+		return m, errMalformed
 	}
+	if string(body[:i]) == prev {
+		m.query = prev
+	} else {
+		m.query = string(body[:i])
+	}
+	body = body[i+1:]
 	if len(body) < 2 {
 		return m, errMalformed
 	}

@@ -67,6 +67,9 @@ type upstream struct {
 	stmts   *stmtCache
 	unnamed *stmtDef
 	applied map[string]string
+	// appliedTag, when not nil, says that applied equals that tag's
+	// settings; every change to applied clears it (see syncSettings).
+	appliedTag *settingsTag
 
 	// duration observes the time from a client request to its
 	// ReadyForQuery on this connection's target.

@@ -255,6 +255,34 @@ func TestNoSessionStateLeaksBetweenClientsAlternatingOnOneUpstream(t *testing.T)
 	}
 	check("a", a, want{`"$user", public`, "UTC", "0", ""})
 	check("b", b, wb)
+
+	// Clients with settings from their startup only: two with the same
+	// ones share what the upstream has applied, a third has none, and one
+	// of the two changing a setting leaves the other's alone.
+	c := sc.connect(t, "application_name=cee options='-c statement_timeout=4321'")
+	d := sc.connect(t, "application_name=cee options='-c statement_timeout=4321'")
+	e := sc.connect(t, "")
+	var tz string
+	if err := e.QueryRow(ctx, "SHOW TimeZone").Scan(&tz); err != nil {
+		t.Fatal(err)
+	}
+	wc := want{`"$user", public`, tz, "4321ms", "cee"}
+	we := want{`"$user", public`, tz, "0", ""}
+	for range 5 {
+		check("c", c, wc)
+		check("d", d, wc)
+		check("e", e, we)
+		check("d", d, wc)
+		check("b", b, wb)
+	}
+	if _, err := d.Exec(ctx, "SET statement_timeout = '1s'"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		check("c", c, wc) // first on the upstream d's SET just ran on
+		check("d", d, want{`"$user", public`, tz, "1s", "cee"})
+		check("e", e, we)
+	}
 }
 
 func TestListenPinsTheSessionSoNotificationsArrive(t *testing.T) {
