@@ -39,7 +39,7 @@ var (
 // bufSize is the size of each buffered reader and writer of a session: small,
 // as in PgBouncer (4 KiB), because idle sessions are the common case; bodies
 // larger than largeMessage are streamed past the buffers.
-const bufSize = 4 << 10
+const bufSize = wire.RecycledSize
 
 // largeMessage is the size above which a message body is streamed rather
 // than buffered.
@@ -332,6 +332,7 @@ func (s *Server) serve(conn net.Conn) {
 			s.unregister(ss)
 		}
 		_ = conn.Close()
+		ss.cr.Recycle()
 		s.wg.Done()
 		return
 	}
@@ -425,6 +426,7 @@ func (ss *session) run(conn net.Conn) {
 	}
 	ss.srv.unregister(ss)
 	_ = conn.Close()
+	ss.cr.Recycle() // nothing reads the client any more
 	ss.srv.wg.Done()
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // MaxMessageLen bounds the length field of a typed message. Postgres itself
@@ -38,11 +39,29 @@ type Reader struct {
 	hdrN int
 }
 
-// takeBuffer returns a new buffered reader of size over src. Released
-// buffers are not pooled: a pool would keep them until two collections
-// have passed, while dropped they are garbage at the next one, and a
-// Reader takes a buffer again at most once per idle period.
+// RecycledSize is the buffer size of the Readers whose buffers Recycle
+// keeps for the next Reader: a client session's.
+const RecycledSize = 4 << 10
+
+// recycled holds the read buffers of Readers that are done (Recycle), for
+// the next Reader of RecycledSize: a client connecting for one request
+// then allocates no read buffer, where it was half of what a connection
+// allocated.
+var recycled = sync.Pool{}
+
+// takeBuffer returns a buffered reader of size over src: a recycled one
+// when size is RecycledSize and one is kept, else a new one. Buffers a
+// Reader drops between messages (Release) are not recycled: a pool would
+// keep them until two collections have passed, while dropped they are
+// garbage at the next one, and a Reader takes a buffer again at most once
+// per idle period.
 func takeBuffer(src io.Reader, size int) *bufio.Reader {
+	if size == RecycledSize {
+		if br, ok := recycled.Get().(*bufio.Reader); ok {
+			br.Reset(src)
+			return br
+		}
+	}
 	return bufio.NewReaderSize(src, size)
 }
 
@@ -65,6 +84,19 @@ func (r *Reader) Release() bool {
 	}
 	r.r, r.buf = nil, nil
 	return true
+}
+
+// Recycle ends the Reader's use: its read buffer, whatever it holds, goes
+// to the next Reader that takes one (when its size is RecycledSize). The
+// caller must be done with the Reader and with every body it returned;
+// after Recycle the Reader holds no buffer and must not be used.
+// Idempotent.
+func (r *Reader) Recycle() {
+	if r.r != nil && r.r.Size() == RecycledSize {
+		r.r.Reset(nil) // keeps no reference to the stream
+		recycled.Put(r.r)
+	}
+	r.r, r.buf = nil, nil
 }
 
 // Released reports whether the Reader holds no read buffer (see Release).

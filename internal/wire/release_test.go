@@ -162,3 +162,44 @@ func BenchmarkReadDeadlineArming(b *testing.B) {
 		_ = s.SetReadDeadline(time.Time{})
 	}
 }
+
+func TestARecycledBufferServesTheNextReaderWithNothingOfTheLast(t *testing.T) {
+	first := wire.NewReader(bytes.NewReader(stream(msg('Q', "old one"), msg('Q', "left buffered"))), wire.RecycledSize)
+	mustNext(t, first, 'Q', 7)
+	mustBody(t, first, "old one")
+	if first.Buffered() == 0 {
+		t.Fatal("the second message is not buffered: the test needs it to be")
+	}
+	first.Recycle() // with a message still buffered: nothing of it may leak
+	first.Recycle() // idempotent
+	if !first.Released() {
+		t.Fatal("a recycled Reader still holds a buffer")
+	}
+	for range 3 { // whichever Reader takes the buffer, it reads only its own stream
+		r := wire.NewReader(bytes.NewReader(stream(msg('S', ""), msg('Q', "new"))), wire.RecycledSize)
+		mustNext(t, r, 'S', 0)
+		mustNext(t, r, 'Q', 3)
+		mustBody(t, r, "new")
+		if _, _, err := r.Next(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after its stream: %v, want EOF", err)
+		}
+		r.Recycle()
+	}
+	other := wire.NewReader(bytes.NewReader(stream(msg('Q', "x"))), 16) // another size: not recycled, still works
+	mustNext(t, other, 'Q', 1)
+	other.Recycle()
+}
+
+func TestAReaderTakingARecycledBufferAllocatesNoBuffer(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops pooled items at random")
+	}
+	src := bytes.NewReader(nil)
+	wire.NewReader(src, wire.RecycledSize).Recycle()
+	allocs := testing.AllocsPerRun(100, func() {
+		wire.NewReader(src, wire.RecycledSize).Recycle()
+	})
+	if allocs > 1 { // the Reader itself
+		t.Fatalf("%v allocations per Reader, want 1: the buffer was not reused", allocs)
+	}
+}
