@@ -5,59 +5,23 @@ import (
 	"sync"
 )
 
-// paramSet is one set of ParameterStatus values, immutable once made.
-// Upstreams reporting equal values share one set, so a session moving to
-// another upstream of the same pool (transaction mode: every transaction)
-// learns that the client already knows every value by comparing two
-// pointers.
+// paramSet is one set of named values, immutable once made: the
+// ParameterStatus values an upstream reports, or the settings of a
+// client's startup packet. Equal values share one set, so comparing two
+// sets is comparing two pointers: a session moving to another upstream of
+// the same pool (transaction mode: every transaction) learns that the
+// client already knows every reported value, and that the upstream has
+// the client's startup settings applied (upstream.appliedTag).
 type paramSet struct{ values map[string]string }
 
-// maxParamSets bounds the sets paramSets keeps: a sidecar's upstreams
+// maxParamSets bounds the sets a paramSets keeps: a sidecar's upstreams
 // report a handful of distinct sets (one per server setting that differs,
-// such as in_hot_standby on replicas).
+// such as in_hot_standby on replicas), and its clients send a handful of
+// distinct startup settings (one per application or driver
+// configuration).
 const maxParamSets = 16
 
-// settingsTag names one set of startup settings (see settingsTags): two
-// sessions with the same tag started with equal settings, and an upstream
-// whose appliedTag is a session's tag has exactly that session's settings
-// applied.
-type settingsTag struct{ values map[string]string }
-
-// settingsTags interns the settings clients send in their startup packets,
-// so that in transaction mode a session taking an upstream last used by a
-// client with the same settings (the usual case: one application's pool)
-// finds nothing to apply by comparing two pointers. Bounded like
-// paramSets; a tag dropped from the bound stays valid. Safe for concurrent
-// use.
-type settingsTags struct {
-	mu     sync.Mutex
-	recent []*settingsTag // most recently made or found first
-}
-
-// of returns the tag of settings, which the caller must not change.
-func (ts *settingsTags) of(settings map[string]string) *settingsTag {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	var tag *settingsTag
-	for i, t := range ts.recent {
-		if maps.Equal(t.values, settings) {
-			tag = t
-			copy(ts.recent[1:i+1], ts.recent[:i])
-			break
-		}
-	}
-	if tag == nil {
-		tag = &settingsTag{values: maps.Clone(settings)}
-		if len(ts.recent) < maxParamSets {
-			ts.recent = append(ts.recent, nil)
-		}
-		copy(ts.recent[1:], ts.recent)
-	}
-	ts.recent[0] = tag
-	return tag
-}
-
-// paramSets interns the values upstreams report. Safe for concurrent use.
+// paramSets interns sets of values. Safe for concurrent use.
 type paramSets struct {
 	mu     sync.Mutex
 	recent []*paramSet // most recently made or found first
@@ -72,24 +36,31 @@ func (ps *paramSets) of(u *upstream) *paramSet {
 	if u.pset != nil && u.psetVersion == u.paramsVersion {
 		return u.pset
 	}
+	set := ps.intern(u.params)
+	u.pset, u.psetVersion = set, u.paramsVersion
+	return set
+}
+
+// intern returns the set equal to values, which the caller must not
+// change, making one when none of the bound is.
+func (ps *paramSets) intern(values map[string]string) *paramSet {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	var set *paramSet
 	for i, s := range ps.recent {
-		if maps.Equal(s.values, u.params) {
+		if maps.Equal(s.values, values) {
 			set = s
 			copy(ps.recent[1:i+1], ps.recent[:i])
 			break
 		}
 	}
 	if set == nil {
-		set = &paramSet{values: maps.Clone(u.params)}
+		set = &paramSet{values: maps.Clone(values)}
 		if len(ps.recent) < maxParamSets {
 			ps.recent = append(ps.recent, nil)
 		}
 		copy(ps.recent[1:], ps.recent)
 	}
 	ps.recent[0] = set
-	u.pset, u.psetVersion = set, u.paramsVersion
 	return set
 }

@@ -38,28 +38,28 @@ func TestParamSetsShareEqualValues(t *testing.T) {
 	}
 }
 
-func TestSettingsTagsShareEqualSettings(t *testing.T) {
-	var ts settingsTags
-	a := ts.of(map[string]string{"application_name": "api", "datestyle": "ISO"})
-	b := ts.of(map[string]string{"datestyle": "ISO", "application_name": "api"})
-	c := ts.of(map[string]string{"application_name": "worker", "datestyle": "ISO"})
+func TestInternedSettingsShareEqualValues(t *testing.T) {
+	var ts paramSets
+	a := ts.intern(map[string]string{"application_name": "api", "datestyle": "ISO"})
+	b := ts.intern(map[string]string{"datestyle": "ISO", "application_name": "api"})
+	c := ts.intern(map[string]string{"application_name": "worker", "datestyle": "ISO"})
 	if a != b {
-		t.Fatal("equal settings got different tags")
+		t.Fatal("equal settings got different sets")
 	}
 	if a == c {
-		t.Fatal("different settings got the same tag")
+		t.Fatal("different settings got the same set")
 	}
-	if ts.of(map[string]string{}) == ts.of(map[string]string{"x": ""}) {
+	if ts.intern(map[string]string{}) == ts.intern(map[string]string{"x": ""}) {
 		t.Fatal("an empty value was taken for a missing setting")
 	}
 	for i := range 2 * maxParamSets { // the bound holds
-		ts.of(map[string]string{"application_name": string(rune('a' + i))})
+		ts.intern(map[string]string{"application_name": string(rune('a' + i))})
 	}
 	if len(ts.recent) != maxParamSets {
-		t.Fatalf("kept %d tags, want %d", len(ts.recent), maxParamSets)
+		t.Fatalf("kept %d sets, want %d", len(ts.recent), maxParamSets)
 	}
-	if got := ts.of(map[string]string{"application_name": "api", "datestyle": "ISO"}); got == a || got.values["application_name"] != "api" {
-		t.Fatal("a tag dropped from the bound came back, or a new tag lost its values")
+	if got := ts.intern(map[string]string{"application_name": "api", "datestyle": "ISO"}); got == a || got.values["application_name"] != "api" {
+		t.Fatal("a set dropped from the bound came back, or a new set lost its values")
 	}
 }
 

@@ -105,7 +105,7 @@ type Server struct {
 	params paramSets
 	// settings interns the settings of clients' startup packets
 	// (syncSettings).
-	settings settingsTags
+	settings paramSets
 }
 
 // backendKey identifies a server backend.

@@ -124,8 +124,8 @@ type session struct {
 	// greeting's values shared with other sessions: copied before a change
 	// (ownWantLocked, setSeenLocked).
 	wantShared, seenShared bool
-	// startupTag is the tag of startup (see settingsTags), set with it.
-	startupTag *settingsTag
+	// startupTag is startup interned (Server.settings), set with it.
+	startupTag *paramSet
 	// reportedFor and reportedVersion identify the upstream parameters
 	// last compared with seen, to skip the comparison when nothing changed.
 	reportedFor     *upstream
@@ -572,7 +572,7 @@ func (ss *session) acceptStartup(st *wire.Startup) error {
 		ss.startup[name] = kv[1]
 	}
 	ss.want, ss.wantShared = ss.startup, true // until the first change (ownWantLocked)
-	ss.startupTag = ss.srv.settings.of(ss.startup)
+	ss.startupTag = ss.srv.settings.intern(ss.startup)
 	return nil
 }
 

@@ -102,7 +102,7 @@ func (ss *session) syncSettings(u *upstream) error {
 // wantTagLocked returns the tag of the settings the client expects while
 // they are its startup settings, or nil once it changed them. Called with
 // ss.mu held.
-func (ss *session) wantTagLocked() *settingsTag {
+func (ss *session) wantTagLocked() *paramSet {
 	if ss.wantShared {
 		return ss.startupTag
 	}

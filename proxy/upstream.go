@@ -67,9 +67,10 @@ type upstream struct {
 	stmts   *stmtCache
 	unnamed *stmtDef
 	applied map[string]string
-	// appliedTag, when not nil, says that applied equals that tag's
-	// settings; every change to applied clears it (see syncSettings).
-	appliedTag *settingsTag
+	// appliedTag, when not nil, is an interned set equal to applied
+	// (a session's startupTag); every change to applied clears it (see
+	// syncSettings).
+	appliedTag *paramSet
 
 	// duration observes the time from a client request to its
 	// ReadyForQuery on this connection's target.
