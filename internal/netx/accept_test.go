@@ -106,14 +106,7 @@ func TestFastListenerCloseEndsABlockedAccept(t *testing.T) {
 	if err := fl.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Accept still blocked 10 s after Close")
-	}
+	expectErrClosed(t, errc, "Accept")
 	if _, err := net.Dial("tcp", fl.Addr().String()); err == nil {
 		t.Fatal("the closed listener still accepts connections")
 	}
@@ -152,14 +145,7 @@ func TestCloseReleasesTheSocketAtOnceAndFailsLaterCalls(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the peer saw no EOF 10 s after Close")
 			}
-			select {
-			case err := <-readErr:
-				if !errors.Is(err, net.ErrClosed) {
-					t.Fatalf("blocked Read after Close: %v, want net.ErrClosed", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("a Read still blocked 10 s after Close")
-			}
+			expectErrClosed(t, readErr, "a blocked Read")
 			if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 				t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
 			}
@@ -217,4 +203,18 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(entries)
+}
+
+// expectErrClosed waits up to 10 s for the error of a call (what) that was
+// blocked when Close ran, and fails unless it is net.ErrClosed.
+func expectErrClosed(t *testing.T, errc <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("%s after Close: %v, want net.ErrClosed", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s still blocked 10 s after Close", what)
+	}
 }
