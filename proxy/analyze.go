@@ -113,13 +113,12 @@ func (a *analysis) touchesState() bool {
 var txWords = []string{"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release",
 	"create", "alter", "drop", "comment", "grant", "revoke", "truncate", "reindex", "security", "import"}
 
-// startsWithTxWord reports whether text's first word (after whitespace) is
-// one of txWords.
-func startsWithTxWord(text string) bool {
-	i := 0
-	for i < len(text) && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r') {
-		i++
-	}
+// mayStartWithTxWord reports whether a statement of text may start with
+// one of txWords: the first word after whitespace, comments and empty
+// statements is one, or a semicolon has more text after it (a later
+// statement, or a semicolon inside a literal: the parser decides).
+func mayStartWithTxWord(text string) bool {
+	i := skipToStatement(text, 0)
 	j := i
 	for j < len(text) && (text[j]|0x20) >= 'a' && (text[j]|0x20) <= 'z' {
 		j++
@@ -130,7 +129,56 @@ func startsWithTxWord(text string) bool {
 			return true
 		}
 	}
-	return false
+	for k := j; ; {
+		semi := strings.IndexByte(text[k:], ';')
+		if semi < 0 {
+			return false
+		}
+		if k = skipToStatement(text, k+semi); k < len(text) {
+			return true
+		}
+	}
+}
+
+// skipToStatement returns the offset of the first byte at or after i that
+// is not whitespace, a comment or a semicolon, as Postgres's scanner reads
+// them (block comments nest); len(text) when there is none, or when a
+// block comment is not closed.
+func skipToStatement(text string, i int) int {
+	for i < len(text) {
+		switch c := text[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == ';':
+			i++
+		case c == '-' && strings.HasPrefix(text[i:], "--"):
+			end := strings.IndexByte(text[i:], '\n')
+			if end < 0 {
+				return len(text)
+			}
+			i += end + 1
+		case c == '/' && strings.HasPrefix(text[i:], "/*"):
+			depth := 0
+			for {
+				switch {
+				case i >= len(text):
+					return len(text)
+				case strings.HasPrefix(text[i:], "/*"):
+					depth++
+					i += 2
+				case strings.HasPrefix(text[i:], "*/"):
+					depth--
+					i += 2
+				default:
+					i++
+				}
+				if depth == 0 {
+					break
+				}
+			}
+		default:
+			return i
+		}
+	}
+	return i
 }
 
 var noAnalysis = &analysis{}
@@ -182,7 +230,7 @@ func (z *analyzer) syntaxError(text string) *pgerr.Error {
 // analyze returns the analysis of text. A text the parser rejects gets no
 // special treatment: the server will report the syntax error itself.
 func (z *analyzer) analyze(text string) *analysis {
-	if !mayTouchState(text) && !startsWithTxWord(text) {
+	if !mayTouchState(text) && !mayStartWithTxWord(text) {
 		return noAnalysis
 	}
 	if a, ok := z.cache.Get(text); ok {
@@ -199,7 +247,7 @@ func (z *analyzer) analyzeBytes(b []byte) *analysis {
 		return noAnalysis
 	}
 	view := unsafe.String(&b[0], len(b)) // read-only, not retained
-	if !mayTouchState(view) && !startsWithTxWord(view) {
+	if !mayTouchState(view) && !mayStartWithTxWord(view) {
 		return noAnalysis
 	}
 	return z.analyze(string(b))

@@ -17,6 +17,10 @@ func TestAnalysisMarksSchemaChangesDeallocateAndTemporaryNames(t *testing.T) {
 		{sql: "drop type if exists ct; create type ct as (a int)", ddl: true},
 		{sql: "ALTER TABLE incidents ADD COLUMN note text", ddl: true},
 		{sql: "BEGIN; DROP TABLE x; COMMIT", ddl: true},
+		{sql: "/* migration 12 */ ALTER TABLE incidents ADD COLUMN note text", ddl: true},
+		{sql: "-- migration 12\nDROP TABLE x", ddl: true},
+		{sql: "SELECT 1; DROP TABLE x", ddl: true},
+		{sql: "SELECT ';' FROM incidents; -- done"},
 		{sql: "DEALLOCATE stmtcache_1", deallocate: "stmtcache_1", pin: PinSQLPrepare},
 		{sql: "DEALLOCATE ALL", deallocateAll: true, pin: PinSQLPrepare},
 		{sql: "DISCARD ALL", discardAll: true},
@@ -26,6 +30,26 @@ func TestAnalysisMarksSchemaChangesDeallocateAndTemporaryNames(t *testing.T) {
 		a := z.analyze(c.sql)
 		if a.ddl != c.ddl || a.deallocate != c.deallocate || a.deallocateAll != c.deallocateAll || a.discardAll != c.discardAll || a.pin != c.pin {
 			t.Errorf("%q: ddl %v deallocate %q all %v discardAll %v pin %q; want %+v", c.sql, a.ddl, a.deallocate, a.deallocateAll, a.discardAll, a.pin, c)
+		}
+	}
+}
+
+func TestTransactionControlIsFoundAfterCommentsAndEmptyStatements(t *testing.T) {
+	z := newAnalyzer(100)
+	for _, c := range []struct {
+		sql string
+		tx  txKind
+	}{
+		{"BEGIN", txBegin},
+		{"/* app: checkout */ BEGIN", txBegin},
+		{"/* a /* nested */ comment */ COMMIT", txCommit},
+		{"-- retry\nROLLBACK", txRollback},
+		{";\fSTART TRANSACTION", txBegin},
+		{"/* unclosed BEGIN", txNone},
+		{"SELECT 'BEGIN'", txNone},
+	} {
+		if a := z.analyze(c.sql); a.tx != c.tx {
+			t.Errorf("%q: tx %d, want %d", c.sql, a.tx, c.tx)
 		}
 	}
 }
