@@ -36,6 +36,11 @@ func TestParseCopyReadsTheOptionsThatSplittingNeeds(t *testing.T) {
 			t.Errorf("%q parsed as one COPY", sql)
 		}
 	}
+	for _, sql := range []string{"copy t from stdin", "/* load */ COPY t FROM STDIN", "-- load\n\fCOPY t FROM STDIN"} {
+		if o, ok := isCopy(sql); !ok || !o.from || o.table != "t" {
+			t.Errorf("%q: isCopy = %+v, %v; want COPY FROM of t", sql, o, ok)
+		}
+	}
 }
 
 // newTestSplitter splits a COPY into events (keyed by team_id) across the

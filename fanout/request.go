@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/sqltext"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
@@ -204,7 +205,7 @@ func (f *Request) addQuery(sql string) {
 
 // isCopy parses sql when it starts with COPY.
 func isCopy(sql string) (copyOptions, bool) {
-	t := strings.TrimLeft(sql, " \t\r\n")
+	t := sql[sqltext.SkipSpace(sql, 0):]
 	if len(t) < 4 || !strings.EqualFold(t[:4], "copy") {
 		return copyOptions{}, false
 	}

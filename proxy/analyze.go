@@ -11,6 +11,7 @@ import (
 
 	"github.com/brownie/brownie-sidecar/internal/lru"
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/sqltext"
 )
 
 // Pin reasons: session state that cannot follow a client from one upstream
@@ -141,42 +142,10 @@ func mayStartWithTxWord(text string) bool {
 }
 
 // skipToStatement returns the offset of the first byte at or after i that
-// is not whitespace, a comment or a semicolon, as Postgres's scanner reads
-// them (block comments nest); len(text) when there is none, or when a
-// block comment is not closed.
+// is not whitespace, a comment or a semicolon: len(text) when there is
+// none (an unclosed comment included).
 func skipToStatement(text string, i int) int {
-	for i < len(text) {
-		switch c := text[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == ';':
-			i++
-		case c == '-' && strings.HasPrefix(text[i:], "--"):
-			end := strings.IndexByte(text[i:], '\n')
-			if end < 0 {
-				return len(text)
-			}
-			i += end + 1
-		case c == '/' && strings.HasPrefix(text[i:], "/*"):
-			depth := 0
-			for {
-				switch {
-				case i >= len(text):
-					return len(text)
-				case strings.HasPrefix(text[i:], "/*"):
-					depth++
-					i += 2
-				case strings.HasPrefix(text[i:], "*/"):
-					depth--
-					i += 2
-				default:
-					i++
-				}
-				if depth == 0 {
-					break
-				}
-			}
-		default:
-			return i
-		}
+	for i = sqltext.SkipSpace(text, i); i < len(text) && text[i] == ';'; i = sqltext.SkipSpace(text, i+1) {
 	}
 	return i
 }

@@ -7,6 +7,7 @@ import (
 	pg "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/sqltext"
 )
 
 // HintName names a routing hint.
@@ -85,40 +86,14 @@ func scanLeadingComments(sql string) (commentHints, string, error) {
 	var ch commentHints
 	i := 0
 	for {
-		for i < len(sql) && isPGSpace(sql[i]) {
+		for i < len(sql) && sqltext.IsSpace(sql[i]) {
 			i++
 		}
-		var body string
-		switch {
-		case strings.HasPrefix(sql[i:], "/*"):
-			depth, j := 1, i+2
-			for j < len(sql) && depth > 0 {
-				switch {
-				case strings.HasPrefix(sql[j:], "/*"):
-					depth++
-					j += 2
-				case strings.HasPrefix(sql[j:], "*/"):
-					depth--
-					j += 2
-				default:
-					j++
-				}
-			}
-			if depth > 0 {
-				return ch, sql[i:], nil // unterminated: the server reports it
-			}
-			body = sql[i+2 : j-2]
-			i = j
-		case strings.HasPrefix(sql[i:], "--"):
-			j := strings.IndexAny(sql[i:], "\r\n")
-			if j < 0 {
-				j = len(sql) - i
-			}
-			body = sql[i+2 : i+j]
-			i += j
-		default:
-			return ch, sql[i:], nil
+		body, end, ok, closed := sqltext.Comment(sql, i)
+		if !ok || !closed {
+			return ch, sql[i:], nil // an unclosed comment: the server reports it
 		}
+		i = end
 		if err := ch.parse(body); err != nil {
 			return ch, sql[i:], err
 		}
