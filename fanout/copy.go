@@ -177,8 +177,16 @@ func (s *copySplitter) finish() error {
 // included), or -1.
 func (s *copySplitter) rowEnd(b []byte) int {
 	if s.o.format != "csv" {
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			return i + 1
+		// A backslash escapes the next byte, a newline included: Postgres
+		// reads backslash-newline as a newline in the data, not as the
+		// row's end.
+		for i := 0; i < len(b); i++ {
+			switch b[i] {
+			case '\\':
+				i++
+			case '\n':
+				return i + 1
+			}
 		}
 		return -1
 	}

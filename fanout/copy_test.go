@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -113,6 +114,33 @@ func TestCopySplitterSendsEachRowToItsKeysShardAcrossDataMessages(t *testing.T) 
 	}
 }
 
+func TestCopySplitterKeepsABackslashNewlineInsideItsRow(t *testing.T) {
+	s := newTestSplitter(t, "COPY events (team_id, note) FROM STDIN", "")
+	a, b := teamOn(t, s, "shard-0"), teamOn(t, s, "shard-1")
+	// Postgres reads two, a backslash, a newline and lines as one value
+	// with a newline in it; an escaped backslash escapes no newline.
+	rowA := a + "\ttwo\\\nlines\n"
+	rowB := b + "\tends in a backslash \\\\\n"
+	data := rowA + rowB + "\\.\n"
+	// Cut right after the backslash: the newline that follows is data.
+	cut := strings.Index(data, "\\\n") + 1
+	if err := s.add([]byte(data[:cut])); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.add([]byte(data[cut:])); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(s.pending[0]); got != rowA {
+		t.Errorf("shard-0 got %q, want %q", got, rowA)
+	}
+	if got := string(s.pending[1]); got != rowB {
+		t.Errorf("shard-1 got %q, want %q", got, rowB)
+	}
+}
+
 func TestCopySplitterReadsQuotedCSVAndSendsTheHeaderEverywhere(t *testing.T) {
 	s := newTestSplitter(t, "COPY events (note, team_id) FROM STDIN (FORMAT csv, HEADER)", "")
 	a, b := teamOn(t, s, "shard-0"), teamOn(t, s, "shard-1")
@@ -174,4 +202,44 @@ func TestAStatementJoinsARequestOnlyOnTheSameShardsAndNoWriteJoinsARead(t *testi
 			t.Errorf("case %d: Joins = %v, want %v", i, got, c.want)
 		}
 	}
+}
+
+// FuzzCopySplitter feeds random COPY data, in the text and the CSV
+// format, to the splitter in two CopyData messages cut at a random point:
+// no panic, failures are client errors (*pgerr.Error), and where the
+// messages are cut changes nothing: each shard gets what it gets from the
+// data in one message.
+func FuzzCopySplitter(f *testing.F) {
+	f.Add("1\t00000000-0000-4000-8000-000000000000\tx\n2\t\\N\tb\\\tc\n\\.\n", uint(5), false)
+	f.Add("id,team_id,note\n1,\"00000001-0000-4000-8000-000000000000\",\"a\nb\"\n2,00000000-0000-4000-8000-000000000000,", uint(20), true)
+	f.Fuzz(func(t *testing.T, data string, cut uint, csv bool) {
+		sql := "COPY events (id, team_id, note) FROM STDIN"
+		if csv {
+			sql += " (FORMAT csv, HEADER)"
+		}
+		run := func(parts ...string) ([][]byte, error) {
+			s := newTestSplitter(t, sql, "")
+			for _, p := range parts {
+				if err := s.add([]byte(p)); err != nil {
+					return nil, err
+				}
+			}
+			err := s.finish()
+			return s.pending, err
+		}
+		whole, errWhole := run(data)
+		k := int(cut % uint(len(data)+1))
+		cutUp, errCut := run(data[:k], data[k:])
+		for _, err := range []error{errWhole, errCut} {
+			if _, ok := err.(*pgerr.Error); err != nil && !ok {
+				t.Fatalf("%q: %T %v is not a client error", data, err, err)
+			}
+		}
+		if (errWhole == nil) != (errCut == nil) {
+			t.Fatalf("%q cut at %d: error %v, in one message %v", data, k, errCut, errWhole)
+		}
+		if errWhole == nil && !reflect.DeepEqual(whole, cutUp) {
+			t.Fatalf("%q cut at %d: shards get %q, in one message %q", data, k, cutUp, whole)
+		}
+	})
 }

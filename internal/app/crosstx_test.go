@@ -495,6 +495,10 @@ func TestCopyAcrossShards(t *testing.T) {
 			team = b
 		}
 		want[e.shardOf(t, team)]++
+		if i == 1 { // a backslash and a newline: a newline in the data
+			fmt.Fprintf(&data, "%s\t%d\tnote %d\\\nsecond line\n", uuidText(team), 700000+i, i)
+			continue
+		}
 		fmt.Fprintf(&data, "%s\t%d\tnote %d\\twith a tab\n", uuidText(team), 700000+i, i)
 	}
 	tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader(data.String()), "COPY items (team_id, id, note) FROM STDIN")
@@ -508,6 +512,9 @@ func TestCopyAcrossShards(t *testing.T) {
 	}
 	if got := e.direct(t, "shard-1", "SELECT note FROM items WHERE id = 700000"); got != "note 0\twith a tab" {
 		t.Errorf("escapes in copied text: %q", got)
+	}
+	if got := e.direct(t, e.shardOf(t, a), "SELECT note FROM items WHERE id = 700001"); got != "note 1\nsecond line" {
+		t.Errorf("a backslash-newline in copied text: %q", got)
 	}
 	if n := count("shard-0", "SELECT count(*) FROM items WHERE id >= 700000 AND team_id <> '"+uuidText(a)+"'"); n != 0 {
 		t.Errorf("shard-0 holds %d rows of another team", n)
