@@ -109,6 +109,7 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzClientMessageDecoding$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./merge -run '^$$' -fuzz '^FuzzAnalyze$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./fanout -run '^$$' -fuzz '^FuzzCopySplitter$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./router -run '^$$' -fuzz '^FuzzPinTime$$' -fuzztime $(FUZZTIME)
 
 bench: deps-bench build
 	$(GO) run ./internal/bench $(BENCH_ARGS)

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -62,19 +63,33 @@ func PinTime(sql string, columns func(table string) ([]Column, bool)) (out strin
 		}
 		p.walk(n.ProtoReflect())
 	}
-	if !p.changed {
+	if !p.changed || p.badParam {
+		// Unchanged; with a $0, which the deparser would print as "?",
+		// the server reports the statement's error itself.
 		return sql, false, nil
 	}
 	out, err = pg.Deparse(tree)
+	if err == nil {
+		// The deparser prints a few rare constructs it cannot represent
+		// (a type modifier given by an expression) as text that does not
+		// parse: such a rewrite is refused, never sent.
+		if back, perr := pg.Parse(out); perr != nil || len(back.GetStmts()) != len(tree.GetStmts()) {
+			err = fmt.Errorf("the rewritten statement does not parse: %v", perr)
+		}
+	}
 	if err != nil {
-		return "", false, pgerr.Errorf(pgerr.InternalError, "rewriting a write to replicated tables: %v", err)
+		e := pgerr.Errorf(pgerr.FeatureNotSupported, "cannot pin the current time in this write to replicated tables")
+		e.Detail = "Every shard must store the same time, so the sidecar rewrites now() and its kin in such writes, and it could not rewrite this statement (" + err.Error() + ")."
+		e.Hint = "pass the time as a parameter or a literal"
+		return "", false, e
 	}
 	return out, true, nil
 }
 
 type pinner struct {
-	columns func(string) ([]Column, bool)
-	changed bool
+	columns  func(string) ([]Column, bool)
+	changed  bool
+	badParam bool // a $0 parameter, which no Bind can supply
 }
 
 // timeFuncs are the current-time functions (no arguments) and the type
@@ -138,6 +153,9 @@ func (p *pinner) walk(m protoreflect.Message) {
 			n.Node = pinned(typ).Node
 			p.changed = true
 			return
+		}
+		if r := n.GetParamRef(); r != nil && r.GetNumber() <= 0 {
+			p.badParam = true
 		}
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {

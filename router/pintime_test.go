@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	pg "github.com/pganalyze/pg_query_go/v6"
+
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
 )
 
@@ -36,6 +38,7 @@ func TestPinTimeMakesWritesToReplicatedTablesTheSameOnEveryShard(t *testing.T) {
 		{in: "INSERT INTO public.orgs (name) VALUES ('n')", code: pgerr.FeatureNotSupported},
 		{in: "INSERT INTO seq (name) VALUES ('n')", code: pgerr.FeatureNotSupported},
 		{in: "INSERT INTO unknown (name) VALUES ('n')"},
+		{in: "INSERT INTO users (id, email) VALUES ($0, 'a')"}, // no Bind supplies $0: the server says so
 	} {
 		out, changed, err := PinTime(c.in, cols)
 		switch {
@@ -51,4 +54,51 @@ func TestPinTimeMakesWritesToReplicatedTablesTheSameOnEveryShard(t *testing.T) {
 			t.Errorf("%s:\n got %s\nwant %s", c.in, out, c.want)
 		}
 	}
+}
+
+// FuzzPinTime feeds random statements to PinTime: no panic; a refusal is a
+// client error, never XX000 (a statement Postgres would run must not fail
+// in the sidecar); a rewritten text parses, has as many statements, and
+// needs no second rewrite.
+func FuzzPinTime(f *testing.F) {
+	tables := map[string][]Column{
+		"users": {{Name: "id"}, {Name: "created_at", Default: "now()"}, {Name: "email"}},
+		"seq":   {{Name: "id", Default: "nextval('seq_id_seq'::regclass)"}, {Name: "name"}},
+	}
+	cols := func(table string) ([]Column, bool) { c, ok := tables[table]; return c, ok }
+	for _, s := range []string{
+		"INSERT INTO users (id, email) VALUES ($1, $2) RETURNING created_at",
+		"UPDATE users SET created_at = DEFAULT, email = lower($1) WHERE id = $2",
+		"INSERT INTO users SELECT $1, now(), 'e' WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1) ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at",
+		"WITH x AS (UPDATE users SET created_at = CURRENT_TIMESTAMP RETURNING id) SELECT * FROM x",
+		"MERGE INTO users u USING (SELECT 1 AS id) s ON u.id = s.id WHEN MATCHED THEN UPDATE SET created_at = clock_timestamp()",
+		"SELECT now() - interval '1 day', LOCALTIME(3); DELETE FROM users WHERE created_at < now()",
+		"INSERT INTO seq (name) VALUES ('n')",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		out, changed, err := PinTime(sql, cols)
+		if err != nil {
+			pe, ok := err.(*pgerr.Error)
+			if !ok || pe.Code == pgerr.InternalError {
+				t.Fatalf("PinTime(%q): %T %v", sql, err, err)
+			}
+			return
+		}
+		if !changed {
+			if out != sql {
+				t.Fatalf("PinTime(%q) changed the text but says it did not: %q", sql, out)
+			}
+			return
+		}
+		before, _ := pg.Parse(sql)
+		after, perr := pg.Parse(out)
+		if perr != nil || len(after.GetStmts()) != len(before.GetStmts()) {
+			t.Fatalf("PinTime(%q) = %q: %v", sql, out, perr)
+		}
+		if again, changedAgain, err := PinTime(out, cols); err != nil || changedAgain {
+			t.Fatalf("PinTime(%q) = %q, which it rewrites again: %q, %v", sql, out, again, err)
+		}
+	})
 }
