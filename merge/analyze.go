@@ -117,14 +117,18 @@ func analyzeStmt(tree *pg.ParseResult) (*Plan, error) {
 	if len(p.kinds) == 0 {
 		return nil, nil
 	}
+	if hasParamZero(tree.ProtoReflect()) {
+		return nil, errShardsFail // no Bind supplies $0, and the deparser would print it as "?"
+	}
 	a.rewriteLimit()
 	out, err := pg.Deparse(tree)
 	if err == nil {
-		// A deparser bug must not reach the shards as a mangled statement.
+		// A construct the deparser cannot print must not reach the shards
+		// as a mangled statement.
 		_, err = pg.Parse(out)
 	}
 	if err != nil {
-		return nil, pgerr.Errorf(pgerr.InternalError, "merge: cannot build the shard statement").WithCause(err)
+		return nil, refuse("", "cannot build the statement that merges this read across shards").WithCause(err)
 	}
 	p.shardSQL = out
 	return p, nil
@@ -737,6 +741,29 @@ func checkWindows(n *pg.Node) error {
 
 // containsNode reports whether pred holds for a message in n's tree,
 // without entering subqueries (SubLink's subselect).
+// hasParamZero reports whether m holds a $0 parameter anywhere, subqueries
+// included.
+func hasParamZero(m protoreflect.Message) bool {
+	if r, ok := m.Interface().(*pg.ParamRef); ok && r.GetNumber() <= 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Kind() != protoreflect.MessageKind:
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len() && !found; i++ {
+				found = hasParamZero(l.Get(i).Message())
+			}
+		default:
+			found = hasParamZero(v.Message())
+		}
+		return !found
+	})
+	return found
+}
+
 func containsNode(n *pg.Node, pred func(protoreflect.Message) bool) bool {
 	if n == nil {
 		return false
