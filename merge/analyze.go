@@ -739,8 +739,6 @@ func checkWindows(n *pg.Node) error {
 	return nil
 }
 
-// containsNode reports whether pred holds for a message in n's tree,
-// without entering subqueries (SubLink's subselect).
 // hasParamZero reports whether m holds a $0 parameter anywhere, subqueries
 // included.
 func hasParamZero(m protoreflect.Message) bool {
@@ -764,6 +762,8 @@ func hasParamZero(m protoreflect.Message) bool {
 	return found
 }
 
+// containsNode reports whether pred holds for a message in n's tree,
+// without entering subqueries (SubLink's subselect).
 func containsNode(n *pg.Node, pred func(protoreflect.Message) bool) bool {
 	if n == nil {
 		return false
