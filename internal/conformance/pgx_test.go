@@ -63,14 +63,19 @@ func TestPgxSuiteThroughSidecar(t *testing.T) {
 	setupSuiteDatabase(t, srv, suiteDir)
 
 	if *direct {
-		res := runPgxSuite(t, suiteDir, srv.DSN(srv.Primary, suiteDB), "direct")
+		res, _ := runPgxSuite(t, suiteDir, srv.DSN(srv.Primary, suiteDB), "direct")
 		t.Logf("direct: %d pass, %d fail, %d skip; failed: %s", res.Count(Pass), res.Count(Fail), res.Count(Skip), strings.Join(res.Failed(), " "))
 	}
 	for _, mode := range strings.Split(*modes, ",") {
 		t.Run(mode, func(t *testing.T) {
 			dsn := startSidecar(t, srv, mode)
-			res := runPgxSuite(t, suiteDir, dsn, mode)
+			res, out := runPgxSuite(t, suiteDir, dsn, mode)
 			t.Logf("%s mode: %d pass, %d fail, %d skip", mode, res.Count(Pass), res.Count(Fail), res.Count(Skip))
+			for _, name := range res.Failed() {
+				if e, ok := expected[mode][name]; !ok || e.Flaky {
+					t.Logf("%s failed in %s mode; its last output:\n%s", name, mode, TestOutput(bytes.NewReader(out), pgxModule, name, 40))
+				}
+			}
 			d := Compare(res, expected[mode])
 			if !d.OK() {
 				t.Errorf("pgx suite in %s mode differs from testdata/pgx-expected-failures.txt:\n%s", mode, d)
@@ -186,8 +191,9 @@ func tail(s string, lines int) string {
 var jsonMu sync.Mutex
 
 // runPgxSuite runs every package of pgx's suite with
-// PGX_TEST_DATABASE=dsn and returns its results.
-func runPgxSuite(t *testing.T, suiteDir, dsn, label string) Results {
+// PGX_TEST_DATABASE=dsn and returns its results and its go test -json
+// output.
+func runPgxSuite(t *testing.T, suiteDir, dsn, label string) (Results, []byte) {
 	t.Helper()
 	args := []string{"test", "-json", "-count=1", "-p", strconv.Itoa(*suiteP), "-timeout", suiteTimeout.String(), "./..."}
 	ctx, cancel := context.WithTimeout(t.Context(), suiteTimeout+time.Minute)
@@ -205,14 +211,14 @@ func runPgxSuite(t *testing.T, suiteDir, dsn, label string) Results {
 		_ = os.WriteFile(filepath.Join(*keepJSON, "pgx-"+label+".json"), stdout.Bytes(), 0o644)
 		jsonMu.Unlock()
 	}
-	res, perr := ParseTestJSON(&stdout, pgxModule)
+	res, perr := ParseTestJSON(bytes.NewReader(stdout.Bytes()), pgxModule)
 	if perr != nil {
 		t.Fatal(perr)
 	}
 	if len(res) == 0 {
 		t.Fatalf("%s: the suite reported no tests (%v):\n%s", label, err, tail(stderr.String(), 50))
 	}
-	return res
+	return res, stdout.Bytes()
 }
 
 // suiteEnv is the suite's environment: the caller's, without PG*

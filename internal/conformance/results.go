@@ -53,6 +53,31 @@ type testEvent struct {
 	Action  string
 	Package string
 	Test    string
+	Output  string
+}
+
+// TestOutput returns the last max lines the top-level test named test
+// ("package.TestName", as in Results) and its subtests printed in the
+// output of `go test -json` for module.
+func TestOutput(r io.Reader, module, test string, max int) string {
+	var lines []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var ev testEvent
+		if line := sc.Bytes(); len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &ev) != nil {
+			continue
+		}
+		top, _, _ := strings.Cut(ev.Test, "/")
+		if ev.Action != "output" || top == "" || relPackage(ev.Package, module)+"."+top != test {
+			continue
+		}
+		lines = append(lines, strings.TrimRight(ev.Output, "\n"))
+		if len(lines) > max {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // ParseTestJSON reads the output of `go test -json` for module (the

@@ -40,6 +40,18 @@ func TestParseTestJSONFoldsSubtestsAndNamesPackages(t *testing.T) {
 	}
 }
 
+func TestTestOutputKeepsTheTestsLastLines(t *testing.T) {
+	const out = `{"Action":"output","Package":"github.com/jackc/pgx/v5","Test":"TestA","Output":"=== RUN   TestA\n"}
+{"Action":"output","Package":"github.com/jackc/pgx/v5","Test":"TestB","Output":"not mine\n"}
+{"Action":"output","Package":"github.com/jackc/pgx/v5/pgconn","Test":"TestA","Output":"another package\n"}
+{"Action":"output","Package":"github.com/jackc/pgx/v5","Test":"TestA/sub","Output":"    a_test.go:9: boom\n"}
+{"Action":"output","Package":"github.com/jackc/pgx/v5","Test":"TestA","Output":"--- FAIL: TestA (0.01s)\n"}
+`
+	if got, want := TestOutput(strings.NewReader(out), "github.com/jackc/pgx/v5", "pgx.TestA", 2), "    a_test.go:9: boom\n--- FAIL: TestA (0.01s)"; got != want {
+		t.Errorf("TestOutput = %q, want %q", got, want)
+	}
+}
+
 func TestParseExpectedNeedsAReasonForEveryTest(t *testing.T) {
 	exp, err := ParseExpected(strings.NewReader(`# comment
 
