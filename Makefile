@@ -105,11 +105,6 @@ fuzz:
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./router -run '^$$' -fuzz '^FuzzKeyExtraction$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzAnalyzeAgreesWithTheParser$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzClientMessageDecoding$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./merge -run '^$$' -fuzz '^FuzzAnalyze$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./fanout -run '^$$' -fuzz '^FuzzCopySplitter$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./router -run '^$$' -fuzz '^FuzzPinTime$$' -fuzztime $(FUZZTIME)
 
 bench: deps-bench build
 	$(GO) run ./internal/bench $(BENCH_ARGS)
