@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/sqltree"
 )
 
 // hintOneShard is the advice for a statement that cannot be merged.
@@ -117,15 +118,10 @@ func analyzeStmt(tree *pg.ParseResult) (*Plan, error) {
 	if len(p.kinds) == 0 {
 		return nil, nil
 	}
-	if hasParamZero(tree.ProtoReflect()) {
-		return nil, errShardsFail // no Bind supplies $0, and the deparser would print it as "?"
-	}
 	a.rewriteLimit()
-	out, err := pg.Deparse(tree)
-	if err == nil {
-		// A construct the deparser cannot print must not reach the shards
-		// as a mangled statement.
-		_, err = pg.Parse(out)
+	out, err := sqltree.Print(tree)
+	if errors.Is(err, sqltree.ErrParamZero) {
+		return nil, errShardsFail // each shard reports the statement's error
 	}
 	if err != nil {
 		return nil, refuse("", "cannot build the statement that merges this read across shards").WithCause(err)
@@ -737,29 +733,6 @@ func checkWindows(n *pg.Node) error {
 		return refuse("", "window function %s() across shards is not supported", name)
 	}
 	return nil
-}
-
-// hasParamZero reports whether m holds a $0 parameter anywhere, subqueries
-// included.
-func hasParamZero(m protoreflect.Message) bool {
-	if r, ok := m.Interface().(*pg.ParamRef); ok && r.GetNumber() <= 0 {
-		return true
-	}
-	found := false
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.Kind() != protoreflect.MessageKind:
-		case fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len() && !found; i++ {
-				found = hasParamZero(l.Get(i).Message())
-			}
-		default:
-			found = hasParamZero(v.Message())
-		}
-		return !found
-	})
-	return found
 }
 
 // containsNode reports whether pred holds for a message in n's tree,

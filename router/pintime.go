@@ -1,13 +1,14 @@
 package router
 
 import (
-	"fmt"
+	"errors"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/brownie/brownie-sidecar/internal/pgerr"
+	"github.com/brownie/brownie-sidecar/internal/sqltree"
 )
 
 // NowSetting is the transaction-local setting that holds the time every
@@ -63,19 +64,13 @@ func PinTime(sql string, columns func(table string) ([]Column, bool)) (out strin
 		}
 		p.walk(n.ProtoReflect())
 	}
-	if !p.changed || p.badParam {
-		// Unchanged; with a $0, which the deparser would print as "?",
-		// the server reports the statement's error itself.
+	if !p.changed {
 		return sql, false, nil
 	}
-	out, err = pg.Deparse(tree)
-	if err == nil {
-		// The deparser prints a few rare constructs it cannot represent
-		// (a type modifier given by an expression) as text that does not
-		// parse: such a rewrite is refused, never sent.
-		if back, perr := pg.Parse(out); perr != nil || len(back.GetStmts()) != len(tree.GetStmts()) {
-			err = fmt.Errorf("the rewritten statement does not parse: %v", perr)
-		}
+	out, err = sqltree.Print(tree)
+	if errors.Is(err, sqltree.ErrParamZero) {
+		// Left as written: the server reports the statement's error.
+		return sql, false, nil
 	}
 	if err != nil {
 		e := pgerr.Errorf(pgerr.FeatureNotSupported, "cannot pin the current time in this write to replicated tables")
@@ -87,9 +82,8 @@ func PinTime(sql string, columns func(table string) ([]Column, bool)) (out strin
 }
 
 type pinner struct {
-	columns  func(string) ([]Column, bool)
-	changed  bool
-	badParam bool // a $0 parameter, which no Bind can supply
+	columns func(string) ([]Column, bool)
+	changed bool
 }
 
 // timeFuncs are the current-time functions (no arguments) and the type
@@ -153,9 +147,6 @@ func (p *pinner) walk(m protoreflect.Message) {
 			n.Node = pinned(typ).Node
 			p.changed = true
 			return
-		}
-		if r := n.GetParamRef(); r != nil && r.GetNumber() <= 0 {
-			p.badParam = true
 		}
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
