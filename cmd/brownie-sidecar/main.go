@@ -13,17 +13,21 @@ import (
 	"syscall"
 
 	"github.com/brownie/brownie-sidecar/internal/app"
+	"github.com/brownie/brownie-sidecar/internal/threads"
 )
 
 func main() {
-	// A sidecar serves one pod's connections. Like PgBouncer's one
-	// thread, one scheduler thread spends the least CPU per transaction:
-	// with more, every message a goroutine waits for wakes another thread
-	// (README, Cost per pod). GOMAXPROCS in the environment overrides it.
-	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-		runtime.GOMAXPROCS(1)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// A sidecar serves one pod's connections. Like PgBouncer's one
+	// thread, one scheduler thread spends the least CPU per transaction
+	// while it keeps up; when goroutines wait for it, a second one (up to
+	// the runtime's own default) shortens each pooled connection's
+	// turnaround (README, Cost per pod). GOMAXPROCS in the environment
+	// fixes the count instead.
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		most := runtime.GOMAXPROCS(1)
+		go threads.Run(ctx, threads.DefaultPolicy(most), threads.NewLatencies().Next, func(n int) { runtime.GOMAXPROCS(n) })
+	}
 	code := app.Main(ctx, os.Args, environ(), app.IO{Stdout: os.Stdout, Stderr: os.Stderr})
 	stop()
 	os.Exit(code)

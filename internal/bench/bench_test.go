@@ -443,7 +443,7 @@ func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 		"| 0.90 | 1.10 | 0.80 | 1.05 | 0.45 |",
 		"not met in simple/10 (0.90)",
 		"Control: a second PgBouncer configured like the first measured 0.87–1.10 of its TPS (1 of 3 rows below 1.00).",
-		"The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=1`, the sidecar's thread count.",
+		"The Go reference relays (go-pipe, go-loop) ran with `GOMAXPROCS=1`, the thread count the sidecar starts with (it adds threads while its goroutines wait for one).",
 	)
 	// With CPU measured, the control's CPU band is given as well.
 	tbl.rows[0].res[1].cpuUs, tbl.rows[0].res[3].cpuUs = 40, 36
@@ -569,7 +569,7 @@ func TestTheTransactionTableSetsTheGoTransactionRelayAgainstPgBouncer(t *testing
 	}
 	md := (&report{duration: 5 * time.Second, scale: 10, cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
 	reportHas(t, md,
-		"The Go reference relays (go-txloop) ran with `GOMAXPROCS=1`, the sidecar's thread count.",
+		"The Go reference relays (go-txloop) ran with `GOMAXPROCS=1`, the thread count the sidecar starts with (it adds threads while its goroutines wait for one).",
 		"| sidecar/pgbouncer | go-txloop/pgbouncer |",
 		"| simple | 10 | 8000 | 8800 | 7200 |",
 		"† go-txloop, prepared/50: failed as expected: go-txloop has no protocol-level prepared statements in transaction mode",

@@ -87,7 +87,8 @@
 // go-txloop (txloop.go): go-loop's event loop pooling as many upstream
 // connections as the poolers, a connection per transaction, reading only
 // the message framing. They run on as many scheduler threads as the
-// sidecar (its GOMAXPROCS from -sidecar-env, else its default of one).
+// sidecar (its GOMAXPROCS from -sidecar-env), else on the one thread the
+// sidecar starts with.
 // They measure what a Go proxy reaches on this machine at best, so the
 // sidecar's ratio to PgBouncer can be read against the ceiling of the
 // language and design, in the same run.

@@ -476,8 +476,9 @@ func (p *loopPair) close() {
 }
 
 // refRelayProcs is the GOMAXPROCS of the reference relays: the sidecars'
-// (from -sidecar-env, else the sidecar's default of one), so a control and
-// the sidecar it bounds schedule their goroutines on as many threads.
+// (from -sidecar-env), else one, the thread count the sidecar starts with,
+// so a control and the sidecar it bounds schedule their goroutines on as
+// many threads (the sidecar adds threads only while its goroutines wait).
 func refRelayProcs(sidecarEnv map[string]string) string {
 	if v, ok := sidecarEnv["GOMAXPROCS"]; ok {
 		return v

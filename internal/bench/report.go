@@ -302,7 +302,12 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "Sidecar environment added: `%s`.\n\n", strings.Join(kv, " "))
 	}
 	if ran := r.refRelays(); len(ran) > 0 {
-		fmt.Fprintf(&b, "The Go reference relays (%s) ran with `GOMAXPROCS=%s`, the sidecar's thread count.\n\n", strings.Join(ran, ", "), refRelayProcs(r.sidecarEnv))
+		procs := refRelayProcs(r.sidecarEnv)
+		whose := "the sidecar's thread count"
+		if _, fixed := r.sidecarEnv["GOMAXPROCS"]; !fixed {
+			whose = "the thread count the sidecar starts with (it adds threads while its goroutines wait for one)"
+		}
+		fmt.Fprintf(&b, "The Go reference relays (%s) ran with `GOMAXPROCS=%s`, %s.\n\n", strings.Join(ran, ", "), procs, whose)
 	}
 	if r.rate > 0 {
 		fmt.Fprintf(&b, "Rate-limited (-rate): every pgbench run of the session and transaction tables asks for %d transactions per second over all its clients (`pgbench -R`), so every target does the same work and CPU per transaction compares its cost; TPS only says whether a target kept up, and latency includes pgbench's schedule lag.\n\n", r.rate)
