@@ -126,9 +126,16 @@ func (ss *session) relay() (dormant bool) {
 // reports it itself when the relay did not.
 func (ss *session) awaitLostReport(err error) {
 	ss.mu.Lock()
-	done, c := ss.relayDone, ss.up
+	done, c, lost := ss.relayDone, ss.up, ss.lostUp
 	ss.mu.Unlock()
 	if c == nil {
+		// The relay had found the idle upstream dead and detached it for
+		// the session to go on with a new one, but the request the write
+		// was for had already been routed to it: the client hears of the
+		// loss, as from a request on a connection that died under it.
+		if lost != nil {
+			ss.reportLost(lost, err)
+		}
 		return
 	}
 	if done != nil {
@@ -233,7 +240,7 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 // goroutine, starting one when the session has none (its first
 // attachment, or the first since it went dormant). Called with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
-	ss.up = c
+	ss.up, ss.lostUp = c, nil
 	if u := c.Value; u.served.Load() != ss.pid {
 		u.served.Store(ss.pid)
 	}
@@ -1691,6 +1698,7 @@ func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome,
 	held := ss.idleFatal
 	ss.idleFatal = nil
 	ss.up = nil
+	ss.lostUp = u
 	ss.checkNext = true // the pool's idle connections to that host may be dead too
 	ss.cond.Broadcast()
 	ss.mu.Unlock()

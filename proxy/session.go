@@ -114,6 +114,10 @@ type session struct {
 	upGone      bool          // the relay stopped reading the upstream because it failed
 	resetDone   bool          // the reset completed cleanly: the upstream may be released
 	relayDone   chan struct{} // closed when the relay goroutine has let go of up
+	// lostUp is the upstream the relay detached as lost while the session
+	// was idle on it (detachLostLocked); until the next attachment the
+	// session goroutine may still have been writing a request to it.
+	lostUp *upstream
 	// Per session, under mu.
 	pins      map[string]bool   // reasons the session keeps its upstream
 	pinReason string            // the first reason, as counted in the pinned-sessions gauge
