@@ -97,3 +97,21 @@ func (s *Server) ShardsReady() error { return s.health.Ready() }
 // ShardStatus reports every shard's hosts as the last health checks saw
 // them, in map order. Safe for concurrent use; it never blocks on I/O.
 func (s *Server) ShardStatus() []health.ShardStatus { return s.health.Status() }
+
+// PoolWaits is how many acquisitions, over every pool, have had to wait
+// for a connection since the server started. It only grows; a caller
+// compares two readings to learn whether clients queued in between.
+// Safe for concurrent use.
+func (s *Server) PoolWaits() uint64 {
+	s.mu.Lock()
+	pools := make([]*upstreamPool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	var n uint64
+	for _, p := range pools {
+		n += p.Stats().Waits
+	}
+	return n
+}

@@ -13,22 +13,22 @@ import (
 	"syscall"
 
 	"github.com/brownie/brownie-sidecar/internal/app"
-	"github.com/brownie/brownie-sidecar/internal/threads"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	out := app.IO{Stdout: os.Stdout, Stderr: os.Stderr}
 	// A sidecar serves one pod's connections. Like PgBouncer's one
 	// thread, one scheduler thread spends the least CPU per transaction
-	// while it keeps up; when goroutines wait for it, a second one (up to
-	// the runtime's own default) shortens each pooled connection's
-	// turnaround (README, Cost per pod). GOMAXPROCS in the environment
-	// fixes the count instead.
+	// while it keeps up; while clients queue for pooled connections and
+	// goroutines wait for the thread, the sidecar adds threads, up to the
+	// runtime's own default (README, Configuration). GOMAXPROCS in the
+	// environment fixes the count instead.
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
 		most := runtime.GOMAXPROCS(1)
-		go threads.Run(ctx, threads.DefaultPolicy(most), threads.NewLatencies().Next, func(n int) { runtime.GOMAXPROCS(n) })
+		out.Threads = app.Threads{Max: most, Set: func(n int) { runtime.GOMAXPROCS(n) }}
 	}
-	code := app.Main(ctx, os.Args, environ(), app.IO{Stdout: os.Stdout, Stderr: os.Stderr})
+	code := app.Main(ctx, os.Args, environ(), out)
 	stop()
 	os.Exit(code)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/brownie/brownie-sidecar/admin"
 	"github.com/brownie/brownie-sidecar/internal/config"
 	"github.com/brownie/brownie-sidecar/internal/metrics"
+	"github.com/brownie/brownie-sidecar/internal/threads"
 	"github.com/brownie/brownie-sidecar/proxy"
 	brownietls "github.com/brownie/brownie-sidecar/tls"
 )
@@ -39,9 +40,24 @@ const (
 	ExitConfig = 2
 )
 
-// IO is where a command writes.
+// IO is what a command may use of its process: where it writes and, for
+// the sidecar, how it changes its thread count.
 type IO struct {
 	Stdout, Stderr io.Writer
+	// Threads, when its Set is not nil, lets the sidecar adapt the number
+	// of threads that run its goroutines (internal/threads); cmd passes
+	// runtime.GOMAXPROCS when the environment does not fix GOMAXPROCS.
+	// Tests leave it empty: the test process keeps its own count.
+	Threads Threads
+}
+
+// Threads is how the sidecar changes its thread count: Set applies a
+// count between 1 and Max, starting from 1. Policy, when set, replaces
+// threads.DefaultPolicy(Max) (tests).
+type Threads struct {
+	Set    func(int)
+	Max    int
+	Policy *threads.Policy
 }
 
 const usage = `usage: brownie-sidecar [command]
@@ -143,7 +159,7 @@ func runCommand(ctx context.Context, environ map[string]string, out IO, onStart 
 		return ExitConfig
 	}
 	defer log.Sync()
-	if err := Run(ctx, cfg, environ, log, onStart); err != nil {
+	if err := Run(ctx, cfg, environ, log, out.Threads, onStart); err != nil {
 		log.Error("sidecar failed", zap.Error(err))
 		return ExitFail
 	}
@@ -175,8 +191,9 @@ func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 // shuts down gracefully: readiness turns 503, listeners close, sessions
 // drain within ShutdownTimeout. It returns nil after a clean shutdown.
 // environ is the environment cfg was loaded from; the backup worker gets
-// what is left of it without the configuration's own variables.
-func Run(ctx context.Context, cfg config.Config, environ map[string]string, log *zap.Logger, onStart func(Started)) error {
+// what is left of it without the configuration's own variables. th, when
+// its Set is not nil, adapts the thread count while the sidecar runs.
+func Run(ctx context.Context, cfg config.Config, environ map[string]string, log *zap.Logger, th Threads, onStart func(Started)) error {
 	startedAt := time.Now()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -312,6 +329,14 @@ func Run(ctx context.Context, cfg config.Config, environ map[string]string, log 
 		}
 	}()
 
+	threadsDone := make(chan struct{})
+	go func() {
+		defer close(threadsDone)
+		if th.Set != nil {
+			runThreads(mapCtx, th, px)
+		}
+	}()
+
 	certCtx, stopCerts := context.WithCancel(context.Background())
 	certsDone := make(chan struct{})
 	go func() {
@@ -348,6 +373,7 @@ func Run(ctx context.Context, cfg config.Config, environ map[string]string, log 
 	<-mapDone
 	<-backupsDone
 	<-dbmDone
+	<-threadsDone
 	log.Info("sidecar stopped")
 	return err
 }
@@ -390,4 +416,25 @@ func certStatus(src brownietls.Source) func() any {
 		}
 		return out
 	}
+}
+
+// runThreads adapts the thread count (internal/threads) to how long the
+// sidecar's goroutines wait for a thread while clients queue for pooled
+// connections, until ctx ends. It starts from one thread.
+func runThreads(ctx context.Context, th Threads, px *proxy.Server) {
+	p := threads.DefaultPolicy(th.Max)
+	if th.Policy != nil {
+		p = *th.Policy
+	}
+	th.Set(p.Min)
+	lat := threads.NewLatencies()
+	waits := px.PoolWaits()
+	next := func() threads.Window {
+		w := lat.Next()
+		n := px.PoolWaits()
+		w.Queued = n > waits
+		waits = n
+		return w
+	}
+	threads.Run(ctx, p, next, th.Set)
 }

@@ -70,6 +70,13 @@ func copyCerts(t *testing.T, srv *pgtest.Server) string {
 // and stops it (expecting exit code 0) when the test ends.
 func startSidecar(t *testing.T, srv *pgtest.Server, extra map[string]string) *sidecar {
 	t.Helper()
+	return startSidecarThreads(t, srv, extra, Threads{})
+}
+
+// startSidecarThreads is startSidecar with th as the sidecar's way to
+// change its thread count.
+func startSidecarThreads(t *testing.T, srv *pgtest.Server, extra map[string]string, th Threads) *sidecar {
+	t.Helper()
 	sc := &sidecar{t: t, logs: &lockedBuffer{}, done: make(chan int, 1), sockDir: t.TempDir()}
 	env := map[string]string{
 		"DB_HOST":              "localhost",
@@ -99,7 +106,7 @@ func startSidecar(t *testing.T, srv *pgtest.Server, extra map[string]string) *si
 	sc.cancel = cancel
 	started := make(chan Started, 1)
 	go func() {
-		sc.done <- runCommand(ctx, env, IO{Stdout: io.Discard, Stderr: sc.logs}, func(st Started) { started <- st })
+		sc.done <- runCommand(ctx, env, IO{Stdout: io.Discard, Stderr: sc.logs, Threads: th}, func(st Started) { started <- st })
 	}()
 	select {
 	case st := <-started:

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/brownie/brownie-sidecar/internal/pgtest"
+	"github.com/brownie/brownie-sidecar/internal/threads"
 )
 
 func txnEnv(size int, extra ...string) map[string]string {
@@ -408,4 +409,53 @@ func TestCancelInTransactionModeReachesTheServingUpstream(t *testing.T) {
 	if err := conn.Ping(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
+}
+
+// TestThreadsFollowClientsQueueingForConnections: the sidecar adds a
+// thread while clients queue for pooled connections and gives it back
+// once they stop. The policy here leaves out the scheduling-latency
+// condition (any wait counts), so the test decides when clients queue.
+func TestThreadsFollowClientsQueueingForConnections(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sets := make(chan int, 64)
+	p := threads.Policy{Min: 1, Max: 2, Interval: 20 * time.Millisecond, Raise: -1, RaiseAfter: 1, Lower: -1, LowerAfter: 3}
+	sc := startSidecarThreads(t, srv, txnEnv(1), Threads{Max: 2, Set: func(n int) { sets <- n }, Policy: &p})
+	next := func(want int, when string) {
+		t.Helper()
+		select {
+		case n := <-sets:
+			if n != want {
+				t.Fatalf("%s: set %d threads, want %d", when, n, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no change to %d threads within 10s", when, want)
+		}
+	}
+	next(1, "at start")
+
+	// Four clients on a pool of one: three queue at any time.
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		conn := sc.connect(t, "")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := conn.Exec(context.Background(), "SELECT pg_sleep(0.02)"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	next(2, "while clients queue")
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a client's statement failed: %v", err)
+	}
+	next(1, "once nobody queues")
 }

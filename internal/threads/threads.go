@@ -8,8 +8,11 @@
 // the pool's throughput suffer, and the thread being preempted by the
 // kernel stalls every session at once. The controller watches the
 // runtime's scheduling latency (/sched/latencies:seconds: the time
-// goroutines spend runnable before they run) and adds a thread while the
-// mean wait stays high, and removes one while it stays low.
+// goroutines spend runnable before they run) and whether clients queued
+// for pooled connections, adds a thread while both last, and removes one
+// while the wait stays low or nobody queues. Without queueing a second
+// thread costs CPU and buys no throughput: every client then has its
+// connection, and its wait delays no other client's.
 //
 // The package holds no global state; Run is the one goroutine that
 // changes the thread count, and the caller owns the process's GOMAXPROCS.
@@ -27,21 +30,21 @@ import (
 type Policy struct {
 	Min, Max int           // thread bounds, 1 ≤ Min ≤ Max
 	Interval time.Duration // length of one observation window
-	// Raise is the mean wait above which, for RaiseAfter windows in a row,
-	// a thread is added; Lower the mean wait below which, for LowerAfter
-	// windows in a row, one is removed. A window with fewer than
-	// MinSamples scheduling samples counts as quiet: it never raises and
-	// counts towards lowering.
+	// Raise is the mean wait above which, for RaiseAfter windows in a row
+	// with clients queueing, a thread is added; Lower the mean wait below
+	// which, for LowerAfter windows in a row, one is removed. A window
+	// with fewer than MinSamples scheduling samples, or without queueing,
+	// counts as quiet: it never raises and counts towards lowering.
 	Raise, Lower           time.Duration
 	RaiseAfter, LowerAfter int
 	MinSamples             uint64
 }
 
 // DefaultPolicy is the policy the sidecar runs with, between one thread
-// and most. The thresholds were measured on the bench (README, Cost per
-// pod): with one thread the mean wait was 7–11 µs at one pgbench client,
-// 33–74 µs at 10 and 264–295 µs at 50 clients on a pool of 10, and with
-// two threads at 50 clients 113–139 µs.
+// and most. The thresholds were measured on the bench (docs/performance.md,
+// Threads under load): with one thread the mean wait was 7–11 µs at one
+// pgbench client, 33–74 µs at 10 and 264–295 µs at 50 clients on a pool
+// of 10, and with two threads at 50 clients 113–139 µs.
 func DefaultPolicy(most int) Policy {
 	return Policy{
 		Min: 1, Max: max(most, 1), Interval: 100 * time.Millisecond,
@@ -52,10 +55,12 @@ func DefaultPolicy(most int) Policy {
 }
 
 // Window is what one observation window saw: how many goroutine
-// scheduling events the runtime sampled and their mean wait.
+// scheduling events the runtime sampled and their mean wait, and whether
+// any client waited for a pooled connection.
 type Window struct {
 	Samples uint64
 	Mean    time.Duration
+	Queued  bool
 }
 
 // Controller decides the thread count from successive windows. It is a
@@ -77,7 +82,7 @@ func (c *Controller) Threads() int { return c.n }
 // change needs a full run of windows under the new count.
 func (c *Controller) Observe(w Window) (int, bool) {
 	switch {
-	case w.Samples < c.p.MinSamples:
+	case w.Samples < c.p.MinSamples || !w.Queued:
 		c.up, c.down = 0, c.down+1
 	case w.Mean > c.p.Raise:
 		c.up, c.down = c.up+1, 0
@@ -114,7 +119,8 @@ func NewLatencies() *Latencies {
 	return &Latencies{sample: []metrics.Sample{{Name: latencyName}}}
 }
 
-// Next reads the histogram and returns the window since the last call.
+// Next reads the histogram and returns the window since the last call
+// (Queued unset: the caller knows its pools).
 func (l *Latencies) Next() Window {
 	metrics.Read(l.sample)
 	if l.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
@@ -150,8 +156,9 @@ func (l *Latencies) window(h *metrics.Float64Histogram) Window {
 }
 
 // Run observes a window every p.Interval and calls set with each new
-// thread count until ctx ends. next returns each window (NewLatencies's
-// Next in the sidecar). The caller sets p.Min threads before it starts.
+// thread count until ctx ends. next returns each window (in the sidecar,
+// NewLatencies's Next with Queued from its pools). The caller sets p.Min
+// threads before it starts.
 func Run(ctx context.Context, p Policy, next func() Window, set func(int)) {
 	c := NewController(p)
 	t := time.NewTicker(p.Interval)

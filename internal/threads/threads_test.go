@@ -14,7 +14,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func win(us float64) Window {
-	return Window{Samples: 500, Mean: time.Duration(us * float64(time.Microsecond))}
+	return Window{Samples: 500, Mean: time.Duration(us * float64(time.Microsecond)), Queued: true}
 }
 
 // The bench's measured windows: one thread keeps up at 1 and 10 clients
@@ -61,10 +61,14 @@ func TestControllerNeedsWindowsInARow(t *testing.T) {
 			t.Fatalf("interrupted slow windows raised the count to %d", n)
 		}
 	}
-	// Quiet windows never raise, whatever their mean.
+	// Quiet windows never raise, whatever their mean; nor do windows
+	// where no client queued for a connection.
 	for range 20 {
-		if n, _ := c.Observe(Window{Samples: p.MinSamples - 1, Mean: time.Second}); n != 1 {
+		if n, _ := c.Observe(Window{Samples: p.MinSamples - 1, Mean: time.Second, Queued: true}); n != 1 {
 			t.Fatalf("quiet windows raised the count to %d", n)
+		}
+		if n, _ := c.Observe(Window{Samples: 500, Mean: time.Second}); n != 1 {
+			t.Fatalf("slow windows without queueing raised the count to %d", n)
 		}
 	}
 	// Up one thread per run of slow windows, to the maximum.
@@ -78,12 +82,13 @@ func TestControllerNeedsWindowsInARow(t *testing.T) {
 	if n, changed := c.Observe(win(300)); changed || n != 4 {
 		t.Fatalf("raised past the maximum to %d", n)
 	}
-	// An idle process (quiet windows) comes back down, one thread per run.
+	// Without queueing the count comes back down, one thread per run,
+	// however long goroutines wait; so it does in an idle process.
 	for want := 3; want >= 1; want-- {
 		var n int
 		var changed bool
 		for range p.LowerAfter {
-			n, changed = c.Observe(Window{})
+			n, changed = c.Observe(Window{Samples: 500, Mean: time.Second})
 		}
 		if !changed || n != want {
 			t.Fatalf("got %d threads (changed %v), want %d", n, changed, want)
