@@ -150,7 +150,7 @@ func startSidecar(t *testing.T, srv *pgtest.Server, mode string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	started := make(chan app.Started, 1)
 	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, cfg, nil, log, func(s app.Started) { started <- s }) }()
+	go func() { done <- app.Run(ctx, cfg, nil, log, app.Threads{}, func(s app.Started) { started <- s }) }()
 	var addr string
 	select {
 	case s := <-started:
