@@ -333,7 +333,7 @@ func Run(ctx context.Context, cfg config.Config, environ map[string]string, log 
 	go func() {
 		defer close(threadsDone)
 		if th.Set != nil {
-			runThreads(mapCtx, th, px)
+			runThreads(mapCtx, th, px, log.Named("threads"))
 		}
 	}()
 
@@ -420,8 +420,9 @@ func certStatus(src brownietls.Source) func() any {
 
 // runThreads adapts the thread count (internal/threads) to how long the
 // sidecar's goroutines wait for a thread while clients queue for pooled
-// connections, until ctx ends. It starts from one thread.
-func runThreads(ctx context.Context, th Threads, px *proxy.Server) {
+// connections, until ctx ends. It starts from one thread and logs each
+// change at debug level (go_sched_gomaxprocs_threads shows the count).
+func runThreads(ctx context.Context, th Threads, px *proxy.Server, log *zap.Logger) {
 	p := threads.DefaultPolicy(th.Max)
 	if th.Policy != nil {
 		p = *th.Policy
@@ -436,5 +437,8 @@ func runThreads(ctx context.Context, th Threads, px *proxy.Server) {
 		waits = n
 		return w
 	}
-	threads.Run(ctx, p, next, th.Set)
+	threads.Run(ctx, p, next, func(n int) {
+		th.Set(n)
+		log.Debug("scheduler threads changed", zap.Int("threads", n))
+	})
 }
