@@ -61,6 +61,22 @@ type testEvent struct {
 // output of `go test -json` for module.
 func TestOutput(r io.Reader, module, test string, max int) string {
 	var lines []string
+	_ = eachEvent(r, func(ev testEvent) {
+		top, _, _ := strings.Cut(ev.Test, "/")
+		if ev.Action != "output" || top == "" || relPackage(ev.Package, module)+"."+top != test {
+			return
+		}
+		lines = append(lines, strings.TrimRight(ev.Output, "\n"))
+		if len(lines) > max {
+			lines = lines[1:]
+		}
+	})
+	return strings.Join(lines, "\n")
+}
+
+// eachEvent calls fn with every event of `go test -json` output, skipping
+// lines that are not JSON (go's own messages on a build failure).
+func eachEvent(r io.Reader, fn func(testEvent)) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -68,16 +84,12 @@ func TestOutput(r io.Reader, module, test string, max int) string {
 		if line := sc.Bytes(); len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &ev) != nil {
 			continue
 		}
-		top, _, _ := strings.Cut(ev.Test, "/")
-		if ev.Action != "output" || top == "" || relPackage(ev.Package, module)+"."+top != test {
-			continue
-		}
-		lines = append(lines, strings.TrimRight(ev.Output, "\n"))
-		if len(lines) > max {
-			lines = lines[1:]
-		}
+		fn(ev)
 	}
-	return strings.Join(lines, "\n")
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading go test output: %w", err)
+	}
+	return nil
 }
 
 // ParseTestJSON reads the output of `go test -json` for module (the
@@ -88,39 +100,29 @@ func TestOutput(r io.Reader, module, test string, max int) string {
 func ParseTestJSON(r io.Reader, module string) (Results, error) {
 	res := Results{}
 	pkgTests := map[string]bool{} // packages that reported any failed test
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] != '{' {
-			continue
-		}
-		var ev testEvent
-		if err := json.Unmarshal(line, &ev); err != nil {
-			continue
-		}
+	err := eachEvent(r, func(ev testEvent) {
 		pkg := relPackage(ev.Package, module)
 		switch ev.Action {
 		case "pass", "fail", "skip":
 		default:
-			continue
+			return
 		}
 		if ev.Test == "" {
 			if ev.Action == "fail" && !pkgTests[pkg] {
 				res[pkg+".(package)"] = Fail
 			}
-			continue
+			return
 		}
 		if strings.Contains(ev.Test, "/") {
-			continue
+			return
 		}
 		res[pkg+"."+ev.Test] = Outcome(ev.Action)
 		if ev.Action == "fail" {
 			pkgTests[pkg] = true
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading go test output: %w", err)
+	})
+	if err != nil {
+		return nil, err
 	}
 	return res, nil
 }
