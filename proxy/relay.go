@@ -26,15 +26,16 @@ import (
 type expKind uint8
 
 const (
-	expParse         expKind = iota // client Parse: forward ParseComplete
-	expParseInjected                // sidecar Parse (re-prepare): swallow ParseComplete
-	expParseCached                  // client Parse already prepared: a Close stood in; CloseComplete → ParseComplete
-	expParseError                   // a failing Parse stood in for a client Parse the sidecar refuses: its error is replaced by err
-	expClose                        // client Close: forward CloseComplete
-	expCloseInjected                // sidecar Close (LRU eviction): swallow CloseComplete
-	expSync                         // Sync: forward ReadyForQuery
-	expQuery                        // Query or FunctionCall: forward ReadyForQuery
-	expQueryInjected                // replayed deferred Query: swallow its CommandComplete and ReadyForQuery
+	expParse            expKind = iota // client Parse: forward ParseComplete
+	expParseInjected                   // sidecar Parse (re-prepare): swallow ParseComplete
+	expParseCached                     // client Parse already prepared: a Close stood in; CloseComplete → ParseComplete
+	expParseError                      // a failing Parse stood in for a client Parse the sidecar refuses: its error is replaced by err
+	expClose                           // client Close: forward CloseComplete
+	expCloseInjected                   // sidecar Close (LRU eviction): swallow CloseComplete
+	expSync                            // Sync: forward ReadyForQuery
+	expQuery                           // Query or FunctionCall: forward ReadyForQuery
+	expQueryInjected                   // replayed deferred Query: swallow its CommandComplete and ReadyForQuery
+	expDescribeInjected                // sidecar Describe of a statement: swallow its answer, record the result description
 )
 
 type expectation struct {
@@ -48,7 +49,20 @@ type expectation struct {
 	// quiet: an expQueryInjected whose ErrorResponse is swallowed too
 	// (failedTxSQL).
 	quiet bool
+	// check: for expDescribeInjected, the client statement whose result
+	// description the answer sets or checks.
+	check *stmtDef
 }
+
+// errResultChanged is Postgres's error for a prepared statement whose
+// result columns a schema change altered.
+func errResultChanged() *pgerr.Error {
+	return pgerr.Errorf(pgerr.FeatureNotSupported, "cached plan must not change result type")
+}
+
+// errDescribeFirst says a Bind must wait: its statement is prepared
+// afresh and described first (see resultCheckLocked).
+var errDescribeFirst = errors.New("statement described before its Bind")
 
 // clientParse names the statement a client's Parse defined.
 type clientParse struct {
@@ -552,6 +566,14 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	}
 	ss.held = ss.held[:0]
 	out, stream, skip, err := ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
+	if errors.Is(err, errDescribeFirst) {
+		err = ss.awaitDescriptionLocked(pre, out, u)
+		pre = nil
+		if err == nil {
+			out, stream, skip, err = ss.rewriteLocked(typ, n, body, bindFull, pm, a, refused, refuse, u)
+		}
+		ss.descChecked = nil
+	}
 	if err == nil && stream == 0 && refuse == nil && refused == "" && (typ == 'S' || typ == 'Q') {
 		ss.armRetryLocked(typ)
 	}
@@ -717,6 +739,16 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		if typ == 'B' && def.a != nil && def.a.touchesState() {
 			ss.dirty.note(def.a)
 		}
+		if typ == 'B' && stmtName != "" && refuse == nil && !def.poison {
+			switch ss.resultCheckLocked(u, def) {
+			case resultChanged:
+				refuse = errResultChanged()
+			case resultUnknown:
+				out, _ := ss.ensurePreparedLocked(&ss.expect, u, def, false)
+				ss.descWait = def
+				return append(out, 'H', 0, 0, 0, 4), 0, 0, errDescribeFirst
+			}
+		}
 		portal, _, _, _ := bindHeader(body)
 		if typ == 'B' && (def.poison || refuse != nil) {
 			// Bind the refusal, prepared as the unnamed statement, with no
@@ -814,6 +846,7 @@ func (ss *session) rewriteCommonLocked(typ byte, n int, body []byte, a *analysis
 		ss.synced = true
 		ss.expect = append(ss.expect, expectation{kind: expQuery, at: time.Now()})
 	case 'S':
+		ss.upSkipping = false
 		if !ss.copyIn { // Sync inside COPY IN gets no ReadyForQuery
 			ss.pending++
 			ss.expect = append(ss.expect, expectation{kind: expSync, at: time.Now()})
@@ -852,15 +885,16 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 	def.poison = refused != ""
 	ss.stmts[pm.name] = def
 	cp := &clientParse{name: pm.name, def: def}
-	if _, ok := u.stmts.lookup(def.key); ok {
+	if cs, ok := u.stmts.entry(def.key); ok {
 		m.StmtCache.WithLabelValues("hit").Inc()
+		def.desc = cs.desc
 		ss.expect = append(ss.expect, expectation{kind: expParseCached, client: cp})
 		return appendClose(dst, 'S', nonexistent)
 	}
 	m.StmtCache.WithLabelValues("miss").Inc()
 	out := ss.prepareLocked(&ss.expect, dst, u, def, expParse)
 	ss.expect[len(ss.expect)-1].client = cp
-	return out
+	return ss.describeLocked(out, u, def)
 }
 
 // passThroughLocked is rewriteLocked for a passthrough session: messages
@@ -934,7 +968,103 @@ func (ss *session) ensurePreparedLocked(q *[]expectation, u *upstream, def *stmt
 	ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
 	out := ss.prepareLocked(q, nil, u, def, expParseInjected)
 	name, _ := u.stmts.lookup(def.key)
+	if q == &ss.expect {
+		out = ss.describeLocked(out, u, def)
+	}
 	return out, name
+}
+
+// describeLocked appends a Describe of def's statement, just prepared on
+// u, whose answer the relay goroutine swallows: it records the statement's
+// result description on u and, the first time, on def (see
+// stmtDef.desc), or finds that it changed. Called with ss.mu held and the
+// session attached.
+func (ss *session) describeLocked(out []byte, u *upstream, def *stmtDef) []byte {
+	if !def.fixedResult {
+		return out
+	}
+	name, _ := u.stmts.lookup(def.key)
+	ss.expect = append(ss.expect, expectation{kind: expDescribeInjected, key: def.key, check: def})
+	ss.describing.Add(1)
+	return appendDescribeStmt(out, name)
+}
+
+type resultCheck uint8
+
+const (
+	resultSame    resultCheck = iota // bind as usual
+	resultChanged                    // raise errResultChanged in the Bind's place
+	resultUnknown                    // prepare and describe the statement first
+)
+
+// resultCheckLocked keeps a client's prepared statement returning what it
+// returned when the client prepared it, as Postgres does: on an upstream
+// holding a statement of the same key prepared with other result columns,
+// or where the sidecar must prepare it afresh after a schema change
+// altered them, Postgres would answer the Bind with 0A000 "cached plan
+// must not change result type", and so does the sidecar. A statement
+// prepared afresh is described first (resultUnknown), before the client's
+// Bind goes: bound as it is, it would fail with another error or return
+// rows of other columns than the client was told. Only queries and DML
+// statements are checked (stmtDef.fixedResult): a FETCH prepared before
+// its cursor was declared describes no columns, then returns the
+// cursor's, as in Postgres. Called with ss.mu held and the session
+// attached to u; def is a named statement.
+func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
+	if def.resultChanged {
+		return resultChanged
+	}
+	if !def.fixedResult || def == ss.descChecked {
+		return resultSame
+	}
+	if cs, ok := u.stmts.entry(def.key); ok {
+		switch {
+		case def.desc == "":
+			def.desc = cs.desc
+		case cs.desc != "" && cs.desc != def.desc:
+			def.resultChanged = true
+			return resultChanged
+		}
+		return resultSame
+	}
+	if def.desc == "" || ss.upSkipping {
+		// Nothing to check against; or the server skips messages up to
+		// the request's Sync after an error, and would not answer.
+		return resultSame
+	}
+	return resultUnknown
+}
+
+// awaitDescriptionLocked sends pre and out (the statement's Parse and
+// Describe, and a Flush), and waits for the relay goroutine to take the
+// answer (takeDescription) or drop it after an error. It returns with
+// ss.mu held, as it was called, and an error when the session ended
+// meanwhile.
+func (ss *session) awaitDescriptionLocked(pre, out []byte, u *upstream) error {
+	def := ss.descWait
+	ss.mu.Unlock()
+	_, err := ss.uw.Write(pre)
+	if err == nil {
+		_, err = ss.uw.Write(out)
+	}
+	if err == nil {
+		err = ss.uw.Flush()
+	}
+	ss.srv.metrics.ToUpstream.Add(float64(len(pre) + len(out)))
+	ss.mu.Lock()
+	if err != nil {
+		ss.descWait = nil
+		return ss.upstreamWriteFailedLocked(err)
+	}
+	for ss.descWait == def && !ss.ended && ss.up != nil && ss.up.Value == u {
+		ss.cond.Wait()
+	}
+	if ss.descWait == def { // the upstream was lost: the relay goroutine reports it
+		ss.descWait = nil
+		return errSessionEnded
+	}
+	ss.descChecked = def
+	return nil
 }
 
 // prepareLocked appends a Parse of def under a new sidecar name on u,
@@ -1083,7 +1213,7 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			return
 		}
 		var body []byte
-		stream := n > largeMessage && typ != 'E' && typ != 'Z' && typ != 'S'
+		stream := n > largeMessage && typ != 'E' && typ != 'Z' && typ != 'S' && (typ != 'T' || ss.describing.Load() == 0)
 		if !stream {
 			if body, err = u.r.Body(); err != nil {
 				ss.upstreamDied(c, err)
@@ -1095,6 +1225,9 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			if ss.swallowInjected(typ, body) {
 				continue
 			}
+		}
+		if ss.describing.Load() > 0 && (typ == 't' || typ == 'T' || typ == 'n') && ss.takeDescription(typ, body, u) {
+			continue
 		}
 		switch typ {
 		case '1', '3':
@@ -1240,6 +1373,41 @@ func (ss *session) swallowInjected(typ byte, body []byte) bool {
 	return true
 }
 
+// takeDescription swallows the answer to a Describe the sidecar sent
+// (describeLocked): its ParameterDescription, then the RowDescription or
+// NoData whose result description it records, on the statement of u and
+// on the client's statement (or, when that already has one that differs,
+// marks it changed); then a Bind waiting for it goes on. It reports
+// whether the message was the answer. Relay goroutine only.
+func (ss *session) takeDescription(typ byte, body []byte, u *upstream) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.expect) == 0 || ss.expect[0].kind != expDescribeInjected {
+		return false
+	}
+	if typ == 't' {
+		return true
+	}
+	e := ss.expect[0]
+	ss.dropExpectLocked(1)
+	ss.describing.Add(-1)
+	if d := resultDesc(typ, body); d != "" {
+		u.stmts.described(e.key, d)
+		switch def := e.check; {
+		case def.desc == "":
+			def.desc = d
+		case def.desc != d:
+			def.resultChanged = true
+			ss.log.Info("prepared statement refused: a schema change altered its result columns")
+		}
+	}
+	if ss.descWait == e.check {
+		ss.descWait = nil
+		ss.cond.Broadcast()
+	}
+	return true
+}
+
 // completeLocked handles ParseComplete ('1') and CloseComplete ('3'): it
 // matches them with the queued expectation and says whether to forward and
 // as which type.
@@ -1281,7 +1449,9 @@ func (ss *session) dropSkippedLocked(u *upstream) {
 	if len(ss.expect) > 0 && (ss.expect[0].kind == expQuery || ss.expect[0].kind == expQueryInjected) {
 		return // simple query: its ReadyForQuery still comes
 	}
-	ss.dropExpectLocked(ss.skipToEndLocked(u))
+	i := ss.skipToEndLocked(u)
+	ss.upSkipping = i == len(ss.expect) // the Sync ending the skip is still to come
+	ss.dropExpectLocked(i)
 }
 
 // dropExpectLocked removes the first n expectations. The rest move to the
@@ -1308,6 +1478,13 @@ func (ss *session) skipToEndLocked(u *upstream) int {
 		if e.client != nil {
 			ss.failedParses = append(ss.failedParses, e.client)
 			ss.parseFailed.Store(true)
+		}
+		if e.kind == expDescribeInjected {
+			ss.describing.Add(-1)
+			if ss.descWait == e.check {
+				ss.descWait = nil
+				ss.cond.Broadcast()
+			}
 		}
 	}
 	return i
@@ -1933,7 +2110,9 @@ func errorField(body []byte, f byte) string { return wire.ErrorField(body, f) }
 func staleStatementError(body []byte) bool {
 	switch errorField(body, 'C') {
 	case "0A000":
-		return strings.HasPrefix(errorField(body, 'M'), "cached plan must not change result type")
+		// The sidecar's own (errResultChanged, raised by a DO block) has
+		// a context; the server's has none.
+		return strings.HasPrefix(errorField(body, 'M'), "cached plan must not change result type") && errorField(body, 'W') == ""
 	case "XX000":
 		return strings.HasPrefix(errorField(body, 'M'), "cache lookup failed for")
 	}

@@ -196,6 +196,17 @@ type session struct {
 
 	injected atomic.Int32 // replies of replayed (deferred) statements still to swallow
 
+	// describing counts the sidecar's own Describes of statements in the
+	// queue (expDescribeInjected), whose answers the relay goroutine
+	// swallows. Under mu: descWait is the statement whose Bind waits for
+	// the answer (awaitDescriptionLocked); descChecked the one whose wait
+	// ended, so that its Bind goes on unchecked; upSkipping says the
+	// server skips messages up to a Sync not sent yet, after an error.
+	describing  atomic.Int32
+	descWait    *stmtDef
+	descChecked *stmtDef
+	upSkipping  bool
+
 	// preRead is set (under mu) while a read runs ahead of the deferred
 	// BEGIN (readAheadLocked), until its request ends; preErr (under mu)
 	// says the server answered it with an error.

@@ -7,8 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/brownie/brownie-sidecar/fanout"
+	"github.com/brownie/brownie-sidecar/internal/sqltext"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
 
@@ -27,6 +29,18 @@ type stmtDef struct {
 	// poison marks a statement refused by POOL_PIN_POLICY=error: binding
 	// it runs the refusal instead.
 	poison bool
+	// desc is the statement's result description (resultDesc) as first
+	// prepared upstream for the client, "" until known; resultChanged
+	// says a later preparation's differs, so binding the statement fails
+	// as in Postgres, whose prepared statement keeps the result type it
+	// was prepared with. Both are set under the owning session's mu (by
+	// its relay goroutine, or by its session goroutine on a cache hit).
+	desc          string
+	resultChanged bool
+	// fixedResult says the statement is a query or a DML statement, whose
+	// result columns Postgres fixes when preparing it; a utility
+	// statement's (FETCH) may depend on the state it runs in.
+	fixedResult bool
 	// variants are the statement's rewrites for requests spanning shards
 	// (package fanout: a merge's ShardSQL, a replicated write's pinned
 	// time), most recent first, at most maxVariants; set by the session
@@ -60,7 +74,26 @@ func (d *stmtDef) Variant(sql string) fanout.Stmt {
 }
 
 func newStmtDef(query string, oids []uint32, a *analysis, gen uint64) *stmtDef {
-	return &stmtDef{key: stmtKey(query, oids, gen), query: query, oids: oids, gen: gen, a: a}
+	return &stmtDef{key: stmtKey(query, oids, gen), query: query, oids: oids, gen: gen, a: a, fixedResult: plannable(query)}
+}
+
+// plannable reports whether a statement text starts as a query or a DML
+// statement does (SELECT, VALUES, TABLE, WITH, INSERT, UPDATE, DELETE,
+// MERGE, or a parenthesised query), after whitespace and comments.
+func plannable(query string) bool {
+	q := query[sqltext.SkipSpace(query, 0):]
+	if strings.HasPrefix(q, "(") {
+		return true
+	}
+	end := 0
+	for end < len(q) && (q[end]|0x20 >= 'a' && q[end]|0x20 <= 'z') {
+		end++
+	}
+	switch strings.ToLower(q[:end]) {
+	case "select", "values", "table", "with", "insert", "update", "delete", "merge":
+		return true
+	}
+	return false
 }
 
 // newUnnamedDef records an unnamed statement. It needs no key: the
@@ -97,7 +130,8 @@ type stmtCache struct {
 type cachedStmt struct {
 	key       string
 	name      string
-	confirmed bool // the server answered ParseComplete
+	confirmed bool   // the server answered ParseComplete
+	desc      string // its result description (resultDesc), "" until described
 }
 
 func newStmtCache(max int) *stmtCache {
@@ -130,6 +164,23 @@ func (c *stmtCache) add(key string) (name string, evict []string) {
 		el = prev
 	}
 	return name, evict
+}
+
+// entry returns key's statement, marking it recently used.
+func (c *stmtCache) entry(key string) (*cachedStmt, bool) {
+	el, ok := c.byKey[key]
+	if !ok {
+		return nil, false
+	}
+	c.ll.MoveToFront(el)
+	return el.Value.(*cachedStmt), true
+}
+
+// described records key's result description.
+func (c *stmtCache) described(key, desc string) {
+	if el, ok := c.byKey[key]; ok {
+		el.Value.(*cachedStmt).desc = desc
+	}
 }
 
 func (c *stmtCache) confirm(key string) {
@@ -224,6 +275,47 @@ func appendClose(dst []byte, kind byte, name string) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(name)+1))
 	dst = append(dst, kind)
 	return append(append(dst, name...), 0)
+}
+
+// appendDescribeStmt appends a Describe of statement name.
+func appendDescribeStmt(dst []byte, name string) []byte {
+	dst = wire.AppendHeader(dst, 'D', 1+len(name)+1)
+	dst = append(dst, 'S')
+	return append(append(dst, name...), 0)
+}
+
+// resultDesc reduces the answer to a Describe of a statement, NoData ('n')
+// or RowDescription ('T'), to what Postgres compares when it checks that a
+// prepared statement still returns what it was prepared to: the number of
+// columns and each one's name, type and type modifier (not the table a
+// column comes from, which differs between shards). It returns "" for a
+// malformed RowDescription.
+func resultDesc(typ byte, body []byte) string {
+	if typ == 'n' {
+		return "n"
+	}
+	if len(body) < 2 {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	b := body[2:]
+	out := make([]byte, 0, len(body))
+	out = append(out, 'T')
+	out = binary.BigEndian.AppendUint16(out, uint16(n))
+	for range n {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 || len(b) < i+1+18 {
+			return ""
+		}
+		out = append(out, b[:i+1]...)            // name
+		out = append(out, b[i+1+6:i+1+6+4]...)   // type OID, after table OID and column number
+		out = append(out, b[i+1+12:i+1+12+4]...) // type modifier, after type size
+		b = b[i+1+18:]
+	}
+	if len(b) != 0 {
+		return ""
+	}
+	return string(out)
 }
 
 // bindHeader splits the start of a Bind body: portal and statement names

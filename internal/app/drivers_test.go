@@ -264,6 +264,133 @@ func TestPreparedStatementsSurviveSchemaChangesByOtherClients(t *testing.T) {
 	}
 }
 
+// TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream: a client's
+// statement prepared before a schema change altered its result columns
+// fails with Postgres's 0A000 "cached plan must not change result type"
+// on whichever upstream runs it, also where the sidecar prepares it
+// afresh against the new schema (where, bound as the client built the
+// Bind, it would return rows of other columns, or fail with 08P01). A
+// statement the change left alone runs there as before, a failed one
+// aborts the client's transaction as in Postgres, and preparing it again
+// recovers.
+func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, txnEnv(2))
+	ctx := ctx10(t)
+	x, h1, h2 := sc.connect(t, "").PgConn(), sc.connect(t, "").PgConn(), sc.connect(t, "").PgConn()
+	exec := func(pc *pgconn.PgConn, sql string) []*pgconn.Result {
+		t.Helper()
+		rs, err := pc.Exec(ctx, sql).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return rs
+	}
+	exec(x, "CREATE TABLE reshaped (id int, dropped int, kept text); INSERT INTO reshaped VALUES (1, 2, 'k')")
+	exec(x, "CREATE TABLE untouched (id int); INSERT INTO untouched VALUES (7)")
+	exec(x, "CREATE TABLE gone (id int)")
+	stmts := map[string]string{"s": "SELECT * FROM reshaped WHERE id = $1", "u": "SELECT * FROM untouched",
+		"v": "SELECT id FROM untouched", "g": "SELECT * FROM gone", "f": `FETCH ALL IN "c"`}
+	for name, sql := range stmts {
+		if _, err := x.Prepare(ctx, name, sql, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(name string, formats []int16) *pgconn.ResultReader {
+		var params [][]byte
+		if name == "s" {
+			params = [][]byte{[]byte("1")}
+		}
+		return x.ExecPrepared(ctx, name, params, nil, formats)
+	}
+	// Both statements run, in one transaction, on one upstream: it holds
+	// them as prepared under the old schema.
+	pidOf := func(pc *pgconn.PgConn, sql string) string {
+		t.Helper()
+		rs := exec(pc, sql)
+		return string(rs[len(rs)-1].Rows[0][0])
+	}
+	held := pidOf(x, "BEGIN; SELECT pg_backend_pid()")
+	for _, name := range []string{"s", "u", "v", "g"} {
+		want := 1
+		if name == "g" {
+			want = 0 // an empty table
+		}
+		if r := run(name, nil).Read(); r.Err != nil || len(r.Rows) != want {
+			t.Fatalf("%s before the change: %v", name, r.Err)
+		}
+	}
+	exec(x, `DECLARE "c" CURSOR FOR SELECT 1`)
+	if r := run("f", nil).Read(); r.Err != nil || len(r.FieldDescriptions) != 1 {
+		t.Fatalf("f on a cursor of one column: %v", r.Err)
+	}
+	exec(x, "COMMIT")
+	exec(h1, "ALTER TABLE reshaped DROP COLUMN dropped")
+	exec(h1, "DROP TABLE gone")
+
+	// Hold both upstreams, then free the one that does not hold the
+	// statements: x runs them there, prepared afresh.
+	p1 := pidOf(h1, "BEGIN; SELECT pg_backend_pid()")
+	p2 := pidOf(h2, "BEGIN; SELECT pg_backend_pid()")
+	switch held {
+	case p1:
+		exec(h2, "COMMIT")
+	case p2:
+		exec(h1, "COMMIT")
+	default:
+		t.Fatalf("upstreams %s and %s, neither is %s", p1, p2, held)
+	}
+	for _, formats := range [][]int16{nil, {0, 0, 0}} {
+		r := run("s", formats).Read()
+		var pe *pgconn.PgError
+		if !errors.As(r.Err, &pe) || pe.Code != "0A000" || pe.Message != "cached plan must not change result type" {
+			t.Fatalf("s with result formats %v on a fresh upstream: %v, %d columns; want 0A000 cached plan must not change result type", formats, r.Err, len(r.FieldDescriptions))
+		}
+	}
+	// A statement whose table went fails as in Postgres, and the
+	// statements after it up to the Sync are skipped, as they would be.
+	b := &pgconn.Batch{}
+	b.ExecPrepared("g", nil, nil, nil)
+	b.ExecPrepared("v", nil, nil, nil)
+	if _, err := x.ExecBatch(ctx, b).ReadAll(); pgErrCode(err) != "42P01" {
+		t.Fatalf("g, whose table was dropped, then v, on a fresh upstream: %v, want 42P01", err)
+	}
+	// A FETCH's columns are the cursor's, whatever it described when
+	// prepared, on any upstream.
+	exec(x, `BEGIN; DECLARE "c" CURSOR FOR SELECT 1, 'two'`)
+	if r := run("f", nil).Read(); r.Err != nil || len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
+		t.Fatalf("f on a cursor of two columns: %v %q", r.Err, r.Rows)
+	}
+	exec(x, "ROLLBACK")
+	if r := run("u", nil).Read(); r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != "7" {
+		t.Fatalf("u, whose table did not change, on a fresh upstream: %v %q", r.Err, r.Rows)
+	}
+	if got := pidOf(x, "SELECT pg_backend_pid()"); got == held {
+		t.Fatalf("x ran on %s, the upstream holding its statements, not on a fresh one", got)
+	}
+	// As in Postgres, the error aborts the transaction it happens in.
+	exec(x, "BEGIN")
+	if err := run("s", nil).Read().Err; pgErrCode(err) != "0A000" {
+		t.Fatalf("s in a transaction: %v", err)
+	}
+	if _, err := x.Exec(ctx, "SELECT 1").ReadAll(); pgErrCode(err) != "25P02" {
+		t.Fatalf("a statement after the failed one: %v, want 25P02", err)
+	}
+	exec(x, "ROLLBACK")
+	// Preparing it again recovers.
+	if err := x.Deallocate(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Prepare(ctx, "s", "SELECT * FROM reshaped WHERE id = $1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := run("s", []int16{0, 0}).Read(); r.Err != nil || len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
+		t.Fatalf("s prepared again: %v %q", r.Err, r.Rows)
+	}
+	exec(h1, "ROLLBACK")
+	exec(h2, "ROLLBACK")
+}
+
 // TestOtherClientsStatementsSurviveAClientsQueriesAndDiscards: in
 // transaction mode one upstream serves many clients; a client's simple
 // queries, DEALLOCATE ALL and DISCARD ALL affect only its own statements,
