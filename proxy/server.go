@@ -409,6 +409,12 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 	return u, nil
 }
 
+// minClientPID is the least pid of a sidecar backend key. Linux pids stay
+// below 2^22 (its PID_MAX_LIMIT), so a client running
+// pg_terminate_backend (or pg_cancel_backend) on the pid its driver
+// reports never reaches a server backend, another client's least of all.
+const minClientPID = 1 << 22
+
 // register assigns the session a unique sidecar backend key. It fails when
 // the server is draining or full.
 func (s *Server) register(ss *session) error {
@@ -426,7 +432,7 @@ func (s *Server) register(ss *session) error {
 			return err
 		}
 		pid := binary.BigEndian.Uint32(b[:4]) & 0x7FFFFFFF
-		if pid == 0 || s.sessions[pid] != nil {
+		if pid < minClientPID || s.sessions[pid] != nil {
 			continue
 		}
 		ss.pid, ss.secret = pid, b[4:8]

@@ -5,6 +5,10 @@ import (
 	"net"
 	"syscall"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/brownie/brownie-sidecar/internal/metrics"
 )
 
 // Client sockets get keepalive from the listening socket and TCP_NODELAY
@@ -42,5 +46,30 @@ func TestAcceptedClientSocketsHaveKeepAliveAndNoDelay(t *testing.T) {
 	}
 	if keepAlive == 0 || noDelay == 0 {
 		t.Fatalf("accepted socket: SO_KEEPALIVE %d, TCP_NODELAY %d; want both on", keepAlive, noDelay)
+	}
+}
+
+// A sidecar backend key's pid is never one a server backend can have, so
+// pg_terminate_backend of the pid a driver reports reaches no backend.
+func TestBackendKeyPidsAreAboveEveryLinuxPid(t *testing.T) {
+	draws := [][]byte{
+		{0x00, 0x00, 0x30, 0x39, 1, 2, 3, 4}, // 12345: a pid Postgres backends have
+		{0x80, 0x3f, 0xff, 0xff, 1, 2, 3, 4}, // 2^22-1 once the sign bit is masked
+		{0x00, 0x40, 0x00, 0x00, 5, 6, 7, 8}, // 2^22
+	}
+	defer func(r func([]byte) (int, error)) { randRead = r }(randRead)
+	randRead = func(b []byte) (int, error) {
+		copy(b, draws[0])
+		draws = draws[1:]
+		return len(b), nil
+	}
+	s := &Server{metrics: metrics.New(prometheus.NewRegistry()), sessions: map[uint32]*session{}}
+	s.cfg.Listen.MaxClients = 10
+	ss := &session{}
+	if err := s.register(ss); err != nil {
+		t.Fatal(err)
+	}
+	if ss.pid != 1<<22 || string(ss.secret) != "\x05\x06\x07\x08" {
+		t.Fatalf("pid %d, secret %x; want the first draw at or above 2^22", ss.pid, ss.secret)
 	}
 }
