@@ -60,8 +60,9 @@ func errResultChanged() *pgerr.Error {
 	return pgerr.Errorf(pgerr.FeatureNotSupported, "cached plan must not change result type")
 }
 
-// errDescribeFirst says a Bind must wait: its statement is prepared
-// afresh and described first (see resultCheckLocked).
+// errDescribeFirst says a Bind (or Describe) of a statement must wait:
+// the statement is prepared afresh and described first (see
+// resultCheckLocked).
 var errDescribeFirst = errors.New("statement described before its Bind")
 
 // clientParse names the statement a client's Parse defined.
@@ -739,9 +740,15 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		if typ == 'B' && def.a != nil && def.a.touchesState() {
 			ss.dirty.note(def.a)
 		}
-		if typ == 'B' && stmtName != "" && refuse == nil && !def.poison {
+		if stmtName != "" && refuse == nil && !def.poison {
 			switch ss.resultCheckLocked(u, def) {
 			case resultChanged:
+				if typ == 'D' {
+					// Postgres fails the Describe too: a failing Parse
+					// stands in for it, its error replaced.
+					ss.expect = append(ss.expect, expectation{kind: expParseError, err: errResultChanged()})
+					return appendParse(ss.wbuf[:0], nonexistent, "brw_duplicate_name", nil), 0, 0, nil
+				}
 				refuse = errResultChanged()
 			case resultUnknown:
 				out, _ := ss.ensurePreparedLocked(&ss.expect, u, def, false)
@@ -1005,7 +1012,8 @@ const (
 // must not change result type", and so does the sidecar. A statement
 // prepared afresh is described first (resultUnknown), before the client's
 // Bind goes: bound as it is, it would fail with another error or return
-// rows of other columns than the client was told. Only queries and DML
+// rows of other columns than the client was told. A Describe of the
+// statement is checked alike, as Postgres fails it too. Only queries and DML
 // statements are checked (stmtDef.fixedResult): a FETCH prepared before
 // its cursor was declared describes no columns, then returns the
 // cursor's, as in Postgres. Called with ss.mu held and the session

@@ -365,6 +365,30 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 	if r := run("u", nil).Read(); r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != "7" {
 		t.Fatalf("u, whose table did not change, on a fresh upstream: %v %q", r.Err, r.Rows)
 	}
+	// Postgres fails a Describe of the statement too.
+	x.Frontend().Send(&pgproto3.Describe{ObjectType: 'S', Name: "s"})
+	x.Frontend().Send(&pgproto3.Sync{})
+	if err := x.Frontend().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var described []string
+	for {
+		msg, err := x.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			described = append(described, e.Code+" "+e.Message)
+			continue
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+		described = append(described, fmt.Sprintf("%T", msg))
+	}
+	if len(described) != 1 || described[0] != "0A000 cached plan must not change result type" {
+		t.Fatalf("Describe of s: %q, want only 0A000 cached plan must not change result type", described)
+	}
 	if got := pidOf(x, "SELECT pg_backend_pid()"); got == held {
 		t.Fatalf("x ran on %s, the upstream holding its statements, not on a fresh one", got)
 	}
