@@ -261,6 +261,7 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	}
 	ss.pending, ss.synced, ss.copyIn, ss.txStatus = 0, true, false, c.Value.txStatus
 	ss.expect = ss.expect[:0]
+	ss.describing.Store(0)
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
 	done := make(chan struct{})
 	ss.relayDone = done
@@ -743,13 +744,15 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		if stmtName != "" && refuse == nil && !def.poison {
 			switch ss.resultCheckLocked(u, def) {
 			case resultChanged:
-				if typ == 'D' {
-					// Postgres fails the Describe too: a failing Parse
-					// stands in for it, its error replaced.
-					ss.expect = append(ss.expect, expectation{kind: expParseError, err: errResultChanged()})
-					return appendParse(ss.wbuf[:0], nonexistent, "brw_duplicate_name", nil), 0, 0, nil
+				// Postgres fails the Bind (or Describe): a failing Parse
+				// stands in for it, its error replaced, and the server
+				// skips the rest of the request, as after Postgres's.
+				ss.expect = append(ss.expect, expectation{kind: expParseError, err: errResultChanged()})
+				out = appendParse(ss.wbuf[:0], nonexistent, "brw_duplicate_name", nil)
+				if typ == 'B' && !bindFull {
+					return out, 0, n, nil // the Bind's body is dropped
 				}
-				refuse = errResultChanged()
+				return out, 0, 0, nil
 			case resultUnknown:
 				out, _ := ss.ensurePreparedLocked(&ss.expect, u, def, false)
 				ss.descWait = def
@@ -1000,24 +1003,27 @@ type resultCheck uint8
 
 const (
 	resultSame    resultCheck = iota // bind as usual
-	resultChanged                    // raise errResultChanged in the Bind's place
+	resultChanged                    // fail the Bind (or Describe) with errResultChanged
 	resultUnknown                    // prepare and describe the statement first
 )
 
 // resultCheckLocked keeps a client's prepared statement returning what it
-// returned when the client prepared it, as Postgres does: on an upstream
-// holding a statement of the same key prepared with other result columns,
-// or where the sidecar must prepare it afresh after a schema change
-// altered them, Postgres would answer the Bind with 0A000 "cached plan
-// must not change result type", and so does the sidecar. A statement
-// prepared afresh is described first (resultUnknown), before the client's
-// Bind goes: bound as it is, it would fail with another error or return
-// rows of other columns than the client was told. A Describe of the
-// statement is checked alike, as Postgres fails it too. Only queries and DML
-// statements are checked (stmtDef.fixedResult): a FETCH prepared before
-// its cursor was declared describes no columns, then returns the
-// cursor's, as in Postgres. Called with ss.mu held and the session
-// attached to u; def is a named statement.
+// returned when the client prepared it, as Postgres does, which answers a
+// Bind or Describe of a statement whose result columns a schema change
+// altered with 0A000 "cached plan must not change result type"; so does
+// the sidecar, on an upstream holding a statement of the same key
+// prepared with other columns (resultChanged), and where it prepares the
+// statement afresh after a schema change it saw (a new schema
+// generation): there the statement is described first (resultUnknown),
+// before the client's message goes, since bound as the client built the
+// Bind it would fail with another error or return rows of other columns
+// than the client was told. Otherwise the Describe goes with the Parse,
+// unwaited, and a change made on the server directly is found there and
+// fails the statement's later uses. Only queries and DML statements are
+// checked (stmtDef.fixedResult): a FETCH prepared before its cursor was
+// declared describes no columns, then returns the cursor's, as in
+// Postgres. Called with ss.mu held and the session attached to u; def is
+// a named statement.
 func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
 	if def.resultChanged {
 		return resultChanged
@@ -1035,9 +1041,12 @@ func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
 		}
 		return resultSame
 	}
-	if def.desc == "" || ss.upSkipping {
-		// Nothing to check against; or the server skips messages up to
-		// the request's Sync after an error, and would not answer.
+	if def.desc == "" || def.gen == ss.srv.schemaGen.Load() || ss.upSkipping {
+		// Nothing to check against; or no schema change was seen since
+		// the client prepared it (the Describe sent with the Parse still
+		// finds one made unseen, for the statement's next Bind); or the
+		// server skips messages up to the request's Sync after an error,
+		// and would not answer.
 		return resultSame
 	}
 	return resultUnknown
@@ -1407,6 +1416,9 @@ func (ss *session) takeDescription(typ byte, body []byte, u *upstream) bool {
 		case def.desc != d:
 			def.resultChanged = true
 			ss.log.Info("prepared statement refused: a schema change altered its result columns")
+			if def.gen == ss.srv.schemaGen.Load() {
+				ss.srv.schemaChanged() // made unseen (on the server directly): from now on it is
+			}
 		}
 	}
 	if ss.descWait == e.check {
@@ -2118,9 +2130,7 @@ func errorField(body []byte, f byte) string { return wire.ErrorField(body, f) }
 func staleStatementError(body []byte) bool {
 	switch errorField(body, 'C') {
 	case "0A000":
-		// The sidecar's own (errResultChanged, raised by a DO block) has
-		// a context; the server's has none.
-		return strings.HasPrefix(errorField(body, 'M'), "cached plan must not change result type") && errorField(body, 'W') == ""
+		return strings.HasPrefix(errorField(body, 'M'), "cached plan must not change result type")
 	case "XX000":
 		return strings.HasPrefix(errorField(body, 'M'), "cache lookup failed for")
 	}
