@@ -277,15 +277,9 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, txnEnv(2))
 	ctx := ctx10(t)
-	x, h1, h2 := sc.connect(t, "").PgConn(), sc.connect(t, "").PgConn(), sc.connect(t, "").PgConn()
-	exec := func(pc *pgconn.PgConn, sql string) []*pgconn.Result {
-		t.Helper()
-		rs, err := pc.Exec(ctx, sql).ReadAll()
-		if err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		return rs
-	}
+	two := newTwoUpstreams(t, ctx, sc)
+	x, h1, h2 := two.x, two.h1, two.h2
+	exec, pidOf := two.exec, two.pidOf
 	exec(x, "CREATE TABLE reshaped (id int, dropped int, kept text); INSERT INTO reshaped VALUES (1, 2, 'k')")
 	exec(x, "CREATE TABLE untouched (id int); INSERT INTO untouched VALUES (7)")
 	exec(x, "CREATE TABLE gone (id int)")
@@ -303,13 +297,8 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 		}
 		return x.ExecPrepared(ctx, name, params, nil, formats)
 	}
-	// Both statements run, in one transaction, on one upstream: it holds
+	// The statements run, in one transaction, on one upstream: it holds
 	// them as prepared under the old schema.
-	pidOf := func(pc *pgconn.PgConn, sql string) string {
-		t.Helper()
-		rs := exec(pc, sql)
-		return string(rs[len(rs)-1].Rows[0][0])
-	}
 	held := pidOf(x, "BEGIN; SELECT pg_backend_pid()")
 	for _, name := range []string{"s", "u", "v", "g"} {
 		want := 1
@@ -328,18 +317,8 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 	exec(h1, "ALTER TABLE reshaped DROP COLUMN dropped")
 	exec(h1, "DROP TABLE gone")
 
-	// Hold both upstreams, then free the one that does not hold the
-	// statements: x runs them there, prepared afresh.
-	p1 := pidOf(h1, "BEGIN; SELECT pg_backend_pid()")
-	p2 := pidOf(h2, "BEGIN; SELECT pg_backend_pid()")
-	switch held {
-	case p1:
-		exec(h2, "COMMIT")
-	case p2:
-		exec(h1, "COMMIT")
-	default:
-		t.Fatalf("upstreams %s and %s, neither is %s", p1, p2, held)
-	}
+	// x runs them on the other upstream, where they are prepared afresh.
+	two.freeOnlyOtherThan(held)
 	for _, formats := range [][]int16{nil, {0, 0, 0}} {
 		r := run("s", formats).Read()
 		var pe *pgconn.PgError
@@ -413,6 +392,99 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 	}
 	exec(h1, "ROLLBACK")
 	exec(h2, "ROLLBACK")
+}
+
+// TestAStatementWhoseColumnsChangedOnTheServerDirectlyFailsFromItsNextRun:
+// a schema change made on the server itself, not through the sidecar, is
+// found by the Describe the sidecar sends when it prepares a statement
+// afresh. That run goes as the client built it; the statement's later
+// runs fail with 0A000 as in Postgres, and a new schema generation starts.
+func TestAStatementWhoseColumnsChangedOnTheServerDirectlyFailsFromItsNextRun(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, txnEnv(2))
+	ctx := ctx10(t)
+	two := newTwoUpstreams(t, ctx, sc)
+	two.exec(two.x, "CREATE TABLE widened (id int); INSERT INTO widened VALUES (1)")
+	if _, err := two.x.Prepare(ctx, "w", "SELECT * FROM widened", nil); err != nil {
+		t.Fatal(err)
+	}
+	held := two.pidOf(two.x, "BEGIN; SELECT pg_backend_pid()")
+	if r := two.x.ExecPrepared(ctx, "w", nil, nil, nil).Read(); r.Err != nil || len(r.Rows) != 1 {
+		t.Fatalf("w before the change: %v", r.Err)
+	}
+	two.exec(two.x, "COMMIT")
+	changes := func() float64 {
+		_, body := sc.get(t, "/metrics")
+		v, ok := metricValue(body, "brownie_sidecar_schema_changes_total")
+		if !ok {
+			t.Fatal("no brownie_sidecar_schema_changes_total")
+		}
+		return v
+	}
+	before := changes()
+	if _, err := srv.Primary.Exec(ctx, "brownie_metadata", "ALTER TABLE widened ADD COLUMN extra int"); err != nil {
+		t.Fatal(err)
+	}
+	two.freeOnlyOtherThan(held)
+	if r := two.x.ExecPrepared(ctx, "w", nil, nil, nil).Read(); r.Err != nil || len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
+		t.Fatalf("w's first run after the change, on a fresh upstream: %v %q; want it to go as built, returning the new columns", r.Err, r.Rows)
+	}
+	for range 2 {
+		if err := two.x.ExecPrepared(ctx, "w", nil, nil, nil).Read().Err; pgErrCode(err) != "0A000" {
+			t.Fatalf("w's next run: %v, want 0A000", err)
+		}
+	}
+	if after := changes(); after <= before {
+		t.Fatalf("schema changes %v before, %v after: the change found was not counted", before, after)
+	}
+	two.exec(two.h1, "ROLLBACK")
+	two.exec(two.h2, "ROLLBACK")
+}
+
+// twoUpstreams is a client x and two helpers h1 and h2 of a sidecar in
+// transaction mode with a pool of two, for tests choosing which upstream
+// x's next transaction runs on.
+type twoUpstreams struct {
+	t         *testing.T
+	ctx       context.Context
+	x, h1, h2 *pgconn.PgConn
+}
+
+func newTwoUpstreams(t *testing.T, ctx context.Context, sc *sidecar) *twoUpstreams {
+	return &twoUpstreams{t: t, ctx: ctx, x: sc.connect(t, "").PgConn(), h1: sc.connect(t, "").PgConn(), h2: sc.connect(t, "").PgConn()}
+}
+
+func (u *twoUpstreams) exec(pc *pgconn.PgConn, sql string) []*pgconn.Result {
+	u.t.Helper()
+	rs, err := pc.Exec(u.ctx, sql).ReadAll()
+	if err != nil {
+		u.t.Fatalf("%s: %v", sql, err)
+	}
+	return rs
+}
+
+// pidOf runs sql, whose last result is one value, and returns it.
+func (u *twoUpstreams) pidOf(pc *pgconn.PgConn, sql string) string {
+	u.t.Helper()
+	rs := u.exec(pc, sql)
+	return string(rs[len(rs)-1].Rows[0][0])
+}
+
+// freeOnlyOtherThan has h1 and h2 hold both upstreams in transactions,
+// then lets go of the one whose backend is not pid: x's next transaction
+// runs there. The other stays held until the test rolls it back.
+func (u *twoUpstreams) freeOnlyOtherThan(pid string) {
+	u.t.Helper()
+	p1 := u.pidOf(u.h1, "BEGIN; SELECT pg_backend_pid()")
+	p2 := u.pidOf(u.h2, "BEGIN; SELECT pg_backend_pid()")
+	switch pid {
+	case p1:
+		u.exec(u.h2, "COMMIT")
+	case p2:
+		u.exec(u.h1, "COMMIT")
+	default:
+		u.t.Fatalf("upstreams %s and %s, neither is %s", p1, p2, pid)
+	}
 }
 
 // TestOtherClientsStatementsSurviveAClientsQueriesAndDiscards: in
