@@ -29,7 +29,7 @@ const (
 	expParse            expKind = iota // client Parse: forward ParseComplete
 	expParseInjected                   // sidecar Parse (re-prepare): swallow ParseComplete
 	expParseCached                     // client Parse already prepared: a Close stood in; CloseComplete → ParseComplete
-	expParseError                      // a failing Parse stood in for a client Parse the sidecar refuses: its error is replaced by err
+	expParseError                      // a failing Parse stood in for a client message the sidecar refuses (standInLocked): its error is replaced by err
 	expClose                           // client Close: forward CloseComplete
 	expCloseInjected                   // sidecar Close (LRU eviction): swallow CloseComplete
 	expSync                            // Sync: forward ReadyForQuery
@@ -747,8 +747,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 				// Postgres fails the Bind (or Describe): a failing Parse
 				// stands in for it, its error replaced, and the server
 				// skips the rest of the request, as after Postgres's.
-				ss.expect = append(ss.expect, expectation{kind: expParseError, err: errResultChanged()})
-				out = appendParse(ss.wbuf[:0], nonexistent, "brw_duplicate_name", nil)
+				out = ss.standInLocked(ss.wbuf[:0], errResultChanged())
 				if typ == 'B' && !bindFull {
 					return out, 0, n, nil // the Bind's body is dropped
 				}
@@ -888,8 +887,7 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 		return appendParse(dst, "", pm.query, pm.oids)
 	}
 	if !held && ss.stmts[pm.name] != nil {
-		ss.expect = append(ss.expect, expectation{kind: expParseError, err: errDuplicateStatement(pm.name)})
-		return appendParse(dst, nonexistent, "brw_duplicate_name", nil) // a syntax error, always
+		return ss.standInLocked(dst, errDuplicateStatement(pm.name))
 	}
 	def := newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
 	def.poison = refused != ""
@@ -905,6 +903,16 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 	out := ss.prepareLocked(&ss.expect, dst, u, def, expParse)
 	ss.expect[len(ss.expect)-1].client = cp
 	return ss.describeLocked(out, u, def)
+}
+
+// standInLocked appends to dst a Parse that always fails, standing in for
+// a client message the sidecar answers with e: the relay goroutine puts e
+// in place of the server's error, and the server skips the rest of the
+// request up to its Sync, as after an error of its own (an open
+// transaction is aborted). Called with ss.mu held and the session attached.
+func (ss *session) standInLocked(dst []byte, e *pgerr.Error) []byte {
+	ss.expect = append(ss.expect, expectation{kind: expParseError, err: e})
+	return appendParse(dst, nonexistent, "brw_duplicate_name", nil) // a syntax error, always
 }
 
 // passThroughLocked is rewriteLocked for a passthrough session: messages
