@@ -140,12 +140,11 @@ func newStmtCache(max int) *stmtCache {
 
 // lookup returns the server-side name of key, marking it recently used.
 func (c *stmtCache) lookup(key string) (string, bool) {
-	el, ok := c.byKey[key]
+	cs, ok := c.entry(key)
 	if !ok {
 		return "", false
 	}
-	c.ll.MoveToFront(el)
-	return el.Value.(*cachedStmt).name, true
+	return cs.name, true
 }
 
 // add records key under a new server-side name and returns it, together
