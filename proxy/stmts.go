@@ -283,12 +283,18 @@ func appendDescribeStmt(dst []byte, name string) []byte {
 	return append(append(dst, name...), 0)
 }
 
+// firstUserOID is Postgres's FirstNormalObjectId: objects created after
+// initdb, user-defined types among them, have OIDs from here on.
+const firstUserOID = 16384
+
 // resultDesc reduces the answer to a Describe of a statement, NoData ('n')
 // or RowDescription ('T'), to what Postgres compares when it checks that a
 // prepared statement still returns what it was prepared to: the number of
-// columns and each one's name, type and type modifier (not the table a
-// column comes from, which differs between shards). It returns "" for a
-// malformed RowDescription.
+// columns and each one's name, type and type modifier. What differs
+// between shards holding the same schema is left out: the table a column
+// comes from, and the OID of a user-defined type (an enum, a domain),
+// which each database assigns itself; such a column's type is recorded
+// only as user-defined. It returns "" for a malformed RowDescription.
 func resultDesc(typ byte, body []byte) string {
 	if typ == 'n' {
 		return "n"
@@ -306,8 +312,12 @@ func resultDesc(typ byte, body []byte) string {
 		if i < 0 || len(b) < i+1+18 {
 			return ""
 		}
-		out = append(out, b[:i+1]...)            // name
-		out = append(out, b[i+1+6:i+1+6+4]...)   // type OID, after table OID and column number
+		out = append(out, b[:i+1]...)             // name
+		oid := binary.BigEndian.Uint32(b[i+1+6:]) // type OID, after table OID and column number
+		if oid >= firstUserOID {
+			oid = firstUserOID
+		}
+		out = binary.BigEndian.AppendUint32(out, oid)
 		out = append(out, b[i+1+12:i+1+12+4]...) // type modifier, after type size
 		b = b[i+1+18:]
 	}

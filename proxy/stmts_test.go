@@ -46,6 +46,13 @@ func TestResultDescriptionsCompareColumnsAsPostgresDoes(t *testing.T) {
 	if same != base {
 		t.Error("the same columns from another table (another shard's) differ")
 	}
+	enum := resultDesc('T', rowDesc(col("id", 100, 23, -1), col("mood", 100, 16390, -1)))
+	if resultDesc('T', rowDesc(col("id", 900, 23, -1), col("mood", 900, 17001, -1))) != enum {
+		t.Error("a user-defined type, which each shard gives its own OID, differs between shards")
+	}
+	if enum == resultDesc('T', rowDesc(col("id", 100, 23, -1), col("mood", 100, 25, -1))) {
+		t.Error("a user-defined type compares equal to text")
+	}
 	for name, other := range map[string]string{
 		"a column fewer":   resultDesc('T', rowDesc(col("id", 100, 23, -1))),
 		"another type":     resultDesc('T', rowDesc(col("id", 100, 20, -1), col("note", 100, 25, -1))),

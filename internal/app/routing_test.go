@@ -54,6 +54,7 @@ tables:
   events: {sharded_by: team_id, keyless: all}
   logs:   {sharded_by: team_id, keyless: default, default_shard: shard-1, null_shard: shard-1}
   teams2: {sharded_by: id, keyless: reject}
+  moods:  {sharded_by: team_id, keyless: reject}
   dir: replicated
   stamps: replicated
 overrides: {%s}
@@ -239,6 +240,35 @@ func TestTeamRouting(t *testing.T) {
 
 	a, a2 := e.teamOn(t, "shard-0"), e.teamOn(t, "shard-0")
 	b := e.teamOn(t, "shard-1")
+
+	t.Run("PreparedStatementsOverUserTypesRunOnEveryShard", func(t *testing.T) {
+		// The shards give one type different OIDs, as shards with
+		// different histories do; a statement prepared on one shard runs
+		// on the other as it is, with no 0A000 for a changed result.
+		e.direct(t, "shard-1", "CREATE TYPE oid_shift AS ENUM ('x')")
+		for _, shard := range []string{"shard-0", "shard-1"} {
+			e.direct(t, shard, `CREATE TYPE mood AS ENUM ('calm', 'cross'); CREATE TABLE moods (team_id uuid NOT NULL, m mood NOT NULL); GRANT ALL ON moods TO "brownie-fastapi-server"`)
+		}
+		if o0, o1 := e.direct(t, "shard-0", "SELECT 'mood'::regtype::oid"), e.direct(t, "shard-1", "SELECT 'mood'::regtype::oid"); o0 == o1 {
+			t.Fatalf("mood has OID %s on both shards: the test would show nothing", o0)
+		}
+		want := map[pgtype.UUID]string{a: "calm", b: "cross"}
+		for team, m := range want {
+			if _, err := conn.Exec(ctx, "INSERT INTO moods (team_id, m) VALUES ($1, $2)", team, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.replayed(t)
+		c := e.sc.connect(t, "") // pgx caches its statements: prepared once, bound on both shards
+		for range 3 {
+			for _, team := range []pgtype.UUID{a, b} {
+				var m string
+				if err := c.QueryRow(ctx, "SELECT m FROM moods WHERE team_id = $1", team).Scan(&m); err != nil || m != want[team] {
+					t.Fatalf("team on %s: %q, %v; want %q", e.shardOf(t, team), m, err, want[team])
+				}
+			}
+		}
+	})
 
 	t.Run("RowsLandOnThePredictedShard", func(t *testing.T) {
 		want := map[string]int{}
