@@ -1258,7 +1258,17 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 		case '1', '3':
 			forward, typ = ss.completeLocked(typ, u)
 		case 'E':
-			m.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+			ss.mu.Lock()
+			var standIn *pgerr.Error // the sidecar's error in this one's place
+			if len(ss.expect) > 0 && ss.expect[0].kind == expParseError {
+				standIn = ss.expect[0].err
+			}
+			ss.mu.Unlock()
+			if standIn != nil {
+				m.Errors.WithLabelValues("sidecar", standIn.Code.Class()).Inc()
+			} else {
+				m.Errors.WithLabelValues("upstream", errorClass(body)).Inc()
+			}
 			if staleStatementError(body) {
 				ss.srv.schemaChanged()
 			}
@@ -1275,8 +1285,8 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			if ss.preRead.Load() {
 				ss.preErr = true
 			}
-			if len(ss.expect) > 0 && ss.expect[0].kind == expParseError {
-				body = ss.expect[0].err.Encode(nil)[5:] // the sidecar's error stands in for the server's
+			if standIn != nil {
+				body = standIn.Encode(nil)[5:] // the sidecar's error stands in for the server's
 				n = len(body)
 			}
 			ss.dropSkippedLocked(u)

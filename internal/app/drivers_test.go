@@ -326,6 +326,15 @@ func TestAPreparedStatementKeepsItsResultColumnsOnEveryUpstream(t *testing.T) {
 			t.Fatalf("s with result formats %v on a fresh upstream: %v, %d columns; want 0A000 cached plan must not change result type", formats, r.Err, len(r.FieldDescriptions))
 		}
 	}
+	// Counted as the sidecar's errors, not as the server's answer to the
+	// failing Parse standing in.
+	_, metrics := sc.get(t, "/metrics")
+	if v, _ := metricValue(metrics, `brownie_sidecar_errors_total{class="0A",source="sidecar"}`); v != 2 {
+		t.Errorf("sidecar errors of class 0A: %v, want 2", v)
+	}
+	if v, ok := metricValue(metrics, `brownie_sidecar_errors_total{class="42",source="upstream"}`); ok && v != 0 {
+		t.Errorf("upstream errors of class 42: %v, want none", v)
+	}
 	// A statement whose table went fails as in Postgres, and the
 	// statements after it up to the Sync are skipped, as they would be.
 	b := &pgconn.Batch{}
