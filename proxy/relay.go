@@ -741,8 +741,10 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 		if typ == 'B' && def.a != nil && def.a.touchesState() {
 			ss.dirty.note(def.a)
 		}
+		var held *cachedStmt
 		if stmtName != "" && refuse == nil && !def.poison {
-			switch ss.resultCheckLocked(u, def) {
+			var check resultCheck
+			switch check, held = ss.resultCheckLocked(u, def); check {
 			case resultChanged:
 				// Postgres fails the Bind (or Describe): a failing Parse
 				// stands in for it, its error replaced, and the server
@@ -780,7 +782,15 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 			}
 			return out, 0, n, nil
 		}
-		out, sname := ss.ensurePreparedLocked(&ss.expect, u, def, stmtName == "")
+		var sname string
+		if held != nil {
+			sname = held.name
+		} else {
+			out, sname = ss.ensurePreparedLocked(&ss.expect, u, def, stmtName == "")
+		}
+		if out == nil {
+			out = ss.wbuf[:0] // nothing to inject: the scratch buffer, not a new one per Bind
+		}
 		if typ == 'D' {
 			out = wire.AppendHeader(out, 'D', 1+len(sname)+1)
 			out = append(append(append(out, 'S'), sname...), 0)
@@ -900,9 +910,9 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 		return appendClose(dst, 'S', nonexistent)
 	}
 	m.StmtCache.WithLabelValues("miss").Inc()
-	out := ss.prepareLocked(&ss.expect, dst, u, def, expParse)
+	out, name := ss.prepareLocked(&ss.expect, dst, u, def, expParse)
 	ss.expect[len(ss.expect)-1].client = cp
-	return ss.describeLocked(out, u, def)
+	return ss.describeLocked(out, def, name)
 }
 
 // standInLocked appends to dst a Parse that always fails, standing in for
@@ -984,24 +994,22 @@ func (ss *session) ensurePreparedLocked(q *[]expectation, u *upstream, def *stmt
 		return nil, name
 	}
 	ss.srv.metrics.StmtCache.WithLabelValues("reprepare").Inc()
-	out := ss.prepareLocked(q, nil, u, def, expParseInjected)
-	name, _ := u.stmts.lookup(def.key)
+	out, name := ss.prepareLocked(q, nil, u, def, expParseInjected)
 	if q == &ss.expect {
-		out = ss.describeLocked(out, u, def)
+		out = ss.describeLocked(out, def, name)
 	}
 	return out, name
 }
 
-// describeLocked appends a Describe of def's statement, just prepared on
-// u, whose answer the relay goroutine swallows: it records the statement's
-// result description on u and, the first time, on def (see
-// stmtDef.desc), or finds that it changed. Called with ss.mu held and the
-// session attached.
-func (ss *session) describeLocked(out []byte, u *upstream, def *stmtDef) []byte {
+// describeLocked appends a Describe of def's statement, just prepared
+// under name on the session's upstream, whose answer the relay goroutine
+// swallows: it records the statement's result description on the upstream
+// and, the first time, on def (see stmtDef.desc), or finds that it
+// changed. Called with ss.mu held and the session attached.
+func (ss *session) describeLocked(out []byte, def *stmtDef, name string) []byte {
 	if !def.fixedResult {
 		return out
 	}
-	name, _ := u.stmts.lookup(def.key)
 	ss.expect = append(ss.expect, expectation{kind: expDescribeInjected, key: def.key, check: def})
 	ss.describing.Add(1)
 	return appendDescribeStmt(out, name)
@@ -1030,14 +1038,15 @@ const (
 // fails the statement's later uses. Only queries and DML statements are
 // checked (stmtDef.fixedResult): a FETCH prepared before its cursor was
 // declared describes no columns, then returns the cursor's, as in
-// Postgres. Called with ss.mu held and the session attached to u; def is
-// a named statement.
-func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
+// Postgres. held is u's statement when the check looked it up, for the
+// caller to bind without a second lookup. Called with ss.mu held and the
+// session attached to u; def is a named statement.
+func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) (check resultCheck, held *cachedStmt) {
 	if def.resultChanged {
-		return resultChanged
+		return resultChanged, nil
 	}
 	if !def.fixedResult || def == ss.descChecked {
-		return resultSame
+		return resultSame, nil
 	}
 	if cs, ok := u.stmts.entry(def.key); ok {
 		switch {
@@ -1045,9 +1054,9 @@ func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
 			def.desc = cs.desc
 		case cs.desc != "" && cs.desc != def.desc:
 			def.resultChanged = true
-			return resultChanged
+			return resultChanged, nil
 		}
-		return resultSame
+		return resultSame, cs
 	}
 	if def.desc == "" || def.gen == ss.srv.schemaGen.Load() || ss.upSkipping {
 		// Nothing to check against; or no schema change was seen since
@@ -1055,9 +1064,9 @@ func (ss *session) resultCheckLocked(u *upstream, def *stmtDef) resultCheck {
 		// finds one made unseen, for the statement's next Bind); or the
 		// server skips messages up to the request's Sync after an error,
 		// and would not answer.
-		return resultSame
+		return resultSame, nil
 	}
-	return resultUnknown
+	return resultUnknown, nil
 }
 
 // awaitDescriptionLocked sends pre and out (the statement's Parse and
@@ -1094,8 +1103,8 @@ func (ss *session) awaitDescriptionLocked(pre, out []byte, u *upstream) error {
 
 // prepareLocked appends a Parse of def under a new sidecar name on u,
 // preceded by Closes of the statements the LRU evicts, queuing their
-// expectations on q.
-func (ss *session) prepareLocked(q *[]expectation, out []byte, u *upstream, def *stmtDef, kind expKind) []byte {
+// expectations on q, and returns the bytes and the name.
+func (ss *session) prepareLocked(q *[]expectation, out []byte, u *upstream, def *stmtDef, kind expKind) ([]byte, string) {
 	name, evicted := u.stmts.add(def.key)
 	for _, e := range evicted {
 		ss.srv.metrics.StmtCache.WithLabelValues("eviction").Inc()
@@ -1103,7 +1112,7 @@ func (ss *session) prepareLocked(q *[]expectation, out []byte, u *upstream, def 
 		*q = append(*q, expectation{kind: expCloseInjected})
 	}
 	*q = append(*q, expectation{kind: kind, key: def.key})
-	return appendParse(out, name, def.query, def.oids)
+	return appendParse(out, name, def.query, def.oids), name
 }
 
 // writeUpstream sends out, then skip bytes of the current client body are
@@ -1425,7 +1434,7 @@ func (ss *session) takeDescription(typ byte, body []byte, u *upstream) bool {
 	}
 	e := ss.expect[0]
 	ss.dropExpectLocked(1)
-	ss.describing.Add(-1)
+	defer ss.describeEndedLocked(e)
 	if d := resultDesc(typ, body); d != "" {
 		u.stmts.described(e.key, d)
 		switch def := e.check; {
@@ -1439,11 +1448,18 @@ func (ss *session) takeDescription(typ byte, body []byte, u *upstream) bool {
 			}
 		}
 	}
+	return true
+}
+
+// describeEndedLocked notes that the server answered, or skipped, the
+// sidecar's Describe e: a Bind waiting for it goes on. Called with ss.mu
+// held.
+func (ss *session) describeEndedLocked(e expectation) {
+	ss.describing.Add(-1)
 	if ss.descWait == e.check {
 		ss.descWait = nil
 		ss.cond.Broadcast()
 	}
-	return true
 }
 
 // completeLocked handles ParseComplete ('1') and CloseComplete ('3'): it
@@ -1518,11 +1534,7 @@ func (ss *session) skipToEndLocked(u *upstream) int {
 			ss.parseFailed.Store(true)
 		}
 		if e.kind == expDescribeInjected {
-			ss.describing.Add(-1)
-			if ss.descWait == e.check {
-				ss.descWait = nil
-				ss.cond.Broadcast()
-			}
+			ss.describeEndedLocked(e)
 		}
 	}
 	return i
