@@ -43,8 +43,9 @@ type expectation struct {
 	key  string    // statement key for Parse kinds; "" for the unnamed statement
 	at   time.Time // when a client request (Query, FunctionCall, Sync) was sent
 	// For a client's Parse (expParse, expParseCached): the client's name
-	// and definition, forgotten when the server fails or skips the Parse.
-	client *clientParse
+	// and definition (def nil for other messages), forgotten when the
+	// server fails or skips the Parse.
+	client clientParse
 	err    *pgerr.Error // expParseError: the error the client gets
 	// quiet: an expQueryInjected whose ErrorResponse is swallowed too
 	// (failedTxSQL).
@@ -893,7 +894,7 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 		def := newUnnamedDef(pm.query, pm.oids, a)
 		def.poison = refused != ""
 		ss.unnamed, u.unnamed = def, def
-		ss.expect = append(ss.expect, expectation{kind: expParse, client: &clientParse{def: def}})
+		ss.expect = append(ss.expect, expectation{kind: expParse, client: clientParse{def: def}})
 		return appendParse(dst, "", pm.query, pm.oids)
 	}
 	if !held && ss.stmts[pm.name] != nil {
@@ -902,7 +903,7 @@ func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, ref
 	def := newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
 	def.poison = refused != ""
 	ss.stmts[pm.name] = def
-	cp := &clientParse{name: pm.name, def: def}
+	cp := clientParse{name: pm.name, def: def}
 	if cs, ok := u.stmts.entry(def.key); ok {
 		m.StmtCache.WithLabelValues("hit").Inc()
 		def.desc = cs.desc
@@ -943,7 +944,7 @@ func (ss *session) passThroughLocked(typ byte, n int, body []byte, bindFull bool
 			ss.stmts[pm.name] = def
 		}
 		u.unnamed = nil
-		ss.expect = append(ss.expect, expectation{kind: expParse, client: &clientParse{name: pm.name, def: def}})
+		ss.expect = append(ss.expect, expectation{kind: expParse, client: clientParse{name: pm.name, def: def}})
 		return whole()
 	case 'B':
 		ss.synced = false
@@ -1529,7 +1530,7 @@ func (ss *session) skipToEndLocked(u *upstream) int {
 	}
 	forgetSkipped(u, ss.expect[:i])
 	for _, e := range ss.expect[:i] {
-		if e.client != nil {
+		if e.client.def != nil {
 			ss.failedParses = append(ss.failedParses, e.client)
 			ss.parseFailed.Store(true)
 		}

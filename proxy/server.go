@@ -73,6 +73,9 @@ type Server struct {
 	fan       *fanout.Deps // what requests spanning shards share
 	reclaim   reclaimer    // collections after sessions go dormant (idle.go)
 	dormancy  dormancy     // dormant sessions without a goroutine
+	// idleEpoch is the idle sweep's clock (sweepIdle): it starts at 1 and
+	// advances every half of CLIENT_IDLE_RELEASE.
+	idleEpoch atomic.Uint64
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by sidecar backend PID
@@ -139,6 +142,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			timeout: cfg.ConnectTimeout, now: time.Now, stmtCacheSize: cfg.Pool.PreparedCacheSize},
 	}
 	s.poolCtx, s.poolStop = context.WithCancel(context.Background())
+	s.idleEpoch.Store(1) // 0 marks a session not waiting (sweepIdle)
 	s.dormancy.log, s.dormancy.wake = s.log, func(p parked) { go p.ss.run(p.conn) }
 	s.health = health.New(health.Config{
 		Interval: cfg.Routing.HealthInterval, Timeout: cfg.Routing.HealthTimeout, BanTime: cfg.Routing.BanTime,
@@ -270,6 +274,11 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.startHealth(s.poolCtx)
+	s.poolWG.Add(1)
+	go func() {
+		defer s.poolWG.Done()
+		s.sweepIdle(s.poolCtx)
+	}()
 	s.startTwoPhaseRecovery(s.poolCtx)
 	warmCtx, stopWarm := context.WithCancel(ctx)
 	acceptWG.Add(1)

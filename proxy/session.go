@@ -93,6 +93,12 @@ type session struct {
 	dormant     bool
 	parkID      uint64
 	parkWatched bool
+	// waitMark is the idle sweep's view of the session's wait for its
+	// client (awaitClient): 0 when it is not waiting, the sweep epoch the
+	// wait began in, or waitKicked once the sweeper has ended it. kickMu
+	// orders the sweeper's deadline before the session clears it.
+	waitMark atomic.Uint64
+	kickMu   sync.Mutex
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
@@ -223,7 +229,7 @@ type session struct {
 	// failedParses (under mu) are client Parses the server failed or
 	// skipped, for the session goroutine to forget (parseFailed is set
 	// while there are some).
-	failedParses []*clientParse
+	failedParses []clientParse
 	parseFailed  atomic.Bool
 
 	// fatalSeen is set when the upstream sent a FATAL or PANIC error,
