@@ -69,6 +69,9 @@ func (ss *session) endWait(mark uint64, err error) error {
 	return errDormant
 }
 
+// minSweepPeriod is the shortest period of the idle sweep.
+const minSweepPeriod = 5 * time.Millisecond
+
 // waitKicked is the waitMark of a wait the sweeper has ended.
 const waitKicked = math.MaxUint64
 
@@ -90,9 +93,11 @@ func (ss *session) kick(mark uint64) {
 // began three epochs ago or earlier: a wait that began in epoch m has
 // lasted more than two periods (idleRelease) by the start of epoch m+3 and
 // at most three, so a session goes dormant after idling between
-// idleRelease and one and a half times it.
+// idleRelease and one and a half times it. The period is at least
+// minSweepPeriod, so a tiny CLIENT_IDLE_RELEASE cannot make the sweep spin
+// (sessions then go dormant after two to three periods).
 func (s *Server) sweepIdle(ctx context.Context) {
-	t := time.NewTicker(s.idleRelease() / 2)
+	t := time.NewTicker(max(s.idleRelease()/2, minSweepPeriod))
 	defer t.Stop()
 	type waiting struct {
 		ss   *session

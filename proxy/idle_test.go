@@ -157,3 +157,18 @@ func TestAKickRacingTheClientsMessageLeavesNoDeadline(t *testing.T) {
 		t.Fatalf("the message after a kicked wait: %c, %v", typ, err)
 	}
 }
+
+// A CLIENT_IDLE_RELEASE shorter than the sweep's shortest period neither
+// stops the sweep (a ticker of period 0 panics) nor sends a session
+// dormant before two periods.
+func TestATinyIdleReleaseStillSweeps(t *testing.T) {
+	srv, ss, _ := idleSession(t, time.Nanosecond)
+	runSweep(t, srv)
+	start := time.Now()
+	if err := ss.awaitClient(); !errors.Is(err, errDormant) {
+		t.Fatalf("the wait ended with %v, want errDormant", err)
+	}
+	if waited := time.Since(start); waited < 2*minSweepPeriod {
+		t.Fatalf("dormant after %s, under two sweep periods", waited)
+	}
+}
