@@ -369,6 +369,51 @@ func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
 	}
 }
 
+func TestReportSplitsThePoolersCPUIntoUserAndSystemTime(t *testing.T) {
+	withSplit := func(tps, user, sys float64) result {
+		r := ok(tps)
+		r.cpuUs, r.userUs, r.sysUs = user+sys, user, sys
+		return r
+	}
+	tbl := &table{mode: modeTransaction, poolSize: 10, targets: []string{"pgbouncer", "sidecar"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "extended", clients: 50, res: []result{withSplit(8000, 5.84, 19.55), withSplit(7000, 13.5, 21.66)}, unsupported: []bool{false, false}},
+		{proto: "connect", clients: 4, res: []result{ok(3000), withSplit(3100, 50, 120)}, unsupported: []bool{false, false}},
+	}}
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
+		"CPU per transaction in µs, user + system",
+		"| extended | 50 | 5.8 + 19.6 | 13.5 + 21.7 |",
+		"| connect | 4 | – | 50.0 + 120.0 |",
+	)
+	tbl.rows = tbl.rows[1:]
+	tbl.rows[0].res[1] = ok(3100)
+	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "user + system") {
+		t.Errorf("a table without a measured split has a split table:\n%s", md)
+	}
+
+	got := combineRuns([]result{withSplit(1, 10, 20), ok(1), withSplit(1, 14, 18), withSplit(1, 12, 25)})
+	if got.userUs != 12 || got.sysUs != 20 || got.cpuUs != 32 {
+		t.Errorf("combined split = %v + %v of %v, want the medians of the measured runs: 12 + 20 of 32", got.userUs, got.sysUs, got.cpuUs)
+	}
+
+	stat := "4242 (postgres: a (b) c) S 4200 4242 4242 0 -1 4194560 1 0 0 0 17 5 0 0 20 0 1 0 100 1000 10"
+	if ppid, utime, stime, err := parseStatTimes([]byte(stat)); err != nil || ppid != 4200 || utime != 17 || stime != 5 {
+		t.Errorf("parseStatTimes = %d, %d, %d, %v; want 4200, 17, 5", ppid, utime, stime, err)
+	}
+	// This process: its user time only grows while it computes.
+	u1, all1, err := cpuSplit(os.Getpid())
+	if err != nil || u1 > all1 {
+		t.Fatalf("cpuSplit(self) = %d of %d, %v", u1, all1, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if u2, all2, err := cpuSplit(os.Getpid()); err != nil || u2 < u1 || all2 < all1 {
+			t.Fatalf("cpuSplit(self) went from %d of %d to %d of %d (%v)", u1, all1, u2, all2, err)
+		} else if u2 > u1 {
+			return
+		}
+	}
+	t.Error("this process's user time did not grow in 5 s of computing")
+}
+
 func TestReportShowsThePoolersContextSwitchesPerTransaction(t *testing.T) {
 	withCS := func(tps, vol, invol float64) result {
 		r := ok(tps)

@@ -14,7 +14,8 @@
 //     judged against the cost-per-pod targets "sidecar TPS ≥ 0.95×
 //     PgBouncer's in every row" and "sidecar CPU per transaction ≤ 1.15×
 //     PgBouncer's". Under the table, each pooler's context switches per
-//     transaction, voluntary and involuntary, over all its threads.
+//     transaction, voluntary and involuntary, over all its threads, and
+//     its CPU per transaction split into user and system time.
 //   - transaction (pool 10, fixed rows): a second PgBouncer (pool_mode =
 //     transaction) and a second sidecar (POOL_MODE=transaction), started
 //     after the session pair is stopped, run the fixed rows simple and

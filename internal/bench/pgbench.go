@@ -66,6 +66,11 @@ type result struct {
 	// transaction in microseconds, 0 when not measured; for a combined
 	// cell, the median over the runs that measured it.
 	cpuUs float64
+	// userUs and sysUs split cpuUs into the time spent in user mode and
+	// in the kernel (system calls and interrupts included), both 0 when
+	// not measured; for a combined cell, each is the median over the runs
+	// that measured it.
+	userUs, sysUs float64
 	// pgCPUUs is, likewise, the CPU time per transaction of the PostgreSQL
 	// clusters the run used (every process of each, from /proc), measured
 	// only by the sharded table; 0 otherwise.
@@ -119,13 +124,16 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, p50, p95, cpu, pgCPU, vol, invol []float64
+	var tps, lat, p50, p95, cpu, user, sys, pgCPU, vol, invol []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
 		out.failedTx += r.failedTx
 		if r.cpuUs > 0 {
 			cpu = append(cpu, r.cpuUs)
+		}
+		if r.userUs > 0 || r.sysUs > 0 {
+			user, sys = append(user, r.userUs), append(sys, r.sysUs)
 		}
 		if r.pgCPUUs > 0 {
 			pgCPU = append(pgCPU, r.pgCPUUs)
@@ -149,7 +157,7 @@ func combineRuns(runs []result) result {
 		}
 	}
 	out.runTPS = tps
-	out.cpuUs, out.pgCPUUs = median(cpu), median(pgCPU)
+	out.cpuUs, out.userUs, out.sysUs, out.pgCPUUs = median(cpu), median(user), median(sys), median(pgCPU)
 	if len(vol) > 0 {
 		out.switched, out.volCS, out.involCS = true, median(vol), median(invol)
 	}
@@ -228,11 +236,11 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cpuBefore, cpuErr := cpuTicks(t.pid)
+	userBefore, cpuBefore, cpuErr := cpuSplit(t.pid)
 	volBefore, involBefore, csErr := ctxSwitches(t.pid)
 	prof := startCPUProfile(rctx, t, dur)
 	err := cmd.Run()
-	cpuAfter, cpuErr2 := cpuTicks(t.pid)
+	userAfter, cpuAfter, cpuErr2 := cpuSplit(t.pid)
 	volAfter, involAfter, csErr2 := ctxSwitches(t.pid)
 
 	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
@@ -251,6 +259,8 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	r.logPath = logPath
 	if t.pid > 0 && cpuErr == nil && cpuErr2 == nil && r.processed > 0 {
 		r.cpuUs = float64(cpuAfter-cpuBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.userUs = float64(userAfter-userBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.sysUs = r.cpuUs - r.userUs
 	}
 	if t.pid > 0 && csErr == nil && csErr2 == nil && r.processed > 0 {
 		n := float64(r.processed)
@@ -355,6 +365,23 @@ func cpuTicks(pid int) (int64, error) {
 	return ticks, nil
 }
 
+// cpuSplit returns the CPU time process pid has used in user mode (utime)
+// and in all (utime + stime), every thread, in clock ticks.
+func cpuSplit(pid int) (user, total int64, err error) {
+	if pid <= 0 {
+		return 0, 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	_, utime, stime, err := parseStatTimes(b)
+	if err != nil {
+		return 0, 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return utime, utime + stime, nil
+}
+
 // ctxSwitches returns the context switches every thread of process pid has
 // had so far, voluntary and involuntary, summed over /proc/PID/task/*/status.
 // A thread that exits between two readings takes its switches with it (the
@@ -419,24 +446,32 @@ func parseSwitches(b []byte) (vol, invol int64, err error) {
 // parseStat returns the parent pid and the CPU time (utime + stime) in
 // clock ticks from the text of /proc/PID/stat.
 func parseStat(b []byte) (ppid int, ticks int64, err error) {
+	ppid, utime, stime, err := parseStatTimes(b)
+	return ppid, utime + stime, err
+}
+
+// parseStatTimes returns the parent pid and the CPU time in user mode
+// (utime) and in the kernel (stime), in clock ticks, from the text of
+// /proc/PID/stat.
+func parseStatTimes(b []byte) (ppid int, utime, stime int64, err error) {
 	// The command name (field 2) is parenthesised and may hold spaces;
 	// ppid is field 4, utime and stime are fields 14 and 15: the 2nd, 12th
 	// and 13th after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, errors.New("no command name")
+		return 0, 0, 0, errors.New("no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, 0, errors.New("too few fields")
+		return 0, 0, 0, errors.New("too few fields")
 	}
 	ppid, err0 := strconv.Atoi(f[1])
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err0, err1, err2); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	return ppid, utime + stime, nil
+	return ppid, utime, stime, nil
 }
 
 // treeTicks returns the CPU time, in clock ticks, of the processes roots

@@ -416,6 +416,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	}
 	b.WriteString("\n\n")
 	t.writeSwitches(b)
+	t.writeCPUSplit(b)
 	for _, note := range expected {
 		b.WriteString(note)
 	}
@@ -769,6 +770,35 @@ func (t *table) writeSwitches(b *strings.Builder) {
 				continue
 			}
 			cells = append(cells, fmt.Sprintf("%.2f + %.2f", r.volCS, r.involCS))
+		}
+		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
+	}
+	b.WriteString("\n")
+}
+
+// writeCPUSplit writes the CPU per transaction of the targets that
+// measured it split into user and system time, row by row, or nothing when
+// none did.
+func (t *table) writeCPUSplit(b *strings.Builder) {
+	cols := t.columnsWith(func(r result) bool { return r.userUs > 0 || r.sysUs > 0 })
+	if len(cols) == 0 {
+		return
+	}
+	head := []string{"protocol", "clients"}
+	for _, i := range cols {
+		head = append(head, t.targets[i])
+	}
+	b.WriteString("CPU per transaction in µs, user + system (every thread of the pooler, from /proc/PID/stat; for several runs, the median of each): user time is the pooler's own code and its runtime, system time the kernel's work for it, its system calls first.\n\n")
+	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
+	for _, row := range t.rows {
+		cells := []string{row.proto, fmt.Sprint(row.clients)}
+		for _, i := range cols {
+			r := row.res[i]
+			if (r.userUs <= 0 && r.sysUs <= 0) || row.expectedFailure(i) {
+				cells = append(cells, "–")
+				continue
+			}
+			cells = append(cells, fmt.Sprintf("%.1f + %.1f", r.userUs, r.sysUs))
 		}
 		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
 	}
