@@ -60,6 +60,7 @@ func ListenFast(ln net.Listener) net.Listener {
 		return ln
 	}
 	_, unix := ln.(*net.UnixListener)
+	makePlaceholder() // before the first connection closes (close.go)
 	return &FastListener{Listener: ln, f: f, rc: rc, unix: unix}
 }
 

@@ -119,6 +119,7 @@ func WrapFast(c net.Conn) net.Conn {
 
 // wrap returns c, whose raw connection is rc, as a fastConn.
 func wrap(c net.Conn, rc syscall.RawConn) *fastConn {
+	makePlaceholder()
 	fc := &fastConn{Conn: c, rc: rc}
 	fc.readFn, fc.writeFn = fc.rd.read, fc.wr.write
 	return fc
