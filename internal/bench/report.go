@@ -751,36 +751,26 @@ func (t *table) columnsWith(measured func(result) bool) []int {
 // writeSwitches writes the context switches per transaction of the
 // targets that measured them, row by row, or nothing when none did.
 func (t *table) writeSwitches(b *strings.Builder) {
-	cols := t.columnsWith(func(r result) bool { return r.switched })
-	if len(cols) == 0 {
-		return
-	}
-	head := []string{"protocol", "clients"}
-	for _, i := range cols {
-		head = append(head, t.targets[i])
-	}
-	b.WriteString("Context switches per transaction, voluntary + involuntary (every thread of the pooler, from /proc/PID/task/*/status): a voluntary switch is a thread waiting (for the network, a lock, a timer), an involuntary one the kernel preempting it. Each costs the pooler CPU in the kernel beside its system calls.\n\n")
-	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
-	for _, row := range t.rows {
-		cells := []string{row.proto, fmt.Sprint(row.clients)}
-		for _, i := range cols {
-			r := row.res[i]
-			if !r.switched || row.expectedFailure(i) {
-				cells = append(cells, "–")
-				continue
-			}
-			cells = append(cells, fmt.Sprintf("%.2f + %.2f", r.volCS, r.involCS))
-		}
-		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
-	}
-	b.WriteString("\n")
+	t.writePerTarget(b, "Context switches per transaction, voluntary + involuntary (every thread of the pooler, from /proc/PID/task/*/status): a voluntary switch is a thread waiting (for the network, a lock, a timer), an involuntary one the kernel preempting it. Each costs the pooler CPU in the kernel beside its system calls.",
+		func(r result) bool { return r.switched },
+		func(r result) string { return fmt.Sprintf("%.2f + %.2f", r.volCS, r.involCS) })
 }
 
 // writeCPUSplit writes the CPU per transaction of the targets that
 // measured it split into user and system time, row by row, or nothing when
 // none did.
 func (t *table) writeCPUSplit(b *strings.Builder) {
-	cols := t.columnsWith(func(r result) bool { return r.userUs > 0 || r.sysUs > 0 })
+	t.writePerTarget(b, "CPU per transaction in µs, user + system (every thread of the pooler, from /proc/PID/stat; for several runs, the median of each): user time is the pooler's own code and its runtime, system time the kernel's work for it, its system calls first.",
+		func(r result) bool { return r.userUs > 0 || r.sysUs > 0 },
+		func(r result) string { return fmt.Sprintf("%.1f + %.1f", r.userUs, r.sysUs) })
+}
+
+// writePerTarget writes intro and a table of one cell per row and target,
+// for the targets whose results measured something, or nothing when none
+// did; a cell not measured, or of a row the target is expected to fail,
+// is "–".
+func (t *table) writePerTarget(b *strings.Builder, intro string, measured func(result) bool, cell func(result) string) {
+	cols := t.columnsWith(measured)
 	if len(cols) == 0 {
 		return
 	}
@@ -788,17 +778,16 @@ func (t *table) writeCPUSplit(b *strings.Builder) {
 	for _, i := range cols {
 		head = append(head, t.targets[i])
 	}
-	b.WriteString("CPU per transaction in µs, user + system (every thread of the pooler, from /proc/PID/stat; for several runs, the median of each): user time is the pooler's own code and its runtime, system time the kernel's work for it, its system calls first.\n\n")
+	b.WriteString(intro + "\n\n")
 	fmt.Fprintf(b, "| %s |\n|---|%s\n", strings.Join(head, " | "), strings.Repeat("---:|", len(head)-1))
 	for _, row := range t.rows {
 		cells := []string{row.proto, fmt.Sprint(row.clients)}
 		for _, i := range cols {
-			r := row.res[i]
-			if (r.userUs <= 0 && r.sysUs <= 0) || row.expectedFailure(i) {
+			if r := row.res[i]; measured(r) && !row.expectedFailure(i) {
+				cells = append(cells, cell(r))
+			} else {
 				cells = append(cells, "–")
-				continue
 			}
-			cells = append(cells, fmt.Sprintf("%.1f + %.1f", r.userUs, r.sysUs))
 		}
 		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
 	}
