@@ -90,15 +90,21 @@ func (ss *session) kick(mark uint64) {
 
 // sweepIdle runs the idle sweep until ctx ends. Every half of idleRelease
 // it starts a new epoch and kicks the sessions whose wait for their client
-// began three epochs ago or earlier: a wait that began in epoch m has
-// lasted more than two periods (idleRelease) by the start of epoch m+3 and
-// at most three, so a session goes dormant after idling between
-// idleRelease and one and a half times it. The period is at least
-// minSweepPeriod, so a tiny CLIENT_IDLE_RELEASE cannot make the sweep spin
-// (sessions then go dormant after two to three periods).
+// has lasted idleRelease: a wait that recorded epoch m began before epoch
+// m+1 did, so it is due once idleRelease has passed since the sweep began
+// epoch m+1. On time, that is the sweep that begins epoch m+3, so a
+// session goes dormant after idling between idleRelease and one and a half
+// times it; a late tick can only make it later, never earlier. The period
+// is at least minSweepPeriod, so a tiny CLIENT_IDLE_RELEASE cannot make
+// the sweep spin (sessions then go dormant at the second tick after their
+// wait began).
 func (s *Server) sweepIdle(ctx context.Context) {
-	t := time.NewTicker(max(s.idleRelease()/2, minSweepPeriod))
+	release := s.idleRelease()
+	t := time.NewTicker(max(release/2, minSweepPeriod))
 	defer t.Stop()
+	// began holds when the sweep began each of the last len(began)
+	// epochs, by epoch modulo its length; older epochs are long due.
+	var began [8]time.Time
 	type waiting struct {
 		ss   *session
 		mark uint64
@@ -110,10 +116,22 @@ func (s *Server) sweepIdle(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		now := time.Now()
 		epoch := s.idleEpoch.Add(1)
+		began[epoch%uint64(len(began))] = now
+		isDue := func(m uint64) bool {
+			next := m + 1 // the wait began before this epoch did
+			switch {
+			case m == 0 || m == waitKicked || next > epoch:
+				return false
+			case epoch-next >= uint64(len(began)):
+				return true
+			}
+			return now.Sub(began[next%uint64(len(began))]) >= release
+		}
 		s.mu.Lock()
 		for _, ss := range s.sessions {
-			if m := ss.waitMark.Load(); m != 0 && m != waitKicked && m+3 <= epoch {
+			if m := ss.waitMark.Load(); isDue(m) {
 				due = append(due, waiting{ss, m})
 			}
 		}
