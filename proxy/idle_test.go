@@ -75,15 +75,10 @@ func runSweep(t *testing.T, srv *Server) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// A session waiting for its client goes dormant through the idle sweep,
-// not before CLIENT_IDLE_RELEASE has passed, and reads its client's next
-// message afterwards with no deadline left on the socket.
-func TestAWaitForTheClientEndsInDormancyAfterTheIdleRelease(t *testing.T) {
-	const release = 60 * time.Millisecond
-	srv, ss, app := idleSession(t, release)
-	runSweep(t, srv)
-
-	start := time.Now()
+// awaitDormancy waits (bounded) for ss's wait for its client, which the
+// running idle sweep must end, to end in dormancy.
+func awaitDormancy(t *testing.T, ss *session) {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- ss.awaitClient() }()
 	select {
@@ -94,6 +89,18 @@ func TestAWaitForTheClientEndsInDormancyAfterTheIdleRelease(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the idle sweep did not end the wait")
 	}
+}
+
+// A session waiting for its client goes dormant through the idle sweep,
+// not before CLIENT_IDLE_RELEASE has passed, and reads its client's next
+// message afterwards with no deadline left on the socket.
+func TestAWaitForTheClientEndsInDormancyAfterTheIdleRelease(t *testing.T) {
+	const release = 60 * time.Millisecond
+	srv, ss, app := idleSession(t, release)
+	runSweep(t, srv)
+
+	start := time.Now()
+	awaitDormancy(t, ss)
 	if waited := time.Since(start); waited < release {
 		t.Fatalf("the session went dormant after %s, before CLIENT_IDLE_RELEASE (%s)", waited, release)
 	}
@@ -165,16 +172,7 @@ func TestATinyIdleReleaseStillSweeps(t *testing.T) {
 	srv, ss, _ := idleSession(t, time.Nanosecond)
 	runSweep(t, srv)
 	mark := srv.idleEpoch.Load()
-	errc := make(chan error, 1)
-	go func() { errc <- ss.awaitClient() }()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, errDormant) {
-			t.Fatalf("the wait ended with %v, want errDormant", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the idle sweep did not end the wait")
-	}
+	awaitDormancy(t, ss)
 	if epoch := srv.idleEpoch.Load(); epoch < mark+2 {
 		t.Fatalf("dormant at epoch %d, the wait began in %d: the sweep kicked it before its second tick", epoch, mark)
 	}
