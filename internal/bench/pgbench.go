@@ -351,18 +351,8 @@ const clockTicks = 100
 // cpuTicks returns the CPU time (utime + stime, every thread) process pid
 // has used, in clock ticks.
 func cpuTicks(pid int) (int64, error) {
-	if pid <= 0 {
-		return 0, nil
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	_, ticks, err := parseStat(b)
-	if err != nil {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	return ticks, nil
+	_, total, err := cpuSplit(pid)
+	return total, err
 }
 
 // cpuSplit returns the CPU time process pid has used in user mode (utime)
