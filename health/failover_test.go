@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/brownie/brownie-sidecar/internal/metrics"
 	"github.com/brownie/brownie-sidecar/router"
@@ -122,7 +123,8 @@ func TestASilentHostDoesNotDelayTheOthersChecks(t *testing.T) {
 	cfg := defaultConfig
 	cfg.Interval = 50 * time.Millisecond
 	cfg.Timeout = 2 * time.Second
-	h, _ := newTestChecker(t, cfg, hosts)
+	core, logs := observer.New(zap.WarnLevel)
+	h, _ := newLoggingChecker(t, cfg, hosts, zap.New(core))
 	runChecker(t, h)
 	// standbyB stops answering without closing its connection; standbyA is
 	// promoted meanwhile after primaryA dies: rounds keep publishing.
@@ -150,6 +152,26 @@ func TestASilentHostDoesNotDelayTheOthersChecks(t *testing.T) {
 	}
 	if d := time.Since(start); d < cfg.Timeout/2 {
 		t.Errorf("the silent host was marked down after %s, before its check could time out", d)
+	}
+	// The event says how long the check waited, against what it could.
+	var found bool
+	for _, e := range logs.FilterMessage("host unhealthy").AllUntimed() {
+		f := e.ContextMap()
+		if f["addr"] != standbyB {
+			continue
+		}
+		found = true
+		took, _ := f["check_took"].(time.Duration)
+		budget, _ := f["check_budget"].(time.Duration)
+		if budget < cfg.Timeout/2 || budget > cfg.Timeout {
+			t.Errorf("check_budget = %s, want between half the timeout and the timeout (%s)", budget, cfg.Timeout)
+		}
+		if took < budget {
+			t.Errorf("check_took = %s, before its budget of %s ran out", took, budget)
+		}
+	}
+	if !found {
+		t.Errorf("no host unhealthy event for the silent host; events: %v", logs.All())
 	}
 }
 

@@ -112,6 +112,7 @@ type hostHealth struct {
 	LastError   string
 	CheckedAt   time.Time
 	took        time.Duration // how long the check ran
+	budget      time.Duration // how long the check could run (see checkDeadline)
 	// Synchronous shards only: a primary's streaming standbys (walreceiver
 	// application_name → sync_state), a standby's own application_name,
 	// and why replication could not be read (brownie_sidecar
@@ -427,6 +428,7 @@ func (h *Checker) round(ctx context.Context) {
 // On a synchronous shard it also reads the host's replication state.
 func (h *Checker) check(ctx context.Context, shard string, host router.Host, role router.Role, sync bool, deadline time.Time) *hostHealth {
 	res := &hostHealth{Host: host, Shard: shard, Configured: role, Checked: true, CheckedAt: time.Now()}
+	res.budget = deadline.Sub(res.CheckedAt)
 	defer func() { res.took = time.Since(res.CheckedAt) }()
 	var row [][]byte
 	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, deadline, func(c Conn) error {
@@ -628,7 +630,8 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			switch {
 			case !r.Up:
 				if prev == nil || prev.Up {
-					h.log.Warn("host unhealthy", zap.String("shard", sh.Name), zap.String("addr", r.Host.Addr), zap.String("error", r.LastError))
+					h.log.Warn("host unhealthy", zap.String("shard", sh.Name), zap.String("addr", r.Host.Addr), zap.String("error", r.LastError),
+						zap.Duration("check_took", r.took), zap.Duration("check_budget", r.budget))
 					wentDown = append(wentDown, r.Host.Addr)
 				}
 				h.banned[r.Host.Addr] = now.Add(cfg.BanTime)

@@ -47,6 +47,12 @@ var defaultConfig = Config{
 // come from hosts (nil: dialling fails).
 func newTestChecker(t *testing.T, cfg Config, hosts *fakeHosts) (*Checker, *metrics.Metrics) {
 	t.Helper()
+	return newLoggingChecker(t, cfg, hosts, zap.NewNop())
+}
+
+// newLoggingChecker is newTestChecker with the checker logging to log.
+func newLoggingChecker(t *testing.T, cfg Config, hosts *fakeHosts, log *zap.Logger) (*Checker, *metrics.Metrics) {
+	t.Helper()
 	m, err := router.ParseMap([]byte(testMapYAML))
 	if err != nil {
 		t.Fatalf("ParseMap: %v", err)
@@ -60,7 +66,7 @@ func newTestChecker(t *testing.T, cfg Config, hosts *fakeHosts) (*Checker, *metr
 	if hosts != nil {
 		dial = hosts.dial
 	}
-	return New(cfg, Deps{Router: r, Metrics: met, Log: zap.NewNop(), Dial: dial}), met
+	return New(cfg, Deps{Router: r, Metrics: met, Log: log, Dial: dial}), met
 }
 
 // result is a check that found host up at WAL position lsn (a standby
