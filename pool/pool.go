@@ -88,10 +88,14 @@ type Pool[R Resource] struct {
 	dialing int
 	waiters waitQueue[R]
 	spare   []*waiter[R] // finished waiters kept for reuse
-	closed  bool
-	stats   Stats
-	retired time.Time // last retirement of an old-generation resource
-	doomed  []R       // resources to close once mu is released
+	// expiry fires at the oldest waiter's deadline (expireWaiters); nil
+	// until first needed. expiryArmed says it is set to fire.
+	expiry      *time.Timer
+	expiryArmed bool
+	closed      bool
+	stats       Stats
+	retired     time.Time // last retirement of an old-generation resource
+	doomed      []R       // resources to close once mu is released
 }
 
 // Conn is one resource checked out of (or idle in) a pool. A checked-out
@@ -185,29 +189,31 @@ func (p *Pool[R]) acquire(ctx context.Context, checkDelay time.Duration) (*Conn[
 		return c, time.Since(start), err
 	}
 	w := p.takeWaiterLocked()
+	if p.cfg.AcquireTimeout > 0 {
+		w.deadline = start.Add(p.cfg.AcquireTimeout)
+		if last := p.waiters.newest(); last != nil && last.deadline.After(w.deadline) {
+			w.deadline = last.deadline // the queue stays in deadline order
+		}
+		if !p.expiryArmed {
+			p.armExpiryLocked(w.deadline)
+		}
+	}
 	p.waiters.push(w)
 	p.stats.Waits++
 	p.unlock()
 
-	var timeout <-chan time.Time
-	if p.cfg.AcquireTimeout > 0 {
-		if w.timer == nil {
-			w.timer = time.NewTimer(p.cfg.AcquireTimeout)
-		} else {
-			w.timer.Reset(p.cfg.AcquireTimeout)
-		}
-		timeout = w.timer.C
-	}
+	// The wait's timeout is the pool's expiry timer, not one per wait: a
+	// timer set and stopped, and a third case in the select, on every wait
+	// made BenchmarkContendedAcquire a third slower (700 against 535 ns).
 	var g grant[R]
-	select {
-	case g = <-w.ch:
-	case <-timeout:
-		g = p.abandon(w, ErrTimeout)
-	case <-ctx.Done():
-		g = p.abandon(w, ctx.Err())
-	}
-	if w.timer != nil {
-		w.timer.Stop() // no stale expiry reaches the next wait (Go 1.23 timers)
+	if done := ctx.Done(); done == nil {
+		g = <-w.ch
+	} else {
+		select {
+		case g = <-w.ch:
+		case <-done:
+			g = p.abandon(w, ctx.Err())
+		}
 	}
 	waited := time.Since(start)
 	p.mu.Lock()
@@ -250,6 +256,39 @@ func (p *Pool[R]) abandon(w *waiter[R], err error) grant[R] {
 	return grant[R]{err: err}
 }
 
+// armExpiryLocked sets the expiry timer to fire at deadline.
+func (p *Pool[R]) armExpiryLocked(deadline time.Time) {
+	d := time.Until(deadline)
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expireWaiters)
+	} else {
+		p.expiry.Reset(d)
+	}
+	p.expiryArmed = true
+}
+
+// expireWaiters is the expiry timer's function: it ends, with ErrTimeout,
+// the waits whose deadline has passed (the oldest waiters: the queue is in
+// deadline order), then sets the timer for the next deadline, if any. A
+// timer set for a waiter that got a resource meanwhile fires early,
+// expires nothing and is set again.
+func (p *Pool[R]) expireWaiters() {
+	p.mu.Lock()
+	defer p.unlock()
+	p.expiryArmed = false
+	if p.closed {
+		return
+	}
+	now := time.Now()
+	for w := p.waiters.oldest(); w != nil && !w.deadline.After(now); w = p.waiters.oldest() {
+		p.waiters.remove(w)
+		w.ch <- grant[R]{err: ErrTimeout}
+	}
+	if w := p.waiters.oldest(); w != nil {
+		p.armExpiryLocked(w.deadline)
+	}
+}
+
 // takeWaiterLocked returns a spare waiter, or a new one.
 func (p *Pool[R]) takeWaiterLocked() *waiter[R] {
 	if n := len(p.spare); n > 0 {
@@ -262,7 +301,7 @@ func (p *Pool[R]) takeWaiterLocked() *waiter[R] {
 }
 
 // keepWaiterLocked keeps w, whose wait is over (not queued, its channel
-// drained, its timer stopped), for a later wait.
+// drained), for a later wait.
 func (p *Pool[R]) keepWaiterLocked(w *waiter[R]) {
 	if len(p.spare) < maxSpareWaiters {
 		p.spare = append(p.spare, w)
@@ -480,6 +519,10 @@ func (p *Pool[R]) Close() {
 		return
 	}
 	p.closed = true
+	if p.expiryArmed {
+		p.expiry.Stop()
+		p.expiryArmed = false
+	}
 	for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
 		w.ch <- grant[R]{err: ErrClosed}
 	}

@@ -266,6 +266,66 @@ func TestAWaiterGivesUpAfterAcquireTimeoutWithoutLosingASlot(t *testing.T) {
 	c2.Release()
 }
 
+// The pool times waits out with one timer set for the oldest waiter's
+// deadline. When that waiter gets a resource first, the timer fires early
+// for the next: it must neither end that wait before its own
+// AcquireTimeout nor forget it.
+func TestEachWaiterTimesOutAfterItsOwnAcquireTimeout(t *testing.T) {
+	const timeout = 150 * time.Millisecond
+	d := newDialer()
+	p := newPool(t, Config{Size: 1, AcquireTimeout: timeout}, d)
+	c := mustAcquire(t, p)
+
+	type ended struct {
+		acquired
+		after time.Duration
+	}
+	wait := func() <-chan ended {
+		ch := make(chan ended, 1)
+		start := time.Now()
+		go func() {
+			c, err := p.Acquire(t.Context())
+			ch <- ended{acquired{c, err}, time.Since(start)}
+		}()
+		return ch
+	}
+	first := wait()
+	waitFor(t, "the first waiter is queued", func() bool { return p.Stats().Waiting == 1 })
+	time.Sleep(timeout / 2) // the second arrives half a timeout later
+	second := wait()
+	third := wait()
+	waitFor(t, "three waiters are queued", func() bool { return p.Stats().Waiting == 3 })
+	c.Release() // to the first, before its deadline
+
+	got := func(ch <-chan ended) ended {
+		t.Helper()
+		select {
+		case e := <-ch:
+			return e
+		case <-time.After(5 * time.Second):
+			t.Fatal("timed out waiting for Acquire to return")
+			return ended{}
+		}
+	}
+	a := got(first)
+	if a.err != nil || a.conn.Value != c.Value {
+		t.Fatalf("first waiter: %v, %v; want the released resource", a.conn, a.err)
+	}
+	for i, ch := range []<-chan ended{second, third} {
+		e := got(ch)
+		if !errors.Is(e.err, ErrTimeout) || e.conn != nil {
+			t.Fatalf("waiter %d: %v, %v; want nil, ErrTimeout", i+2, e.conn, e.err)
+		}
+		if e.after < timeout {
+			t.Errorf("waiter %d gave up after %v, before its AcquireTimeout of %v", i+2, e.after, timeout)
+		}
+	}
+	if s := p.Stats(); s.Timeouts != 2 || s.Waiting != 0 || s.Open != 1 {
+		t.Errorf("stats = %+v, want 2 timeouts, 0 waiting, 1 open", s)
+	}
+	a.conn.Release()
+}
+
 func TestCancellingTheContextEndsTheWaitWithoutLosingASlot(t *testing.T) {
 	d := newDialer()
 	p := newPool(t, Config{Size: 1}, d)

@@ -10,14 +10,15 @@ const maxSpareWaiters = 256
 // waiter is one Acquire waiting for a resource. A pool reuses its waiters
 // (Pool.takeWaiterLocked, Pool.keepWaiterLocked): a pool under contention
 // allocates no channel, timer or list entry per wait. Its fields other
-// than ch and timer are guarded by the pool's mutex.
+// than ch are guarded by the pool's mutex.
 type waiter[R Resource] struct {
 	// ch carries the one grant of a wait (buffered 1); it is empty
 	// whenever the waiter is not queued.
 	ch chan grant[R]
-	// timer bounds the wait by AcquireTimeout; nil until first needed,
-	// stopped between waits. Only the waiting goroutine uses it.
-	timer *time.Timer
+	// deadline is when the wait times out (AcquireTimeout); the pool's
+	// expiry timer grants ErrTimeout then (Pool.expireWaiters). Never
+	// earlier than the deadline of the waiter queued before it.
+	deadline time.Time
 	// prev and next link the waiter into the pool's queue while queued.
 	prev, next *waiter[R]
 	queued     bool
@@ -42,6 +43,12 @@ func (q *waitQueue[R]) push(w *waiter[R]) {
 	q.tail = w
 	q.n++
 }
+
+// oldest returns the oldest waiter without removing it, or nil.
+func (q *waitQueue[R]) oldest() *waiter[R] { return q.head }
+
+// newest returns the newest waiter, or nil.
+func (q *waitQueue[R]) newest() *waiter[R] { return q.tail }
 
 // pop removes and returns the oldest waiter, or nil when none waits.
 func (q *waitQueue[R]) pop() *waiter[R] {
