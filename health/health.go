@@ -174,15 +174,21 @@ type Checker struct {
 	started  atomic.Uint64 // rounds of checks started
 	kick     chan struct{} // Recheck: start a round now
 
-	mu     sync.Mutex
-	conns  map[string]Conn           // check connection per host address
-	closed bool                      // Run ended: connections are closed, not kept
-	banned map[string]time.Time      // replica address → end of its ban
-	prev   map[string]*hostHealth    // last result per address
-	chosen map[string]router.Host    // shard → current primary
-	rr     map[string]*atomic.Uint64 // shard → round-robin cursor
-	lsns   map[string][]lsnSample    // shard → primary samples
-	rounds chan struct{}             // closed and replaced after each round
+	mu    sync.Mutex
+	conns map[string]Conn // check connection per host address
+	// lent holds, per host address whose kept connection a caller has,
+	// a channel closed when it gives the connection back (or closes it).
+	lent map[string]chan struct{}
+	// lentWait, when set (tests), is called when a check starts waiting
+	// for its connection to come back.
+	lentWait func()
+	closed   bool                      // Run ended: connections are closed, not kept
+	banned   map[string]time.Time      // replica address → end of its ban
+	prev     map[string]*hostHealth    // last result per address
+	chosen   map[string]router.Host    // shard → current primary
+	rr       map[string]*atomic.Uint64 // shard → round-robin cursor
+	lsns     map[string][]lsnSample    // shard → primary samples
+	rounds   chan struct{}             // closed and replaced after each round
 	// Failover state, per shard unless said otherwise.
 	waiting   map[string]int       // callers in WaitPrimary
 	downSince map[string]time.Time // shards without a primary, since
@@ -196,7 +202,7 @@ type Checker struct {
 // connections and starts no goroutines: call Run once.
 func New(cfg Config, deps Deps) *Checker {
 	return &Checker{cfg: cfg, router: deps.Router, metrics: deps.Metrics, dial: deps.Dial, log: deps.Log,
-		conns: map[string]Conn{}, banned: map[string]time.Time{}, prev: map[string]*hostHealth{},
+		conns: map[string]Conn{}, lent: map[string]chan struct{}{}, banned: map[string]time.Time{}, prev: map[string]*hostHealth{},
 		chosen: map[string]router.Host{}, rr: map[string]*atomic.Uint64{}, lsns: map[string][]lsnSample{},
 		rounds: make(chan struct{}), kick: make(chan struct{}, 1), hostDown: deps.HostDown,
 		waiting: map[string]int{}, downSince: map[string]time.Time{}, names: map[string]string{},
@@ -431,7 +437,7 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 	res.budget = deadline.Sub(res.CheckedAt)
 	defer func() { res.took = time.Since(res.CheckedAt) }()
 	var row [][]byte
-	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, deadline, func(c Conn) error {
+	err := h.onHost(ctx, router.Target{Shard: shard, Role: role, Host: host}, deadline, true, func(c Conn) error {
 		err := c.Exec(healthQuery, func(v [][]byte) {
 			row = make([][]byte, len(v))
 			for i := range v {
@@ -470,17 +476,56 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 // broke (an error other than the server's *pgerr.Error, or a connection
 // failure, class 08) or was left in a transaction; fn must not keep it. It returns fn's error, or the dial's.
 // Safe for concurrent use: a caller finding the connection taken dials
-// another.
+// another (a check waits for it instead, see onHost).
 func (h *Checker) OnHost(ctx context.Context, t router.Target, fn func(Conn) error) error {
-	return h.onHost(ctx, t, time.Now().Add(h.cfg.Timeout), fn)
+	return h.onHost(ctx, t, time.Now().Add(h.cfg.Timeout), false, fn)
 }
 
-// onHost is OnHost bounded by deadline.
-func (h *Checker) onHost(ctx context.Context, t router.Target, deadline time.Time, fn func(Conn) error) error {
+// errLentTooLong ends a check whose connection another caller kept until
+// the check's deadline.
+var errLentTooLong = errors.New("no answer within the check's deadline: the connection to the host stayed in use by another request of the sidecar's")
+
+// onHost is OnHost bounded by deadline. With wait (a health check), a
+// caller finding the kept connection lent to another caller waits for it,
+// up to deadline, instead of dialling: the others (the two-phase
+// recovery, a merge's catalog read) hold it for one short query, while a
+// new connection on a loaded host can take seconds (its fork and TLS
+// handshake), longer than the check may, and the host would be reported
+// down although it answers.
+func (h *Checker) onHost(ctx context.Context, t router.Target, deadline time.Time, wait bool, fn func(Conn) error) error {
+	addr := t.Host.Addr
 	h.mu.Lock()
-	u := h.conns[t.Host.Addr]
-	delete(h.conns, t.Host.Addr)
+	u := h.conns[addr]
+	for u == nil && wait {
+		back, ok := h.lent[addr]
+		if !ok {
+			break // none kept: dial
+		}
+		h.mu.Unlock()
+		if h.lentWait != nil {
+			h.lentWait()
+		}
+		if err := waitBack(ctx, back, deadline); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		u = h.conns[addr]
+	}
+	var back chan struct{}
+	if u != nil {
+		delete(h.conns, addr)
+		back = make(chan struct{})
+		h.lent[addr] = back
+	}
 	h.mu.Unlock()
+	if back != nil {
+		defer func() {
+			h.mu.Lock()
+			delete(h.lent, addr)
+			h.mu.Unlock()
+			close(back)
+		}()
+	}
 	if u == nil {
 		cctx, cancel := context.WithDeadline(ctx, deadline)
 		var err error
@@ -503,14 +548,29 @@ func (h *Checker) onHost(ctx context.Context, t router.Target, deadline time.Tim
 		return err
 	}
 	h.mu.Lock()
-	if h.conns[t.Host.Addr] == nil && !h.closed {
-		h.conns[t.Host.Addr], u = u, nil
+	if h.conns[addr] == nil && !h.closed {
+		h.conns[addr], u = u, nil
 	}
 	h.mu.Unlock()
 	if u != nil {
 		_ = u.Close() // another caller put its connection back first
 	}
 	return err
+}
+
+// waitBack waits until back is closed, deadline passes (errLentTooLong)
+// or ctx ends.
+func waitBack(ctx context.Context, back <-chan struct{}, deadline time.Time) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-back:
+		return nil
+	case <-t.C:
+		return errLentTooLong
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // publish computes the shards' primaries, lags and bans from a round's

@@ -523,6 +523,116 @@ func TestOnHostKeepsItsConnectionUnlessItBrokeOrStayedInATransaction(t *testing.
 	}
 }
 
+// A check finding its connection lent to another caller (the two-phase
+// recovery) waits for it rather than dial: on a loaded host a new
+// connection can take longer than the check may. It dials only when the
+// connection did not come back, and fails when it stays lent past the
+// check's deadline.
+func TestACheckWaitsForItsConnectionLentToAnotherCaller(t *testing.T) {
+	hosts := newFakeHosts()
+	cfg := defaultConfig
+	cfg.Timeout = 2 * time.Second
+	h, _ := newTestChecker(t, cfg, hosts)
+	waiting := make(chan struct{}, 1)
+	h.lentWait = func() { waiting <- struct{}{} }
+	ctx := context.Background()
+	target := router.Target{Shard: "shard-b", Role: router.Primary, Host: router.Host{Addr: primaryB}}
+	var kept Conn
+	if err := h.OnHost(ctx, target, func(c Conn) error { kept = c; return nil }); err != nil {
+		t.Fatalf("OnHost: %v", err)
+	}
+	dials := func() int {
+		hosts.mu.Lock()
+		defer hosts.mu.Unlock()
+		return hosts.dials[primaryB]
+	}
+
+	// lend starts a caller holding the kept connection until it is told to
+	// give it back, with fn's error.
+	lend := func() (giveBack chan error, done chan error) {
+		giveBack, done = make(chan error), make(chan error, 1)
+		holding := make(chan struct{})
+		go func() {
+			done <- h.OnHost(ctx, target, func(c Conn) error {
+				if c != kept {
+					t.Errorf("the caller got another connection than the kept one")
+				}
+				close(holding)
+				return <-giveBack
+			})
+		}()
+		<-holding
+		return giveBack, done
+	}
+	awaitWaiting := func() {
+		t.Helper()
+		select {
+		case <-waiting:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the check did not wait for its lent connection (%d dials)", dials())
+		}
+	}
+	check := func(budget time.Duration) <-chan *hostHealth {
+		res := make(chan *hostHealth, 1)
+		go func() {
+			res <- h.check(ctx, "shard-b", router.Host{Addr: primaryB}, router.Primary, false, time.Now().Add(budget))
+		}()
+		return res
+	}
+
+	// Given back: the check runs on it, and nothing is dialled.
+	giveBack, done := lend()
+	res := check(cfg.Timeout)
+	awaitWaiting()
+	giveBack <- nil
+	if err := <-done; err != nil {
+		t.Fatalf("the lending caller: %v", err)
+	}
+	if r := <-res; !r.Up {
+		t.Fatalf("the check failed: %s", r.LastError)
+	}
+	if n := dials(); n != 1 {
+		t.Errorf("%d dials, want the first only: the check dialled instead of waiting", n)
+	}
+
+	// Broken by its borrower: the check dials once it is closed.
+	giveBack, done = lend()
+	res = check(cfg.Timeout)
+	awaitWaiting()
+	giveBack <- io.ErrUnexpectedEOF
+	<-done
+	if r := <-res; !r.Up {
+		t.Fatalf("the check after a broken connection failed: %s", r.LastError)
+	}
+	if n := dials(); n != 2 {
+		t.Errorf("%d dials, want 2: a broken connection is replaced", n)
+	}
+	if !kept.(*fakeConn).closed {
+		t.Error("the broken connection was kept")
+	}
+
+	// Kept past the check's deadline: the check fails when its budget ends.
+	if err := h.OnHost(ctx, target, func(c Conn) error { kept = c; return nil }); err != nil {
+		t.Fatalf("OnHost: %v", err)
+	}
+	giveBack, done = lend()
+	const budget = 100 * time.Millisecond
+	res = check(budget)
+	awaitWaiting()
+	r := <-res
+	giveBack <- nil
+	<-done
+	if r.Up || !strings.Contains(r.LastError, "stayed in use") {
+		t.Errorf("check = up %v, %q; want down, its connection in use past the deadline", r.Up, r.LastError)
+	}
+	if r.took < budget {
+		t.Errorf("the check gave up after %s, before its budget of %s", r.took, budget)
+	}
+	if n := dials(); n != 2 {
+		t.Errorf("%d dials, want 2: the check waited without dialling", n)
+	}
+}
+
 func TestRunClosesItsConnectionsWhenItsContextEnds(t *testing.T) {
 	hosts := newFakeHosts()
 	cfg := defaultConfig
