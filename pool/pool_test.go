@@ -148,14 +148,15 @@ func acquireAsync(ctx context.Context, p *Pool[*fakeResource]) <-chan acquired {
 	return ch
 }
 
-func receive(t *testing.T, ch <-chan acquired) acquired {
+func receive[T any](t *testing.T, ch <-chan T) T {
 	t.Helper()
 	select {
 	case a := <-ch:
 		return a
 	case <-time.After(5 * time.Second):
 		t.Fatal("timed out waiting for Acquire to return")
-		return acquired{}
+		var zero T
+		return zero
 	}
 }
 
@@ -297,22 +298,12 @@ func TestEachWaiterTimesOutAfterItsOwnAcquireTimeout(t *testing.T) {
 	waitFor(t, "three waiters are queued", func() bool { return p.Stats().Waiting == 3 })
 	c.Release() // to the first, before its deadline
 
-	got := func(ch <-chan ended) ended {
-		t.Helper()
-		select {
-		case e := <-ch:
-			return e
-		case <-time.After(5 * time.Second):
-			t.Fatal("timed out waiting for Acquire to return")
-			return ended{}
-		}
-	}
-	a := got(first)
+	a := receive(t, first)
 	if a.err != nil || a.conn.Value != c.Value {
 		t.Fatalf("first waiter: %v, %v; want the released resource", a.conn, a.err)
 	}
 	for i, ch := range []<-chan ended{second, third} {
-		e := got(ch)
+		e := receive(t, ch)
 		if !errors.Is(e.err, ErrTimeout) || e.conn != nil {
 			t.Fatalf("waiter %d: %v, %v; want nil, ErrTimeout", i+2, e.conn, e.err)
 		}
