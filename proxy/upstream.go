@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,11 +467,42 @@ func (u *upstream) awaitReady(handle func(typ byte, body []byte)) error {
 	}
 }
 
-// lost is the FATAL 08006 for a read or write failure on u.
+// lost is the FATAL 08006 for a read or write failure on u. After a
+// timeout it says whether bytes from the server were waiting unread: then
+// the server had answered (or was answering) and the sidecar had not read
+// in time, rather than the server not answering at all.
 func (u *upstream) lost(err error) *pgerr.Error {
 	e := pgerr.Fatalf(pgerr.ConnectionFailure, "connection to upstream %s lost", u.target)
 	e.Detail = err.Error()
+	if errors.Is(err, os.ErrDeadlineExceeded) && u.unread() {
+		e.Detail += "; bytes from the server were already waiting, unread, when the timeout was handled"
+	}
 	return e.WithCause(err)
+}
+
+// unread reports whether bytes from the server are buffered or waiting in
+// the socket. It never blocks and works past a deadline (through Control,
+// which does not check it). Call it only while no goroutine reads u.
+func (u *upstream) unread() bool {
+	if u.r != nil && u.r.Buffered() > 0 {
+		return true
+	}
+	sc, ok := u.raw.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	waiting := false
+	_ = rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		waiting = errno == 0 && n > 0
+	})
+	return waiting
 }
 
 // upstreamError turns an upstream ErrorResponse into an *pgerr.Error that
