@@ -102,35 +102,49 @@ func (u *upstream) Close() error {
 // before the server closed it (shutdown, pg_terminate_backend). It never
 // blocks. Call it only while no goroutine reads the connection.
 func (u *upstream) Alive() bool {
-	if u.r.Buffered() > 0 {
-		return false
-	}
+	return u.r.Buffered() == 0 && u.peek() == peekNothing
+}
+
+// peekResult is what a non-blocking peek at an upstream's socket found.
+type peekResult int
+
+const (
+	peekNothing peekResult = iota // no data, no EOF
+	peekData                      // bytes waiting
+	peekGone                      // EOF or a socket error, or no socket to peek at
+)
+
+// peek looks at u's socket without reading from it or blocking, with a
+// raw call as in netx.WrapFast (a peek needs none of the scheduler's
+// syscall bookkeeping: Alive runs once per transaction in transaction
+// mode), through Control, which does not check deadlines. A connection
+// that is not a socket reads as peekNothing. Call it only while no
+// goroutine reads u.
+func (u *upstream) peek() peekResult {
 	sc, ok := u.raw.(syscall.Conn)
 	if !ok {
-		return true
+		return peekNothing
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return peekGone
 	}
-	alive := true
-	err = rc.Read(func(fd uintptr) bool {
-		// A raw call, as in netx.WrapFast: a non-blocking peek needs none of the
-		// scheduler's syscall bookkeeping (once per transaction in
-		// transaction mode).
+	res := peekGone
+	err = rc.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		switch {
 		case errno == syscall.EAGAIN:
-		case errno != 0 || n == 0: // a socket error, or EOF
-			alive = false
-		default: // unsolicited data
-			alive = false
+			res = peekNothing
+		case errno == 0 && n > 0:
+			res = peekData
 		}
-		return true
 	})
-	return alive && err == nil
+	if err != nil {
+		return peekGone
+	}
+	return res
 }
 
 // Generation is the certificate generation this connection authenticated
@@ -481,28 +495,10 @@ func (u *upstream) lost(err error) *pgerr.Error {
 }
 
 // unread reports whether bytes from the server are buffered or waiting in
-// the socket. It never blocks and works past a deadline (through Control,
-// which does not check it). Call it only while no goroutine reads u.
+// the socket. It never blocks and works past a deadline. Call it only
+// while no goroutine reads u.
 func (u *upstream) unread() bool {
-	if u.r != nil && u.r.Buffered() > 0 {
-		return true
-	}
-	sc, ok := u.raw.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	waiting := false
-	_ = rc.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		waiting = errno == 0 && n > 0
-	})
-	return waiting
+	return (u.r != nil && u.r.Buffered() > 0) || u.peek() == peekData
 }
 
 // upstreamError turns an upstream ErrorResponse into an *pgerr.Error that
