@@ -60,7 +60,9 @@
 // upstream connection at a session's first statement, so idle sessions hold
 // none) and reports the sidecar's peak resident set (VmHWM). Then the cost
 // per pod in memory (memory.go): the sidecar (backups configured) and
-// PgBouncer alone, transaction mode, pool 10: RSS at start, with 1,000
+// PgBouncer alone, transaction mode, pool 10, each started from an
+// executable dropped from the page cache (posix_fadvise DONTNEED), so its
+// file pages come in as a pod's do from its image: RSS at start, with 1,000
 // idle clients right after their startup, with the same clients after
 // each ran `SELECT 1`, and with 10,000 such clients. Each reading waits
 // until every sidecar session is dormant (its gauge) and the RSS is

@@ -134,6 +134,15 @@ func (b *bench) measureMemory(ctx context.Context) ([]memTarget, error) {
 func (b *bench) measureMemoryOf(ctx context.Context, name string, round int) (memTarget, error) {
 	top := memSteps[len(memSteps)-1].clients
 	dir := fmt.Sprintf("%s-memory-r%d", name, round+1)
+	// Each pooler starts from an executable read from disk, as a pod's
+	// comes from its image (evictFileCache).
+	bin := b.sidecar
+	if name != colSidecar {
+		bin = b.bouncer
+	}
+	if err := evictFileCache(bin); err != nil {
+		return memTarget{name: name, note: err.Error()}, fmt.Errorf("evicting %s from the page cache: %w", bin, err)
+	}
 	if name != colSidecar {
 		bouncer, addr, err := b.startPgBouncerFor(ctx, dir, modeTransaction, txnPoolSize, top+1000)
 		if err != nil {
@@ -422,7 +431,7 @@ func writeMemory(b *strings.Builder, ms []memTarget) {
 		b.WriteString("Not measured.\n\n")
 		return
 	}
-	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone: RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS has stayed within %d KB for %s.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle, memStableKB, memStableFor)
+	fmt.Fprintf(b, "Transaction mode, pool %d, each pooler alone, started from an executable dropped from the page cache (read from disk by faults, as a pod reads its image; not left in the page cache as the linker wrote it): RSS (VmRSS) with no client (the sidecar with backups configured to a local directory), then with idle clients (startup done, then `%s` run, no transaction open, so no upstream connection), %d opened at a time. Each reading is taken at least %s after the clients went idle, once every sidecar session is dormant and the RSS has stayed within %d KB for %s.\n\n", txnPoolSize, memQuery, rssConcurrency, memSettle, memStableKB, memStableFor)
 	if rounds := ms[0].rounds; rounds > 1 {
 		fmt.Fprintf(b, "Every figure is the median of %d rounds, the poolers taking turns round by round, each started afresh; a per-client figure is taken from the medians of its reading and of the start.\n\n", rounds)
 	}
