@@ -531,7 +531,7 @@ func (r *report) writeRSS(b *strings.Builder) {
 	if s.opened > 0 {
 		perConn = float64(s.hwmKB-s.baselineKB) / float64(s.opened)
 	}
-	fmt.Fprintf(b, "Idle clients: %d of %d sessions reached ReadyForQuery through a fresh sidecar (session mode, POOL_SIZE=%d, PostgreSQL max_connections=%d; PostgreSQL saw %d Brownie backends), opened %d at a time in %s.\n\n",
+	fmt.Fprintf(b, "Idle clients: %d of %d sessions reached ReadyForQuery through a fresh sidecar (started from an executable dropped from the page cache; session mode, POOL_SIZE=%d, PostgreSQL max_connections=%d; PostgreSQL saw %d Brownie backends), opened %d at a time in %s.\n\n",
 		s.opened, s.wanted, s.wanted+50, s.wanted+200, s.pgBackends, s.dialConcurrency, s.openTime.Round(time.Millisecond))
 	fmt.Fprintf(b, "| sidecar peak RSS (VmHWM) | RSS now (VmRSS) | RSS before clients | per connection above baseline | threads |\n|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(b, "| %.1f MB | %.1f MB | %.1f MB | %.1f KB | %d |\n\n", mb(s.hwmKB), mb(s.rssKB), mb(s.baselineKB), perConn, s.threads)

@@ -35,7 +35,8 @@ type rssResult struct {
 const rssConcurrency = 50
 
 // measureIdleRSS restarts PostgreSQL with room for n backends, starts a
-// fresh sidecar in session mode whose pool can hold n upstream connections,
+// fresh sidecar in session mode whose pool can hold n upstream connections
+// (from an executable dropped from the page cache, as in the memory table),
 // opens n client sessions (each reaches ReadyForQuery, so each holds one
 // upstream connection) and reads the sidecar's peak RSS with all of them
 // idle.
@@ -47,6 +48,10 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 		"shared_buffers":  "32MB",
 	}); err != nil {
 		res.note = fmt.Sprintf("PostgreSQL did not start with max_connections=%d: %v", maxConn, err)
+		return res, err
+	}
+	if err := evictFileCache(b.sidecar); err != nil { // as the memory table's starts
+		res.note = fmt.Sprintf("evicting %s from the page cache: %v", b.sidecar, err)
 		return res, err
 	}
 	side, err := b.startSidecar(ctx, "sidecar-rss", map[string]string{
