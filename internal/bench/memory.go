@@ -141,7 +141,7 @@ func (b *bench) measureMemoryOf(ctx context.Context, name string, round int) (me
 		bin = b.bouncer
 	}
 	if err := evictFileCache(bin); err != nil {
-		return memTarget{name: name, note: err.Error()}, fmt.Errorf("evicting %s from the page cache: %w", bin, err)
+		return memTarget{name: name, note: err.Error()}, err
 	}
 	if name != colSidecar {
 		bouncer, addr, err := b.startPgBouncerFor(ctx, dir, modeTransaction, txnPoolSize, top+1000)

@@ -51,7 +51,7 @@ func (b *bench) measureIdleRSS(ctx context.Context, n int) (*rssResult, error) {
 		return res, err
 	}
 	if err := evictFileCache(b.sidecar); err != nil { // as the memory table's starts
-		res.note = fmt.Sprintf("evicting %s from the page cache: %v", b.sidecar, err)
+		res.note = err.Error()
 		return res, err
 	}
 	side, err := b.startSidecar(ctx, "sidecar-rss", map[string]string{
