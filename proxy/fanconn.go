@@ -180,5 +180,8 @@ func (ss *session) legConn(c *pool.Conn[*upstream]) fanout.Conn { return &legCon
 // fanEnv is what a request spanning shards (or a transaction) of the
 // session works with.
 func (ss *session) fanEnv() *fanout.Env {
-	return &fanout.Env{Deps: ss.srv.fan, Session: fanSession{ss}, Client: fanClient{ss}, Log: ss.log}
+	if ss.fanLog == nil {
+		ss.fanLog = ss.log.Logger()
+	}
+	return &fanout.Env{Deps: ss.srv.fan, Session: fanSession{ss}, Client: fanClient{ss}, Log: ss.fanLog}
 }

@@ -58,7 +58,7 @@ func idleSession(t *testing.T, release time.Duration) (*Server, *session, net.Co
 	srv.cfg.Listen.IdleRelease = release
 	srv.idleEpoch.Store(1)
 	t.Cleanup(srv.reclaim.stop)
-	ss := &session{srv: srv, log: zap.NewNop(), client: client, pid: minClientPID, cr: wire.NewReader(client, bufSize)}
+	ss := &session{srv: srv, log: sessionLog{base: zap.NewNop()}, client: client, pid: minClientPID, cr: wire.NewReader(client, bufSize)}
 	ss.cond = sync.NewCond(&ss.mu)
 	srv.sessions[ss.pid] = ss
 	return srv, ss, app

@@ -36,7 +36,7 @@ func TestAWriteToAnUpstreamDetachedAsLostReachesTheClientAsAnError(t *testing.T)
 	defer client.Close()
 	defer app.Close()
 	srv := &Server{metrics: metrics.New(prometheus.NewRegistry())}
-	ss := &session{srv: srv, log: zap.NewNop(), client: client, up: c}
+	ss := &session{srv: srv, log: sessionLog{base: zap.NewNop()}, client: client, up: c}
 	ss.cond = sync.NewCond(&ss.mu)
 	ss.cw = clientWriter{w: pooledWriter{dst: client}, conn: client}
 

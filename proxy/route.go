@@ -188,8 +188,8 @@ func (ss *session) route(st router.StmtInfo, a *analysis) routeResult {
 		ss.mu.Unlock()
 	}
 	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), t.Role.String()).Inc()
-	if ce := ss.log.Check(zap.DebugLevel, "statement routed"); ce != nil {
-		ce.Write(zap.String("target", t.String()), zap.String("addr", t.Host.Addr), zap.String("decision", d.Explain()),
+	if ss.log.Enabled(zap.DebugLevel) {
+		ss.log.Debug("statement routed", zap.String("target", t.String()), zap.String("addr", t.Host.Addr), zap.String("decision", d.Explain()),
 			zap.Bool("in_transaction", f.InTransaction), zap.Bool("read_only_transaction", f.ReadOnlyTransaction))
 	}
 	anyShard := d.Kind == router.AnyShard
@@ -265,8 +265,8 @@ func (ss *session) routeFanOut(d router.Decision, f router.SessionFacts, a *anal
 		plan.Targets = append(plan.Targets, t)
 	}
 	s.metrics.RouteDecisions.WithLabelValues(d.Kind.String(), d.Reason.String(), plan.Targets[0].Role.String()).Inc()
-	if ce := ss.log.Check(zap.DebugLevel, "statement fanned out"); ce != nil {
-		ce.Write(zap.Strings("shards", d.Shards), zap.Bool("read_only", d.ReadOnly), zap.String("decision", plan.Explain),
+	if ss.log.Enabled(zap.DebugLevel) {
+		ss.log.Debug("statement fanned out", zap.Strings("shards", d.Shards), zap.Bool("read_only", d.ReadOnly), zap.String("decision", plan.Explain),
 			zap.Bool("in_transaction", f.InTransaction))
 	}
 	return routeResult{fan: plan}

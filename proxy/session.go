@@ -51,7 +51,8 @@ const largeMessage = 64 << 10
 // guarded by mu.
 type session struct {
 	srv    *Server
-	log    *zap.Logger
+	log    sessionLog
+	fanLog *zap.Logger // the log of the session's requests spanning shards, built at its first (fanEnv)
 	client net.Conn
 	peer   string
 	pid    uint32 // sidecar backend key given to the client
@@ -289,6 +290,19 @@ func (w *clientWriter) sendBytes(msgs []byte) error {
 	return w.w.Flush()
 }
 
+// sendPieces writes the concatenation of encoded messages made by the
+// sidecar and flushes.
+func (w *clientWriter) sendPieces(pieces ...[]byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range pieces {
+		if _, err := w.w.Write(p); err != nil {
+			return err
+		}
+	}
+	return w.w.Flush()
+}
+
 // send writes messages made by the sidecar, flushing if asked.
 func (w *clientWriter) send(flush bool, msgs ...pgproto3.BackendMessage) error {
 	w.mu.Lock()
@@ -339,10 +353,7 @@ func (s *Server) serve(conn net.Conn) {
 	ss := &session{srv: s, client: conn, stmts: map[string]*stmtDef{}, pins: map[string]bool{},
 		startup: map[string]string{}, txStatus: 'I', synced: true, retry: readRetry{ok: s.routingEnabled()}}
 	ss.cond = sync.NewCond(&ss.mu)
-	// The session's logger encodes its fields only when it first writes
-	// (WithLazy): most sessions never log above debug, and an encoded
-	// child logger costs about 1 KB per session.
-	ss.log = s.log.WithLazy(zap.Inline(sessionFields{ss: ss, conn: conn}))
+	ss.log = sessionLog{base: s.log, f: sessionFields{ss: ss, conn: conn}}
 	ss.cw = clientWriter{w: pooledWriter{dst: conn}, conn: conn}
 	// The session's reader reads the startup packets too: one read takes
 	// a startup message whole (and whatever the client sent after it).
@@ -363,6 +374,33 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	ss.run(conn)
 }
+
+// sessionLog is a session's logger: the server's, adding the session's
+// fields (sessionFields) to each event it writes. It holds no logger of
+// its own: most sessions never log above debug, and a child logger costs
+// allocations at every connection. Safe for concurrent use.
+type sessionLog struct {
+	base *zap.Logger
+	f    sessionFields
+}
+
+func (l *sessionLog) Debug(msg string, fields ...zap.Field) { l.write(zap.DebugLevel, msg, fields) }
+func (l *sessionLog) Info(msg string, fields ...zap.Field)  { l.write(zap.InfoLevel, msg, fields) }
+func (l *sessionLog) Warn(msg string, fields ...zap.Field)  { l.write(zap.WarnLevel, msg, fields) }
+
+// Enabled reports whether events at lvl are written, for a caller to skip
+// building the fields of one that is not.
+func (l *sessionLog) Enabled(lvl zapcore.Level) bool { return l.base.Core().Enabled(lvl) }
+
+func (l *sessionLog) write(lvl zapcore.Level, msg string, fields []zap.Field) {
+	if ce := l.base.Check(lvl, msg); ce != nil {
+		ce.Write(append([]zap.Field{zap.Inline(l.f)}, fields...)...)
+	}
+}
+
+// Logger returns a logger adding the session's fields, for code outside
+// the session (a request spanning shards) that logs on its behalf.
+func (l *sessionLog) Logger() *zap.Logger { return l.base.WithLazy(zap.Inline(l.f)) }
 
 // sessionFields are the fields of a session's log events: the client's
 // address and, once the session is registered, the pid the client was
@@ -710,15 +748,22 @@ func (ss *session) greet(u *upstream) error {
 	ss.seen, ss.seenShared = u.greeted, true
 	ss.reportedFor, ss.reportedVersion, ss.reportedSet = u, u.paramsVersion, nil
 	ss.mu.Unlock()
-	msg := make([]byte, 0, 9+len(u.greetedStatus)+17+6)
-	msg = append(msg, 'R', 0, 0, 0, 8, 0, 0, 0, 0) // AuthenticationOk
-	msg = append(msg, u.greetedStatus...)
-	msg = wire.AppendHeader(msg, 'K', 8)
-	msg = binary.BigEndian.AppendUint32(msg, ss.pid)
-	msg = append(msg, ss.secret...)
-	msg = append(msg, 'Z', 0, 0, 0, 5, 'I')
-	return ss.cw.sendBytes(msg)
+	// AuthenticationOk, the parameters, BackendKeyData and ReadyForQuery,
+	// written piece by piece into the client writer's pooled buffer: a
+	// connection per request builds no greeting of its own.
+	key := make([]byte, 13) // BackendKeyData
+	key[0] = 'K'
+	binary.BigEndian.PutUint32(key[1:], 12)
+	binary.BigEndian.PutUint32(key[5:], ss.pid)
+	copy(key[9:], ss.secret)
+	return ss.cw.sendPieces(authenticationOK, u.greetedStatus, key, readyIdle)
 }
+
+// authenticationOK and readyIdle are the greeting's fixed messages.
+var (
+	authenticationOK = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
+	readyIdle        = []byte{'Z', 0, 0, 0, 5, 'I'}
+)
 
 // setSeenLocked records that the client was told value v of parameter
 // name, first copying the values the session shares since its greeting.
