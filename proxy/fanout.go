@@ -48,7 +48,7 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 	ss.mu.Lock()
 	for {
 		for ss.internal {
-			ss.cond.Wait()
+			ss.waitLocked()
 		}
 		if ss.ended {
 			ss.mu.Unlock()
@@ -62,7 +62,7 @@ func (ss *session) beginFanOut(plan *fanPlan) (*fanOut, error) {
 			continue
 		}
 		if ss.pending > 0 || len(ss.expect) > 0 {
-			ss.cond.Wait()
+			ss.waitLocked()
 			continue
 		}
 		ss.mu.Unlock()

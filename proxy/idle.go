@@ -90,7 +90,7 @@ func (ss *session) kick(mark uint64) {
 
 // sweepIdle runs the idle sweep until ctx ends. Every half of idleRelease
 // it starts a new epoch and kicks the sessions whose wait for their client
-// has lasted idleRelease: a wait that recorded epoch m began before epoch
+// (or inline wait for an answer, inline.go) has lasted idleRelease: a wait that recorded epoch m began before epoch
 // m+1 did, so it is due once idleRelease has passed since the sweep began
 // epoch m+1. On time, that is the sweep that begins epoch m+3, so a
 // session goes dormant after idling between idleRelease and one and a half
@@ -106,8 +106,9 @@ func (s *Server) sweepIdle(ctx context.Context) {
 	// epochs, by epoch modulo its length; older epochs are long due.
 	var began [8]time.Time
 	type waiting struct {
-		ss   *session
-		mark uint64
+		ss       *session
+		mark     uint64
+		upstream bool // an inline wait for an answer (inline.go)
 	}
 	var due []waiting
 	for {
@@ -132,12 +133,19 @@ func (s *Server) sweepIdle(ctx context.Context) {
 		s.mu.Lock()
 		for _, ss := range s.sessions {
 			if m := ss.waitMark.Load(); isDue(m) {
-				due = append(due, waiting{ss, m})
+				due = append(due, waiting{ss, m, false})
+			}
+			if m := ss.upWaitMark.Load(); isDue(m) {
+				due = append(due, waiting{ss, m, true})
 			}
 		}
 		s.mu.Unlock()
 		for i, w := range due {
-			w.ss.kick(w.mark)
+			if w.upstream {
+				w.ss.kickUpstream(w.mark)
+			} else {
+				w.ss.kick(w.mark)
+			}
 			due[i] = waiting{}
 		}
 		due = due[:0]

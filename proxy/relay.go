@@ -142,7 +142,7 @@ func (ss *session) relay() (dormant bool) {
 // reports it itself when the relay did not.
 func (ss *session) awaitLostReport(err error) {
 	ss.mu.Lock()
-	done, c, lost := ss.relayDone, ss.up, ss.lostUp
+	done, c, lost := ss.relayDoneLocked(), ss.up, ss.lostUp
 	ss.mu.Unlock()
 	if c == nil {
 		// The relay had found the idle upstream dead and detached it for
@@ -254,7 +254,8 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 
 // startRelay attaches c to the session and hands it to the relay
 // goroutine, starting one when the session has none (its first
-// attachment, or the first since it went dormant). Called with ss.mu held.
+// attachment, or the first since it went dormant), or holds the job for an
+// inline answer (inline.go). Session goroutine, with ss.mu held.
 func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.up, ss.lostUp = c, nil
 	if u := c.Value; u.served.Load() != ss.pid {
@@ -264,17 +265,17 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.expect = ss.expect[:0]
 	ss.describing.Store(0)
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
+	ss.acks = ss.acks[:0]
 	done := make(chan struct{})
 	ss.relayDone = done
-	ss.uw.Reset(c.Value.conn)
-	if ss.relayJobs == nil {
-		ss.relayJobs = make(chan relayJob, 1)
-		go ss.relayLoop(ss.relayJobs)
+	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn}
+	ss.uw.Reset(&ss.upw)
+	j := relayJob{c: c, done: done}
+	if ss.mayHoldRelay() {
+		ss.heldRelay = j // for an inline answer (inline.go)
+		return
 	}
-	// The previous attachment's relay has already let go (it detached, or
-	// it failed and the session is ending), so the buffered send never
-	// waits for long.
-	ss.relayJobs <- relayJob{c: c, done: done}
+	ss.runRelay(j)
 }
 
 // clientToUpstream forwards client messages until the client terminates,
@@ -282,7 +283,21 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 // has gone dormant (idle.go). It attaches an upstream connection when
 // a message arrives and none is held (transaction mode).
 func (ss *session) clientToUpstream() error {
+	err := ss.forwardClient()
+	ss.dispatchHeld() // the session ends or goes dormant: the relay finishes the attachment
+	return err
+}
+
+func (ss *session) forwardClient() error {
 	for {
+		if ss.heldRelay.c != nil {
+			switch {
+			case ss.inlineNext:
+				ss.relayInline()
+			case ss.cr.Buffered() == 0:
+				ss.dispatchHeld() // about to wait for the client
+			}
+		}
 		if err := ss.awaitClient(); err != nil {
 			return err // errDormant included
 		}
@@ -295,6 +310,7 @@ func (ss *session) clientToUpstream() error {
 			return nil
 		}
 		ss.record(typ, n)
+		ss.reqEnd = typ == 'S' || typ == 'Q'
 		if err := ss.forwardMessage(typ, n); err != nil {
 			if !errors.Is(err, errUpstreamWrite) || !ss.retry.armed {
 				return err
@@ -1092,7 +1108,7 @@ func (ss *session) awaitDescriptionLocked(pre, out []byte, u *upstream) error {
 		return ss.upstreamWriteFailedLocked(err)
 	}
 	for ss.descWait == def && !ss.ended && ss.up != nil && ss.up.Value == u {
-		ss.cond.Wait()
+		ss.waitLocked()
 	}
 	if ss.descWait == def { // the upstream was lost: the relay goroutine reports it
 		ss.descWait = nil
@@ -1145,9 +1161,15 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 	}
 	ss.srv.metrics.ToUpstream.Add(float64(len(out) + stream))
 	if ss.cr.Buffered() == 0 {
-		if err := ss.uw.Flush(); err != nil {
+		ss.upw.final, ss.upw.sent = ss.reqEnd, false
+		err := ss.uw.Flush()
+		ss.upw.final = false
+		if err != nil {
 			return ss.upstreamWriteFailed(err)
 		}
+		// The request's end went out with nothing read yet: the session
+		// goroutine reads its answer (inline.go).
+		ss.inlineNext = ss.upw.sent && ss.heldRelay.c != nil
 	}
 	return nil
 }
@@ -1234,12 +1256,35 @@ func refusalStatement(reason string) string {
 // back to the pool. When the client has gone it stops after the reset
 // (recording resetDone) for the session goroutine to release or destroy.
 func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{}) {
+	ss.relayAnswers(c, done, false)
+}
+
+// relayAnswers is upstreamToClient, run by the relay goroutine, or, with
+// inline, the session goroutine's inline read of an answer (inline.go):
+// that ends at the answer's ReadyForQuery, handing the attachment on to
+// the relay goroutine when it stays attached, and earlier when the
+// server waits for the client (COPY FROM STDIN) or the answer is slow.
+func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inline bool) {
 	u := c.Value
 	m := ss.srv.metrics
-	defer close(done)
-	ss.acks = ss.acks[:0]
+	handedOn := false
+	defer func() {
+		if !handedOn {
+			close(done)
+		}
+	}()
+	handOn := func() {
+		handedOn = true
+		ss.runRelay(relayJob{c: c, done: done})
+	}
+	copyIn := false // the server waits for the client's COPY data
 	for {
+		if inline && (copyIn || u.r.Buffered() == 0 && !ss.awaitAnswer(u)) {
+			handOn()
+			return
+		}
 		typ, n, err := u.r.Next()
+		copyIn = typ == 'G' || typ == 'W' // CopyInResponse, CopyBothResponse
 		if err != nil {
 			if ss.isParking() {
 				return
@@ -1351,6 +1396,10 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			if stop := ss.readyForQuery(c, body[0]); stop {
 				return
 			}
+			if inline && ss.quiet() {
+				handOn() // still attached, waiting for the client
+				return
+			}
 			continue
 		}
 		if !forward {
@@ -1382,6 +1431,13 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 			}
 		}
 	}
+}
+
+// quiet reports whether no request of the session awaits its answer.
+func (ss *session) quiet() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.pending == 0
 }
 
 // isParking reports whether the session is stopping the relay goroutine to
@@ -2050,7 +2106,7 @@ func (ss *session) finish(cause error) {
 	}
 	ss.ended = true
 	ss.unpinMetricLocked()
-	done := ss.relayDone
+	done := ss.relayDoneLocked()
 	ss.mu.Unlock()
 	_ = ss.client.Close()
 

@@ -222,7 +222,7 @@ func (ss *session) endRequest() (replayed bool, err error) {
 	r.armed = false
 	ss.mu.Lock()
 	for r.on != nil && !r.lost && !ss.ended {
-		ss.cond.Wait()
+		ss.waitLocked()
 	}
 	lost, cause, failed, silent := r.lost, r.cause, r.failed, r.silent
 	r.on, r.lost, r.cause = nil, false, nil

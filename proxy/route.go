@@ -405,7 +405,7 @@ func errCrossShard(cur, want router.Target) *pgerr.Error {
 func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) {
 	for {
 		for ss.internal {
-			ss.cond.Wait()
+			ss.waitLocked()
 		}
 		if ss.ended {
 			return nil, errSessionEnded
@@ -432,7 +432,7 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 			return r.refuse, nil
 		}
 		if ss.pending > 0 && ss.synced && !ss.copyIn {
-			ss.cond.Wait() // let the requests in flight finish, then decide again
+			ss.waitLocked() // let the requests in flight finish, then decide again
 			continue
 		}
 		if ss.srv.routingEnabled() && ss.quietLocked() && ss.txStatus != 'I' {
@@ -575,7 +575,7 @@ func (ss *session) parkedLost(c *pool.Conn[*upstream], err error) error {
 // the relay found it broken (then it is destroyed). Called and returns
 // with ss.mu held; mu is released while waiting.
 func (ss *session) stopRelayLocked() *pool.Conn[*upstream] {
-	c, done := ss.up, ss.relayDone
+	c, done := ss.up, ss.relayDoneLocked()
 	ss.parking = true
 	_ = c.Value.conn.SetReadDeadline(time.Unix(1, 0))
 	ss.mu.Unlock()
@@ -872,7 +872,7 @@ func (ss *session) waitReadAhead() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for ss.preRead.Load() && !ss.ended && ss.up != nil && ss.pending > 0 {
-		ss.cond.Wait()
+		ss.waitLocked()
 	}
 	if ss.preRead.Load() { // the upstream was lost under it: the read failed
 		ss.preErr = true

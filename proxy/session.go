@@ -101,6 +101,21 @@ type session struct {
 	waitMark atomic.Uint64
 	kickMu   sync.Mutex
 
+	// The answer read inline (inline.go). heldRelay is an attachment's
+	// relay job not yet given to the relay goroutine; inlineNext says the
+	// request's last write went out with it held, for relayInline; reqEnd
+	// says the message being forwarded ends a request (Sync or Query);
+	// upw is uw's destination. Session goroutine only. upWaitMark is the
+	// idle sweep's view of an inline wait for an answer, as waitMark of a
+	// wait for the client; inlineConn the upstream it reads, written before
+	// upWaitMark.
+	heldRelay  relayJob
+	inlineNext bool
+	reqEnd     bool
+	upw        upstreamWriter
+	upWaitMark atomic.Uint64
+	inlineConn net.Conn
+
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.
 	stmts   map[string]*stmtDef

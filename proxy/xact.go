@@ -76,7 +76,7 @@ func (ss *session) inTransactionLocked() bool {
 func (ss *session) waitQuietLocked() error {
 	for {
 		for ss.internal {
-			ss.cond.Wait()
+			ss.waitLocked()
 		}
 		if ss.ended {
 			return errSessionEnded
@@ -85,7 +85,7 @@ func (ss *session) waitQuietLocked() error {
 			return nil
 		}
 		if ss.pending > 0 && ss.synced && !ss.copyIn || len(ss.expect) > 0 {
-			ss.cond.Wait()
+			ss.waitLocked()
 			continue
 		}
 		return nil

@@ -1,0 +1,118 @@
+package app
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/brownie/brownie-sidecar/internal/pgtest"
+)
+
+// In transaction mode without a shard map the session goroutine reads the
+// answer of a request that is one round trip itself; the relay goroutine
+// takes over when the transaction stays open, when the server waits for
+// the client (COPY FROM STDIN), and when the answer takes longer than
+// CLIENT_IDLE_RELEASE.
+
+// TestOneRoundTripRequestsStartNoRelayGoroutine runs simple and extended
+// statements (unnamed, as pgbench -M extended and pgx's exec mode send
+// them) outside a transaction and checks that no relay goroutine was
+// started for them; an open transaction's connection is then watched by
+// one, which stays for the session's next transactions.
+func TestOneRoundTripRequestsStartNoRelayGoroutine(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "POOL_SIZE": "2"})
+	ctx := ctx10(t)
+	conn := sc.connect(t, "")
+	relays := func() int { return goroutinesIn("proxy.(*session).relayLoop(") }
+	for i := range 5 {
+		var got int
+		if err := conn.QueryRow(ctx, "SELECT $1::int + 1", pgx.QueryExecModeExec, i).Scan(&got); err != nil || got != i+1 {
+			t.Fatalf("extended statement: %d %v", got, err)
+		}
+		if _, err := conn.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1/0", pgx.QueryExecModeExec); pgErrCode(err) != "22012" {
+		t.Fatalf("division by zero: %v", err)
+	}
+	if n := relays(); n != 0 {
+		t.Fatalf("%d relay goroutines after statements outside a transaction, want 0", n)
+	}
+
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeExec).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if n := relays(); n != 1 {
+		t.Fatalf("%d relay goroutines while a transaction is open, want 1", n)
+	}
+	var again int
+	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeExec).Scan(&again); err != nil || again != pid {
+		t.Fatalf("the transaction moved from backend %d to %d (%v)", pid, again, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAClientKilledDuringAStatementHasItCancelled sends a statement
+// outside a transaction from a raw client that then vanishes without a
+// cancel request (pgx would send one as it closes): once the answer has
+// taken CLIENT_IDLE_RELEASE the session goes back to its client, sees it
+// gone, and cancels the statement, as when the relay goroutine reads the
+// answer.
+func TestAClientKilledDuringAStatementHasItCancelled(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "POOL_SIZE": "2", "CLIENT_IDLE_RELEASE": "200ms"})
+	ctx := ctx10(t)
+	c := dialRawClient(t, "tcp", sc.addr)
+	c.encodeAndWrite(brownieStartup())
+	c.expectReady()
+	c.encodeAndWrite(&pgproto3.Query{String: "SELECT pg_sleep(60)"})
+	running := func() string {
+		out, _ := srv.Primary.Exec(ctx, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+		return out
+	}
+	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
+	_ = c.conn.Close()
+	waitFor(t, 10*time.Second, "the statement of the vanished client to end", func() bool { return running() == "0" })
+	b := sc.connect(t, "")
+	if _, err := b.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCopyFromStdinOutsideATransaction copies rows with a COPY FROM
+// STDIN outside a transaction, with an idle release so long that only
+// handing the attachment to the relay goroutine at the server's
+// CopyInResponse lets the session read the client's data.
+func TestCopyFromStdinOutsideATransaction(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "CLIENT_IDLE_RELEASE": "1h"})
+	ctx := ctx10(t)
+	conn := sc.connect(t, "")
+	if _, err := conn.Exec(ctx, "CREATE TABLE copied (id int, note text)"); err != nil {
+		t.Fatal(err)
+	}
+	rows := make([][]any, 1000)
+	for i := range rows {
+		rows[i] = []any{i, fmt.Sprintf("row %d", i)}
+	}
+	n, err := conn.CopyFrom(ctx, pgx.Identifier{"copied"}, []string{"id", "note"}, pgx.CopyFromRows(rows))
+	if err != nil || n != int64(len(rows)) {
+		t.Fatalf("CopyFrom: %d rows, %v", n, err)
+	}
+	var count, sum int
+	if err := conn.QueryRow(ctx, "SELECT count(*), sum(id) FROM copied").Scan(&count, &sum); err != nil || count != 1000 || sum != 999*1000/2 {
+		t.Fatalf("copied %d rows summing to %d (%v)", count, sum, err)
+	}
+}

@@ -1,0 +1,154 @@
+package proxy
+
+import (
+	"io"
+	"time"
+)
+
+// The answer read inline.
+//
+// In transaction mode without a shard map most requests are one round
+// trip: the client sends a request, waits for its whole answer, and the
+// connection goes back to the pool at its ReadyForQuery. Handing that
+// answer to the relay goroutine costs two goroutine switches per
+// transaction; the session goroutine, which would otherwise only wait for
+// the client's next message, reads it itself instead.
+//
+//   - An attachment's relay job is held (heldRelay) instead of going to the
+//     relay goroutine, for as long as nothing has reached the upstream
+//     socket: the server has nothing to answer, so nothing needs reading.
+//   - The request's last message (Sync or Query) sent with no more client
+//     input buffered, in one write of at most maxInlineWrite bytes (always
+//     taken whole by the socket's buffers, so the write cannot wait for the
+//     server), leaves the job for relayInline: the session goroutine
+//     relays the answer up to the ReadyForQuery that ends it.
+//   - Anything else first gives the job to the relay goroutine
+//     (dispatchHeld): any other write upstream (a request sent in parts, a
+//     Flush, a COPY), every wait of the session goroutine for the relay,
+//     and the session's end. So the session goroutine never waits for an
+//     answer with nothing reading it.
+//   - relayInline hands the attachment on to the relay goroutine when its
+//     answer leaves it attached (a transaction left open: the relay
+//     watches the idle connection, as ever), when the server waits for
+//     the client (COPY FROM STDIN), and when the answer takes longer than
+//     CLIENT_IDLE_RELEASE: the idle sweep kicks the wait (kickUpstream) as
+//     it kicks a wait for the client, and the session goroutine goes back
+//     to its client, so a client that leaves while its statement runs is
+//     seen, and its statement cancelled, as with the relay goroutine.
+//
+// A client that pipelines requests without reading the answers is served
+// as Postgres serves it: while the session goroutine writes an answer the
+// client does not read, it reads nothing from the client either.
+
+// maxInlineWrite bounds the request write after which the answer may be
+// read inline: a socket's send buffer takes it whole without the server
+// reading (Linux's smallest default is 16 KB), so the write cannot wait
+// for a server busy writing an answer nobody reads.
+const maxInlineWrite = 8 << 10
+
+// mayHoldRelay reports whether a new attachment's relay job may be held
+// for an inline answer: transaction mode without a shard map.
+func (ss *session) mayHoldRelay() bool {
+	return ss.transactionMode() && !ss.srv.routingEnabled()
+}
+
+// dispatchHeld gives a held relay job to the relay goroutine, starting one
+// when the session has none. Session goroutine only (ss.mu held or not:
+// only the session goroutine touches relayJobs).
+func (ss *session) dispatchHeld() {
+	if ss.heldRelay.c == nil {
+		return
+	}
+	j := ss.heldRelay
+	ss.heldRelay, ss.inlineNext = relayJob{}, false
+	ss.runRelay(j)
+}
+
+// runRelay gives j to the relay goroutine, starting one when the session
+// has none. The previous attachment's relay has already let go (it
+// detached, or it failed and the session is ending), so the buffered send
+// never waits for long. Session goroutine only.
+func (ss *session) runRelay(j relayJob) {
+	if ss.relayJobs == nil {
+		ss.relayJobs = make(chan relayJob, 1)
+		go ss.relayLoop(ss.relayJobs)
+	}
+	ss.relayJobs <- j
+}
+
+// waitLocked waits on ss.cond for the relay to change the session's state,
+// first giving a held relay job to the relay goroutine: something must
+// read the answers the session goroutine waits for. Session goroutine
+// only, with ss.mu held.
+func (ss *session) waitLocked() {
+	ss.dispatchHeld()
+	ss.cond.Wait()
+}
+
+// relayDoneLocked returns the channel closed when the relay lets go of the
+// current attachment, first giving a held relay job to the relay
+// goroutine. Session goroutine only, with ss.mu held.
+func (ss *session) relayDoneLocked() chan struct{} {
+	ss.dispatchHeld()
+	return ss.relayDone
+}
+
+// relayInline relays the answer to the request just sent, on the session
+// goroutine (see the top of this file). Session goroutine only; it runs
+// only after a request's last write with the relay job held.
+func (ss *session) relayInline() {
+	j := ss.heldRelay
+	ss.heldRelay, ss.inlineNext = relayJob{}, false
+	ss.relayAnswers(j.c, j.done, true)
+}
+
+// awaitAnswer waits, before an inline read, until the upstream has sent
+// something (wire.Reader.Wait consumes nothing, so the relay goroutine
+// can take over in step). It reports false when the idle sweep ended the
+// wait (kickUpstream): the answer has taken longer than the idle release,
+// and the caller hands the attachment to the relay goroutine. Session
+// goroutine only.
+func (ss *session) awaitAnswer(u *upstream) bool {
+	mark := ss.srv.idleEpoch.Load()
+	ss.inlineConn = u.conn // read by kickUpstream after it sees mark
+	ss.upWaitMark.Store(mark)
+	_ = u.r.Wait() // an error is the next read's to report
+	if ss.upWaitMark.CompareAndSwap(mark, 0) {
+		return true
+	}
+	ss.kickMu.Lock()
+	_ = u.conn.SetReadDeadline(time.Time{})
+	ss.upWaitMark.Store(0)
+	ss.kickMu.Unlock()
+	return false
+}
+
+// kickUpstream ends the session's inline wait for an answer if it is
+// still the one that began in epoch mark, with a past read deadline on the
+// upstream. Safe for concurrent use with awaitAnswer.
+func (ss *session) kickUpstream(mark uint64) {
+	ss.kickMu.Lock()
+	if ss.upWaitMark.CompareAndSwap(mark, waitKicked) {
+		_ = ss.inlineConn.SetReadDeadline(time.Unix(1, 0))
+	}
+	ss.kickMu.Unlock()
+}
+
+// upstreamWriter is the destination of the session's upstream writer
+// (ss.uw): the attached connection, in front of which it gives a held
+// relay job to the relay goroutine before any write but a request's last
+// one (final, set around the flush that sends it). Session goroutine only.
+// sent records that the final write happened.
+type upstreamWriter struct {
+	ss          *session
+	w           io.Writer
+	final, sent bool
+}
+
+func (w *upstreamWriter) Write(p []byte) (int, error) {
+	if w.ss.heldRelay.c != nil && (!w.final || len(p) > maxInlineWrite) {
+		w.ss.dispatchHeld()
+	}
+	w.sent = w.sent || w.final
+	return w.w.Write(p)
+}
