@@ -114,11 +114,13 @@ func (ss *session) awaitAnswer(u *upstream) bool {
 	ss.upWaitMark.Store(mark)
 	_ = u.r.Wait() // an error is the next read's to report
 	if ss.upWaitMark.CompareAndSwap(mark, 0) {
+		ss.inlineConn = nil // no kick reads it now: a dormant session keeps no upstream alive
 		return true
 	}
 	ss.kickMu.Lock()
 	_ = u.conn.SetReadDeadline(time.Time{})
 	ss.upWaitMark.Store(0)
+	ss.inlineConn = nil
 	ss.kickMu.Unlock()
 	return false
 }
