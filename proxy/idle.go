@@ -261,11 +261,17 @@ func (r *reclaimer) stop() {
 
 // closeClient closes the client's connection from outside the session
 // goroutine (terminate, a lost upstream), first waking the session if it
-// is parked with no goroutine, so that it ends and cleans up. The caller
+// is parked with no goroutine, or waiting for an answer inline, so that it
+// ends and cleans up. The caller
 // has set ss.ended, which keeps the session from being parked afterwards.
 func (ss *session) closeClient() {
 	ss.srv.dormancy.unpark(ss)
 	_ = ss.client.Close()
+	// A session goroutine reading an answer inline goes back to its
+	// client at once, to find it closed (inline.go).
+	if m := ss.upWaitMark.Load(); m != 0 && m != waitKicked {
+		ss.kickUpstream(m)
+	}
 }
 
 // parkable reports whether the session may be parked: it has not been

@@ -116,3 +116,37 @@ func TestCopyFromStdinOutsideATransaction(t *testing.T) {
 		t.Fatalf("copied %d rows summing to %d (%v)", count, sum, err)
 	}
 }
+
+// TestShutdownEndsAStatementReadInline stops the sidecar while a
+// statement outside a transaction runs, with an idle release far longer
+// than the shutdown timeout: when the timeout terminates the session, the
+// session goroutine stops waiting for the answer at once, and the
+// statement is cancelled, instead of the shutdown waiting for it.
+func TestShutdownEndsAStatementReadInline(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "CLIENT_IDLE_RELEASE": "1h", "SHUTDOWN_TIMEOUT": "1s"})
+	ctx := ctx10(t)
+	c := dialRawClient(t, "tcp", sc.addr)
+	c.encodeAndWrite(brownieStartup())
+	c.expectReady()
+	_ = c.conn.SetDeadline(time.Time{})
+	c.encodeAndWrite(&pgproto3.Query{String: "SELECT pg_sleep(60)"})
+	running := func() string {
+		out, _ := srv.Primary.Exec(ctx, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+		return out
+	}
+	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
+	start := time.Now()
+	if code := sc.stop(); code != 0 {
+		t.Fatalf("sidecar exited with %d", code)
+	}
+	// The statement had most of a minute to run: a shutdown that waited
+	// for it would take that long.
+	if took := time.Since(start); took > 20*time.Second {
+		t.Fatalf("shutdown took %v with a statement running", took)
+	}
+	waitFor(t, 10*time.Second, "the statement to be cancelled", func() bool { return running() == "0" })
+	if e := c.expectFatal("57P01"); e == nil {
+		t.Fatal("no FATAL before the connection closed")
+	}
+}
