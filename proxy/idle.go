@@ -90,14 +90,14 @@ func (ss *session) kick(mark uint64) {
 
 // sweepIdle runs the idle sweep until ctx ends. Every half of idleRelease
 // it starts a new epoch and kicks the sessions whose wait for their client
-// (or inline wait for an answer, inline.go) has lasted idleRelease: a wait that recorded epoch m began before epoch
-// m+1 did, so it is due once idleRelease has passed since the sweep began
-// epoch m+1. On time, that is the sweep that begins epoch m+3, so a
-// session goes dormant after idling between idleRelease and one and a half
-// times it; a late tick can only make it later, never earlier. The period
-// is at least minSweepPeriod, so a tiny CLIENT_IDLE_RELEASE cannot make
-// the sweep spin (sessions then go dormant at the second tick after their
-// wait began).
+// (or inline wait for an answer, inline.go) has lasted idleRelease: a
+// wait that recorded epoch m began before epoch m+1 did, so it is due
+// once idleRelease has passed since the sweep began epoch m+1. On time,
+// that is the sweep that begins epoch m+3, so a session goes dormant after
+// idling between idleRelease and one and a half times it; a late tick can
+// only make it later, never earlier. The period is at least
+// minSweepPeriod, so a tiny CLIENT_IDLE_RELEASE cannot make the sweep spin
+// (sessions then go dormant at the second tick after their wait began).
 func (s *Server) sweepIdle(ctx context.Context) {
 	release := s.idleRelease()
 	t := time.NewTicker(max(release/2, minSweepPeriod))
@@ -262,8 +262,8 @@ func (r *reclaimer) stop() {
 // closeClient closes the client's connection from outside the session
 // goroutine (terminate, a lost upstream), first waking the session if it
 // is parked with no goroutine, or waiting for an answer inline, so that it
-// ends and cleans up. The caller
-// has set ss.ended, which keeps the session from being parked afterwards.
+// ends and cleans up. The caller has set ss.ended, which keeps the session
+// from being parked afterwards.
 func (ss *session) closeClient() {
 	ss.srv.dormancy.unpark(ss)
 	_ = ss.client.Close()
