@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -74,15 +75,7 @@ func TestAClientKilledDuringAStatementHasItCancelled(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "POOL_SIZE": "2", "CLIENT_IDLE_RELEASE": "200ms"})
 	ctx := ctx10(t)
-	c := dialRawClient(t, "tcp", sc.addr)
-	c.encodeAndWrite(brownieStartup())
-	c.expectReady()
-	c.encodeAndWrite(&pgproto3.Query{String: "SELECT pg_sleep(60)"})
-	running := func() string {
-		out, _ := srv.Primary.Exec(ctx, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
-		return out
-	}
-	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
+	c, running := sleepThrough(ctx, t, srv, sc)
 	_ = c.conn.Close()
 	waitFor(t, 10*time.Second, "the statement of the vanished client to end", func() bool { return running() == "0" })
 	b := sc.connect(t, "")
@@ -126,16 +119,7 @@ func TestShutdownEndsAStatementReadInline(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, map[string]string{"POOL_MODE": "transaction", "CLIENT_IDLE_RELEASE": "1h", "SHUTDOWN_TIMEOUT": "1s"})
 	ctx := ctx10(t)
-	c := dialRawClient(t, "tcp", sc.addr)
-	c.encodeAndWrite(brownieStartup())
-	c.expectReady()
-	_ = c.conn.SetDeadline(time.Time{})
-	c.encodeAndWrite(&pgproto3.Query{String: "SELECT pg_sleep(60)"})
-	running := func() string {
-		out, _ := srv.Primary.Exec(ctx, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
-		return out
-	}
-	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
+	c, running := sleepThrough(ctx, t, srv, sc)
 	start := time.Now()
 	if code := sc.stop(); code != 0 {
 		t.Fatalf("sidecar exited with %d", code)
@@ -149,4 +133,23 @@ func TestShutdownEndsAStatementReadInline(t *testing.T) {
 	if e := c.expectFatal("57P01"); e == nil {
 		t.Fatal("no FATAL before the connection closed")
 	}
+}
+
+// sleepThrough starts a raw client session through sc that sends
+// SELECT pg_sleep(60) outside a transaction (with no deadline on its
+// socket), waits until the statement runs on srv's primary, and returns
+// the client and a count of such running statements ("1" or "0").
+func sleepThrough(ctx context.Context, t *testing.T, srv *pgtest.Server, sc *sidecar) (*rawClient, func() string) {
+	t.Helper()
+	c := dialRawClient(t, "tcp", sc.addr)
+	c.encodeAndWrite(brownieStartup())
+	c.expectReady()
+	_ = c.conn.SetDeadline(time.Time{})
+	c.encodeAndWrite(&pgproto3.Query{String: "SELECT pg_sleep(60)"})
+	running := func() string {
+		out, _ := srv.Primary.Exec(ctx, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+		return out
+	}
+	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
+	return c, running
 }
