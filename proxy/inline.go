@@ -59,9 +59,15 @@ func (ss *session) dispatchHeld() {
 	if ss.heldRelay.c == nil {
 		return
 	}
+	ss.runRelay(ss.takeHeldRelay())
+}
+
+// takeHeldRelay returns the held relay job, which the caller now serves or
+// hands on. Session goroutine only.
+func (ss *session) takeHeldRelay() relayJob {
 	j := ss.heldRelay
 	ss.heldRelay, ss.inlineNext = relayJob{}, false
-	ss.runRelay(j)
+	return j
 }
 
 // runRelay gives j to the relay goroutine, starting one when the session
@@ -97,8 +103,7 @@ func (ss *session) relayDoneLocked() chan struct{} {
 // goroutine (see the top of this file). Session goroutine only; it runs
 // only after a request's last write with the relay job held.
 func (ss *session) relayInline() {
-	j := ss.heldRelay
-	ss.heldRelay, ss.inlineNext = relayJob{}, false
+	j := ss.takeHeldRelay()
 	ss.relayAnswers(j.c, j.done, true)
 }
 
