@@ -15,11 +15,13 @@ import (
 	"github.com/brownie/brownie-sidecar/router"
 )
 
-// runChecker runs h until the test ends.
+// runChecker runs h until the test ends and returns once its first
+// round of checks has ended.
 func runChecker(t *testing.T, h *Checker) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	first := h.waitRound() // before Run starts, so the first round cannot be missed
 	go func() {
 		defer close(done)
 		h.Run(ctx)
@@ -29,7 +31,7 @@ func runChecker(t *testing.T, h *Checker) {
 		<-done
 	})
 	select {
-	case <-h.waitRound():
+	case <-first:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no round of checks ended")
 	}
