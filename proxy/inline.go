@@ -75,6 +75,10 @@ func (ss *session) takeHeldRelay() relayJob {
 // detached, or it failed and the session is ending), so the buffered send
 // never waits for long. Session goroutine only.
 func (ss *session) runRelay(j relayJob) {
+	if j.done == nil {
+		j.done = make(chan struct{})
+		ss.relayDone = j.done
+	}
 	if ss.relayJobs == nil {
 		ss.relayJobs = make(chan relayJob, 1)
 		go ss.relayLoop(ss.relayJobs)

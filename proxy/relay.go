@@ -163,11 +163,21 @@ func (ss *session) awaitLostReport(err error) {
 	ss.reportLost(c.Value, err)
 }
 
-// relayJob is one attachment for the relay goroutine to serve.
+// relayJob is one attachment for the relay goroutine to serve. done is
+// closed when the relay lets go of it; runRelay makes it, so an attachment
+// whose answers the session goroutine reads inline allocates none.
 type relayJob struct {
 	c    *pool.Conn[*upstream]
 	done chan struct{}
 }
+
+// relayLetGo is the session's relayDone after an inline read let go of
+// its attachment: closed, as no relay goroutine holds it.
+var relayLetGo = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // relayLoop is the session's relay goroutine: it serves one attachment
 // after another, so transaction pooling does not start a goroutine (and
@@ -266,11 +276,10 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.describing.Store(0)
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
 	ss.acks = ss.acks[:0]
-	done := make(chan struct{})
-	ss.relayDone = done
+	ss.relayDone = nil // made by runRelay
 	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn}
 	ss.uw.Reset(&ss.upw)
-	j := relayJob{c: c, done: done}
+	j := relayJob{c: c}
 	if ss.mayHoldRelay() {
 		ss.heldRelay = j // for an inline answer (inline.go)
 		return
@@ -284,6 +293,7 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 // a message arrives and none is held (transaction mode).
 func (ss *session) clientToUpstream() error {
 	err := ss.forwardClient()
+	ss.countToUpstream()
 	ss.dispatchHeld() // the session ends or goes dormant: the relay finishes the attachment
 	return err
 }
@@ -396,10 +406,12 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		if pm, err = decodeParse(body, ss.lastParse); err != nil {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 		}
-		if len(pm.query) <= maxKeptParse {
-			ss.lastParse = pm.query
+		if a = ss.lastParseA; a == nil || pm.query != ss.lastParse {
+			a = ss.srv.analyzer.analyze(pm.query)
+			if len(pm.query) <= maxKeptParse {
+				ss.lastParse, ss.lastParseA = pm.query, a
+			}
 		}
-		a = ss.srv.analyzer.analyze(pm.query)
 	}
 	if typ == 'Q' && a != nil && a.ddl {
 		ss.schemaChange()
@@ -518,14 +530,14 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 				ss.mu.Lock()
 				break
 			}
-			ss.define(pm, a)
+			def := ss.define(pm, a)
 			ss.parsedLocally()
 			if !routed {
 				// Answered when the request ends here, or sent upstream
 				// with the request's next message, which then gets the
 				// server's own answer (an error at the Parse, in place of
 				// ParseComplete, as from Postgres).
-				ss.held = append(ss.held, heldParse{pm: pm, a: a})
+				ss.held = append(ss.held, heldParse{pm: pm, a: a, def: def})
 				return nil
 			}
 			return ss.cw.send(false, &pgproto3.ParseComplete{})
@@ -578,7 +590,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 	pre := ss.hbuf[:0]
 	for _, h := range ss.held { // Parses held for the request: the server answers them now
 		ss.synced = false
-		pre = ss.parseUpstreamLocked(pre, h.pm, h.a, "", u, true)
+		pre = ss.parseUpstreamLocked(pre, h.pm, h.a, "", u, &h)
 	}
 	if cap(pre) <= 64<<10 {
 		ss.hbuf = pre[:0] // keep the grown scratch buffer
@@ -624,13 +636,15 @@ func (ss *session) schemaChange() {
 
 // define records a statement the client prepared (its Parse answered by
 // the sidecar); it is prepared upstream where it is first bound or
-// described. Session goroutine only.
-func (ss *session) define(pm parseMsg, a *analysis) {
+// described. It returns the record. Session goroutine only.
+func (ss *session) define(pm parseMsg, a *analysis) *stmtDef {
 	if pm.name == "" {
 		ss.unnamed = newUnnamedDef(pm.query, pm.oids, a)
-	} else {
-		ss.stmts[pm.name] = newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
+		return ss.unnamed
 	}
+	def := newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
+	ss.stmts[pm.name] = def
+	return def
 }
 
 // defineFrom records the statement a Parse body defines, as define does.
@@ -663,7 +677,10 @@ func (ss *session) undefine(body []byte) error {
 // router (with routing on), everything else where the session already is.
 // a is the analysis of a Query's text.
 func (ss *session) routeMessage(typ byte, n int, body []byte, bindFull bool, a *analysis, pinRefused bool) routeResult {
-	if !ss.srv.routingEnabled() || pinRefused {
+	if !ss.srv.routingEnabled() {
+		return routeResult{follow: true}
+	}
+	if pinRefused {
 		return ss.currentOrPreferred()
 	}
 	switch typ {
@@ -720,7 +737,7 @@ func (ss *session) rewriteLocked(typ byte, n int, body []byte, bindFull bool, pm
 	switch typ {
 	case 'P':
 		ss.synced = false
-		return ss.parseUpstreamLocked(ss.wbuf[:0], pm, a, refused, u, false), 0, 0, nil
+		return ss.parseUpstreamLocked(ss.wbuf[:0], pm, a, refused, u, nil), 0, 0, nil
 
 	case 'B', 'D':
 		var stmtName string
@@ -902,18 +919,26 @@ func (ss *session) rewriteCommonLocked(typ byte, n int, body []byte, a *analysis
 // the unnamed statement as it is; a named one under its sidecar name (or,
 // when u already has it, a Close standing in for its ParseComplete); a
 // name the client already uses, a failing Parse whose error becomes
-// Postgres's 42P05 (held Parses were checked when they arrived). Called
-// with ss.mu held and the session attached.
-func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, refused string, u *upstream, held bool) []byte {
+// Postgres's 42P05 (held Parses were checked when they arrived). held is
+// the Parse when it was held, nil when it arrived now. Called with ss.mu
+// held and the session attached.
+func (ss *session) parseUpstreamLocked(dst []byte, pm parseMsg, a *analysis, refused string, u *upstream, held *heldParse) []byte {
 	m := ss.srv.metrics
 	if pm.name == "" {
-		def := newUnnamedDef(pm.query, pm.oids, a)
+		var def *stmtDef
+		if held != nil {
+			// The record define made when the Parse arrived: no server
+			// has seen it yet, so it is as fresh as a new one.
+			def = held.def
+		} else {
+			def = newUnnamedDef(pm.query, pm.oids, a)
+		}
 		def.poison = refused != ""
 		ss.unnamed, u.unnamed = def, def
 		ss.expect = append(ss.expect, expectation{kind: expParse, client: clientParse{def: def}})
 		return appendParse(dst, "", pm.query, pm.oids)
 	}
-	if !held && ss.stmts[pm.name] != nil {
+	if held == nil && ss.stmts[pm.name] != nil {
 		return ss.standInLocked(dst, errDuplicateStatement(pm.name))
 	}
 	def := newStmtDef(pm.query, pm.oids, a, ss.srv.schemaGen.Load())
@@ -1159,7 +1184,10 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 			return ss.upstreamWriteFailed(err)
 		}
 	}
-	ss.srv.metrics.ToUpstream.Add(float64(len(out) + stream))
+	ss.toUpstream += len(out) + stream
+	if ss.cr.Buffered() == 0 || ss.toUpstream >= maxUncounted {
+		ss.countToUpstream()
+	}
 	if ss.cr.Buffered() == 0 {
 		ss.upw.final, ss.upw.sent = ss.reqEnd, false
 		err := ss.uw.Flush()
@@ -1172,6 +1200,16 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 		ss.inlineNext = ss.upw.sent && ss.heldRelay.c != nil
 	}
 	return nil
+}
+
+// countToUpstream adds the bytes writeUpstream sent since it last did to
+// the relayed-bytes metric: once per batch of client messages rather than
+// per message. Session goroutine only.
+func (ss *session) countToUpstream() {
+	if ss.toUpstream > 0 {
+		ss.srv.metrics.ToUpstream.Add(float64(ss.toUpstream))
+		ss.toUpstream = 0
+	}
 }
 
 func (ss *session) upstreamWriteFailed(err error) error {
@@ -1270,7 +1308,14 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 	handedOn := false
 	defer func() {
 		if !handedOn {
-			close(done)
+			ss.cw.mu.Lock()
+			ss.cw.countRelayedLocked(m.ToClient)
+			ss.cw.mu.Unlock()
+			if inline {
+				ss.relayDone = relayLetGo // on the session goroutine, which alone reads it
+			} else {
+				close(done)
+			}
 		}
 	}()
 	handOn := func() {
@@ -1621,8 +1666,9 @@ func (ss *session) forgetFailedParses() {
 // forwardMessage): the request's next message decides whether the server
 // answers it or the sidecar does.
 type heldParse struct {
-	pm parseMsg
-	a  *analysis
+	pm  parseMsg
+	a   *analysis
+	def *stmtDef // what define recorded for it
 }
 
 // takeHeld returns a ParseComplete for every held Parse followed by
@@ -1849,7 +1895,12 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	ss.cw.mu.Lock()
 	ss.mu.Unlock()
-	if !ss.discard.Load() {
+	discard := ss.discard.Load()
+	if !discard {
+		ss.cw.relayed += len(ss.cw.rfq)
+	}
+	ss.cw.countRelayedLocked(ss.srv.metrics.ToClient) // before the client can see the end of its request
+	if !discard {
 		if err := ss.cw.writeReadyLocked(status, u.r.Buffered() == 0 || detach); err != nil {
 			ss.discard.Store(true)
 		}
@@ -1886,7 +1937,9 @@ func (ss *session) forward(typ byte, n int, body []byte, u *upstream, stream boo
 	if err != nil {
 		return err
 	}
-	ss.srv.metrics.ToClient.Add(float64(n + 5))
+	if w.relayed += n + 5; w.relayed >= maxUncounted {
+		w.countRelayedLocked(ss.srv.metrics.ToClient)
+	}
 	if u.r.Buffered() == 0 {
 		return w.w.Flush()
 	}

@@ -60,6 +60,10 @@ type routeResult struct {
 	// depends on nor acts on the transaction it runs in
 	// (router.Decision.TxFree).
 	anyShard, readOnly, noData, txFree bool
+	// follow (routing off): target is unset; the message goes to the
+	// upstream held, else to the preferred target, which moveToLocked
+	// resolves under the lock it holds anyway.
+	follow bool
 }
 
 // movable reports whether a transaction that ran only statements like
@@ -409,6 +413,12 @@ func (ss *session) moveToLocked(r routeResult) (refuse *pgerr.Error, err error) 
 		}
 		if ss.ended {
 			return nil, errSessionEnded
+		}
+		if r.follow {
+			if ss.up != nil {
+				return r.refuse, nil
+			}
+			r.target, r.follow = ss.preferredTarget(), false // takes no lock with routing off
 		}
 		if ss.up == nil {
 			if err := ss.attachToLocked(r.target); err != nil {

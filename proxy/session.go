@@ -73,9 +73,15 @@ type session struct {
 	rhdr [5]byte
 
 	// lastParse is the text of the client's last Parse (up to
-	// maxKeptParse), which the next Parse of the same text shares.
-	// Session goroutine only.
-	lastParse string
+	// maxKeptParse), which the next Parse of the same text shares, and
+	// lastParseA its analysis, which such a Parse reuses. Session
+	// goroutine only.
+	lastParse  string
+	lastParseA *analysis
+
+	// toUpstream counts the bytes writeUpstream sent that are not yet in
+	// the relayed-bytes metric (countToUpstream). Session goroutine only.
+	toUpstream int
 
 	// grewStack is set when the startup ran a TLS handshake or a SCRAM
 	// exchange (see serve); startup only.
@@ -130,12 +136,16 @@ type session struct {
 	copyIn      bool // upstream is in COPY FROM STDIN
 	txStatus    byte
 	expect      []expectation
-	internal    bool          // the relay goroutine runs an internal query: no client writes upstream
-	resetting   bool          // client gone: relay consumes reset replies, then stops
-	resetFailed bool          // an error arrived while resetting: destroy, do not release
-	upGone      bool          // the relay stopped reading the upstream because it failed
-	resetDone   bool          // the reset completed cleanly: the upstream may be released
-	relayDone   chan struct{} // closed when the relay goroutine has let go of up
+	internal    bool // the relay goroutine runs an internal query: no client writes upstream
+	resetting   bool // client gone: relay consumes reset replies, then stops
+	resetFailed bool // an error arrived while resetting: destroy, do not release
+	upGone      bool // the relay stopped reading the upstream because it failed
+	resetDone   bool // the reset completed cleanly: the upstream may be released
+	// relayDone is closed when the relay has let go of up. Unlike the
+	// fields around it, the session goroutine alone reads and writes it
+	// (relayDoneLocked, runRelay, an inline read's end); nil while the
+	// relay job is held (inline.go), until runRelay makes it.
+	relayDone chan struct{}
 	// lostUp is the upstream the relay detached as lost while the session
 	// was idle on it (detachLostLocked); until the next attachment the
 	// session goroutine may still have been writing a request to it.
@@ -282,6 +292,22 @@ type clientWriter struct {
 	w    pooledWriter
 	conn net.Conn
 	rfq  [6]byte // writeReadyLocked's message, kept here so it is not allocated
+	// relayed counts the bytes of server messages written since they
+	// were last added to the relayed-bytes metric (countRelayedLocked),
+	// which is done once per ReadyForQuery rather than per message.
+	relayed int
+}
+
+// maxUncounted bounds relayed between ReadyForQuery messages, so a long
+// result or COPY stream shows in the metric as it goes.
+const maxUncounted = 64 << 10
+
+// countRelayedLocked adds the bytes relayed so far to c; w.mu must be held.
+func (w *clientWriter) countRelayedLocked(c prometheus.Counter) {
+	if w.relayed > 0 {
+		c.Add(float64(w.relayed))
+		w.relayed = 0
+	}
 }
 
 func (w *clientWriter) sendError(e *pgerr.Error) error {

@@ -358,7 +358,25 @@ func TestHealthReadyAndMetricsEndpoints(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "/ready", func() bool { code, _ := sc.get(t, "/ready"); return code == 200 })
 	c := sc.connect(t, "")
+	relayed := func() (toClient, toUpstream float64) {
+		_, body := sc.get(t, "/metrics")
+		toClient, _ = metricValue(body, `brownie_sidecar_relayed_bytes_total{direction="upstream_to_client"}`)
+		toUpstream, _ = metricValue(body, `brownie_sidecar_relayed_bytes_total{direction="client_to_upstream"}`)
+		return toClient, toUpstream
+	}
+	var big string
+	if err := c.QueryRow(ctx10(t), "SELECT repeat('x', 100000)").Scan(&big); err != nil || len(big) != 100000 {
+		t.Fatalf("a 100,000-byte value: %d bytes, %v", len(big), err)
+	}
+	// Relayed bytes are counted by the time the client has its answer.
+	down1, up1 := relayed()
+	if down1 < 100000 || up1 < float64(len("SELECT repeat('x', 100000)")) {
+		t.Errorf("relayed bytes after a 100,000-byte value: %v to the client, %v upstream", down1, up1)
+	}
 	_, _ = c.Exec(ctx10(t), "SELECT 1/0")
+	if down2, up2 := relayed(); down2 <= down1 || up2 < up1+float64(len("SELECT 1/0")) {
+		t.Errorf("relayed bytes after a failing statement: %v to the client (was %v), %v upstream (was %v)", down2, down1, up2, up1)
+	}
 	_, body := sc.get(t, "/metrics")
 	for _, want := range []string{
 		"brownie_sidecar_client_connections 1",
