@@ -1700,13 +1700,20 @@ func (ss *session) checkParse(pm parseMsg) *pgerr.Error {
 	if pm.name != "" && ss.stmts[pm.name] != nil {
 		return errDuplicateStatement(pm.name)
 	}
+	if pm.query == ss.parsesOK {
+		return nil // passed before (most often the very string, shared by decodeParse)
+	}
 	ss.mu.Lock()
 	scs := ss.want["standard_conforming_strings"]
 	ss.mu.Unlock()
 	if scs != "" && scs != "on" {
 		return nil // the parser lexes strings as standard_conforming_strings=on does
 	}
-	return ss.srv.analyzer.syntaxError(pm.query)
+	e := ss.srv.analyzer.syntaxError(pm.query)
+	if e == nil && len(pm.query) <= maxKeptParse {
+		ss.parsesOK = pm.query
+	}
+	return e
 }
 
 // failLocal answers a request the sidecar refuses without a server: the

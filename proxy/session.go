@@ -78,6 +78,9 @@ type session struct {
 	// goroutine only.
 	lastParse  string
 	lastParseA *analysis
+	// parsesOK is the text of the last Parse checkParse found no syntax
+	// error in (up to maxKeptParse). Session goroutine only.
+	parsesOK string
 
 	// toUpstream counts the bytes writeUpstream sent that are not yet in
 	// the relayed-bytes metric (countToUpstream). Session goroutine only.
