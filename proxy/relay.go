@@ -409,7 +409,7 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 		if a = ss.lastParseA; a == nil || pm.query != ss.lastParse {
 			a = ss.srv.analyzer.analyze(pm.query)
 			if len(pm.query) <= maxKeptParse {
-				ss.lastParse, ss.lastParseA = pm.query, a
+				ss.lastParse, ss.lastParseA, ss.lastParseOK = pm.query, a, false
 			}
 		}
 	}
@@ -1185,10 +1185,8 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 		}
 	}
 	ss.toUpstream += len(out) + stream
-	if ss.cr.Buffered() == 0 || ss.toUpstream >= maxUncounted {
-		ss.countToUpstream()
-	}
 	if ss.cr.Buffered() == 0 {
+		ss.countToUpstream()
 		ss.upw.final, ss.upw.sent = ss.reqEnd, false
 		err := ss.uw.Flush()
 		ss.upw.final = false
@@ -1198,6 +1196,8 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 		// The request's end went out with nothing read yet: the session
 		// goroutine reads its answer (inline.go).
 		ss.inlineNext = ss.upw.sent && ss.heldRelay.c != nil
+	} else if ss.toUpstream >= maxUncounted {
+		ss.countToUpstream()
 	}
 	return nil
 }
@@ -1700,8 +1700,9 @@ func (ss *session) checkParse(pm parseMsg) *pgerr.Error {
 	if pm.name != "" && ss.stmts[pm.name] != nil {
 		return errDuplicateStatement(pm.name)
 	}
-	if pm.query == ss.parsesOK {
-		return nil // passed before (most often the very string, shared by decodeParse)
+	kept := pm.query == ss.lastParse // forwardMessage kept the text (most often the very string)
+	if kept && ss.lastParseOK {
+		return nil
 	}
 	ss.mu.Lock()
 	scs := ss.want["standard_conforming_strings"]
@@ -1710,9 +1711,7 @@ func (ss *session) checkParse(pm parseMsg) *pgerr.Error {
 		return nil // the parser lexes strings as standard_conforming_strings=on does
 	}
 	e := ss.srv.analyzer.syntaxError(pm.query)
-	if e == nil && len(pm.query) <= maxKeptParse {
-		ss.parsesOK = pm.query
-	}
+	ss.lastParseOK = kept && e == nil
 	return e
 }
 

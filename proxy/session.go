@@ -73,14 +73,13 @@ type session struct {
 	rhdr [5]byte
 
 	// lastParse is the text of the client's last Parse (up to
-	// maxKeptParse), which the next Parse of the same text shares, and
-	// lastParseA its analysis, which such a Parse reuses. Session
+	// maxKeptParse), which the next Parse of the same text shares;
+	// lastParseA its analysis, which such a Parse reuses; lastParseOK
+	// whether checkParse found it free of syntax errors. Session
 	// goroutine only.
-	lastParse  string
-	lastParseA *analysis
-	// parsesOK is the text of the last Parse checkParse found no syntax
-	// error in (up to maxKeptParse). Session goroutine only.
-	parsesOK string
+	lastParse   string
+	lastParseA  *analysis
+	lastParseOK bool
 
 	// toUpstream counts the bytes writeUpstream sent that are not yet in
 	// the relayed-bytes metric (countToUpstream). Session goroutine only.
