@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -307,5 +308,103 @@ func TestHostDownIsReportedOncePerOutage(t *testing.T) {
 	h.round(context.Background())
 	if len(downs) != 1 || downs[0] != standbyA {
 		t.Errorf("HostDown calls = %v, want one for %s", downs, standbyA)
+	}
+}
+
+// TestATimedOutCheckOfAHostAnsweringPooledRequestsKeepsItUp: a check left
+// unanswered while the host answers pooled requests found it busy, not
+// gone: the host stays up and its pooled connections stay open, for up
+// to maxBusyAge timeouts after its last answered check. With no pooled
+// answer meanwhile the host is silent and marked down at once.
+func TestATimedOutCheckOfAHostAnsweringPooledRequestsKeepsItUp(t *testing.T) {
+	hosts := newFakeHosts()
+	m, _ := router.ParseMap([]byte(testMapYAML))
+	r, _ := router.New(m)
+	met := metrics.New(prometheus.NewRegistry())
+	cfg := defaultConfig
+	cfg.Interval = time.Hour // rounds on Recheck (and every 100ms while a shard has no primary)
+	cfg.Timeout = 150 * time.Millisecond
+	var mu sync.Mutex
+	var downs []string
+	pooled := true // the pool's connections to primaryA get answers
+	h := New(cfg, Deps{Router: r, Metrics: met, Log: zap.NewNop(), Dial: hosts.dial,
+		HostDown: func(addr string) { mu.Lock(); downs = append(downs, addr); mu.Unlock() },
+		Answered: func(addr string) time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			if addr == primaryA && pooled {
+				return time.Now() // an answer just now, late in the check's wait
+			}
+			return time.Time{}
+		}})
+	runChecker(t, h)
+	recheck := func() {
+		t.Helper()
+		round := h.waitRound()
+		h.Recheck()
+		select {
+		case <-round:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no round of checks ended")
+		}
+	}
+	verdicts := func(v string) float64 {
+		return testutil.ToFloat64(met.HealthCheckTimeouts.WithLabelValues("shard-a", primaryA, v))
+	}
+	downCalls := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string{}, downs...) }
+
+	hosts.mu.Lock()
+	hosts.silent[primaryA] = true
+	hosts.mu.Unlock()
+	recheck()
+	if !h.PrimaryOK("shard-a") || verdicts("busy") != 1 || verdicts("silent") != 0 {
+		t.Fatalf("after a busy check: primary ok %v, busy %v, silent %v; want ok, 1, 0",
+			h.PrimaryOK("shard-a"), verdicts("busy"), verdicts("silent"))
+	}
+	if d := downCalls(); len(d) != 0 {
+		t.Errorf("HostDown(%v) for a busy host: its pooled connections were closed", d)
+	}
+	if v := testutil.ToFloat64(met.HostUp.WithLabelValues("shard-a", primaryA)); v != 1 {
+		t.Errorf("host_up = %v for a busy host", v)
+	}
+
+	// Busy checks go on only while the last answered one is recent.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.PrimaryOK("shard-a") && time.Now().Before(deadline) {
+		recheck()
+	}
+	if h.PrimaryOK("shard-a") {
+		t.Fatal("a host that answered no check for 5s is still up")
+	}
+	// (Once the shard has no primary, rounds run every 100ms on their own,
+	// so more silent verdicts may follow.)
+	if b := verdicts("busy"); b < maxBusyAge-1 || verdicts("silent") < 1 {
+		t.Errorf("verdicts: busy %v, silent %v; want at least %d busy, then silent", b, verdicts("silent"), maxBusyAge-1)
+	}
+	if d := downCalls(); len(d) != 1 || d[0] != primaryA {
+		t.Errorf("HostDown calls = %v, want one for %s", d, primaryA)
+	}
+
+	// Answering again, then silent with no pooled answer: down at once.
+	hosts.mu.Lock()
+	hosts.silent[primaryA] = false
+	hosts.mu.Unlock()
+	for h.PrimaryOK("shard-a") == false && time.Now().Before(deadline.Add(5*time.Second)) {
+		recheck()
+	}
+	if !h.PrimaryOK("shard-a") {
+		t.Fatal("the primary answering again is not seen")
+	}
+	mu.Lock()
+	pooled = false
+	mu.Unlock()
+	hosts.mu.Lock()
+	hosts.silent[primaryA] = true
+	hosts.mu.Unlock()
+	busy, silent := verdicts("busy"), verdicts("silent")
+	recheck()
+	if h.PrimaryOK("shard-a") || verdicts("busy") != busy || verdicts("silent") <= silent {
+		t.Errorf("silent host: primary ok %v, busy %v→%v, silent %v→%v; want down, silent, not busy",
+			h.PrimaryOK("shard-a"), busy, verdicts("busy"), silent, verdicts("silent"))
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +93,12 @@ type Deps struct {
 	// the check loop) with the address of a host that stopped answering,
 	// once per outage, so connections kept idle for it can be dropped.
 	HostDown func(addr string)
+	// Answered, when set, returns when a pooled connection to the host
+	// at addr last received the end of an answer (a ReadyForQuery), the
+	// zero time when none has. Called concurrently, from the check loop.
+	// A check that timed out while the host kept answering pooled
+	// requests found it busy, not silent (see Checker.timedOut).
+	Answered func(addr string) time.Time
 }
 
 // hostHealth is what the last check of one host found. Immutable once
@@ -113,6 +121,9 @@ type hostHealth struct {
 	CheckedAt   time.Time
 	took        time.Duration // how long the check ran
 	budget      time.Duration // how long the check could run (see checkDeadline)
+	// silent: the check failed for want of an answer within its budget
+	// (a timeout), not because the host refused or reported an error.
+	silent bool
 	// Synchronous shards only: a primary's streaming standbys (walreceiver
 	// application_name → sync_state), a standby's own application_name,
 	// and why replication could not be read (brownie_sidecar
@@ -169,6 +180,7 @@ type Checker struct {
 	metrics  *metrics.Metrics
 	dial     func(context.Context, router.Target) (Conn, error)
 	hostDown func(addr string)
+	answered func(addr string) time.Time
 	log      *zap.Logger
 	view     atomic.Pointer[healthView]
 	started  atomic.Uint64 // rounds of checks started
@@ -204,7 +216,7 @@ func New(cfg Config, deps Deps) *Checker {
 	return &Checker{cfg: cfg, router: deps.Router, metrics: deps.Metrics, dial: deps.Dial, log: deps.Log,
 		conns: map[string]Conn{}, lent: map[string]chan struct{}{}, banned: map[string]time.Time{}, prev: map[string]*hostHealth{},
 		chosen: map[string]router.Host{}, rr: map[string]*atomic.Uint64{}, lsns: map[string][]lsnSample{},
-		rounds: make(chan struct{}), kick: make(chan struct{}, 1), hostDown: deps.HostDown,
+		rounds: make(chan struct{}), kick: make(chan struct{}, 1), hostDown: deps.HostDown, answered: deps.Answered,
 		waiting: map[string]int{}, downSince: map[string]time.Time{}, names: map[string]string{},
 		syncOf: map[string]syncInfo{}, refused: map[string]string{}, replWarn: map[string]bool{}}
 }
@@ -237,6 +249,7 @@ func (h *Checker) Run(ctx context.Context) {
 	latest := map[string]*hostHealth{} // address → last finished check
 	answered := map[string]time.Time{} // address → when it last answered a check
 	inflight := map[string]bool{}
+	busy := map[string]bool{} // addresses whose last check was excused as busy
 	finished := make(chan struct{}, 1)
 	wentDown := make(chan struct{}, 1) // a check found a host that answered before failing
 	publish := func(m *router.Map) {
@@ -271,14 +284,22 @@ func (h *Checker) Run(ctx context.Context) {
 				r := h.check(ctx, j.shard, j.host, j.role, j.sync, deadline)
 				resMu.Lock()
 				prev := latest[j.host.Addr]
-				latest[j.host.Addr] = r
+				if r.silent {
+					h.timedOut(prev, r, busy)
+				} else {
+					delete(busy, j.host.Addr)
+				}
+				kept := busy[j.host.Addr] // a busy host keeps its last result
+				if !kept {
+					latest[j.host.Addr] = r
+				}
 				if r.Up {
 					answered[j.host.Addr] = r.CheckedAt.Add(r.took)
 				}
 				delete(inflight, j.host.Addr)
 				resMu.Unlock()
 				signal(finished)
-				if !r.Up && prev != nil && prev.Up {
+				if !r.Up && !kept && prev != nil && prev.Up {
 					signal(wentDown)
 				}
 			}()
@@ -456,6 +477,7 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 	}
 	if err != nil {
 		res.LastError = err.Error()
+		res.silent = isTimeout(err)
 		return res
 	}
 	res.Up = true
@@ -468,6 +490,55 @@ func (h *Checker) check(ctx context.Context, shard string, host router.Host, rol
 		res.LagSeconds, _ = strconv.ParseFloat(string(row[3]), 64)
 	}
 	return res
+}
+
+// isTimeout reports whether err, a failed check's, means the host did not
+// answer within the check's budget: a read, write or dial deadline, or
+// the check connection lent elsewhere until the deadline.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, errLentTooLong) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// maxBusyAge bounds, in check timeouts, how old the last answered check
+// of a host may be for a timed-out check to be excused as busy: past it
+// the checker knows too little of the host (its role, its lag) to keep
+// reporting what it last found.
+const maxBusyAge = 3
+
+// timedOut judges r, a check that timed out, against prev, the host's
+// last finished check, and records the verdict in busy (by address) and
+// in the metrics. The host was busy, not silent, when prev found it up
+// no more than maxBusyAge timeouts ago and a pooled connection to it
+// received an answer in the second half of the check's wait: the host
+// answered requests while the check waited, so the check's own answer
+// was late, not missing. The check loop then keeps prev as the host's
+// result, so a loaded host is neither marked down nor has its idle pooled
+// connections closed for an unanswered check. A silent host answers
+// nothing at all, so it is still marked down within HEALTH_CHECK_TIMEOUT
+// of its last answer. Logged once per run of busy checks. Called by the
+// check loop with its results lock held.
+func (h *Checker) timedOut(prev, r *hostHealth, busy map[string]bool) {
+	addr := r.Host.Addr
+	var heard time.Time
+	if h.answered != nil {
+		heard = h.answered(addr)
+	}
+	waited := r.CheckedAt.Add(r.took / 2)
+	ok := prev != nil && prev.Up && heard.After(waited) &&
+		r.CheckedAt.Sub(prev.CheckedAt.Add(prev.took)) <= maxBusyAge*h.cfg.Timeout
+	verdict := "silent"
+	if ok {
+		verdict = "busy"
+		if !busy[addr] {
+			h.log.Warn("health check unanswered while the host answers pooled requests: host busy, kept up",
+				zap.String("shard", r.Shard), zap.String("addr", addr), zap.String("error", r.LastError),
+				zap.Duration("check_took", r.took), zap.Duration("pooled_answer_ago", time.Since(heard)))
+		}
+	}
+	busy[addr] = ok
+	h.metrics.HealthCheckTimeouts.WithLabelValues(r.Shard, addr, verdict).Inc()
 }
 
 // OnHost runs fn on the checker's own connection to t's host (dialled
@@ -705,6 +776,9 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			h.prev[r.Host.Addr] = r
 			h.metrics.HostUp.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.Up))
 			h.metrics.HostBanned.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(r.BannedUntil.After(now)))
+			for _, verdict := range [...]string{"busy", "silent"} { // exported at 0, for alerts on increase()
+				h.metrics.HealthCheckTimeouts.WithLabelValues(sh.Name, r.Host.Addr, verdict)
+			}
 			if r.Up {
 				h.metrics.HostRole.WithLabelValues(sh.Name, r.Host.Addr).Set(boolGauge(!r.InRecovery))
 			}

@@ -3,7 +3,9 @@ package health
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -386,7 +388,7 @@ func (c *fakeConn) Exec(sql string, onRow func([][]byte)) error {
 	switch {
 	case silent:
 		time.Sleep(time.Until(c.deadline))
-		return errors.New("i/o timeout")
+		return fmt.Errorf("read tcp: %w", os.ErrDeadlineExceeded)
 	case broken:
 		return io.ErrUnexpectedEOF
 	case sql == replicationQuery && repl == nil:

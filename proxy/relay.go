@@ -1815,7 +1815,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	// everything up to the Sync.
 	if i := ss.skipToEndLocked(u); i < len(ss.expect) {
 		if at := ss.expect[i].at; !at.IsZero() && u.duration != nil {
-			u.duration.Observe(time.Since(at).Seconds())
+			now := time.Now()
+			u.duration.Observe(now.Sub(at).Seconds())
+			u.noteAnswer(now)
 		}
 		ss.dropExpectLocked(i + 1)
 	} else {

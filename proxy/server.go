@@ -103,6 +103,10 @@ type Server struct {
 	// client it last served, so a notification from it names the pid that
 	// client was given.
 	backendClients sync.Map // backendKey → *upstream
+	// answers holds, per host address, when a pooled connection to the
+	// host last received the end of an answer (see upstream.noteAnswer),
+	// for the health checks (lastAnswer).
+	answers sync.Map // host address → *atomic.Int64
 
 	// params interns the parameter values upstreams report (reportParams).
 	params paramSets
@@ -148,7 +152,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		Interval: cfg.Routing.HealthInterval, Timeout: cfg.Routing.HealthTimeout, BanTime: cfg.Routing.BanTime,
 		MaxLag: cfg.Routing.MaxReplicaLag, MaxLagBytes: cfg.Routing.MaxReplicaLagBytes,
 		ReplicaSelection: cfg.Routing.ReplicaSelection,
-	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth, HostDown: s.hostDown})
+	}, health.Deps{Router: deps.Router, Metrics: deps.Metrics, Log: deps.Log.Named("health"), Dial: s.dialHealth, HostDown: s.hostDown, Answered: s.lastAnswer})
 	s.fan = &fanout.Deps{Router: deps.Router, Primary: s.primaryTarget, Catalog: fanout.NewCatalog(deps.Router, s.onPrimary), Metrics: fanout.Metrics{
 		FanOuts: deps.Metrics.FanOuts, FanOutShards: deps.Metrics.FanOutShards, TwoPhaseCommits: deps.Metrics.TwoPhaseCommits,
 		CrossShardTx: deps.Metrics.CrossShardTx, MergedReads: deps.Metrics.MergedReads, Refused: deps.Metrics.Refused,
@@ -409,6 +413,7 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 	s.metrics.UpstreamDials.WithLabelValues(t.Shard, t.Role.String(), "ok").Inc()
 	u.duration = s.metrics.QueryDuration.WithLabelValues(t.Shard, t.Role.String())
 	u.clients = &s.backendClients
+	u.answered = s.answerClock(t.Host.Addr)
 	s.backendClients.Store(backendKey{t.Host.Addr, u.pid}, u)
 	if !s.connected.Swap(true) {
 		s.log.Info("upstream connected", zap.String("shard", t.Shard), zap.String("addr", t.Host.Addr))
@@ -416,6 +421,31 @@ func (s *Server) dialUpstream(ctx context.Context, t router.Target) (*upstream, 
 	s.log.Debug("upstream dialled", zap.String("shard", t.Shard), zap.String("role", t.Role.String()),
 		zap.Uint32("backend_pid", u.pid), zap.String("cert_serial", u.serial))
 	return u, nil
+}
+
+// answerClock returns the record of when a pooled connection to addr
+// last got the end of an answer, creating it at the first call.
+func (s *Server) answerClock(addr string) *atomic.Int64 {
+	if v, ok := s.answers.Load(addr); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := s.answers.LoadOrStore(addr, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// lastAnswer returns when a pooled connection to addr last got the end of
+// an answer (to within answerGrain), or the zero time when none has.
+// Safe for concurrent use.
+func (s *Server) lastAnswer(addr string) time.Time {
+	v, ok := s.answers.Load(addr)
+	if !ok {
+		return time.Time{}
+	}
+	n := v.(*atomic.Int64).Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return clockBase.Add(time.Duration(n))
 }
 
 // minClientPID is the least pid of a sidecar backend key. Linux pids stay

@@ -83,6 +83,31 @@ type upstream struct {
 	// session's relay goroutine naming a notification's sender.
 	clients *sync.Map
 	served  atomic.Uint32
+	// answered, shared by every pooled connection to the host (nil for
+	// connections outside the pools), is when one of them last got the
+	// end of an answer, in nanoseconds after clockBase: the health checks
+	// tell a busy host from a silent one by it (Server.lastAnswer).
+	answered *atomic.Int64
+}
+
+// clockBase is the origin of upstream.answered: times are kept as their
+// monotonic distance from it, so a wall-clock step does not move them.
+var clockBase = time.Now()
+
+// answerGrain is how fresh upstream.answered is kept: at most one store
+// per grain, so connections answering thousands of times a second do not
+// all write the shared word each time.
+const answerGrain = time.Millisecond
+
+// noteAnswer records that u got the end of an answer at now. Safe for
+// concurrent use.
+func (u *upstream) noteAnswer(now time.Time) {
+	if u.answered == nil {
+		return
+	}
+	if n := int64(now.Sub(clockBase)); n-u.answered.Load() >= int64(answerGrain) {
+		u.answered.Store(n)
+	}
 }
 
 // Close sends Terminate (best effort, bounded) and closes the socket.

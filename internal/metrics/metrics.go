@@ -41,8 +41,12 @@ type Metrics struct {
 	ReplicaLagSeconds *prometheus.GaugeVec   // shard, addr
 	ReplicaLagBytes   *prometheus.GaugeVec   // shard, addr
 	HostBanned        *prometheus.GaugeVec   // shard, addr: 1 while left out of reads
-	ShardMapReloads   *prometheus.CounterVec // result
-	ShardMapValid     prometheus.Gauge
+	// HealthCheckTimeouts counts health checks left unanswered within
+	// their budget, by shard, addr and verdict (busy: the host answered
+	// pooled requests meanwhile and stays up; silent: it is marked down).
+	HealthCheckTimeouts *prometheus.CounterVec
+	ShardMapReloads     *prometheus.CounterVec // result
+	ShardMapValid       prometheus.Gauge
 
 	// FanOuts counts client requests run on several shards at once, by
 	// kind (read, write) and outcome (ok, error); FanOutShards is how many
@@ -200,6 +204,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_host_banned",
 			Help: "1 while the host gets no reads because it failed a health check or a connection (for REPLICA_BAN_TIME), as of the last health check.",
 		}, []string{"shard", "addr"}),
+		HealthCheckTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brownie_sidecar_health_check_timeouts_total",
+			Help: "Health checks left unanswered within HEALTH_CHECK_TIMEOUT, by verdict: busy (pooled connections to the host got answers meanwhile, so it stays up) or silent (it is marked down).",
+		}, []string{"shard", "addr", "verdict"}),
 		ShardMapReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_shard_map_reloads_total",
 			Help: "Shard map file reloads, by result (ok, invalid).",
@@ -288,7 +296,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientsAccepted, m.ClientsRejected, m.ClientsActive, m.ClientsDormant, m.PoolWait,
 		m.UpstreamDials, m.BytesRelayed, m.Errors, m.CancelRequests, m.CancelsInFlight, m.SchemaChanges, m.StmtCache, m.PinnedSessions,
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
-		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.ShardMapReloads, m.ShardMapValid,
+		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.HealthCheckTimeouts, m.ShardMapReloads, m.ShardMapValid,
 		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused,
 		m.ReadsAhead)
 	return m
