@@ -277,73 +277,6 @@ func TestFailuresStayLocal(t *testing.T) {
 		})
 	})
 
-	t.Run("ACheckLeftUnansweredWhileThePrimaryServesPooledRequestsLeavesItUp", func(t *testing.T) {
-		// The health check's own backend is stopped (SIGSTOP): its check
-		// gets no answer, while the pooled connections' backends answer
-		// the load. A busy host, not a silent one: it stays up, and the
-		// load is not disturbed.
-		sh := srv.Shards[1]
-		l := startLoad(t, e.sc, map[int]pgtype.UUID{30: b, 31: b}, []pgtype.UUID{b})
-		waitFor(t, 10*time.Second, "load running", func() bool { return l.writes.Load() > 50 && l.reads.Load() > 20 })
-		out, err := sh.Primary.Exec(ctx, "brownie_metadata",
-			"SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = '"+health.AppName+"'")
-		if err != nil || out == "" {
-			t.Fatalf("the check connection's backend on shard-1's primary: %q, %v", out, err)
-		}
-		var pids []int
-		for _, f := range strings.Fields(out) {
-			pid, _ := strconv.Atoi(f)
-			pids = append(pids, pid)
-		}
-		timeouts := func(verdict string) (n float64) {
-			_, body := e.sc.get(t, "/metrics")
-			for line := range strings.Lines(body) {
-				if strings.HasPrefix(line, "brownie_sidecar_health_check_timeouts_total{") &&
-					strings.Contains(line, `shard="shard-1"`) && strings.Contains(line, `verdict="`+verdict+`"`) {
-					f := strings.Fields(line)
-					v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-					n += v
-				}
-			}
-			return n
-		}
-		busy, silent := timeouts("busy"), timeouts("silent")
-		for _, pid := range pids {
-			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-				t.Fatalf("SIGSTOP %d: %v", pid, err)
-			}
-		}
-		stopped := true
-		resume := func() {
-			if stopped {
-				for _, pid := range pids {
-					_ = syscall.Kill(pid, syscall.SIGCONT)
-				}
-				stopped = false
-			}
-		}
-		defer resume()
-		primaryDown := false
-		waitFor(t, 10*time.Second, "a check of shard-1's primary timed out", func() bool {
-			primaryDown = primaryDown || !shardStatus(t, e.sc, "shard-1").PrimaryOK
-			return timeouts("busy")+timeouts("silent") > busy+silent
-		})
-		resume()
-		if b, s := timeouts("busy"), timeouts("silent"); b != busy+1 || s != silent {
-			t.Errorf("verdicts of shard-1's primary: busy %v→%v, silent %v→%v; want one busy", busy, b, silent, s)
-		}
-		// The next check runs on a new connection and answers.
-		before := l.writes.Load()
-		waitFor(t, 5*time.Second, "more writes on shard-1", func() bool { return l.writes.Load() > before+20 })
-		if primaryDown || !shardStatus(t, e.sc, "shard-1").PrimaryOK {
-			t.Error("shard-1's primary was reported down for a check its pooled connections' answers showed busy")
-		}
-		l.end()
-		if errs := l.failures(); len(errs) > 0 {
-			t.Errorf("%d statements failed while a check of their primary went unanswered: %v", len(errs), errs[0])
-		}
-	})
-
 	t.Run("AKilledPrimaryFailsOnlyTheWritesInFlightAndLosesNoAcknowledgedWrite", func(t *testing.T) {
 		sh := srv.Shards[1]
 		const writers = 4
@@ -583,6 +516,69 @@ func TestFailuresStayLocal(t *testing.T) {
 		_, metrics := e.sc.get(t, "/metrics")
 		if !strings.Contains(metrics, `brownie_sidecar_upstream_lost_total{outcome="retried",role="replica",shard="shard-0"}`) {
 			t.Error("metrics do not count the retried read")
+		}
+	})
+
+	t.Run("ACheckLeftUnansweredWhileThePrimaryServesPooledRequestsLeavesItUp", func(t *testing.T) {
+		// The health check's own backend on shard-0's primary is stopped
+		// (SIGSTOP): its check gets no answer, while the pooled
+		// connections' backends answer the reads (shard-0's replica is
+		// gone, so its reads go to the primary; its writes would wait for
+		// the synchronous standby). A busy host, not a silent one: it
+		// stays up, and the load is not disturbed.
+		sh := srv.Shards[0]
+		l := startLoad(t, e.sc, nil, []pgtype.UUID{a, a})
+		waitFor(t, 10*time.Second, "load running", func() bool { return l.reads.Load() > 50 })
+		out, err := sh.Primary.Exec(ctx, "brownie_metadata",
+			"SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = '"+health.AppName+"'")
+		if err != nil || out == "" {
+			t.Fatalf("the check connection's backend on shard-0's primary: %q, %v", out, err)
+		}
+		var pids []int
+		for _, f := range strings.Fields(out) {
+			pid, _ := strconv.Atoi(f)
+			pids = append(pids, pid)
+		}
+		timeouts := func(verdict string) float64 {
+			_, body := e.sc.get(t, "/metrics")
+			v, _ := metricValue(body, fmt.Sprintf(`brownie_sidecar_health_check_timeouts_total{addr="127.0.0.1:%d",shard="shard-0",verdict="%s"}`,
+				sh.Primary.Port(), verdict))
+			return v
+		}
+		busy, silent := timeouts("busy"), timeouts("silent")
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatalf("SIGSTOP %d: %v", pid, err)
+			}
+		}
+		stopped := true
+		resume := func() {
+			if stopped {
+				for _, pid := range pids {
+					_ = syscall.Kill(pid, syscall.SIGCONT)
+				}
+				stopped = false
+			}
+		}
+		defer resume()
+		primaryDown := false
+		waitFor(t, 10*time.Second, "a check of shard-0's primary timed out", func() bool {
+			primaryDown = primaryDown || !shardStatus(t, e.sc, "shard-0").PrimaryOK
+			return timeouts("busy")+timeouts("silent") > busy+silent
+		})
+		resume()
+		if b, s := timeouts("busy"), timeouts("silent"); b != busy+1 || s != silent {
+			t.Errorf("verdicts of shard-0's primary: busy %v→%v, silent %v→%v; want one busy", busy, b, silent, s)
+		}
+		// The next check runs on a new connection and answers.
+		before := l.reads.Load()
+		waitFor(t, 5*time.Second, "more reads on shard-0", func() bool { return l.reads.Load() > before+20 })
+		if primaryDown || !shardStatus(t, e.sc, "shard-0").PrimaryOK {
+			t.Error("shard-0's primary was reported down for a check its pooled connections' answers showed busy")
+		}
+		l.end()
+		if errs := l.failures(); len(errs) > 0 {
+			t.Errorf("%d statements failed while a check of their primary went unanswered: %v", len(errs), errs[0])
 		}
 	})
 }
