@@ -389,7 +389,7 @@ func TestATimedOutCheckOfAHostAnsweringPooledRequestsKeepsItUp(t *testing.T) {
 	hosts.mu.Lock()
 	hosts.silent[primaryA] = false
 	hosts.mu.Unlock()
-	for h.PrimaryOK("shard-a") == false && time.Now().Before(deadline.Add(5*time.Second)) {
+	for !h.PrimaryOK("shard-a") && time.Now().Before(deadline.Add(5*time.Second)) {
 		recheck()
 	}
 	if !h.PrimaryOK("shard-a") {

@@ -188,7 +188,9 @@ func shardStatus(t *testing.T, sc *sidecar, shard string) health.ShardStatus {
 // SIGKILL, its replica promoted a second later while the shard map is
 // reloaded. Reads never fail; a write fails only if it was in flight at
 // the kill, always with an ErrorResponse; the others wait and run on the
-// promoted replica, where every acknowledged write is found.
+// promoted replica, where every acknowledged write is found. Last, a
+// primary whose health check goes unanswered while it answers the pooled
+// connections stays up.
 func TestFailuresStayLocal(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true, Replica: true, Shards: 2, SyncReplication: true})
 	ctx := context.Background()
