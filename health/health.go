@@ -97,7 +97,7 @@ type Deps struct {
 	// at addr last received the end of an answer (a ReadyForQuery), the
 	// zero time when none has. Called concurrently, from the check loop.
 	// A check that timed out while the host kept answering pooled
-	// requests found it busy, not silent (see Checker.timedOut).
+	// requests found it busy, not silent (see Checker.busy).
 	Answered func(addr string) time.Time
 }
 
@@ -249,7 +249,7 @@ func (h *Checker) Run(ctx context.Context) {
 	latest := map[string]*hostHealth{} // address → last finished check
 	answered := map[string]time.Time{} // address → when it last answered a check
 	inflight := map[string]bool{}
-	busy := map[string]bool{} // addresses whose last check was excused as busy
+	busy := map[string]bool{} // addresses whose last check found the host busy
 	finished := make(chan struct{}, 1)
 	wentDown := make(chan struct{}, 1) // a check found a host that answered before failing
 	publish := func(m *router.Map) {
@@ -284,12 +284,8 @@ func (h *Checker) Run(ctx context.Context) {
 				r := h.check(ctx, j.shard, j.host, j.role, j.sync, deadline)
 				resMu.Lock()
 				prev := latest[j.host.Addr]
-				if r.silent {
-					h.timedOut(prev, r, busy)
-				} else {
-					delete(busy, j.host.Addr)
-				}
-				kept := busy[j.host.Addr] // a busy host keeps its last result
+				kept := r.silent && h.busy(prev, r, busy[j.host.Addr]) // a busy host keeps its last result
+				busy[j.host.Addr] = kept
 				if !kept {
 					latest[j.host.Addr] = r
 				}
@@ -507,38 +503,36 @@ func isTimeout(err error) bool {
 // reporting what it last found.
 const maxBusyAge = 3
 
-// timedOut judges r, a check that timed out, against prev, the host's
-// last finished check, and records the verdict in busy (by address) and
-// in the metrics. The host was busy, not silent, when prev found it up
-// no more than maxBusyAge timeouts ago and a pooled connection to it
-// received an answer in the second half of the check's wait: the host
-// answered requests while the check waited, so the check's own answer
-// was late, not missing. The check loop then keeps prev as the host's
-// result, so a loaded host is neither marked down nor has its idle pooled
-// connections closed for an unanswered check. A silent host answers
-// nothing at all, so it is still marked down within HEALTH_CHECK_TIMEOUT
-// of its last answer. Logged once per run of busy checks. Called by the
-// check loop with its results lock held.
-func (h *Checker) timedOut(prev, r *hostHealth, busy map[string]bool) {
-	addr := r.Host.Addr
+// busy judges r, a check that timed out, against prev, the host's last
+// finished check, counts the verdict in the metrics and reports it. The
+// host was busy, not silent, when prev found it up no more than
+// maxBusyAge timeouts ago and a pooled connection to it received an
+// answer in the second half of the check's wait: the host answered
+// requests while the check waited, so the check's own answer was late,
+// not missing. The check loop then keeps prev as the host's result, so a
+// loaded host is neither marked down nor has its idle pooled connections
+// closed for an unanswered check. A silent host answers nothing at all,
+// so it is still marked down within HEALTH_CHECK_TIMEOUT of its last
+// answer. wasBusy says the host's previous check was found busy too: the
+// event is logged once per run of busy checks. Called by the check loop.
+func (h *Checker) busy(prev, r *hostHealth, wasBusy bool) bool {
 	var heard time.Time
 	if h.answered != nil {
-		heard = h.answered(addr)
+		heard = h.answered(r.Host.Addr)
 	}
-	waited := r.CheckedAt.Add(r.took / 2)
-	ok := prev != nil && prev.Up && heard.After(waited) &&
+	ok := prev != nil && prev.Up && heard.After(r.CheckedAt.Add(r.took/2)) &&
 		r.CheckedAt.Sub(prev.CheckedAt.Add(prev.took)) <= maxBusyAge*h.cfg.Timeout
 	verdict := "silent"
 	if ok {
 		verdict = "busy"
-		if !busy[addr] {
+		if !wasBusy {
 			h.log.Warn("health check unanswered while the host answers pooled requests: host busy, kept up",
-				zap.String("shard", r.Shard), zap.String("addr", addr), zap.String("error", r.LastError),
+				zap.String("shard", r.Shard), zap.String("addr", r.Host.Addr), zap.String("error", r.LastError),
 				zap.Duration("check_took", r.took), zap.Duration("pooled_answer_ago", time.Since(heard)))
 		}
 	}
-	busy[addr] = ok
-	h.metrics.HealthCheckTimeouts.WithLabelValues(r.Shard, addr, verdict).Inc()
+	h.metrics.HealthCheckTimeouts.WithLabelValues(r.Shard, r.Host.Addr, verdict).Inc()
+	return ok
 }
 
 // OnHost runs fn on the checker's own connection to t's host (dialled
