@@ -37,11 +37,12 @@ build:
 # deps installs the Postgres server and client tools the tests and the dev
 # stack run (initdb, pg_ctl, pg_basebackup, psql, pgbench), plus the Python
 # drivers and tools of the driver-compatibility tests: psycopg 3, psycopg2,
-# SQLAlchemy and Alembic (the API replay and Alembic tests).
+# SQLAlchemy and Alembic (the API replay and Alembic tests), and gdb, with
+# which a fault test stops a Postgres backend at a chosen point.
 deps:
-	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null || ! /usr/bin/python3 -c 'import psycopg, psycopg2, sqlalchemy, alembic' 2>/dev/null; then \
-		echo "installing PostgreSQL, psycopg 3, psycopg2, SQLAlchemy and Alembic"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg python3-psycopg2 python3-sqlalchemy python3-alembic >/dev/null; \
+	@if [ -z "$(PG_BINDIR)" ] || ! command -v psql >/dev/null || ! command -v gdb >/dev/null || ! /usr/bin/python3 -c 'import psycopg, psycopg2, sqlalchemy, alembic' 2>/dev/null; then \
+		echo "installing PostgreSQL, psycopg 3, psycopg2, SQLAlchemy, Alembic and gdb"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib postgresql-client python3-psycopg python3-psycopg2 python3-sqlalchemy python3-alembic gdb >/dev/null; \
 	fi
 
 # deps-backup installs the storage servers the backup tests run against:

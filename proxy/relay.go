@@ -1392,11 +1392,12 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 			ss.dropSkippedLocked(u)
 			ss.mu.Unlock()
 		case 'N':
-			if errorClass(body) == "57" && (ss.idleOn(c) || ss.retryPending()) {
+			if errorClass(body) == "57" && (ss.idleOn(c) || ss.retryPending() || ss.answerComplete()) {
 				// A shutdown's WARNING (pg_ctl stop -m immediate) to a
-				// session idle on the connection, or running a read that
-				// will run again: the loss that follows is the session's
-				// to hide, so is its announcement.
+				// session idle on the connection, running a read that
+				// will run again, or whose read's whole answer but its
+				// ReadyForQuery was relayed: the loss that follows is the
+				// session's to hide, so is its announcement.
 				if ss.retryPending() {
 					ss.noteShutdownWarning()
 				}
@@ -1446,6 +1447,9 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 				return
 			}
 			continue
+		}
+		if ss.retryArmed.Load() {
+			ss.noteAnswerEnd(typ)
 		}
 		if !forward {
 			continue
@@ -2022,7 +2026,7 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		ss.mu.Unlock()
 		return
 	}
-	if ss.retryLostLocked(c, err) {
+	if ss.retryLostLocked(c, err) || ss.finishLostLocked(c, err) {
 		return
 	}
 	if !ss.idleOnLocked(c) || ss.backendStateLocked() || ss.draining {
@@ -2030,15 +2034,17 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		ss.upstreamLost(u, err)
 		return
 	}
-	ss.detachLostLocked(c, err, "replaced", "idle upstream connection lost; the session goes on with a new one")
+	ss.detachLostLocked(c, err, "replaced", "idle upstream connection lost; the session goes on with a new one", nil)
 }
 
 // detachLostLocked detaches and destroys c, the session's upstream, which
 // died while the session can go on without it, and counts the loss under
 // outcome and logs msg, with the server's FATAL held back meanwhile (if
 // any). Called by the relay goroutine with ss.mu held; returns with it
-// released.
-func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome, msg string) {
+// released. When toClient is not nil, the caller holds ss.cw.mu too:
+// toClient runs once the session is detached, before ss.mu is released,
+// and ss.cw.mu is released after it.
+func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome, msg string, toClient func()) {
 	u := c.Value
 	held := ss.idleFatal
 	ss.idleFatal = nil
@@ -2046,7 +2052,13 @@ func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome,
 	ss.lostUp = u
 	ss.checkNext = true // the pool's idle connections to that host may be dead too
 	ss.cond.Broadcast()
-	ss.mu.Unlock()
+	if toClient != nil {
+		toClient()
+		ss.mu.Unlock()
+		ss.cw.mu.Unlock()
+	} else {
+		ss.mu.Unlock()
+	}
 	c.Destroy()
 	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), outcome).Inc()
 	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),

@@ -64,6 +64,13 @@ type readRetry struct {
 	// warned: a shutdown WARNING (class 57) arrived for the armed request
 	// and was not relayed (see noteShutdownWarning).
 	warned bool
+	// Session goroutine only: ends counts the statements of the request
+	// whose answers end in a command tag (its Executes, or 1 for a Query
+	// of one statement); unended says the request may have more (a Query
+	// of several statements, a Flush that lets answers out before it
+	// is armed), so its end cannot be known without ReadyForQuery.
+	ends    int32
+	unended bool
 }
 
 // record adds the client message just read (its header read, its body
@@ -78,7 +85,9 @@ func (ss *session) record(typ byte, n int) {
 	case 'P':
 		r.parse = true // replayable only when the sidecar answers it (parsedLocally)
 		return
-	case 'B', 'D', 'E', 'S', 'Q', 'H':
+	case 'B', 'D', 'S', 'E', 'Q':
+	case 'H':
+		r.unended = true
 	default:
 		r.ok = false
 		return
@@ -91,6 +100,13 @@ func (ss *session) record(typ byte, n int) {
 	if err != nil || len(body) != n {
 		r.ok = false
 		return
+	}
+	switch typ {
+	case 'E':
+		r.ends++
+	case 'Q':
+		r.ends++
+		r.unended = r.unended || !oneStatement(body)
 	}
 	r.rec = append(wire.AppendHeader(r.rec, typ, n), body...)
 }
@@ -113,7 +129,45 @@ func (ss *session) armRetryLocked(typ byte) {
 	}
 	r.on, r.warned, r.armed = ss.up, false, true
 	ss.retryAnswered.Store(false)
+	if r.unended || r.ends == 0 {
+		ss.retryLeft.Store(unknownEnds)
+	} else {
+		ss.retryLeft.Store(r.ends)
+	}
 	ss.retryArmed.Store(true)
+}
+
+// unknownEnds in retryLeft: the request's answer is not known to be
+// complete before its ReadyForQuery.
+const unknownEnds = -1 << 20
+
+// oneStatement reports whether a Query's text (with its terminating zero
+// byte) holds at most one statement: no semicolon before its end. A
+// semicolon inside a literal or a comment makes it answer false, which
+// only costs that Query the early end of finishLostLocked.
+func oneStatement(q []byte) bool {
+	q = bytes.TrimRight(q, "\x00 \t\r\n;")
+	return bytes.IndexByte(q, ';') < 0
+}
+
+// noteAnswerEnd counts, for an armed request, one message of its answer
+// that ends a statement's answer: a command tag or EmptyQueryResponse
+// (typ 'C' or 'I'), or an error ('E'), after which the request's end is
+// no longer known before its ReadyForQuery. Relay goroutine.
+func (ss *session) noteAnswerEnd(typ byte) {
+	switch typ {
+	case 'C', 'I':
+		ss.retryLeft.Add(-1)
+	case 'E':
+		ss.retryLeft.Store(unknownEnds)
+	}
+}
+
+// answerComplete reports whether the armed request's whole answer, but
+// its ReadyForQuery, has reached the client: every statement's answer
+// ended in a command tag, none in an error. Relay goroutine.
+func (ss *session) answerComplete() bool {
+	return ss.retryArmed.Load() && ss.retryAnswered.Load() && ss.retryLeft.Load() == 0
 }
 
 // disarmLocked ends the retry of the request that just ended on c.
@@ -201,7 +255,45 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 	}
 	r.on, r.lost, r.cause, r.failed, r.silent = nil, true, err, c.Value.target, ss.idleFatal == nil && !r.warned
 	ss.retryArmed.Store(false)
-	ss.detachLostLocked(c, err, "retried", "upstream connection lost while it ran a read; the read runs again")
+	ss.detachLostLocked(c, err, "retried", "upstream connection lost while it ran a read; the read runs again", nil)
+	return true
+}
+
+// finishLostLocked handles the failure of c, the attachment running an
+// armed request, after the request's whole answer reached the client and
+// before its ReadyForQuery: a server stopped at once (pg_ctl stop -m
+// immediate) flushes what it had written, the last command tag
+// included, with its shutdown WARNING, and exits. Every statement of
+// the read completed, outside any transaction, so the client gets the
+// ReadyForQuery (idle) that the server would have sent, and c is
+// detached and destroyed as when the session is idle on it (its next
+// request takes a new connection). It reports false, doing nothing,
+// when the request's end is not known (see answerComplete) or the
+// session has anything more riding on c. Relay goroutine, with ss.mu
+// held; it releases ss.mu when it returns true.
+func (ss *session) finishLostLocked(c *pool.Conn[*upstream], err error) bool {
+	if ss.retry.on != c || !ss.answerComplete() || ss.pending != 1 || ss.txStatus != 'I' ||
+		ss.backendStateLocked() || ss.draining || ss.ended || ss.resetting || ss.internal ||
+		ss.cancelHold > 0 || ss.copyIn || ss.fanning || ss.crossing || len(ss.deferred) > 0 ||
+		ss.dirty.any() || ss.preRead.Load() || ss.injected.Load() > 0 || ss.idleFatal != nil || ss.fatalSeen.Load() {
+		return false
+	}
+	ss.dropExpectLocked(len(ss.expect))
+	ss.pending = 0
+	ss.disarmLocked(c)
+	// The client writer is taken before the session lock is released, so
+	// the ReadyForQuery reaches the client before anything its next
+	// request's connection relays (as in readyForQuery).
+	ss.cw.mu.Lock()
+	ss.detachLostLocked(c, err, "finished", "upstream connection lost after a read's whole answer; the session goes on with a new one", func() {
+		if ss.discard.Load() {
+			return
+		}
+		ss.cw.relayed += len(ss.cw.rfq)
+		if err := ss.cw.writeReadyLocked('I', true); err != nil {
+			ss.discard.Store(true)
+		}
+	})
 	return true
 }
 
@@ -216,7 +308,7 @@ func (ss *session) endRequest() (replayed bool, err error) {
 	if !r.armed {
 		// Most requests: nothing to wait for. Without routing nothing is
 		// ever recorded (record returns at once).
-		r.rec, r.ok, r.parse = r.rec[:0], ss.srv.routingEnabled(), false
+		r.rec, r.ok, r.parse, r.ends, r.unended = r.rec[:0], ss.srv.routingEnabled(), false, 0, false
 		return false, nil
 	}
 	r.armed = false
@@ -241,7 +333,7 @@ func (ss *session) endRequest() (replayed bool, err error) {
 		}
 		err = ss.replay()
 	}
-	r.rec, r.ok, r.parse = r.rec[:0], true, false
+	r.rec, r.ok, r.parse, r.ends, r.unended = r.rec[:0], true, false, 0, false
 	if cap(r.rec) > retryMaxRequest {
 		r.rec = nil
 	}

@@ -280,8 +280,12 @@ type session struct {
 	// retry records the current request for a retry on another host
 	// (retry.go); retryArmed and retryAnswered let the relay goroutine
 	// check without the lock whether a failure now would be retried.
+	// retryLeft counts the armed request's statements whose answer has
+	// not yet ended (unknownEnds when that is not known): the relay
+	// goroutine counts down (noteAnswerEnd).
 	retry                     readRetry
 	retryArmed, retryAnswered atomic.Bool
+	retryLeft                 atomic.Int32
 	// acks are the armed request's acknowledgements held back from the
 	// client (holdAck); relay goroutine only.
 	acks []byte

@@ -91,8 +91,11 @@ type Metrics struct {
 	SyncStandby         *prometheus.GaugeVec
 	// UpstreamsLost counts upstream connections that died under a
 	// session, by shard, role and outcome: replaced (the session was idle
-	// on it with no state there and went on with a new connection) or
-	// session_ended (the session ended with one error).
+	// on it with no state there and went on with a new connection),
+	// retried (it died running a read, which ran again), finished (it died
+	// after a read's whole answer, before its ReadyForQuery, which the
+	// sidecar sent in its place) or session_ended (the session ended with
+	// one error).
 	UpstreamsLost *prometheus.CounterVec
 
 	// ToUpstream and ToClient are the BytesRelayed children, resolved once.
@@ -273,7 +276,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, []string{"shard", "addr"})
 	m.UpstreamsLost = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "brownie_sidecar_upstream_lost_total",
-		Help: "Upstream connections that died under a client session, by outcome: replaced (the session was idle on it with no state there and takes a new connection at its next statement), retried (it died running a read, which ran again), session_ended (the session ended with one error).",
+		Help: "Upstream connections that died under a client session, by outcome: replaced (the session was idle on it with no state there and takes a new connection at its next statement), retried (it died running a read, which ran again), finished (it died after a read's whole answer but its ReadyForQuery, which the sidecar sent), session_ended (the session ended with one error).",
 	}, []string{"shard", "role", "outcome"})
 	reg.MustRegister(m.FailoverWaiting, m.FailoverWaits, m.FailoverWaitSeconds, m.Promotions, m.SyncStandby, m.UpstreamsLost)
 	m.ShardMapValid.Set(1)
