@@ -2030,7 +2030,16 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		return
 	}
 	if !ss.idleOnLocked(c) || ss.backendStateLocked() || ss.draining {
+		silent := ss.idleFatal == nil && !ss.fatalSeen.Load() && !ss.ended && !ss.resetting
 		ss.mu.Unlock()
+		if silent {
+			// No FATAL for this backend alone (pg_terminate_backend): the
+			// server went away, or is going. The pool's idle connections
+			// to it would pass the liveness check for the moment the
+			// kernel takes to close them, so they go before the client
+			// hears of the loss and sends its next statement.
+			ss.srv.hostDown(u.target.Host.Addr)
+		}
 		ss.upstreamLost(u, err)
 		return
 	}

@@ -379,7 +379,17 @@ func (c *Cluster) KillHard() error {
 	if err != nil {
 		return fmt.Errorf("pgcluster: postmaster.pid: %w", err)
 	}
+	// Every process is stopped before any is killed: the kills go one at a
+	// time, and a backend still running after another died could answer a
+	// client whose statement failed on the first (a host's death stops
+	// them all at once). The postmaster goes first, so it forks no more.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("pgcluster: stop %d: %w", pid, err)
+	}
 	children := childProcesses(pid)
+	for _, ch := range children {
+		_ = syscall.Kill(ch, syscall.SIGSTOP)
+	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("pgcluster: kill %d: %w", pid, err)
 	}
