@@ -42,7 +42,7 @@ func TestAWriteToAnUpstreamDetachedAsLostReachesTheClientAsAnError(t *testing.T)
 
 	// The relay finds the idle upstream dead and detaches it.
 	ss.mu.Lock()
-	ss.detachLostLocked(c, errors.New("EOF"), "replaced", "idle upstream connection lost; the session goes on with a new one", nil)
+	ss.detachLostLocked(c, errors.New("EOF"), "replaced", "idle upstream connection lost; the session goes on with a new one")
 	// The session goroutine's write to it fails.
 	ss.mu.Lock()
 	werr := ss.upstreamWriteFailedLocked(net.ErrClosed)

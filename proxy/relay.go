@@ -2043,31 +2043,38 @@ func (ss *session) upstreamDied(c *pool.Conn[*upstream], err error) {
 		ss.upstreamLost(u, err)
 		return
 	}
-	ss.detachLostLocked(c, err, "replaced", "idle upstream connection lost; the session goes on with a new one", nil)
+	ss.detachLostLocked(c, err, "replaced", "idle upstream connection lost; the session goes on with a new one")
 }
 
 // detachLostLocked detaches and destroys c, the session's upstream, which
 // died while the session can go on without it, and counts the loss under
 // outcome and logs msg, with the server's FATAL held back meanwhile (if
 // any). Called by the relay goroutine with ss.mu held; returns with it
-// released. When toClient is not nil, the caller holds ss.cw.mu too:
-// toClient runs once the session is detached, before ss.mu is released,
-// and ss.cw.mu is released after it.
-func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome, msg string, toClient func()) {
-	u := c.Value
-	held := ss.idleFatal
+// released.
+func (ss *session) detachLostLocked(c *pool.Conn[*upstream], err error, outcome, msg string) {
+	held := ss.detachLocked(c)
+	ss.mu.Unlock()
+	ss.destroyLost(c, err, outcome, msg, held)
+}
+
+// detachLocked detaches c, the session's upstream, which died, and
+// returns the server's FATAL held back meanwhile (if any); the session's
+// next statement takes a new connection. Called with ss.mu held.
+func (ss *session) detachLocked(c *pool.Conn[*upstream]) (held []byte) {
+	held = ss.idleFatal
 	ss.idleFatal = nil
 	ss.up = nil
-	ss.lostUp = u
+	ss.lostUp = c.Value
 	ss.checkNext = true // the pool's idle connections to that host may be dead too
 	ss.cond.Broadcast()
-	if toClient != nil {
-		toClient()
-		ss.mu.Unlock()
-		ss.cw.mu.Unlock()
-	} else {
-		ss.mu.Unlock()
-	}
+	return held
+}
+
+// destroyLost destroys c, detached by detachLocked, counts its loss under
+// outcome and logs msg with held, the server's FATAL held back (if any).
+// Called without ss.mu.
+func (ss *session) destroyLost(c *pool.Conn[*upstream], err error, outcome, msg string, held []byte) {
+	u := c.Value
 	c.Destroy()
 	ss.srv.metrics.UpstreamsLost.WithLabelValues(u.target.Shard, u.target.Role.String(), outcome).Inc()
 	fields := []zap.Field{zap.String("shard", u.target.Shard), zap.String("addr", u.target.Host.Addr),

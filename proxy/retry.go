@@ -255,7 +255,7 @@ func (ss *session) retryLostLocked(c *pool.Conn[*upstream], err error) bool {
 	}
 	r.on, r.lost, r.cause, r.failed, r.silent = nil, true, err, c.Value.target, ss.idleFatal == nil && !r.warned
 	ss.retryArmed.Store(false)
-	ss.detachLostLocked(c, err, "retried", "upstream connection lost while it ran a read; the read runs again", nil)
+	ss.detachLostLocked(c, err, "retried", "upstream connection lost while it ran a read; the read runs again")
 	return true
 }
 
@@ -281,19 +281,20 @@ func (ss *session) finishLostLocked(c *pool.Conn[*upstream], err error) bool {
 	ss.dropExpectLocked(len(ss.expect))
 	ss.pending = 0
 	ss.disarmLocked(c)
+	held := ss.detachLocked(c)
 	// The client writer is taken before the session lock is released, so
 	// the ReadyForQuery reaches the client before anything its next
 	// request's connection relays (as in readyForQuery).
 	ss.cw.mu.Lock()
-	ss.detachLostLocked(c, err, "finished", "upstream connection lost after a read's whole answer; the session goes on with a new one", func() {
-		if ss.discard.Load() {
-			return
-		}
+	ss.mu.Unlock()
+	if !ss.discard.Load() {
 		ss.cw.relayed += len(ss.cw.rfq)
 		if err := ss.cw.writeReadyLocked('I', true); err != nil {
 			ss.discard.Store(true)
 		}
-	})
+	}
+	ss.cw.mu.Unlock()
+	ss.destroyLost(c, err, "finished", "upstream connection lost after a read's whole answer; the session goes on with a new one", held)
 	return true
 }
 
