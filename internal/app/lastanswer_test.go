@@ -67,14 +67,14 @@ func quitAtReadyForQuery(t *testing.T, pid int) (wait func() string) {
 	select {
 	case <-running:
 	case output = <-done:
-		t.Fatalf("gdb ended before the backend ran under it:\n%s", output)
+		t.Fatalf("gdb ended before it set its breakpoint:\n%s", output)
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
-		t.Fatalf("gdb did not attach to backend %d within 30s", pid)
+		t.Fatalf("gdb did not set its breakpoint in backend %d within 30s", pid)
 	}
-	var once bool
+	waited := false
 	t.Cleanup(func() {
-		if !once {
+		if !waited {
 			_ = cmd.Process.Kill()
 			<-done
 		}
@@ -86,7 +86,7 @@ func quitAtReadyForQuery(t *testing.T, pid int) (wait func() string) {
 			_ = cmd.Process.Kill()
 			output = <-done
 		}
-		once = true
+		waited = true
 		return output
 	}
 }
