@@ -550,7 +550,7 @@ func (ss *session) takeConn(t router.Target) (*pool.Conn[*upstream], error) {
 	if err != nil && t.Role == router.Replica && pgerr.From(err).Code != pgerr.QueryCanceled {
 		ss.srv.health.Ban(t.Host.Addr, err)
 		if pt, ok := ss.srv.primaryTarget(t.Shard); ok {
-			c, err = ss.acquirePrimary(pt)
+			c, err = ss.takeConn(pt) // the primary connection the session parked, if any
 		}
 	}
 	return c, err
