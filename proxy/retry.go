@@ -73,6 +73,12 @@ type readRetry struct {
 	unended bool
 }
 
+// restart empties the record for the next request, which may be replayed
+// when ok. Session goroutine only.
+func (r *readRetry) restart(ok bool) {
+	r.rec, r.ok, r.parse, r.ends, r.unended = r.rec[:0], ok, false, 0, false
+}
+
 // record adds the client message just read (its header read, its body
 // not yet) to the current request's record, or marks the request as not
 // replayable. Session goroutine only.
@@ -309,7 +315,7 @@ func (ss *session) endRequest() (replayed bool, err error) {
 	if !r.armed {
 		// Most requests: nothing to wait for. Without routing nothing is
 		// ever recorded (record returns at once).
-		r.rec, r.ok, r.parse, r.ends, r.unended = r.rec[:0], ss.srv.routingEnabled(), false, 0, false
+		r.restart(ss.srv.routingEnabled())
 		return false, nil
 	}
 	r.armed = false
@@ -334,7 +340,7 @@ func (ss *session) endRequest() (replayed bool, err error) {
 		}
 		err = ss.replay()
 	}
-	r.rec, r.ok, r.parse, r.ends, r.unended = r.rec[:0], true, false, 0, false
+	r.restart(true)
 	if cap(r.rec) > retryMaxRequest {
 		r.rec = nil
 	}
