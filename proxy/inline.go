@@ -3,6 +3,9 @@ package proxy
 import (
 	"io"
 	"time"
+
+	"github.com/brownie/brownie-sidecar/internal/netx"
+	"go.uber.org/zap"
 )
 
 // The answer read inline.
@@ -27,6 +30,11 @@ import (
 //     Flush, a COPY), every wait of the session goroutine for the relay,
 //     and the session's end. So the session goroutine never waits for an
 //     answer with nothing reading it.
+//   - That last write does not reach the socket at once: its bytes are
+//     held (netx.Awaiter) and written from inside the wait for the answer
+//     (awaitAnswer), so no read is tried before the answer can have
+//     arrived: one system call per transaction fewer. Anything that hands
+//     the attachment to the relay goroutine first sends what is held.
 //   - relayInline hands the attachment on to the relay goroutine when its
 //     answer leaves it attached (a transaction left open: the relay
 //     watches the idle connection, as ever), when the server waits for
@@ -58,6 +66,13 @@ func (ss *session) mayHoldRelay() bool {
 func (ss *session) dispatchHeld() {
 	if ss.heldRelay.c == nil {
 		return
+	}
+	if err := ss.upw.sendHeld(); err != nil {
+		// As upstreamWriteFailedLocked, without ss.mu (which the caller
+		// may hold): the relay goroutine reads the server's last words,
+		// if any, and reports the loss.
+		ss.log.Warn("upstream write failed", zap.Error(err))
+		_ = ss.heldRelay.c.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
 	}
 	ss.runRelay(ss.takeHeldRelay())
 }
@@ -108,6 +123,13 @@ func (ss *session) relayDoneLocked() chan struct{} {
 // only after a request's last write with the relay job held.
 func (ss *session) relayInline() {
 	j := ss.takeHeldRelay()
+	if j.c.Value.r.Buffered() > 0 {
+		// Something came before the answer (a notice, a parameter
+		// change): no wait for the answer, so the request goes out now.
+		if err := ss.upw.sendHeld(); err != nil {
+			_ = ss.upstreamWriteFailed(err) // the next read reports the loss
+		}
+	}
 	ss.relayAnswers(j.c, j.done, true)
 }
 
@@ -121,7 +143,16 @@ func (ss *session) awaitAnswer(u *upstream) bool {
 	mark := ss.srv.idleEpoch.Load()
 	ss.inlineConn = u.conn // read by kickUpstream after it sees mark
 	ss.upWaitMark.Store(mark)
-	_ = u.r.Wait() // an error is the next read's to report
+	if ss.upw.holding {
+		// The request's end, held back (upstreamWriter), goes out from
+		// inside the wait: no read that finds nothing before it.
+		ss.upw.holding = false
+		if err := ss.upw.aw.AwaitAnswer(); err != nil {
+			_ = ss.upstreamWriteFailed(err) // the next read reports the loss
+		}
+	} else {
+		_ = u.r.Wait() // an error is the next read's to report
+	}
 	if ss.upWaitMark.CompareAndSwap(mark, 0) {
 		ss.inlineConn = nil // no kick reads it now: a dormant session keeps no upstream alive
 		return true
@@ -150,10 +181,22 @@ func (ss *session) kickUpstream(mark uint64) {
 // relay job to the relay goroutine before any write but a request's last
 // one (final, set around the flush that sends it). Session goroutine only.
 // sent records that the final write happened.
+//
+// A request's last write whose answer the session goroutine will read
+// does not reach the socket at once: aw holds its bytes (the TLS records)
+// for awaitAnswer to write from inside the wait for the answer, which so
+// needs no read that finds nothing first (netx.Awaiter). Whatever hands
+// the connection to the relay goroutine (dispatchHeld) or leaves it
+// unread (writeUpstream) sends them first. holding says aw holds them:
+// only then may the session goroutine touch aw after the write, as only
+// then is no relay goroutine reading the connection (which it may have
+// released to another session already).
 type upstreamWriter struct {
 	ss          *session
 	w           io.Writer
+	aw          netx.Awaiter // nil: no holding
 	final, sent bool
+	holding     bool
 }
 
 func (w *upstreamWriter) Write(p []byte) (int, error) {
@@ -161,5 +204,18 @@ func (w *upstreamWriter) Write(p []byte) (int, error) {
 		w.ss.dispatchHeld()
 	}
 	w.sent = w.sent || w.final
+	if w.final && w.aw != nil && w.ss.heldRelay.c != nil {
+		w.aw.HoldWrites()
+		w.holding = true
+	}
 	return w.w.Write(p)
+}
+
+// sendHeld writes what aw holds, if anything.
+func (w *upstreamWriter) sendHeld() error {
+	if !w.holding {
+		return nil
+	}
+	w.holding = false
+	return w.aw.SendHeld()
 }

@@ -277,7 +277,7 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
 	ss.acks = ss.acks[:0]
 	ss.relayDone = nil // made by runRelay
-	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn}
+	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn, aw: c.Value.aw}
 	ss.uw.Reset(&ss.upw)
 	j := relayJob{c: c}
 	if ss.mayHoldRelay() {
@@ -1196,6 +1196,11 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 		// The request's end went out with nothing read yet: the session
 		// goroutine reads its answer (inline.go).
 		ss.inlineNext = ss.upw.sent && ss.heldRelay.c != nil
+		if !ss.inlineNext {
+			if err := ss.upw.sendHeld(); err != nil {
+				return ss.upstreamWriteFailed(err)
+			}
+		}
 	} else if ss.toUpstream >= maxUncounted {
 		ss.countToUpstream()
 	}

@@ -34,8 +34,12 @@ import (
 // owned by whoever holds its pool.Conn; only that goroutine reads or writes
 // it, except Close, which may be called from any goroutine.
 type upstream struct {
-	conn   net.Conn // TLS
-	raw    net.Conn // the TCP connection under conn
+	conn net.Conn // TLS
+	raw  net.Conn // the TCP connection under conn
+	// aw is the connection under conn's TLS (nil when it is not a
+	// socket): the inline relay writes a request's end from inside the
+	// wait for its answer through it (inline.go).
+	aw     netx.Awaiter
 	r      *wire.Reader
 	target router.Target
 	// Backend key of the server process, for cancel requests.
@@ -225,13 +229,15 @@ func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	conn, err := d.startTLS(netx.WrapFast(raw), t, b)
+	fast := netx.WrapFast(raw)
+	conn, err := d.startTLS(fast, t, b)
 	if err != nil {
 		raw.Close()
 		return nil, err
 	}
+	aw, _ := fast.(netx.Awaiter)
 	u := &upstream{
-		conn: conn, raw: raw, r: wire.NewReader(conn, 4<<10), // tls.Conn buffers whole records itself
+		conn: conn, raw: raw, aw: aw, r: wire.NewReader(conn, 4<<10), // tls.Conn buffers whole records itself
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
 		stmts: newStmtCache(d.stmtCacheSize), applied: map[string]string{},
 	}

@@ -2,7 +2,10 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,4 +155,70 @@ func sleepThrough(ctx context.Context, t *testing.T, srv *pgtest.Server, sc *sid
 	}
 	waitFor(t, 5*time.Second, "pg_sleep upstream", func() bool { return running() == "1" })
 	return c, running
+}
+
+// TestARequestToABackendThatEndedWhileIdleIsAnswered: in transaction mode
+// the request's end is written from inside the wait for its answer
+// (proxy/inline.go). A pooled connection whose backend was terminated
+// while it sat idle (no check before reuse: POOL_CHECK_DELAY 1h) takes the
+// next request anyway; the wait must end on the dead socket, not hang, and
+// the client gets an answer or one error, never silence, and its next
+// statement works.
+func TestARequestToABackendThatEndedWhileIdleIsAnswered(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	sc := startSidecar(t, srv, txnEnv(1, "POOL_CHECK_DELAY", "1h"))
+	for round := range 3 {
+		w := dialWire(t, sc.dsn(""))
+		got := w.round(&pgproto3.Query{String: "SELECT pg_backend_pid()"})
+		if len(got) < 2 || !strings.HasPrefix(got[1], "DataRow ") {
+			t.Fatalf("round %d: backend pid: %q", round, got)
+		}
+		pid := strings.TrimPrefix(got[1], "DataRow ")
+		ctx := ctx10(t)
+		if _, err := srv.Primary.Exec(ctx, "postgres", "SELECT pg_terminate_backend("+pid+", 5000)"); err != nil {
+			t.Fatal(err)
+		}
+		// The request goes to the dead connection; as both protocols do.
+		var msgs []pgproto3.FrontendMessage
+		if round%2 == 0 {
+			msgs = []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT 41 + 1"}}
+		} else {
+			msgs = []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "SELECT 41 + 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}
+		}
+		for _, m := range msgs {
+			w.hc.Frontend.Send(m)
+		}
+		if err := w.hc.Frontend.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		_ = w.hc.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var answer []string
+		for {
+			msg, err := w.hc.Frontend.Receive()
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("round %d: no answer within 10 s after %q", round, answer)
+				}
+				break // closed after a FATAL
+			}
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				answer = append(answer, e.Severity+" "+e.Code)
+			}
+			if d, ok := msg.(*pgproto3.DataRow); ok {
+				answer = append(answer, "DataRow "+string(d.Values[0]))
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		if len(answer) != 1 || answer[0] != "DataRow 42" && !strings.HasPrefix(answer[0], "FATAL ") {
+			t.Fatalf("round %d: answer %q, want the row or one FATAL", round, answer)
+		}
+		t.Logf("round %d: %q", round, answer)
+		c := sc.connect(t, "")
+		var n int
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("round %d: the next client's statement: %d, %v", round, n, err)
+		}
+	}
 }

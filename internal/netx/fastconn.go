@@ -39,6 +39,12 @@ type fastConn struct {
 	// closed is set by Close; from then on every call fails with
 	// net.ErrClosed, as on a closed net.Conn.
 	closed atomic.Bool
+	// holding and held are HoldWrites' state (awaitconn.go), owned by the
+	// writer until AwaitAnswer, SendHeld or Read sends held.
+	holding bool
+	held    []byte
+	await   awaitOp
+	awaitFn func(fd uintptr) bool
 }
 
 // rawOp is one raw read or write on the descriptor.
@@ -121,7 +127,7 @@ func WrapFast(c net.Conn) net.Conn {
 func wrap(c net.Conn, rc syscall.RawConn) *fastConn {
 	makePlaceholder()
 	fc := &fastConn{Conn: c, rc: rc}
-	fc.readFn, fc.writeFn = fc.rd.read, fc.wr.write
+	fc.readFn, fc.writeFn, fc.awaitFn = fc.rd.read, fc.wr.write, fc.await.run
 	return fc
 }
 
@@ -177,6 +183,11 @@ func (c *fastConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if c.holding {
+		if err := c.SendHeld(); err != nil {
+			return 0, err
+		}
+	}
 	c.rd = rawOp{p: p}
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rd.n, c.rd.errno
@@ -197,6 +208,10 @@ func (c *fastConn) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for room in the socket buffer as needed.
 func (c *fastConn) Write(p []byte) (int, error) {
+	if c.holding {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
 	c.wr = rawOp{p: p}
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wr.n, c.wr.errno
