@@ -30,11 +30,17 @@ import (
 //     Flush, a COPY), every wait of the session goroutine for the relay,
 //     and the session's end. So the session goroutine never waits for an
 //     answer with nothing reading it.
-//   - That last write does not reach the socket at once: its bytes are
-//     held (netx.Awaiter) and written from inside the wait for the answer
-//     (awaitAnswer), so no read is tried before the answer can have
-//     arrived: one system call per transaction fewer. Anything that hands
-//     the attachment to the relay goroutine first sends what is held.
+//   - When the session waited for its connection (clients queue for the
+//     pool), that last write does not reach the socket at once: its bytes
+//     are held (netx.Awaiter) and written from inside the wait for the
+//     answer (awaitAnswer), so no read is tried before the answer can have
+//     arrived, and the goroutine gives the thread up at once to the
+//     sessions that hold or wait for connections. Anything that hands the
+//     attachment to the relay goroutine first sends what is held. Without
+//     queueing the answer is often there by the time a read is tried (the
+//     server's process ran when the write woke it), and a read then costs
+//     less than waiting through the poller: new connections ran 10 %
+//     slower with every request held (docs/performance.md).
 //   - relayInline hands the attachment on to the relay goroutine when its
 //     answer leaves it attached (a transaction left open: the relay
 //     watches the idle connection, as ever), when the server waits for

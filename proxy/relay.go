@@ -227,6 +227,7 @@ func (ss *session) acquire(t router.Target, checked bool) (*pool.Conn[*upstream]
 	}
 	ss.mu.Unlock()
 	c, waited, err = p.AcquireTimed(ctx, checked)
+	ss.queued = waited > 0
 	ss.mu.Lock()
 	ss.acquireCancel = nil
 	ss.mu.Unlock()
@@ -277,7 +278,10 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
 	ss.acks = ss.acks[:0]
 	ss.relayDone = nil // made by runRelay
-	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn, aw: c.Value.aw}
+	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn}
+	if ss.queued {
+		ss.upw.aw = c.Value.aw
+	}
 	ss.uw.Reset(&ss.upw)
 	j := relayJob{c: c}
 	if ss.mayHoldRelay() {

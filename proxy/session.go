@@ -119,6 +119,10 @@ type session struct {
 	// upWaitMark.
 	heldRelay  relayJob
 	inlineNext bool
+	// queued says the session's last pool acquisition waited (or
+	// dialled): only then does the inline relay hold a request's end for
+	// the wait for its answer (inline.go).
+	queued     bool
 	reqEnd     bool
 	upw        upstreamWriter
 	upWaitMark atomic.Uint64

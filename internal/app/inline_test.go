@@ -158,12 +158,12 @@ func sleepThrough(ctx context.Context, t *testing.T, srv *pgtest.Server, sc *sid
 }
 
 // TestARequestToABackendThatEndedWhileIdleIsAnswered: in transaction mode
-// the request's end is written from inside the wait for its answer
-// (proxy/inline.go). A pooled connection whose backend was terminated
-// while it sat idle (no check before reuse: POOL_CHECK_DELAY 1h) takes the
-// next request anyway; the wait must end on the dead socket, not hang, and
-// the client gets an answer or one error, never silence, and its next
-// statement works.
+// the session goroutine waits for the answer itself (proxy/inline.go). A
+// pooled connection whose backend was terminated while it sat idle (no
+// check before reuse: POOL_CHECK_DELAY 1h) takes the next request anyway;
+// the wait must end on the dead socket, not hang, and the client gets an
+// answer or one error, never silence, and the next client's statement
+// works.
 func TestARequestToABackendThatEndedWhileIdleIsAnswered(t *testing.T) {
 	srv := pgtest.Start(t, pgtest.Options{Schema: true})
 	sc := startSidecar(t, srv, txnEnv(1, "POOL_CHECK_DELAY", "1h"))
@@ -220,5 +220,60 @@ func TestARequestToABackendThatEndedWhileIdleIsAnswered(t *testing.T) {
 		if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil || n != 1 {
 			t.Fatalf("round %d: the next client's statement: %d, %v", round, n, err)
 		}
+	}
+}
+
+// TestAQueuedRequestWhoseServerEndsMidAnswerGetsItsError: a session that
+// waited for its connection has its request's end written from inside the
+// wait for the answer (proxy/inline.go). When the server ends while that
+// wait runs, the wait ends with it: the client gets the server's FATAL at
+// once, not after its statement's 30 s.
+func TestAQueuedRequestWhoseServerEndsMidAnswerGetsItsError(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Schema: true})
+	// No idle sweep within the test: nothing but the held write itself
+	// sends the queued request.
+	sc := startSidecar(t, srv, txnEnv(1, "CLIENT_IDLE_RELEASE", "1m"))
+	ctx := ctx10(t)
+	w := dialWire(t, sc.dsn("")) // both greeted while the connection is free
+	holder := sc.connect(t, "")
+	tx, err := holder.Begin(ctx) // holds the pool's one connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	w.hc.Frontend.Send(&pgproto3.Query{String: "SELECT pg_sleep(30) -- queued"})
+	if err := w.hc.Frontend.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the request to queue for the pool", func() bool {
+		for _, line := range strings.Split(sc.metricsText(t), "\n") {
+			if strings.HasPrefix(line, "brownie_sidecar_pool_waiting_clients{") && !strings.HasSuffix(line, " 0") {
+				return true
+			}
+		}
+		return false
+	})
+	if err := tx.Commit(ctx); err != nil { // the connection goes to the queued request
+		t.Fatal(err)
+	}
+	const running = "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%-- queued' AND pid <> pg_backend_pid()"
+	var pid string
+	waitFor(t, 5*time.Second, "the queued statement to run", func() bool {
+		out, err := srv.Primary.Exec(ctx, "postgres", running)
+		pid = strings.TrimSpace(out)
+		return err == nil && pid != ""
+	})
+	start := time.Now()
+	if _, err := srv.Primary.Exec(ctx, "postgres", "SELECT pg_terminate_backend("+pid+")"); err != nil {
+		t.Fatal(err)
+	}
+	errs := w.errorsUntilClosed()
+	if len(errs) != 1 || errs[0] != "FATAL 57P01" {
+		t.Fatalf("errors before the connection closed: %q, want exactly the server's FATAL 57P01", errs)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the FATAL came %s after the server ended", took)
 	}
 }

@@ -36,12 +36,12 @@ func TestAwaitAnswerWritesTheHeldRequestThenWaitsForItsAnswer(t *testing.T) {
 	if n, err := peer.Read(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the peer read %d bytes (%v) before AwaitAnswer", n, err)
 	}
-	answered := make(chan struct{})
-	go func() {
-		defer close(answered)
-		if got := readN(t, peer, 7); got != "request" {
-			t.Errorf("the peer got %q, want %q", got, "request")
-		}
+	got := make(chan string, 1)
+	go func() { // the peer: reads the request, answers it
+		_ = peer.SetReadDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 7)
+		n, _ := io.ReadFull(peer, b)
+		got <- string(b[:n])
 		_, _ = peer.Write([]byte("answer"))
 	}()
 	if err := aw.AwaitAnswer(); err != nil {
@@ -50,7 +50,9 @@ func TestAwaitAnswerWritesTheHeldRequestThenWaitsForItsAnswer(t *testing.T) {
 	if aw.Holding() {
 		t.Fatal("still holding after AwaitAnswer")
 	}
-	<-answered
+	if req := <-got; req != "request" {
+		t.Fatalf("the peer got %q, want %q", req, "request")
+	}
 	if got := readN(t, fc, 6); got != "answer" {
 		t.Fatalf("read %q after AwaitAnswer, want %q", got, "answer")
 	}
@@ -91,7 +93,7 @@ func TestHeldBytesGoOutBeforeAnyRead(t *testing.T) {
 
 	aw.HoldWrites()
 	_, _ = fc.Write([]byte("one"))
-	go func() { _, _ = peer.Write([]byte("x")) }()
+	_, _ = peer.Write([]byte("x"))
 	if got := readN(t, fc, 1); got != "x" {
 		t.Fatalf("read %q", got)
 	}
