@@ -1,9 +1,6 @@
 package netx
 
-import (
-	"os"
-	"syscall"
-)
+import "os"
 
 // Writing a request inside the wait for its answer.
 //
@@ -56,10 +53,10 @@ func (c *fastConn) AwaitAnswer() error {
 	if len(c.held) == 0 {
 		return nil
 	}
-	c.await = awaitOp{p: c.held}
-	err := c.rc.Read(c.awaitFn)
-	o := &c.await
-	if !o.begun { // the wait ended before it began: a past deadline, a closed conn
+	c.await = awaitOp{w: rawOp{p: c.held}}
+	_ = c.rc.Read(c.awaitFn) // a deadline or a close: the next Read reports it
+	o := &c.await.w
+	if !c.await.begun { // the wait ended before it began: a past deadline, a closed conn
 		o.n = 0
 	}
 	var werr error
@@ -70,16 +67,13 @@ func (c *fastConn) AwaitAnswer() error {
 		_, werr = c.Write(o.p[o.n:])
 	}
 	c.held, c.await = c.held[:0], awaitOp{}
-	_ = err // a deadline or a close: the next Read reports it
 	return werr
 }
 
-// awaitOp is AwaitAnswer's write of the held bytes p, made from inside a
+// awaitOp is AwaitAnswer's write of the held bytes, made from inside a
 // read's first attempt with raw calls (the read holds the descriptor).
 type awaitOp struct {
-	p     []byte
-	n     int
-	errno syscall.Errno
+	w     rawOp
 	begun bool
 }
 
@@ -89,17 +83,8 @@ func (o *awaitOp) run(fd uintptr) bool {
 		return true // woken: readable
 	}
 	o.begun = true
-	for o.n < len(o.p) {
-		n, e := RawWrite(fd, o.p[o.n:])
-		switch e {
-		case 0:
-			o.n += n
-		case syscall.EAGAIN:
-			return true // the caller writes the rest, waiting for room
-		default:
-			o.errno = e
-			return true
-		}
+	if !o.w.write(fd) {
+		return true // the socket buffer is full: the caller writes the rest, waiting for room
 	}
-	return false // written: wait for the answer
+	return o.w.errno != 0 // written: wait for the answer; failed: do not
 }
