@@ -188,8 +188,9 @@ func (ss *session) kickUpstream(mark uint64) {
 // one (final, set around the flush that sends it). Session goroutine only.
 // sent records that the final write happened.
 //
-// A request's last write whose answer the session goroutine will read
-// does not reach the socket at once: aw holds its bytes (the TLS records)
+// When aw is set (the session queued for its connection), a request's
+// last write whose answer the session goroutine will read does not reach
+// the socket at once: aw holds its bytes (the TLS records)
 // for awaitAnswer to write from inside the wait for the answer, which so
 // needs no read that finds nothing first (netx.Awaiter). Whatever hands
 // the connection to the relay goroutine (dispatchHeld) or leaves it

@@ -40,7 +40,9 @@ type fastConn struct {
 	// net.ErrClosed, as on a closed net.Conn.
 	closed atomic.Bool
 	// holding and held are HoldWrites' state (awaitconn.go), owned by the
-	// writer until AwaitAnswer, SendHeld or Read sends held.
+	// writer until AwaitAnswer, SendHeld or Read sends held; await and
+	// awaitFn are AwaitAnswer's write and its read callback, bound once
+	// as readFn is.
 	holding bool
 	held    []byte
 	await   awaitOp
