@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/brownie/brownie-sidecar/internal/netx"
-	"go.uber.org/zap"
 )
 
 // The answer read inline.
@@ -74,11 +73,9 @@ func (ss *session) dispatchHeld() {
 		return
 	}
 	if err := ss.upw.sendHeld(); err != nil {
-		// As upstreamWriteFailedLocked, without ss.mu (which the caller
-		// may hold): the relay goroutine reads the server's last words,
-		// if any, and reports the loss.
-		ss.log.Warn("upstream write failed", zap.Error(err))
-		_ = ss.heldRelay.c.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
+		// Without ss.mu, which the caller may hold: the relay goroutine
+		// reads the server's last words, if any, and reports the loss.
+		ss.writeFailed(ss.heldRelay.c, err)
 	}
 	ss.runRelay(ss.takeHeldRelay())
 }

@@ -1233,11 +1233,18 @@ func (ss *session) upstreamWriteFailed(err error) error {
 // the client gets as its one error), then reports the loss; a short read
 // deadline bounds the wait when the server sent nothing.
 func (ss *session) upstreamWriteFailedLocked(err error) error {
-	ss.log.Warn("upstream write failed", zap.Error(err))
-	if ss.up != nil {
-		_ = ss.up.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
-	}
+	ss.writeFailed(ss.up, err)
 	return errUpstreamWrite
+}
+
+// writeFailed logs a failed write to c (nil: none attached) and bounds
+// the read that will report its loss. It needs no lock: c is the
+// caller's.
+func (ss *session) writeFailed(c *pool.Conn[*upstream], err error) {
+	ss.log.Warn("upstream write failed", zap.Error(err))
+	if c != nil {
+		_ = c.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
+	}
 }
 
 // lostReadGrace bounds how long the relay goroutine keeps reading an
