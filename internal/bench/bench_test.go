@@ -356,11 +356,13 @@ func TestReportShowsThePoolersCPUPerTransaction(t *testing.T) {
 		"| simple | 50 | 7000 | 7700 | 1.000 | 1.000 | – | 40.0 | 1.10 |",
 		"CPU µs/tx = the pooler's CPU time",
 		// 41.96 / 32.04 = 1.31; the row without PgBouncer's CPU is not judged.
-		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's: **not met** (0 of 1 rows; not met in simple/10 (1.31)).",
+		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's (simple, extended and prepared rows): **not met** (0 of 1 rows; not met in simple/10 (1.31)).\n",
 	)
 	tbl.rows[0].res[1].cpuUs = 36.8 // 1.149
+	// A new connection's CPU is reported, not judged: its target is its rate.
+	tbl.rows = append(tbl.rows, row{proto: protoConnect, clients: 4, res: []result{withCPU(3000, 100), withCPU(3100, 128)}, unsupported: []bool{false, false}})
 	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
-		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's: **met** (1 of 1 rows).")
+		"Target sidecar CPU per transaction ≤ 1.15× PgBouncer's (simple, extended and prepared rows): **met** (1 of 1 rows). New connections are judged by their rate; connect/4 cost the sidecar 1.28× PgBouncer's CPU per connection.\n")
 	if got := combineRuns([]result{withCPU(1, 30), withCPU(1, 50), withCPU(1, 34)}); got.cpuUs != 34 {
 		t.Errorf("combined CPU = %v, want the median 34", got.cpuUs)
 	}

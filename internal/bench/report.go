@@ -205,7 +205,9 @@ func (t *table) evalVsBouncer() bouncerEval {
 }
 
 // evalCPU judges "sidecar CPU per transaction ≤ cpuTarget × PgBouncer's"
-// over the rows where both were measured.
+// over the simple, extended and prepared rows where both were measured.
+// New connections (the connect row) are judged by their rate alone; their
+// CPU ratio is reported beside the verdict (connectCPU).
 func (t *table) evalCPU() bouncerEval {
 	var e bouncerEval
 	bi, si := t.col(colBouncer), t.col(colSidecar)
@@ -214,7 +216,7 @@ func (t *table) evalCPU() bouncerEval {
 	}
 	for _, row := range t.rows {
 		side, bouncer := row.res[si], row.res[bi]
-		if side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() {
+		if side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() || row.proto == protoConnect {
 			continue
 		}
 		e.judged++
@@ -234,11 +236,39 @@ func (t *table) writeCPUVerdict(b *strings.Builder) {
 	if vc.judged == 0 {
 		return
 	}
-	fmt.Fprintf(b, "Target sidecar CPU per transaction ≤ %.2f× PgBouncer's: **%s** (%d of %d rows", cpuTarget, verdict(vc.ok()), vc.met, vc.judged)
+	fmt.Fprintf(b, "Target sidecar CPU per transaction ≤ %.2f× PgBouncer's (simple, extended and prepared rows): **%s** (%d of %d rows", cpuTarget, verdict(vc.ok()), vc.met, vc.judged)
 	if len(vc.below) > 0 {
 		fmt.Fprintf(b, "; not met in %s", strings.Join(vc.below, ", "))
 	}
-	b.WriteString(").\n\n")
+	b.WriteString(").")
+	for _, c := range t.connectCPU() {
+		fmt.Fprintf(b, " New connections are judged by their rate; %s cost the sidecar %.2f× PgBouncer's CPU per connection.", c.name, c.ratio)
+	}
+	b.WriteString("\n\n")
+}
+
+// rowRatio is one row's sidecar/PgBouncer ratio of some figure.
+type rowRatio struct {
+	name  string
+	ratio float64
+}
+
+// connectCPU is the sidecar's CPU per new connection over PgBouncer's, for
+// every connect row where both were measured.
+func (t *table) connectCPU() []rowRatio {
+	bi, si := t.col(colBouncer), t.col(colSidecar)
+	if bi < 0 || si < 0 {
+		return nil
+	}
+	var out []rowRatio
+	for _, row := range t.rows {
+		side, bouncer := row.res[si], row.res[bi]
+		if row.proto != protoConnect || side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() {
+			continue
+		}
+		out = append(out, rowRatio{row.name(), side.cpuUs / bouncer.cpuUs})
+	}
+	return out
 }
 
 // preparedEval is the verdict on "prepared-mode TPS through the sidecar ≥
