@@ -216,7 +216,7 @@ func (t *table) evalCPU() bouncerEval {
 	}
 	for _, row := range t.rows {
 		side, bouncer := row.res[si], row.res[bi]
-		if side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() || row.proto == protoConnect {
+		if !bothCPU(side, bouncer) || row.proto == protoConnect {
 			continue
 		}
 		e.judged++
@@ -241,10 +241,23 @@ func (t *table) writeCPUVerdict(b *strings.Builder) {
 		fmt.Fprintf(b, "; not met in %s", strings.Join(vc.below, ", "))
 	}
 	b.WriteString(").")
-	for _, c := range t.connectCPU() {
-		fmt.Fprintf(b, " New connections are judged by their rate; %s cost the sidecar %.2f× PgBouncer's CPU per connection.", c.name, c.ratio)
+	if cs := t.connectCPU(); len(cs) > 0 {
+		b.WriteString(" New connections are judged by their rate;")
+		for i, c := range cs {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(b, " %s cost the sidecar %.2f×", c.name, c.ratio)
+		}
+		b.WriteString(" PgBouncer's CPU per connection.")
 	}
 	b.WriteString("\n\n")
+}
+
+// bothCPU reports whether a row's sidecar and PgBouncer results both
+// measured CPU, in runs that did not fail.
+func bothCPU(side, bouncer result) bool {
+	return side.cpuUs > 0 && bouncer.cpuUs > 0 && !side.failed() && !bouncer.failed()
 }
 
 // rowRatio is one row's sidecar/PgBouncer ratio of some figure.
@@ -263,7 +276,7 @@ func (t *table) connectCPU() []rowRatio {
 	var out []rowRatio
 	for _, row := range t.rows {
 		side, bouncer := row.res[si], row.res[bi]
-		if row.proto != protoConnect || side.cpuUs <= 0 || bouncer.cpuUs <= 0 || side.failed() || bouncer.failed() {
+		if row.proto != protoConnect || !bothCPU(side, bouncer) {
 			continue
 		}
 		out = append(out, rowRatio{row.name(), side.cpuUs / bouncer.cpuUs})
