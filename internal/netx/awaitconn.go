@@ -56,14 +56,14 @@ func (c *fastConn) AwaitAnswer() error {
 	c.await = awaitOp{w: rawOp{p: c.held}}
 	_ = c.rc.Read(c.awaitFn) // a deadline or a close: the next Read reports it
 	o := &c.await.w
-	if !c.await.begun { // the wait ended before it began: a past deadline, a closed conn
-		o.n = 0
-	}
 	var werr error
 	switch {
 	case o.errno != 0:
 		werr = c.opError("write", os.NewSyscallError("write", o.errno))
-	case o.n < len(o.p): // not begun, or the socket buffer was full: the rest waits for room
+	case o.n < len(o.p):
+		// The wait ended before it began (a past deadline, a closed conn:
+		// nothing written), or the socket buffer was full: the rest waits
+		// for room.
 		_, werr = c.Write(o.p[o.n:])
 	}
 	c.held, c.await = c.held[:0], awaitOp{}
