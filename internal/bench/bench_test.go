@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -414,6 +415,49 @@ func TestReportSplitsThePoolersCPUIntoUserAndSystemTime(t *testing.T) {
 		}
 	}
 	t.Error("this process's user time did not grow in 5 s of computing")
+}
+
+func TestReportAddsUpTheWholeMachinesCPUPerTransaction(t *testing.T) {
+	withAll := func(tps, pooler, pg, client float64) result {
+		r := ok(tps)
+		r.cpuUs, r.pgCPUUs, r.clientUs = pooler, pg, client
+		return r
+	}
+	tbl := &table{mode: modeSession, poolSize: 60, targets: []string{"direct", "pgbouncer", "sidecar"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "extended", clients: 10, res: []result{withAll(9000, 0, 30.04, 12.5), withAll(40000, 9.5, 22.1, 12.0), withAll(38000, 10.2, 22.3, 13.8)}, unsupported: []bool{false, false, false}},
+		{proto: "simple", clients: 10, res: []result{ok(9000), withAll(41000, 9.1, 21.0, 11.0), withAll(41000, 9.2, 0, 0)}, unsupported: []bool{false, false, false}},
+	}}
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
+		"CPU per transaction of the whole machine's work in µs, pooler + PostgreSQL + pgbench = sum",
+		"| extended | 10 | – + 30.0 + 12.5 = 42.5 | 9.5 + 22.1 + 12.0 = 43.6 | 10.2 + 22.3 + 13.8 = 46.3 |",
+		"| simple | 10 | – | 9.1 + 21.0 + 11.0 = 41.1 | – |",
+	)
+	for i := range tbl.rows {
+		for j := range tbl.rows[i].res {
+			tbl.rows[i].res[j].clientUs = 0
+		}
+	}
+	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "whole machine") {
+		t.Errorf("a table without pgbench's CPU has a whole-machine table:\n%s", md)
+	}
+	if got := combineRuns([]result{withAll(1, 9, 20, 12), ok(1), withAll(1, 10, 22, 14), withAll(1, 11, 21, 13)}); got.clientUs != 13 || got.pgCPUUs != 21 {
+		t.Errorf("combined client and server CPU = %v, %v; want the medians of the measured runs, 13 and 21", got.clientUs, got.pgCPUUs)
+	}
+}
+
+func TestClientCPUComesFromTheExitedChildsResourceUsage(t *testing.T) {
+	if _, ok := rusage(nil); ok {
+		t.Error("rusage of a process that never started reported usage")
+	}
+	// A child that computes for a while: its user time is counted.
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ru, ok := rusage(cmd.ProcessState)
+	if !ok || ru.Utime.Nano()+ru.Stime.Nano() <= 0 {
+		t.Errorf("rusage of a computing child = %+v, %v; want some CPU time", ru, ok)
+	}
 }
 
 func TestReportShowsThePoolersContextSwitchesPerTransaction(t *testing.T) {

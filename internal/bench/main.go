@@ -472,6 +472,11 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 		tbl.sidecarLogs = append(tbl.sidecarLogs, namedLog{name: colSidecar, log: readSidecarLog(side.proc.logPath, 0, -1)})
 	}()
 
+	pgPid, err := postmasterPID(b.pg)
+	if err != nil {
+		return err
+	}
+	pgPids := []int{pgPid} // every target's server: its CPU per transaction is reported too
 	var targets []target
 	if mode == modeSession {
 		targets = append(targets, target{name: "direct", host: "localhost", port: b.pg.Port(), tls: true})
@@ -518,8 +523,9 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 			targets = append(targets, target{name: kind, host: "127.0.0.1", port: addr.Port, pid: p.pid(), noPrepared: mode == modeTransaction})
 		}
 	}
-	for _, t := range targets {
-		tbl.targets = append(tbl.targets, t.name)
+	for i := range targets {
+		targets[i].pgPids = pgPids
+		tbl.targets = append(tbl.targets, targets[i].name)
 	}
 	b.logf("%s table: pool %d, %d rows x %d targets x %d runs of %s", mode, poolSize, len(rows), len(targets), b.opts.repeat, b.opts.duration)
 	tbl.loadBefore = loadAverage()

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/brownie/brownie-sidecar/internal/pgcluster"
@@ -72,9 +73,16 @@ type result struct {
 	// that measured it.
 	userUs, sysUs float64
 	// pgCPUUs is, likewise, the CPU time per transaction of the PostgreSQL
-	// clusters the run used (every process of each, from /proc), measured
-	// only by the sharded table; 0 otherwise.
+	// clusters the run used (every process of each, from /proc), 0 when
+	// the target names none (pgPids).
 	pgCPUUs float64
+	// clientUs is the CPU time per transaction of the client itself
+	// (pgbench, every thread, from its resource usage), 0 when not
+	// measured. With cpuUs and pgCPUUs it is the whole machine's work for
+	// a transaction: on a machine whose CPUs are all busy, TPS follows the
+	// sum, and a pooler can cost its client or the server more as well as
+	// itself (one more wake-up per answer, say).
+	clientUs float64
 
 	// volCS and involCS are the pooler's context switches per transaction
 	// (every thread), voluntary (a thread waited: for the network, a lock,
@@ -124,7 +132,7 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, p50, p95, cpu, user, sys, pgCPU, vol, invol []float64
+	var tps, lat, p50, p95, cpu, user, sys, pgCPU, client, vol, invol []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
@@ -137,6 +145,9 @@ func combineRuns(runs []result) result {
 		}
 		if r.pgCPUUs > 0 {
 			pgCPU = append(pgCPU, r.pgCPUUs)
+		}
+		if r.clientUs > 0 {
+			client = append(client, r.clientUs)
 		}
 		if r.switched {
 			vol, invol = append(vol, r.volCS), append(invol, r.involCS)
@@ -158,6 +169,7 @@ func combineRuns(runs []result) result {
 	}
 	out.runTPS = tps
 	out.cpuUs, out.userUs, out.sysUs, out.pgCPUUs = median(cpu), median(user), median(sys), median(pgCPU)
+	out.clientUs = median(client)
 	if len(vol) > 0 {
 		out.switched, out.volCS, out.involCS = true, median(vol), median(invol)
 	}
@@ -238,10 +250,12 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	userBefore, cpuBefore, cpuErr := cpuSplit(t.pid)
 	volBefore, involBefore, csErr := ctxSwitches(t.pid)
+	pgBefore, pgErr := treeTicks(t.pgPids...)
 	prof := startCPUProfile(rctx, t, dur)
 	err := cmd.Run()
 	userAfter, cpuAfter, cpuErr2 := cpuSplit(t.pid)
 	volAfter, involAfter, csErr2 := ctxSwitches(t.pid)
+	pgAfter, pgErr2 := treeTicks(t.pgPids...)
 
 	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
 	if tag != "" {
@@ -265,6 +279,12 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	if t.pid > 0 && csErr == nil && csErr2 == nil && r.processed > 0 {
 		n := float64(r.processed)
 		r.switched, r.volCS, r.involCS = true, float64(volAfter-volBefore)/n, float64(involAfter-involBefore)/n
+	}
+	if len(t.pgPids) > 0 && pgErr == nil && pgErr2 == nil && r.processed > 0 {
+		r.pgCPUUs = float64(pgAfter-pgBefore) * 1e6 / clockTicks / float64(r.processed)
+	}
+	if ru, ok := rusage(cmd.ProcessState); ok && r.processed > 0 {
+		r.clientUs = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3 / float64(r.processed)
 	}
 	for _, line := range strings.Split(stderr.String(), "\n") {
 		if line = strings.TrimRight(line, " \r"); line != "" {
@@ -464,6 +484,16 @@ func parseStatTimes(b []byte) (ppid int, utime, stime int64, err error) {
 	return ppid, utime, stime, nil
 }
 
+// rusage returns the resource usage of an exited child (its threads
+// included), or false when there is none (it did not start).
+func rusage(ps *os.ProcessState) (*syscall.Rusage, bool) {
+	if ps == nil {
+		return nil, false
+	}
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	return ru, ok && ru != nil
+}
+
 // treeTicks returns the CPU time, in clock ticks, of the processes roots
 // and of their children: a PostgreSQL postmaster and its backends and
 // background workers. A child that exits between two readings takes its
@@ -471,6 +501,9 @@ func parseStatTimes(b []byte) (ppid int, utime, stime int64, err error) {
 // backends that ended in between (none, while a run holds its
 // connections).
 func treeTicks(roots ...int) (int64, error) {
+	if len(roots) == 0 {
+		return 0, nil
+	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, err

@@ -460,6 +460,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	b.WriteString("\n\n")
 	t.writeSwitches(b)
 	t.writeCPUSplit(b)
+	t.writeMachineCPU(b)
 	for _, note := range expected {
 		b.WriteString(note)
 	}
@@ -806,6 +807,24 @@ func (t *table) writeCPUSplit(b *strings.Builder) {
 	t.writePerTarget(b, "CPU per transaction in µs, user + system (every thread of the pooler, from /proc/PID/stat; for several runs, the median of each): user time is the pooler's own code and its runtime, system time the kernel's work for it, its system calls first.",
 		func(r result) bool { return r.userUs > 0 || r.sysUs > 0 },
 		func(r result) string { return fmt.Sprintf("%.1f + %.1f", r.userUs, r.sysUs) })
+}
+
+// writeMachineCPU writes, row by row, the CPU per transaction of the
+// whole machine's work behind each target that measured it all: the
+// pooler's, PostgreSQL's and pgbench's, or nothing when none did. On a
+// machine whose CPUs are all busy TPS follows the sum, so a pooler that
+// costs the server or the client more per transaction than another shows
+// it here, beside its own CPU.
+func (t *table) writeMachineCPU(b *strings.Builder) {
+	t.writePerTarget(b, "CPU per transaction of the whole machine's work in µs, pooler + PostgreSQL + pgbench = sum (PostgreSQL: the postmaster and every child of it, from /proc; pgbench: its resource usage, every thread; for several runs, the median of each). On a machine whose CPUs are all busy TPS follows the sum: a pooler can cost the server or the client more per transaction as well as itself.",
+		func(r result) bool { return r.pgCPUUs > 0 && r.clientUs > 0 },
+		func(r result) string {
+			pooler := "–" // PostgreSQL reached directly
+			if r.cpuUs > 0 {
+				pooler = fmt.Sprintf("%.1f", r.cpuUs)
+			}
+			return fmt.Sprintf("%s + %.1f + %.1f = %.1f", pooler, r.pgCPUUs, r.clientUs, r.cpuUs+r.pgCPUUs+r.clientUs)
+		})
 }
 
 // writePerTarget writes intro and a table of one cell per row and target,
