@@ -427,9 +427,10 @@ func TestReportAddsUpTheWholeMachinesCPUPerTransaction(t *testing.T) {
 		{proto: "extended", clients: 10, res: []result{withAll(9000, 0, 30.04, 12.5), withAll(40000, 9.5, 22.1, 12.0), withAll(38000, 10.2, 22.3, 13.8)}, unsupported: []bool{false, false, false}},
 		{proto: "simple", clients: 10, res: []result{ok(9000), withAll(41000, 9.1, 21.0, 11.0), withAll(41000, 9.2, 0, 0)}, unsupported: []bool{false, false, false}},
 	}}
+	tbl.rows[0].res[2].busy = 0.876
 	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(),
 		"CPU per transaction of the whole machine's work in µs, pooler + PostgreSQL + pgbench = sum",
-		"| extended | 10 | – + 30.0 + 12.5 = 42.5 | 9.5 + 22.1 + 12.0 = 43.6 | 10.2 + 22.3 + 13.8 = 46.3 |",
+		"| extended | 10 | – + 30.0 + 12.5 = 42.5 | 9.5 + 22.1 + 12.0 = 43.6 | 10.2 + 22.3 + 13.8 = 46.3 (88 %) |",
 		"| simple | 10 | – | 9.1 + 21.0 + 11.0 = 41.1 | – |",
 	)
 	for i := range tbl.rows {
@@ -440,8 +441,9 @@ func TestReportAddsUpTheWholeMachinesCPUPerTransaction(t *testing.T) {
 	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "whole machine") {
 		t.Errorf("a table without pgbench's CPU has a whole-machine table:\n%s", md)
 	}
-	if got := combineRuns([]result{withAll(1, 9, 20, 12), ok(1), withAll(1, 10, 22, 14), withAll(1, 11, 21, 13)}); got.clientUs != 13 || got.pgCPUUs != 21 {
-		t.Errorf("combined client and server CPU = %v, %v; want the medians of the measured runs, 13 and 21", got.clientUs, got.pgCPUUs)
+	busy := func(r result, b float64) result { r.busy = b; return r }
+	if got := combineRuns([]result{busy(withAll(1, 9, 20, 12), 0.9), ok(1), busy(withAll(1, 10, 22, 14), 0.8), busy(withAll(1, 11, 21, 13), 0.95)}); got.clientUs != 13 || got.pgCPUUs != 21 || got.busy != 0.9 {
+		t.Errorf("combined client CPU, server CPU, share busy = %v, %v, %v; want the medians of the measured runs, 13, 21 and 0.9", got.clientUs, got.pgCPUUs, got.busy)
 	}
 }
 

@@ -14,8 +14,11 @@
 //     judged against the cost-per-pod targets "sidecar TPS ≥ 0.95×
 //     PgBouncer's in every row" and "sidecar CPU per transaction ≤ 1.15×
 //     PgBouncer's". Under the table, each pooler's context switches per
-//     transaction, voluntary and involuntary, over all its threads, and
-//     its CPU per transaction split into user and system time.
+//     transaction, voluntary and involuntary, over all its threads, its
+//     CPU per transaction split into user and system time, and the whole
+//     machine's CPU per transaction (pooler, PostgreSQL, pgbench) with the
+//     share of the machine's CPU time they used: TPS is that share times
+//     the CPUs over their sum.
 //   - transaction (pool 10, fixed rows): a second PgBouncer (pool_mode =
 //     transaction) and a second sidecar (POOL_MODE=transaction), started
 //     after the session pair is stopped, run the fixed rows simple and

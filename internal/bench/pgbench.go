@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,13 @@ type result struct {
 	// sum, and a pooler can cost its client or the server more as well as
 	// itself (one more wake-up per answer, say).
 	clientUs float64
+	// busy is the share of the machine's CPU time (every CPU, over the
+	// run's wall time) that the pooler, PostgreSQL and pgbench used
+	// together, 0 when any of the three was not measured; for a combined
+	// cell, the median over the runs that measured it. TPS is busy × CPUs
+	// over their CPU per transaction: two runs of equal cost per
+	// transaction differ in TPS by how busy they kept the machine.
+	busy float64
 
 	// volCS and involCS are the pooler's context switches per transaction
 	// (every thread), voluntary (a thread waited: for the network, a lock,
@@ -132,7 +140,7 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, p50, p95, cpu, user, sys, pgCPU, client, vol, invol []float64
+	var tps, lat, p50, p95, cpu, user, sys, pgCPU, client, busy, vol, invol []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
@@ -148,6 +156,9 @@ func combineRuns(runs []result) result {
 		}
 		if r.clientUs > 0 {
 			client = append(client, r.clientUs)
+		}
+		if r.busy > 0 {
+			busy = append(busy, r.busy)
 		}
 		if r.switched {
 			vol, invol = append(vol, r.volCS), append(invol, r.involCS)
@@ -169,7 +180,7 @@ func combineRuns(runs []result) result {
 	}
 	out.runTPS = tps
 	out.cpuUs, out.userUs, out.sysUs, out.pgCPUUs = median(cpu), median(user), median(sys), median(pgCPU)
-	out.clientUs = median(client)
+	out.clientUs, out.busy = median(client), median(busy)
 	if len(vol) > 0 {
 		out.switched, out.volCS, out.involCS = true, median(vol), median(invol)
 	}
@@ -252,7 +263,9 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	volBefore, involBefore, csErr := ctxSwitches(t.pid)
 	pgBefore, pgErr := treeTicks(t.pgPids...)
 	prof := startCPUProfile(rctx, t, dur)
+	start := time.Now()
 	err := cmd.Run()
+	wall := time.Since(start)
 	userAfter, cpuAfter, cpuErr2 := cpuSplit(t.pid)
 	volAfter, involAfter, csErr2 := ctxSwitches(t.pid)
 	pgAfter, pgErr2 := treeTicks(t.pgPids...)
@@ -285,6 +298,10 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	}
 	if ru, ok := rusage(cmd.ProcessState); ok && r.processed > 0 {
 		r.clientUs = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3 / float64(r.processed)
+	}
+	if r.cpuUs > 0 && r.pgCPUUs > 0 && r.clientUs > 0 && wall > 0 {
+		used := (r.cpuUs + r.pgCPUUs + r.clientUs) * float64(r.processed) // µs
+		r.busy = used / float64(wall.Microseconds()) / float64(runtime.NumCPU())
 	}
 	for _, line := range strings.Split(stderr.String(), "\n") {
 		if line = strings.TrimRight(line, " \r"); line != "" {

@@ -816,14 +816,18 @@ func (t *table) writeCPUSplit(b *strings.Builder) {
 // costs the server or the client more per transaction than another shows
 // it here, beside its own CPU.
 func (t *table) writeMachineCPU(b *strings.Builder) {
-	t.writePerTarget(b, "CPU per transaction of the whole machine's work in µs, pooler + PostgreSQL + pgbench = sum (PostgreSQL: the postmaster and every child of it, from /proc; pgbench: its resource usage, every thread; for several runs, the median of each). On a machine whose CPUs are all busy TPS follows the sum: a pooler can cost the server or the client more per transaction as well as itself.",
+	t.writePerTarget(b, "CPU per transaction of the whole machine's work in µs, pooler + PostgreSQL + pgbench = sum, and in brackets the share of the machine's CPU time the three used during the run (PostgreSQL: the postmaster and every child of it, from /proc; pgbench: its resource usage, every thread; for several runs, the median of each). TPS = share × CPUs ÷ sum: a pooler can cost the server or the client more per transaction as well as itself, and two runs of equal sums differ in TPS by how busy they kept the machine.",
 		func(r result) bool { return r.pgCPUUs > 0 && r.clientUs > 0 },
 		func(r result) string {
 			pooler := "–" // PostgreSQL reached directly
 			if r.cpuUs > 0 {
 				pooler = fmt.Sprintf("%.1f", r.cpuUs)
 			}
-			return fmt.Sprintf("%s + %.1f + %.1f = %.1f", pooler, r.pgCPUUs, r.clientUs, r.cpuUs+r.pgCPUUs+r.clientUs)
+			cell := fmt.Sprintf("%s + %.1f + %.1f = %.1f", pooler, r.pgCPUUs, r.clientUs, r.cpuUs+r.pgCPUUs+r.clientUs)
+			if r.busy > 0 {
+				cell += fmt.Sprintf(" (%.0f %%)", 100*r.busy)
+			}
+			return cell
 		})
 }
 
