@@ -441,6 +441,17 @@ func TestReportAddsUpTheWholeMachinesCPUPerTransaction(t *testing.T) {
 	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "whole machine") {
 		t.Errorf("a table without pgbench's CPU has a whole-machine table:\n%s", md)
 	}
+	// A TPS miss is split into the machine's work per transaction and how
+	// busy the run kept it.
+	tx := &table{mode: modeTransaction, poolSize: 10, targets: []string{"pgbouncer", "sidecar"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		{proto: "extended", clients: 10, res: []result{withAll(42868, 9.5, 30.6, 4.6), withAll(37052, 10.5, 32.0, 4.9)}, unsupported: []bool{false, false}},
+	}}
+	tx.rows[0].res[0].busy, tx.rows[0].res[1].busy = 0.96, 0.88
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tx}}).markdown(),
+		"not met in extended/10 (0.86: the whole machine's CPU per transaction 1.06×, its busy share 0.92×)")
+	tx.rows[0].res[1].busy = 0
+	reportHas(t, (&report{cpus: 2, skipRSS: true, tables: []*table{tx}}).markdown(), "not met in extended/10 (0.86)")
+
 	busy := func(r result, b float64) result { r.busy = b; return r }
 	if got := combineRuns([]result{busy(withAll(1, 9, 20, 12), 0.9), ok(1), busy(withAll(1, 10, 22, 14), 0.8), busy(withAll(1, 11, 21, 13), 0.95)}); got.clientUs != 13 || got.pgCPUUs != 21 || got.busy != 0.9 {
 		t.Errorf("combined client CPU, server CPU, share busy = %v, %v, %v; want the medians of the measured runs, 13, 21 and 0.9", got.clientUs, got.pgCPUUs, got.busy)

@@ -198,10 +198,24 @@ func (t *table) evalVsBouncer() bouncerEval {
 		if ok && side.tps >= need*bouncer.tps && !side.failed() && !bouncer.failed() {
 			e.met++
 		} else {
-			e.below = append(e.below, fmt.Sprintf("%s (%s)", row.name(), vs))
+			e.below = append(e.below, fmt.Sprintf("%s (%s%s)", row.name(), vs, machineNote(side, bouncer)))
 		}
 	}
 	return e
+}
+
+// machineNote splits a TPS ratio into its two factors when both runs
+// measured the whole machine's work (writeMachineCPU): TPS is the busy
+// share times the CPUs over the CPU per transaction of pooler, PostgreSQL
+// and pgbench together, so a row is below PgBouncer because the machine
+// did more work per transaction, was kept less busy, or both. Empty when
+// either was not measured.
+func machineNote(side, bouncer result) string {
+	sum := func(r result) float64 { return r.cpuUs + r.pgCPUUs + r.clientUs }
+	if side.busy <= 0 || bouncer.busy <= 0 || side.pgCPUUs <= 0 || bouncer.pgCPUUs <= 0 || side.clientUs <= 0 || bouncer.clientUs <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(": the whole machine's CPU per transaction %.2f×, its busy share %.2f×", sum(side)/sum(bouncer), side.busy/bouncer.busy)
 }
 
 // evalCPU judges "sidecar CPU per transaction ≤ cpuTarget × PgBouncer's"
