@@ -470,11 +470,25 @@ func parseSwitches(b []byte) (vol, invol int64, err error) {
 	return vol, invol, nil
 }
 
-// parseStat returns the parent pid and the CPU time (utime + stime) in
-// clock ticks from the text of /proc/PID/stat.
-func parseStat(b []byte) (ppid int, ticks int64, err error) {
+// parseStat returns the parent pid, the CPU time (utime + stime) and the
+// CPU time of the children it has waited for (cutime + cstime: children
+// that exited), in clock ticks, from the text of /proc/PID/stat.
+func parseStat(b []byte) (ppid int, ticks, reaped int64, err error) {
 	ppid, utime, stime, err := parseStatTimes(b)
-	return ppid, utime + stime, err
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		return 0, 0, 0, errors.New("too few fields")
+	}
+	cutime, err1 := strconv.ParseInt(f[13], 10, 64)
+	cstime, err2 := strconv.ParseInt(f[14], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, 0, err
+	}
+	return ppid, utime + stime, cutime + cstime, nil
 }
 
 // parseStatTimes returns the parent pid and the CPU time in user mode
@@ -513,10 +527,11 @@ func rusage(ps *os.ProcessState) (*syscall.Rusage, bool) {
 
 // treeTicks returns the CPU time, in clock ticks, of the processes roots
 // and of their children: a PostgreSQL postmaster and its backends and
-// background workers. A child that exits between two readings takes its
-// time with it, so the difference of two readings undercounts by the
-// backends that ended in between (none, while a run holds its
-// connections).
+// background workers. A child that exited counts too, once its root has
+// waited for it (the root's cutime and cstime), so the difference of two
+// readings holds the backends of connections that ended in between: a
+// client that connects straight to PostgreSQL ends its backends as the
+// run ends.
 func treeTicks(roots ...int) (int64, error) {
 	if len(roots) == 0 {
 		return 0, nil
@@ -535,11 +550,14 @@ func treeTicks(roots ...int) (int64, error) {
 		if err != nil {
 			continue // exited meanwhile
 		}
-		ppid, ticks, err := parseStat(b)
+		ppid, ticks, reaped, err := parseStat(b)
 		if err != nil {
 			continue
 		}
-		if slices.Contains(roots, pid) || slices.Contains(roots, ppid) {
+		switch {
+		case slices.Contains(roots, pid):
+			sum += ticks + reaped
+		case slices.Contains(roots, ppid):
 			sum += ticks
 		}
 	}

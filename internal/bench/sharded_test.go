@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -377,12 +378,12 @@ Execution Time: 55.368 ms`
 
 func TestStatParsingFindsParentAndCPUTime(t *testing.T) {
 	// A command name with spaces and a parenthesis, as /proc shows it.
-	stat := "4242 (postgres: a (b) c) S 4200 4242 4242 0 -1 4194560 1 0 0 0 17 5 0 0 20 0 1 0 100 1000 10"
-	ppid, ticks, err := parseStat([]byte(stat))
-	if err != nil || ppid != 4200 || ticks != 22 {
-		t.Errorf("parseStat = %d, %d, %v; want 4200, 22", ppid, ticks, err)
+	stat := "4242 (postgres: a (b) c) S 4200 4242 4242 0 -1 4194560 1 0 0 0 17 5 300 12 20 0 1 0 100 1000 10"
+	ppid, ticks, reaped, err := parseStat([]byte(stat))
+	if err != nil || ppid != 4200 || ticks != 22 || reaped != 312 {
+		t.Errorf("parseStat = %d, %d, %d, %v; want 4200, 22, 312", ppid, ticks, reaped, err)
 	}
-	if _, _, err := parseStat([]byte("4242 (x) S 1")); err == nil {
+	if _, _, _, err := parseStat([]byte("4242 (x) S 1")); err == nil {
 		t.Error("a short stat line parsed")
 	}
 	self, err := cpuTicks(os.Getpid())
@@ -393,6 +394,22 @@ func TestStatParsingFindsParentAndCPUTime(t *testing.T) {
 	// alone had used a moment ago.
 	if tree, err := treeTicks(os.Getpid()); err != nil || tree < self {
 		t.Errorf("treeTicks(self) = %d, %v; cpuTicks(self) = %d", tree, err, self)
+	}
+	// A child that computed and exited still counts, once waited for, as
+	// a backend of a connection that ended during a run does.
+	before, err := treeTicks(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ru, _ := rusage(cmd.ProcessState)
+	child := (ru.Utime.Nano() + ru.Stime.Nano()) * clockTicks / 1e9
+	after, err := treeTicks(os.Getpid())
+	if err != nil || child < 5 || after-before < child-1 {
+		t.Errorf("treeTicks(self) grew by %d ticks (%v) around a child that used %d", after-before, err, child)
 	}
 }
 
