@@ -474,45 +474,49 @@ func parseSwitches(b []byte) (vol, invol int64, err error) {
 // CPU time of the children it has waited for (cutime + cstime: children
 // that exited), in clock ticks, from the text of /proc/PID/stat.
 func parseStat(b []byte) (ppid int, ticks, reaped int64, err error) {
-	ppid, utime, stime, err := parseStatTimes(b)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 15 {
-		return 0, 0, 0, errors.New("too few fields")
-	}
-	cutime, err1 := strconv.ParseInt(f[13], 10, 64)
-	cstime, err2 := strconv.ParseInt(f[14], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, 0, 0, err
-	}
-	return ppid, utime + stime, cutime + cstime, nil
+	st, err := parseStatFields(b)
+	return st.ppid, st.utime + st.stime, st.cutime + st.cstime, err
 }
 
 // parseStatTimes returns the parent pid and the CPU time in user mode
 // (utime) and in the kernel (stime), in clock ticks, from the text of
 // /proc/PID/stat.
 func parseStatTimes(b []byte) (ppid int, utime, stime int64, err error) {
+	st, err := parseStatFields(b)
+	return st.ppid, st.utime, st.stime, err
+}
+
+// procStat holds the fields of /proc/PID/stat the bench reads; times are
+// in clock ticks.
+type procStat struct {
+	ppid                         int
+	utime, stime, cutime, cstime int64
+}
+
+// parseStatFields parses the text of /proc/PID/stat; on error every field
+// is zero.
+func parseStatFields(b []byte) (procStat, error) {
 	// The command name (field 2) is parenthesised and may hold spaces;
-	// ppid is field 4, utime and stime are fields 14 and 15: the 2nd, 12th
-	// and 13th after it.
+	// ppid is field 4, utime, stime, cutime and cstime are fields 14 to
+	// 17: the 2nd and the 12th to 15th after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, 0, errors.New("no command name")
+		return procStat{}, errors.New("no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, 0, 0, errors.New("too few fields")
+	if len(f) < 15 {
+		return procStat{}, errors.New("too few fields")
 	}
-	ppid, err0 := strconv.Atoi(f[1])
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err0, err1, err2); err != nil {
-		return 0, 0, 0, err
+	var st procStat
+	var errs [5]error
+	st.ppid, errs[0] = strconv.Atoi(f[1])
+	for j, t := range []*int64{&st.utime, &st.stime, &st.cutime, &st.cstime} {
+		*t, errs[j+1] = strconv.ParseInt(f[11+j], 10, 64)
 	}
-	return ppid, utime, stime, nil
+	if err := errors.Join(errs[:]...); err != nil {
+		return procStat{}, err
+	}
+	return st, nil
 }
 
 // rusage returns the resource usage of an exited child (its threads
