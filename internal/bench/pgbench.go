@@ -85,8 +85,8 @@ type result struct {
 	// itself (one more wake-up per answer, say).
 	clientUs float64
 	// busy is the share of the machine's CPU time (every CPU, over the
-	// run's wall time) that the pooler, PostgreSQL and pgbench used
-	// together, 0 when any of the three was not measured; for a combined
+	// run's wall time) that the pooler (if any), PostgreSQL and pgbench
+	// used together, 0 when any of them was not measured; for a combined
 	// cell, the median over the runs that measured it. TPS is busy × CPUs
 	// over their CPU per transaction: two runs of equal cost per
 	// transaction differ in TPS by how busy they kept the machine.
@@ -299,7 +299,7 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	if ru, ok := rusage(cmd.ProcessState); ok && r.processed > 0 {
 		r.clientUs = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3 / float64(r.processed)
 	}
-	if r.cpuUs > 0 && r.pgCPUUs > 0 && r.clientUs > 0 && wall > 0 {
+	if (t.pid == 0 || r.cpuUs > 0) && r.pgCPUUs > 0 && r.clientUs > 0 && wall > 0 { // no pooler: PostgreSQL reached directly
 		used := (r.cpuUs + r.pgCPUUs + r.clientUs) * float64(r.processed) // µs
 		r.busy = used / float64(wall.Microseconds()) / float64(runtime.NumCPU())
 	}
