@@ -285,8 +285,8 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	r.exitErr = err
 	r.logPath = logPath
 	if t.pid > 0 && cpuErr == nil && cpuErr2 == nil && r.processed > 0 {
-		r.cpuUs = float64(cpuAfter-cpuBefore) * 1e6 / clockTicks / float64(r.processed)
-		r.userUs = float64(userAfter-userBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.cpuUs = ticksPerTx(cpuAfter-cpuBefore, r.processed)
+		r.userUs = ticksPerTx(userAfter-userBefore, r.processed)
 		r.sysUs = r.cpuUs - r.userUs
 	}
 	if t.pid > 0 && csErr == nil && csErr2 == nil && r.processed > 0 {
@@ -294,13 +294,13 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 		r.switched, r.volCS, r.involCS = true, float64(volAfter-volBefore)/n, float64(involAfter-involBefore)/n
 	}
 	if len(t.pgPids) > 0 && pgErr == nil && pgErr2 == nil && r.processed > 0 {
-		r.pgCPUUs = float64(pgAfter-pgBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.pgCPUUs = ticksPerTx(pgAfter-pgBefore, r.processed)
 	}
 	if ru, ok := rusage(cmd.ProcessState); ok && r.processed > 0 {
 		r.clientUs = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3 / float64(r.processed)
 	}
 	if (t.pid == 0 || r.cpuUs > 0) && r.pgCPUUs > 0 && r.clientUs > 0 && wall > 0 { // no pooler: PostgreSQL reached directly
-		used := (r.cpuUs + r.pgCPUUs + r.clientUs) * float64(r.processed) // µs
+		used := r.machineUs() * float64(r.processed) // µs
 		r.busy = used / float64(wall.Microseconds()) / float64(runtime.NumCPU())
 	}
 	for _, line := range strings.Split(stderr.String(), "\n") {
@@ -518,6 +518,16 @@ func parseStatFields(b []byte) (procStat, error) {
 	}
 	return st, nil
 }
+
+// ticksPerTx converts a CPU time in clock ticks into microseconds per
+// transaction of the processed ones (more than 0).
+func ticksPerTx(ticks, processed int64) float64 {
+	return float64(ticks) * 1e6 / clockTicks / float64(processed)
+}
+
+// machineUs is the whole machine's CPU per transaction in microseconds:
+// the pooler's, PostgreSQL's and the client's (each 0 when not measured).
+func (r result) machineUs() float64 { return r.cpuUs + r.pgCPUUs + r.clientUs }
 
 // rusage returns the resource usage of an exited child (its threads
 // included), or false when there is none (it did not start).

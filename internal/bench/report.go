@@ -209,13 +209,12 @@ func (t *table) evalVsBouncer() bouncerEval {
 // share times the CPUs over the CPU per transaction of pooler, PostgreSQL
 // and pgbench together, so a row is below PgBouncer because the machine
 // did more work per transaction, was kept less busy, or both. Empty when
-// either was not measured.
+// either was not measured (a busy share is set only with all three CPUs).
 func machineNote(side, bouncer result) string {
-	sum := func(r result) float64 { return r.cpuUs + r.pgCPUUs + r.clientUs }
-	if side.busy <= 0 || bouncer.busy <= 0 || side.pgCPUUs <= 0 || bouncer.pgCPUUs <= 0 || side.clientUs <= 0 || bouncer.clientUs <= 0 {
+	if side.busy <= 0 || bouncer.busy <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(": the whole machine's CPU per transaction %.2f×, its busy share %.2f×", sum(side)/sum(bouncer), side.busy/bouncer.busy)
+	return fmt.Sprintf(": the whole machine's CPU per transaction %.2f×, its busy share %.2f×", side.machineUs()/bouncer.machineUs(), side.busy/bouncer.busy)
 }
 
 // evalCPU judges "sidecar CPU per transaction ≤ cpuTarget × PgBouncer's"
@@ -837,7 +836,7 @@ func (t *table) writeMachineCPU(b *strings.Builder) {
 			if r.cpuUs > 0 {
 				pooler = fmt.Sprintf("%.1f", r.cpuUs)
 			}
-			cell := fmt.Sprintf("%s + %.1f + %.1f = %.1f", pooler, r.pgCPUUs, r.clientUs, r.cpuUs+r.pgCPUUs+r.clientUs)
+			cell := fmt.Sprintf("%s + %.1f + %.1f = %.1f", pooler, r.pgCPUUs, r.clientUs, r.machineUs())
 			if r.busy > 0 {
 				cell += fmt.Sprintf(" (%.0f %%)", 100*r.busy)
 			}

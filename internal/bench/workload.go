@@ -376,10 +376,10 @@ func (b *bench) runWorkload(ctx context.Context, t target, env *workloadEnv, nam
 	r.tps = float64(len(all)) / elapsed.Seconds()
 	r.latencyMs, r.p50Ms, r.p95Ms = latencyStats(all)
 	if t.pid > 0 && cpuErr == nil && cpuErr2 == nil && r.processed > 0 {
-		r.cpuUs = float64(cpuAfter-cpuBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.cpuUs = ticksPerTx(cpuAfter-cpuBefore, r.processed)
 	}
 	if len(t.pgPids) > 0 && pgErr == nil && pgErr2 == nil && r.processed > 0 {
-		r.pgCPUUs = float64(pgAfter-pgBefore) * 1e6 / clockTicks / float64(r.processed)
+		r.pgCPUUs = ticksPerTx(pgAfter-pgBefore, r.processed)
 	}
 	b.writeWorkloadLog(r, t, name, clients, dur, []string{
 		fmt.Sprintf("connections opened in %s; ran %s", connTime.Round(time.Millisecond), elapsed.Round(time.Millisecond)),
