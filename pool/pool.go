@@ -355,9 +355,12 @@ func (p *Pool[R]) freeSlotLocked() {
 // A resource past its lifetime or from an old generation is closed instead,
 // old generations at most one per RetireInterval. Release must be called at
 // most once per Acquire and only at a protocol-safe point.
-func (c *Conn[R]) Release() {
+func (c *Conn[R]) Release() { c.ReleaseAt(time.Now()) }
+
+// ReleaseAt is Release for a caller that has just read the clock: now is
+// when the resource was last used (its idle time counts from then).
+func (c *Conn[R]) ReleaseAt(now time.Time) {
 	p := c.pool
-	now := time.Now()
 	p.mu.Lock()
 	defer p.unlock()
 	c.lastUsed = now

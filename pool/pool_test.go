@@ -981,3 +981,33 @@ func TestAcquireTimedReportsOnlyWaitsAndDials(t *testing.T) {
 	}
 	c.Release()
 }
+
+func TestReleaseAtCountsTheIdleTimeFromTheCallersClock(t *testing.T) {
+	var made []*checkedResource
+	p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: time.Hour}, func(context.Context) (*checkedResource, error) {
+		r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
+		made = append(made, r)
+		return r, nil
+	})
+	defer p.Close()
+	c, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ReleaseAt(time.Now().Add(-2 * time.Hour)) // last used two hours ago
+	c, err = p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if made[0].checks.Load() != 1 || c.Value != made[0] {
+		t.Errorf("checks %d, reused %v; want the resource idle past CheckDelay checked, and reused as alive", made[0].checks.Load(), c.Value == made[0])
+	}
+	c.ReleaseAt(time.Now())
+	if c, err = p.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if made[0].checks.Load() != 1 || c.Value != made[0] {
+		t.Errorf("checks %d after a release just now; want no second check", made[0].checks.Load())
+	}
+	c.Release()
+}

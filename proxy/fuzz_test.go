@@ -33,18 +33,18 @@ func FuzzAnalyzeAgreesWithTheParser(f *testing.F) {
 
 // FuzzClientMessageDecoding feeds random bodies to the decoders of the
 // client messages the session reads itself (Parse, the head of Bind):
-// no panic, a Parse decodes the same with or without a previous text to
-// share, and a decoded Parse encodes back to the same body.
+// no panic, a Parse decodes the same with or without a previous Parse to
+// share text and parameter types with, and a decoded Parse encodes back to the same body.
 func FuzzClientMessageDecoding(f *testing.F) {
 	f.Add(appendParse(nil, "", "SELECT $1", []uint32{23})[5:])
 	f.Add(appendParse(nil, "s1", "SELECT 1", nil)[5:])
 	f.Add([]byte("portal\x00stmt\x00\x00\x00"))
 	f.Add([]byte{0})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		m, err := decodeParse(body, "")
-		again, err2 := decodeParse(body, "SELECT $1")
+		m, err := decodeParse(body, &parseMsg{})
+		again, err2 := decodeParse(body, &parseMsg{query: "SELECT $1", oids: []uint32{23}})
 		if (err == nil) != (err2 == nil) || !reflect.DeepEqual(m, again) && err == nil {
-			t.Fatalf("decodeParse(%q) depends on the previous text: %+v %v, %+v %v", body, m, err, again, err2)
+			t.Fatalf("decodeParse(%q) depends on the previous Parse: %+v %v, %+v %v", body, m, err, again, err2)
 		}
 		if err == nil {
 			if back := appendParse(nil, m.name, m.query, m.oids)[5:]; !bytes.Equal(back, body) {

@@ -407,9 +407,10 @@ func (ss *session) forwardMessage(typ byte, n int) error {
 			a = ss.srv.analyzer.analyzeBytes(body[:len(body)-1])
 		}
 	case 'P':
-		if pm, err = decodeParse(body, ss.lastParse); err != nil {
+		if pm, err = decodeParse(body, &parseMsg{query: ss.lastParse, oids: ss.lastOIDs}); err != nil {
 			return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 		}
+		ss.lastOIDs = pm.oids
 		if a = ss.lastParseA; a == nil || pm.query != ss.lastParse {
 			a = ss.srv.analyzer.analyze(pm.query)
 			if len(pm.query) <= maxKeptParse {
@@ -654,7 +655,7 @@ func (ss *session) define(pm parseMsg, a *analysis) *stmtDef {
 // defineFrom records the statement a Parse body defines, as define does.
 // Session goroutine only.
 func (ss *session) defineFrom(body []byte) error {
-	pm, err := decodeParse(body, ss.lastParse)
+	pm, err := decodeParse(body, &parseMsg{query: ss.lastParse, oids: ss.lastOIDs})
 	if err != nil {
 		return pgerr.Fatalf(pgerr.ProtocolViolation, "invalid Parse message")
 	}
@@ -1833,9 +1834,10 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	// server raised before the rest of the request arrived (a
 	// statement_timeout between Parse and Describe) made it ignore
 	// everything up to the Sync.
+	var now time.Time // read once, for the answer's duration and the release
 	if i := ss.skipToEndLocked(u); i < len(ss.expect) {
 		if at := ss.expect[i].at; !at.IsZero() && u.duration != nil {
-			now := time.Now()
+			now = time.Now()
 			u.duration.Observe(now.Sub(at).Seconds())
 			u.noteAnswer(now)
 		}
@@ -1935,8 +1937,11 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	ss.cw.mu.Unlock()
 	switch {
-	case detach:
+	case detach && now.IsZero():
 		c.Release()
+		return true
+	case detach:
+		c.ReleaseAt(now)
 		return true
 	case terminate:
 		ss.terminate(errShutdown)

@@ -75,11 +75,13 @@ type session struct {
 	// lastParse is the text of the client's last Parse (up to
 	// maxKeptParse), which the next Parse of the same text shares;
 	// lastParseA its analysis, which such a Parse reuses; lastParseOK
-	// whether checkParse found it free of syntax errors. Session
-	// goroutine only.
+	// whether checkParse found it free of syntax errors; lastOIDs the
+	// parameter types of the last Parse, which the next Parse of the same
+	// types shares. Session goroutine only.
 	lastParse   string
 	lastParseA  *analysis
 	lastParseOK bool
+	lastOIDs    []uint32
 
 	// toUpstream counts the bytes writeUpstream sent that are not yet in
 	// the relayed-bytes metric (countToUpstream). Session goroutine only.

@@ -220,11 +220,13 @@ type parseMsg struct {
 	oids        []uint32
 }
 
-// decodeParse decodes a Parse body. prev is a text an earlier Parse of the
-// caller's carried: when this one carries the same text, m.query is prev
-// itself, so a client preparing the same statement for every transaction
-// (an unnamed statement, as most drivers use) costs no allocation for it.
-func decodeParse(body []byte, prev string) (parseMsg, error) {
+// decodeParse decodes a Parse body. prev is an earlier Parse of the
+// caller's: when this one carries the same text, m.query is prev's text
+// itself, and when it carries the same parameter types, m.oids is prev's
+// slice (never written after decoding), so a client preparing the same
+// statement for every transaction (an unnamed statement, as most drivers
+// use) costs no allocation for it.
+func decodeParse(body []byte, prev *parseMsg) (parseMsg, error) {
 	var m parseMsg
 	var err error
 	if m.name, body, err = cstr(body); err != nil {
@@ -234,8 +236,8 @@ func decodeParse(body []byte, prev string) (parseMsg, error) {
 	if i < 0 {
 		return m, errMalformed
 	}
-	if string(body[:i]) == prev {
-		m.query = prev
+	if string(body[:i]) == prev.query {
+		m.query = prev.query
 	} else {
 		m.query = string(body[:i])
 	}
@@ -248,11 +250,31 @@ func decodeParse(body []byte, prev string) (parseMsg, error) {
 	if len(body) != 4*n {
 		return m, errMalformed
 	}
+	switch {
+	case n == 0:
+		return m, nil
+	case sameOIDs(body, prev.oids):
+		m.oids = prev.oids
+		return m, nil
+	}
 	m.oids = make([]uint32, n)
 	for i := range m.oids {
 		m.oids[i] = binary.BigEndian.Uint32(body[4*i:])
 	}
 	return m, nil
+}
+
+// sameOIDs reports whether the encoded parameter types b are oids.
+func sameOIDs(b []byte, oids []uint32) bool {
+	if len(b) != 4*len(oids) {
+		return false
+	}
+	for i, o := range oids {
+		if binary.BigEndian.Uint32(b[4*i:]) != o {
+			return false
+		}
+	}
+	return true
 }
 
 func appendParse(dst []byte, name, query string, oids []uint32) []byte {

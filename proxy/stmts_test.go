@@ -88,3 +88,23 @@ func TestOnlyQueriesAndDMLHaveAResultFixedAtPrepare(t *testing.T) {
 		}
 	}
 }
+
+func TestAParseLikeThePreviousOneSharesItsTextAndTypes(t *testing.T) {
+	body := appendParse(nil, "", "SELECT abalance FROM pgbench_accounts WHERE aid = $1", []uint32{23})[5:]
+	prev, err := decodeParse(body, &parseMsg{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m parseMsg
+	if allocs := testing.AllocsPerRun(100, func() { m, _ = decodeParse(body, &prev) }); allocs != 0 {
+		t.Errorf("decoding the same Parse again allocated %v times, want 0", allocs)
+	}
+	if &m.oids[0] != &prev.oids[0] || m.query != prev.query {
+		t.Errorf("decodeParse = %+v, want the previous Parse's text and types", m)
+	}
+
+	other := appendParse(nil, "", prev.query, []uint32{20})[5:]
+	if m, _ = decodeParse(other, &prev); len(m.oids) != 1 || m.oids[0] != 20 || prev.oids[0] != 23 {
+		t.Errorf("a Parse with other parameter types decoded as %v (previous %v)", m.oids, prev.oids)
+	}
+}
