@@ -34,7 +34,8 @@ func FuzzAnalyzeAgreesWithTheParser(f *testing.F) {
 // FuzzClientMessageDecoding feeds random bodies to the decoders of the
 // client messages the session reads itself (Parse, the head of Bind):
 // no panic, a Parse decodes the same with or without a previous Parse to
-// share text and parameter types with, and a decoded Parse encodes back to the same body.
+// share text and parameter types with, and a decoded Parse encodes back
+// to the same body.
 func FuzzClientMessageDecoding(f *testing.F) {
 	f.Add(appendParse(nil, "", "SELECT $1", []uint32{23})[5:])
 	f.Add(appendParse(nil, "s1", "SELECT 1", nil)[5:])
