@@ -866,14 +866,20 @@ func (r *checkedResource) Alive() bool {
 	return !r.dead.Load()
 }
 
+// newCheckedPool returns a pool of two checkedResources with checkDelay,
+// which appends each resource it makes to *made.
+func newCheckedPool(made *[]*checkedResource, checkDelay time.Duration) *Pool[*checkedResource] {
+	return New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: checkDelay}, func(context.Context) (*checkedResource, error) {
+		r := &checkedResource{fakeResource: fakeResource{id: len(*made) + 1}}
+		*made = append(*made, r)
+		return r, nil
+	})
+}
+
 func TestAcquireChecksOnlyResourcesIdleLongerThanCheckDelay(t *testing.T) {
 	for _, delay := range []time.Duration{0, time.Hour} {
 		var made []*checkedResource
-		p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: delay}, func(context.Context) (*checkedResource, error) {
-			r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
-			made = append(made, r)
-			return r, nil
-		})
+		p := newCheckedPool(&made, delay)
 		c, err := p.Acquire(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -895,11 +901,7 @@ func TestAcquireChecksOnlyResourcesIdleLongerThanCheckDelay(t *testing.T) {
 	}
 	// AcquireChecked checks however recently the resource was used.
 	var made []*checkedResource
-	p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: time.Hour}, func(context.Context) (*checkedResource, error) {
-		r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
-		made = append(made, r)
-		return r, nil
-	})
+	p := newCheckedPool(&made, time.Hour)
 	defer p.Close()
 	c, err := p.Acquire(context.Background())
 	if err != nil {
@@ -984,11 +986,7 @@ func TestAcquireTimedReportsOnlyWaitsAndDials(t *testing.T) {
 
 func TestReleaseAtCountsTheIdleTimeFromTheCallersClock(t *testing.T) {
 	var made []*checkedResource
-	p := New(Config{Size: 2, AcquireTimeout: time.Second, CheckDelay: time.Hour}, func(context.Context) (*checkedResource, error) {
-		r := &checkedResource{fakeResource: fakeResource{id: len(made) + 1}}
-		made = append(made, r)
-		return r, nil
-	})
+	p := newCheckedPool(&made, time.Hour)
 	defer p.Close()
 	c, err := p.Acquire(context.Background())
 	if err != nil {

@@ -1937,10 +1937,10 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	}
 	ss.cw.mu.Unlock()
 	switch {
-	case detach && now.IsZero():
-		c.Release()
-		return true
 	case detach:
+		if now.IsZero() { // no duration was observed
+			now = time.Now()
+		}
 		c.ReleaseAt(now)
 		return true
 	case terminate:
