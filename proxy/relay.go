@@ -1456,10 +1456,11 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 				ss.upstreamLost(u, errors.New("malformed ReadyForQuery"))
 				return
 			}
-			if stop := ss.readyForQuery(c, body[0]); stop {
+			stop, quiet := ss.readyForQuery(c, body[0])
+			if stop {
 				return
 			}
-			if inline && ss.quiet() {
+			if inline && quiet {
 				handOn() // still attached, waiting for the client
 				return
 			}
@@ -1497,13 +1498,6 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 			}
 		}
 	}
-}
-
-// quiet reports whether no request of the session awaits its answer.
-func (ss *session) quiet() bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.pending == 0
 }
 
 // isParking reports whether the session is stopping the relay goroutine to
@@ -1825,8 +1819,10 @@ func forgetSkipped(u *upstream, exps []expectation) {
 
 // readyForQuery handles a ReadyForQuery: bookkeeping, settling session
 // state at idle points, forwarding, and detaching in transaction mode. It
-// reports whether the relay goroutine must stop.
-func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
+// reports whether the relay goroutine must stop and, when it need not,
+// whether no request of the session awaits its answer any more (quiet,
+// as of the ReadyForQuery's forwarding).
+func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, quiet bool) {
 	u := c.Value
 	ss.mu.Lock()
 	ss.txStatus, u.txStatus = status, status
@@ -1880,31 +1876,41 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 			if !ss.resetDone {
 				ss.log.Warn("upstream reset failed; destroying connection")
 			}
-			return true
+			return true, false
 		}
 		ss.mu.Unlock()
-		return false
+		return false, false
 	}
 	var d dirtyState
 	if idle && ss.dirty.any() && !ss.ended {
 		d, ss.dirty = ss.dirty, dirtyState{}
 		ss.internal = true
 	}
-	ss.mu.Unlock()
-
-	if d.any() {
-		err := ss.settle(u, d)
-		ss.mu.Lock()
-		ss.internal = false
-		ss.cond.Broadcast()
-		ss.mu.Unlock()
-		if err != nil {
-			ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
-			return true
-		}
+	var params []pgproto3.BackendMessage // values the client is to be told before the ReadyForQuery
+	if !d.any() && !ss.discard.Load() {
+		params = ss.paramsToReportLocked(u)
 	}
-	if !ss.discard.Load() {
-		_ = ss.reportParams(u, false)
+	if d.any() || len(params) > 0 {
+		// Work outside the session lock; usually there is none, and the
+		// lock is held from the bookkeeping above to the ReadyForQuery.
+		ss.mu.Unlock()
+		if d.any() {
+			err := ss.settle(u, d)
+			ss.mu.Lock()
+			ss.internal = false
+			ss.cond.Broadcast()
+			ss.mu.Unlock()
+			if err != nil {
+				ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
+				return true, false
+			}
+			if !ss.discard.Load() {
+				_ = ss.reportParams(u, false) // the settings restored may have changed reported values
+			}
+		} else {
+			_ = ss.cw.send(false, params...)
+		}
+		ss.mu.Lock()
 	}
 
 	// Decide about detaching before the client sees ReadyForQuery: once it
@@ -1913,7 +1919,6 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	// writer is taken before the session lock is released, so the
 	// ReadyForQuery reaches the client before anything a next attachment
 	// relays.
-	ss.mu.Lock()
 	idle = idle && ss.pending == 0 && ss.synced && !ss.copyIn && ss.txStatus == 'I' && !ss.internal && !ss.resetting
 	detach := idle && ss.transactionMode() && len(ss.pins) == 0 && !ss.ended && !ss.draining
 	terminate := idle && ss.draining && !ss.ended
@@ -1923,6 +1928,7 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 	if status == 'I' && len(ss.deferred) > 0 {
 		status = ss.deferredStatusLocked() // the client is in the transaction the sidecar deferred
 	}
+	quiet = ss.pending == 0
 	ss.cw.mu.Lock()
 	ss.mu.Unlock()
 	discard := ss.discard.Load()
@@ -1942,11 +1948,11 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) bool {
 			now = time.Now()
 		}
 		c.ReleaseAt(now)
-		return true
+		return true, false
 	case terminate:
 		ss.terminate(errShutdown)
 	}
-	return false
+	return false, quiet
 }
 
 // forward writes one upstream message to the client, flushing when no

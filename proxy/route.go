@@ -469,8 +469,6 @@ func (ss *session) attachToLocked(t router.Target) error {
 	if err == nil {
 		if err = ss.reprepare(c); err != nil {
 			c.Destroy()
-		} else if err = ss.reportParams(c.Value, false); err != nil {
-			c.Release()
 		}
 	}
 	ss.mu.Lock()
@@ -478,11 +476,22 @@ func (ss *session) attachToLocked(t router.Target) error {
 	if err != nil {
 		return err
 	}
-	if ss.ended {
+	if params := ss.paramsToReportLocked(c.Value); len(params) > 0 {
+		// c reports values the client was not told (usually it reports
+		// those of the session's previous connections): they reach the
+		// client before anything c answers.
+		ss.mu.Unlock()
+		err = ss.cw.send(false, params...)
+		ss.mu.Lock()
+	}
+	if err == nil && ss.ended {
+		err = errSessionEnded
+	}
+	if err != nil {
 		ss.mu.Unlock()
 		c.Release()
 		ss.mu.Lock()
-		return errSessionEnded
+		return err
 	}
 	ss.startRelayLocked(c)
 	return nil

@@ -114,14 +114,26 @@ func (ss *session) wantTagLocked() *paramSet {
 // goroutine that currently writes to the client.
 func (ss *session) reportParams(u *upstream, flush bool) error {
 	ss.mu.Lock()
+	msgs := ss.paramsToReportLocked(u)
+	ss.mu.Unlock()
+	if len(msgs) == 0 {
+		return nil
+	}
+	return ss.cw.send(flush, msgs...)
+}
+
+// paramsToReportLocked returns the ParameterStatus messages reportParams
+// sends for u and records them as told; nil when there are none (the
+// common case, which allocates nothing). Called with ss.mu held, by the
+// goroutine that currently writes to the client, which must send what it
+// returns before anything else reaches the client.
+func (ss *session) paramsToReportLocked(u *upstream) []pgproto3.BackendMessage {
 	if u == ss.reportedFor && u.paramsVersion == ss.reportedVersion {
-		ss.mu.Unlock()
 		return nil // nothing changed since the last report (the common case)
 	}
 	ss.reportedFor, ss.reportedVersion = u, u.paramsVersion
 	set := ss.srv.params.of(u) // takes the server's paramSets lock inside ss.mu, never the reverse
 	if set == ss.reportedSet {
-		ss.mu.Unlock()
 		return nil // another upstream with the values last reported (transaction mode)
 	}
 	// Another upstream of the same pool usually reports the same values:
@@ -135,7 +147,6 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 	}
 	if len(names) == 0 {
 		ss.reportedSet = set
-		ss.mu.Unlock()
 		return nil
 	}
 	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
@@ -145,12 +156,8 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 		ss.setSeenLocked(name, v)
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: v})
 	}
-	ss.reportedSet = set
-	ss.mu.Unlock()
-	if len(msgs) == 0 {
-		return nil
-	}
-	return ss.cw.send(flush, msgs...)
+	ss.reportedSet = set // after setSeenLocked, which clears it
+	return msgs
 }
 
 // settle reconciles session state after a transaction that changed it. It
