@@ -547,33 +547,96 @@ func rusage(ps *os.ProcessState) (*syscall.Rusage, bool) {
 // client that connects straight to PostgreSQL ends its backends as the
 // run ends.
 func treeTicks(roots ...int) (int64, error) {
+	return treeTicksOf(procDir{}, roots...)
+}
+
+// procFS is what treeTicksOf reads of /proc: the pids it lists and the
+// text of one process's stat file (an error once the process is gone).
+type procFS interface {
+	pids() ([]int, error)
+	stat(pid int) ([]byte, error)
+}
+
+// procDir is the procFS of the running system.
+type procDir struct{}
+
+func (procDir) pids() ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+func (procDir) stat(pid int) ([]byte, error) {
+	return os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+}
+
+// maxTreeReads bounds treeTicksOf's readings when children keep being
+// waited for while it reads.
+const maxTreeReads = 20
+
+// treeTicksOf is treeTicks over fs. A child waited for while the children
+// are read would count twice (read alive, then in its root's reaped time)
+// or not at all (in neither): the roots are read before and after the
+// children, and the reading is made again until no root waited for a
+// child in between. At the end of a run straight to PostgreSQL every
+// backend exits at once, and the next target's reading used to count them
+// twice, making its PostgreSQL CPU a half of what it was.
+func treeTicksOf(fs procFS, roots ...int) (int64, error) {
 	if len(roots) == 0 {
 		return 0, nil
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
+	readRoots := func() (ticks, reaped int64, err error) {
+		for _, pid := range roots {
+			b, err := fs.stat(pid)
+			if err != nil {
+				return 0, 0, err
+			}
+			_, t, r, err := parseStat(b)
+			if err != nil {
+				return 0, 0, err
+			}
+			ticks, reaped = ticks+t, reaped+r
+		}
+		return ticks, reaped, nil
 	}
-	var sum int64
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	for range maxTreeReads {
+		_, reapedBefore, err := readRoots()
 		if err != nil {
-			continue
+			return 0, err
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		pids, err := fs.pids()
 		if err != nil {
-			continue // exited meanwhile
+			return 0, err
 		}
-		ppid, ticks, reaped, err := parseStat(b)
+		var children int64
+		for _, pid := range pids {
+			if slices.Contains(roots, pid) {
+				continue
+			}
+			b, err := fs.stat(pid)
+			if err != nil {
+				continue // exited meanwhile
+			}
+			ppid, ticks, _, err := parseStat(b)
+			if err == nil && slices.Contains(roots, ppid) {
+				children += ticks
+			}
+		}
+		ticks, reaped, err := readRoots()
 		if err != nil {
-			continue
+			return 0, err
 		}
-		switch {
-		case slices.Contains(roots, pid):
-			sum += ticks + reaped
-		case slices.Contains(roots, ppid):
-			sum += ticks
+		if reaped == reapedBefore {
+			return ticks + reaped + children, nil
 		}
 	}
-	return sum, nil
+	return 0, fmt.Errorf("children of %v kept exiting over %d readings", roots, maxTreeReads)
 }

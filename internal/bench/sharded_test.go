@@ -447,3 +447,83 @@ func TestTheSignupFloorIsReportedAgainstTheOneDatabaseAndTheSidecar(t *testing.T
 		t.Errorf("a failed floor run is not reported as failed:\n%s", b.String())
 	}
 }
+
+// fakeProc is a procFS whose processes change as they are read: reap,
+// when set, runs before the stat read numbered at (counting from 1).
+type fakeProc struct {
+	procs map[int]*procStat
+	reads int
+	at    int
+	reap  func(f *fakeProc)
+}
+
+func (f *fakeProc) pids() ([]int, error) {
+	var pids []int
+	for pid := range f.procs {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+	return pids, nil
+}
+
+func (f *fakeProc) stat(pid int) ([]byte, error) {
+	f.reads++
+	if f.reads == f.at && f.reap != nil {
+		f.reap(f)
+	}
+	st, ok := f.procs[pid]
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	return fmt.Appendf(nil, "%d (postgres) S %d 1 1 0 -1 0 0 0 0 0 %d %d %d %d 20 0 1 0", pid, st.ppid, st.utime, st.stime, st.cutime, st.cstime), nil
+}
+
+// waitFor moves child's CPU time into its parent's reaped time and removes
+// it, as the postmaster's wait for an exited backend does.
+func (f *fakeProc) waitFor(child int) {
+	c := f.procs[child]
+	p := f.procs[c.ppid]
+	p.cutime, p.cstime = p.cutime+c.utime, p.cstime+c.stime
+	delete(f.procs, child)
+}
+
+func TestTreeTicksCountsABackendWaitedForDuringTheReadingOnce(t *testing.T) {
+	// The postmaster (pid 10) has used 5 ticks and waited for children
+	// that used 100; backends 20 and 30 have used 40 and 7 (30 + 10 and
+	// 5 + 2); process 40 is not PostgreSQL's. Backend 20 exits and is
+	// waited for at every point of the reading: the total is 152 whenever
+	// that happens.
+	const want = 5 + 100 + 40 + 7
+	for at := 1; at <= 8; at++ {
+		f := &fakeProc{
+			procs: map[int]*procStat{
+				10: {ppid: 1, utime: 3, stime: 2, cutime: 60, cstime: 40},
+				20: {ppid: 10, utime: 30, stime: 10},
+				30: {ppid: 10, utime: 5, stime: 2},
+				40: {ppid: 1, utime: 1000},
+			},
+			at:   at,
+			reap: func(f *fakeProc) { f.waitFor(20) },
+		}
+		if got, err := treeTicksOf(f, 10); err != nil || got != want {
+			t.Errorf("backend waited for before stat read %d: treeTicksOf = %d, %v; want %d", at, got, err, want)
+		}
+	}
+}
+
+func TestTreeTicksGivesUpWhenChildrenNeverStopExiting(t *testing.T) {
+	f := &fakeProc{procs: map[int]*procStat{10: {ppid: 1}}}
+	next := 100
+	f.reap = func(f *fakeProc) {
+		// A new child that used a tick, waited for before every reading of
+		// the root ends: the root's reaped time never holds still.
+		f.procs[next] = &procStat{ppid: 10, utime: 1}
+		f.waitFor(next)
+		next++
+		f.at = f.reads + 2
+	}
+	f.at = 2
+	if got, err := treeTicksOf(f, 10); err == nil {
+		t.Errorf("treeTicksOf = %d, nil; want an error", got)
+	}
+}
