@@ -307,6 +307,8 @@ type clientWriter struct {
 	// relayed counts the bytes of server messages written since they
 	// were last added to the relayed-bytes metric (countRelayedLocked),
 	// which is done once per ReadyForQuery rather than per message.
+	// Under mu: a relay that ends may still count while the next one,
+	// on another goroutine, relays.
 	relayed int
 }
 
