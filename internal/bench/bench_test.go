@@ -565,16 +565,66 @@ func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 }
 
 func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {
-	first := map[int]bool{}
-	for shift := range 3 {
-		order := roundOrder(3, shift)
-		if s := slices.Sorted(slices.Values(order)); !slices.Equal(s, []int{0, 1, 2}) {
-			t.Fatalf("round %d runs %v, not each target once", shift, order)
+	for _, n := range []int{3, 4, 6} {
+		first := map[int]bool{}
+		places := make([]map[int]bool, n) // per target, the places it took
+		for j := range places {
+			places[j] = map[int]bool{}
 		}
-		first[order[0]] = true
+		for shift := range n {
+			order := roundOrder(n, shift)
+			if s := slices.Sorted(slices.Values(order)); !slices.Equal(s, slices.Collect(func(yield func(int) bool) {
+				for j := range n {
+					yield(j)
+				}
+			})) {
+				t.Fatalf("%d targets, round %d runs %v, not each target once", n, shift, order)
+			}
+			first[order[0]] = true
+			for k, j := range order {
+				places[j][k] = true
+			}
+		}
+		if len(first) != n {
+			t.Errorf("%d targets: %d rounds started with only %v", n, n, first)
+		}
+		if n%2 == 0 {
+			for j, p := range places {
+				if len(p) != n {
+					t.Errorf("%d targets: target %d took places %v in %d rounds, not every place", n, j, p, n)
+				}
+			}
+		}
 	}
-	if len(first) != 3 {
-		t.Errorf("three rounds started with only %v", first)
+}
+
+func TestConsecutiveRoundsGiveATargetDifferentPredecessors(t *testing.T) {
+	// Three rounds of a row (make bench's -repeat 3), whatever row they
+	// start at: no target runs just after the same target (or first) in
+	// all three, as PgBouncer ran just after the run straight to
+	// PostgreSQL in every round when every round went up.
+	for _, n := range []int{4, 5, 6, 7} {
+		for row := range n {
+			before := make([]map[int]bool, n) // per target: the target run just before it, -1 when it ran first
+			for j := range before {
+				before[j] = map[int]bool{}
+			}
+			for round := range 3 {
+				order := roundOrder(n, row+round)
+				before[order[0]][-1] = true
+				for k := 1; k < n; k++ {
+					before[order[k]][order[k-1]] = true
+				}
+			}
+			for j, b := range before {
+				if len(b) < 2 {
+					t.Errorf("%d targets, row %d: target %d ran after only %v in three rounds", n, row, j, b)
+				}
+			}
+		}
+	}
+	if got, want := roundOrder(4, 1), []int{1, 0, 3, 2}; !slices.Equal(got, want) {
+		t.Errorf("roundOrder(4, 1) = %v, want %v", got, want)
 	}
 }
 

@@ -55,7 +55,9 @@
 //     database". A wrong answer (a fan-out read that does not return
 //     exactly the newest 50 incidents in order) fails the run.
 //
-// With -repeat N every row is N rounds of its targets (A, B, A, B, ...) and
+// With -repeat N every row is N rounds of its targets, each round starting
+// one target further along and going through them in the other direction
+// than the round before (A B C, B A C, C A B, ...: roundOrder), and
 // each cell shows the median TPS and median latency of its N runs, with the
 // spread of the runs' TPS. Last, it restarts PostgreSQL with room for 2,000
 // backends, starts a fresh sidecar, opens 2,000 idle client sessions (each

@@ -534,11 +534,22 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 	return err
 }
 
-// roundOrder is the order of n targets in a round: rotated by shift.
+// roundOrder is the order of n targets in a round: it starts with target
+// shift (mod n) and goes up from there when shift is even, down when it is
+// odd (0 1 2 3, 3 2 1 0, 2 3 0 1, 1 0 3 2 for four targets). The first
+// target rotates; with an even n every target takes every place in n
+// rounds; and a target follows a different one in consecutive rounds (its
+// predecessor in the forward rounds, its successor in the others), so
+// what a run leaves behind (backends exiting, a pooler's clean-up) does
+// not fall on the same target in every round.
 func roundOrder(n, shift int) []int {
 	order := make([]int, n)
 	for k := range order {
-		order[k] = (k + shift) % n
+		if shift%2 == 0 {
+			order[k] = (shift + k) % n
+		} else {
+			order[k] = ((shift-k)%n + n) % n
+		}
 	}
 	return order
 }
@@ -553,11 +564,13 @@ type runFunc func(ctx context.Context, t target, proto string, clients int, dur 
 
 // runTable runs the warm-up and then every row into tbl with run. Within a
 // row the targets run back to back, and with -repeat N the row is N such
-// rounds; each round (and each row) starts one target further along (A B
-// C, B C A, C A B, ...), because a target's place in the round biases it
-// (a PgBouncer run later in the round measured 10 % below an identical one
-// run earlier), so drift and place fall on the targets alike. Each cell is
-// the median of its N runs. tag, if set, prefixes the log files.
+// rounds; each round (and each row) starts one target further along, in
+// alternate directions (A B C D, D C B A, C D A B, ...: roundOrder),
+// because a target's place in the round biases it (a PgBouncer run later
+// in the round measured 10 % below an identical one run earlier), and so
+// can the target run just before it, so drift, place and predecessor fall
+// on the targets alike. Each cell is the median of its N runs. tag, if
+// set, prefixes the log files.
 //
 // The warm-up runs warmProto with the largest client count against each
 // target once, so both poolers hold as many upstream connections as any
