@@ -601,8 +601,8 @@ func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {
 func TestConsecutiveRoundsGiveATargetDifferentPredecessors(t *testing.T) {
 	// Three rounds of a row (make bench's -repeat 3), whatever row they
 	// start at: no target runs just after the same target (or first) in
-	// all three, as PgBouncer ran just after the run straight to
-	// PostgreSQL in every round when every round went up.
+	// all three. With every round going up the list, PgBouncer would run
+	// just after the run straight to PostgreSQL in every round.
 	for _, n := range []int{4, 5, 6, 7} {
 		for row := range n {
 			before := make([]map[int]bool, n) // per target: the target run just before it, -1 when it ran first

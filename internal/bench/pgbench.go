@@ -587,8 +587,8 @@ const maxTreeReads = 20
 // or not at all (in neither): the roots are read before and after the
 // children, and the reading is made again until no root waited for a
 // child in between. At the end of a run straight to PostgreSQL every
-// backend exits at once, and the next target's reading used to count them
-// twice, making its PostgreSQL CPU a half of what it was.
+// backend exits at once: counted twice in the next target's first
+// reading, they would halve its PostgreSQL CPU.
 func treeTicksOf(fs procFS, roots ...int) (int64, error) {
 	if len(roots) == 0 {
 		return 0, nil
