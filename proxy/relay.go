@@ -1886,31 +1886,20 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, qu
 		d, ss.dirty = ss.dirty, dirtyState{}
 		ss.internal = true
 	}
-	var params []pgproto3.BackendMessage // values the client is to be told before the ReadyForQuery
-	if !d.any() && !ss.discard.Load() {
-		params = ss.paramsToReportLocked(u)
-	}
-	if d.any() || len(params) > 0 {
-		// Work outside the session lock; usually there is none, and the
-		// lock is held from the bookkeeping above to the ReadyForQuery.
+	if d.any() {
 		ss.mu.Unlock()
-		if d.any() {
-			err := ss.settle(u, d)
-			ss.mu.Lock()
-			ss.internal = false
-			ss.cond.Broadcast()
-			ss.mu.Unlock()
-			if err != nil {
-				ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
-				return true, false
-			}
-			if !ss.discard.Load() {
-				_ = ss.reportParams(u, false) // the settings restored may have changed reported values
-			}
-		} else {
-			_ = ss.cw.send(false, params...)
-		}
+		err := ss.settle(u, d)
 		ss.mu.Lock()
+		ss.internal = false
+		ss.cond.Broadcast()
+		if err != nil {
+			ss.mu.Unlock()
+			ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
+			return true, false
+		}
+	}
+	if !ss.discard.Load() {
+		_ = ss.reportParamsLocked(u)
 	}
 
 	// Decide about detaching before the client sees ReadyForQuery: once it

@@ -476,14 +476,7 @@ func (ss *session) attachToLocked(t router.Target) error {
 	if err != nil {
 		return err
 	}
-	if params := ss.paramsToReportLocked(c.Value); len(params) > 0 {
-		// c reports values the client was not told (usually it reports
-		// those of the session's previous connections): they reach the
-		// client before anything c answers.
-		ss.mu.Unlock()
-		err = ss.cw.send(false, params...)
-		ss.mu.Lock()
-	}
+	err = ss.reportParamsLocked(c.Value) // before anything c answers
 	if err == nil && ss.ended {
 		err = errSessionEnded
 	}

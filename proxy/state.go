@@ -122,6 +122,20 @@ func (ss *session) reportParams(u *upstream, flush bool) error {
 	return ss.cw.send(flush, msgs...)
 }
 
+// reportParamsLocked is reportParams called with ss.mu held, which it
+// lets go of only while it sends, when there is anything to send (usually
+// a connection reports the values of the session's previous ones).
+func (ss *session) reportParamsLocked(u *upstream) error {
+	msgs := ss.paramsToReportLocked(u)
+	if len(msgs) == 0 {
+		return nil
+	}
+	ss.mu.Unlock()
+	err := ss.cw.send(false, msgs...)
+	ss.mu.Lock()
+	return err
+}
+
 // paramsToReportLocked returns the ParameterStatus messages reportParams
 // sends for u and records them as told; nil when there are none (the
 // common case, which allocates nothing). Called with ss.mu held, by the
