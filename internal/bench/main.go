@@ -536,7 +536,7 @@ func (b *bench) runMode(ctx context.Context, rep *report, mode string, poolSize 
 
 // roundOrder is the order of n targets in a round: it starts with target
 // shift (mod n) and goes up from there when shift is even, down when it is
-// odd (0 1 2 3, 3 2 1 0, 2 3 0 1, 1 0 3 2 for four targets). The first
+// odd (0 1 2 3, 1 0 3 2, 2 3 0 1, 3 2 1 0 for four targets). The first
 // target rotates; with an even n every target takes every place in n
 // rounds; and a target follows a different one in consecutive rounds (its
 // predecessor in the forward rounds, its successor in the others), so
@@ -565,7 +565,7 @@ type runFunc func(ctx context.Context, t target, proto string, clients int, dur 
 // runTable runs the warm-up and then every row into tbl with run. Within a
 // row the targets run back to back, and with -repeat N the row is N such
 // rounds; each round (and each row) starts one target further along, in
-// alternate directions (A B C D, D C B A, C D A B, ...: roundOrder),
+// alternate directions (A B C D, B A D C, C D A B, ...: roundOrder),
 // because a target's place in the round biases it (a PgBouncer run later
 // in the round measured 10 % below an identical one run earlier), and so
 // can the target run just before it, so drift, place and predecessor fall
