@@ -200,7 +200,7 @@ type Checker struct {
 	chosen   map[string]router.Host    // shard → current primary
 	rr       map[string]*atomic.Uint64 // shard → round-robin cursor
 	lsns     map[string][]lsnSample    // shard → primary samples
-	rounds   chan struct{}             // closed and replaced after each round
+	rounds   chan struct{}             // replaced at each publication, closed after its HostDown calls
 	// Failover state, per shard unless said otherwise.
 	waiting   map[string]int       // callers in WaitPrimary
 	downSince map[string]time.Time // shards without a primary, since
@@ -418,7 +418,8 @@ func (h *Checker) Recheck() {
 	}
 }
 
-// waitRound returns a channel closed when the next round of checks ends.
+// waitRound returns a channel closed when the next round of checks ends:
+// its view published and its HostDown calls returned.
 func (h *Checker) waitRound() <-chan struct{} {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -789,7 +790,7 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 		}
 	}
 	h.view.Store(view)
-	close(h.rounds)
+	ended := h.rounds
 	h.rounds = make(chan struct{})
 	h.mu.Unlock()
 	if h.hostDown != nil {
@@ -797,6 +798,7 @@ func (h *Checker) publish(m *router.Map, results []*hostHealth) {
 			h.hostDown(addr)
 		}
 	}
+	close(ended) // after HostDown: a round's end includes its effects
 }
 
 func boolGauge(b bool) float64 {
