@@ -272,7 +272,7 @@ func TestAWaiterGivesUpAfterAcquireTimeoutWithoutLosingASlot(t *testing.T) {
 // for the next: it must neither end that wait before its own
 // AcquireTimeout nor forget it.
 func TestEachWaiterTimesOutAfterItsOwnAcquireTimeout(t *testing.T) {
-	const timeout = 150 * time.Millisecond
+	const timeout = 600 * time.Millisecond // half of it covers the queueing of two waiters on a busy machine
 	d := newDialer()
 	p := newPool(t, Config{Size: 1, AcquireTimeout: timeout}, d)
 	c := mustAcquire(t, p)
