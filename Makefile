@@ -77,6 +77,7 @@ deps-monitoring:
 
 deps-bench: deps
 	@command -v pgbouncer >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+	@command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 
 dev: deps build
 	./$(BIN) dev $(DEV_ARGS)

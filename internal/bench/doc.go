@@ -15,10 +15,13 @@
 //     PgBouncer's in every row" and "sidecar CPU per transaction ≤ 1.15×
 //     PgBouncer's". Under the table, each pooler's context switches per
 //     transaction, voluntary and involuntary, over all its threads, its
-//     CPU per transaction split into user and system time, and the whole
-//     machine's CPU per transaction (pooler, PostgreSQL, pgbench) with the
-//     share of the machine's CPU time they used: TPS is that share times
-//     the CPUs over their sum.
+//     system calls per transaction (reads, writes and epoll waits over all
+//     its threads, counted by `perf stat` on the syscall tracepoints:
+//     syscalls.go; without a working perf the bench logs why and leaves
+//     that table out), its CPU per transaction split into user and system
+//     time, and the whole machine's CPU per transaction (pooler,
+//     PostgreSQL, pgbench) with the share of the machine's CPU time they
+//     used: TPS is that share times the CPUs over their sum.
 //   - transaction (pool 10, fixed rows): a second PgBouncer (pool_mode =
 //     transaction) and a second sidecar (POOL_MODE=transaction), started
 //     after the session pair is stopped, run the fixed rows simple and

@@ -307,6 +307,9 @@ type bench struct {
 
 	// profiles are the sidecar CPU profiles fetched so far (-cpu-profile).
 	profiles []*profile.Profile
+	// perfOff is set once perf failed to count a pooler's system calls
+	// (syscalls.go); none are counted after that.
+	perfOff bool
 }
 
 // newBench checks that every tool is installed before anything starts, so a

@@ -100,6 +100,14 @@ type result struct {
 	volCS, involCS float64
 	switched       bool
 
+	// sysReads, sysWrites and sysWaits are the pooler's system calls per
+	// transaction (every thread, counted by perf: syscalls.go): reads
+	// (read, recvfrom), writes (write, sendto) and epoll waits
+	// (epoll_wait, epoll_pwait), set when sysCounted; for a combined cell,
+	// medians over the runs that counted them.
+	sysReads, sysWrites, sysWaits float64
+	sysCounted                    bool
+
 	// p50Ms and p95Ms are the median and 95th percentile latency, measured
 	// only by the sharded table's own client (workload.go), 0 otherwise;
 	// for a combined cell, medians like latencyMs.
@@ -140,7 +148,7 @@ func combineRuns(runs []result) result {
 		return runs[0]
 	}
 	out := result{runs: len(runs)}
-	var tps, lat, p50, p95, cpu, user, sys, pgCPU, client, busy, vol, invol []float64
+	var tps, lat, p50, p95, cpu, user, sys, pgCPU, client, busy, vol, invol, reads, writes, waits []float64
 	var failed *result
 	for i, r := range runs {
 		out.processed += r.processed
@@ -163,6 +171,9 @@ func combineRuns(runs []result) result {
 		if r.switched {
 			vol, invol = append(vol, r.volCS), append(invol, r.involCS)
 		}
+		if r.sysCounted {
+			reads, writes, waits = append(reads, r.sysReads), append(writes, r.sysWrites), append(waits, r.sysWaits)
+		}
 		if r.parsed {
 			tps = append(tps, r.tps)
 			lat = append(lat, r.latencyMs)
@@ -183,6 +194,9 @@ func combineRuns(runs []result) result {
 	out.clientUs, out.busy = median(client), median(busy)
 	if len(vol) > 0 {
 		out.switched, out.volCS, out.involCS = true, median(vol), median(invol)
+	}
+	if len(reads) > 0 {
+		out.sysCounted, out.sysReads, out.sysWrites, out.sysWaits = true, median(reads), median(writes), median(waits)
 	}
 	if len(tps) > 0 {
 		out.parsed = true
@@ -259,6 +273,12 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	run := fmt.Sprintf("%s-c%d-%s", proto, clients, t.name)
+	if tag != "" {
+		run = tag + "-" + run
+	}
+	// perf attaches before the CPU readings and detaches after them.
+	perf := b.startSyscallCount(t.pid, run)
 	userBefore, cpuBefore, cpuErr := cpuSplit(t.pid)
 	volBefore, involBefore, csErr := ctxSwitches(t.pid)
 	pgBefore, pgErr := treeTicks(t.pgPids...)
@@ -269,15 +289,12 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	userAfter, cpuAfter, cpuErr2 := cpuSplit(t.pid)
 	volAfter, involAfter, csErr2 := ctxSwitches(t.pid)
 	pgAfter, pgErr2 := treeTicks(t.pgPids...)
+	sysCalls, sysOK := b.stopSyscallCount(perf)
 
-	name := fmt.Sprintf("%s-c%d-%s.log", proto, clients, t.name)
-	if tag != "" {
-		name = tag + "-" + name
-	}
-	b.collectProfile(prof, strings.TrimSuffix(name, ".log"))
+	b.collectProfile(prof, run)
 	logDir := filepath.Join(b.dir, "pgbench")
 	_ = os.MkdirAll(logDir, 0o755)
-	logPath := filepath.Join(logDir, name)
+	logPath := filepath.Join(logDir, run+".log")
 	_ = os.WriteFile(logPath, []byte(fmt.Sprintf("$ %s pgbench %s\n--- stdout ---\n%s--- stderr ---\n%s",
 		strings.Join(envList(vars), " "), strings.Join(args, " "), stdout.Bytes(), stderr.Bytes())), 0o644)
 
@@ -292,6 +309,10 @@ func (b *bench) runPgbench(ctx context.Context, t target, proto string, clients 
 	if t.pid > 0 && csErr == nil && csErr2 == nil && r.processed > 0 {
 		n := float64(r.processed)
 		r.switched, r.volCS, r.involCS = true, float64(volAfter-volBefore)/n, float64(involAfter-involBefore)/n
+	}
+	if sysOK && r.processed > 0 {
+		r.sysCounted = true
+		r.sysReads, r.sysWrites, r.sysWaits = sysCalls.perTx(r.processed)
 	}
 	if len(t.pgPids) > 0 && pgErr == nil && pgErr2 == nil && r.processed > 0 {
 		r.pgCPUUs = ticksPerTx(pgAfter-pgBefore, r.processed)

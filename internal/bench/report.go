@@ -472,6 +472,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	}
 	b.WriteString("\n\n")
 	t.writeSwitches(b)
+	t.writeSyscalls(b)
 	t.writeCPUSplit(b)
 	t.writeMachineCPU(b)
 	for _, note := range expected {
@@ -811,6 +812,14 @@ func (t *table) writeSwitches(b *strings.Builder) {
 	t.writePerTarget(b, "Context switches per transaction, voluntary + involuntary (every thread of the pooler, from /proc/PID/task/*/status): a voluntary switch is a thread waiting (for the network, a lock, a timer), an involuntary one the kernel preempting it. Each costs the pooler CPU in the kernel beside its system calls.",
 		func(r result) bool { return r.switched },
 		func(r result) string { return fmt.Sprintf("%.2f + %.2f", r.volCS, r.involCS) })
+}
+
+// writeSyscalls writes the system calls per transaction of the targets
+// that counted them, row by row, or nothing when none did.
+func (t *table) writeSyscalls(b *strings.Builder) {
+	t.writePerTarget(b, "System calls per transaction, reads (read, recvfrom) + writes (write, sendto) + epoll waits (epoll_wait, epoll_pwait) (every thread of the pooler, counted by perf's syscall tracepoints; for several runs, the median of each): PgBouncer receives with recv (recvfrom) and reads TLS with read; a Go relay's read that finds nothing (EAGAIN) counts as a read.",
+		func(r result) bool { return r.sysCounted },
+		func(r result) string { return fmt.Sprintf("%.2f + %.2f + %.2f", r.sysReads, r.sysWrites, r.sysWaits) })
 }
 
 // writeCPUSplit writes the CPU per transaction of the targets that
