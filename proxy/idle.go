@@ -89,8 +89,10 @@ func (ss *session) kick(mark uint64) {
 }
 
 // sweepIdle runs the idle sweep until ctx ends. Every half of idleRelease
-// it starts a new epoch and kicks the sessions whose wait for their client
-// (or inline wait for an answer, inline.go) has lasted idleRelease: a
+// it starts a new epoch, looks at the relay's waits after a quiet answer
+// that have lasted a whole period (checkQuiet, quiet.go), and kicks the
+// sessions whose wait for their client (or inline wait for an answer,
+// inline.go) has lasted idleRelease: a
 // wait that recorded epoch m began before epoch m+1 did, so it is due
 // once idleRelease has passed since the sweep began epoch m+1. On time,
 // that is the sweep that begins epoch m+3, so a session goes dormant after
@@ -109,6 +111,7 @@ func (s *Server) sweepIdle(ctx context.Context) {
 		ss       *session
 		mark     uint64
 		upstream bool // an inline wait for an answer (inline.go)
+		quiet    bool // the relay's wait after a quiet answer (quiet.go)
 	}
 	var due []waiting
 	for {
@@ -133,17 +136,23 @@ func (s *Server) sweepIdle(ctx context.Context) {
 		s.mu.Lock()
 		for _, ss := range s.sessions {
 			if m := ss.waitMark.Load(); isDue(m) {
-				due = append(due, waiting{ss, m, false})
+				due = append(due, waiting{ss, m, false, false})
 			}
 			if m := ss.upWaitMark.Load(); isDue(m) {
-				due = append(due, waiting{ss, m, true})
+				due = append(due, waiting{ss, m, true, false})
+			}
+			if m := ss.quietMark.Load(); quietDue(m, epoch) {
+				due = append(due, waiting{ss, m, false, true})
 			}
 		}
 		s.mu.Unlock()
 		for i, w := range due {
-			if w.upstream {
+			switch {
+			case w.quiet:
+				w.ss.checkQuiet(w.mark)
+			case w.upstream:
 				w.ss.kickUpstream(w.mark)
-			} else {
+			default:
 				w.ss.kick(w.mark)
 			}
 			due[i] = waiting{}

@@ -198,6 +198,7 @@ func (ss *session) kickUpstream(mark uint64) {
 type upstreamWriter struct {
 	ss          *session
 	w           io.Writer
+	u           *upstream    // the connection w writes
 	aw          netx.Awaiter // nil: no holding
 	final, sent bool
 	holding     bool

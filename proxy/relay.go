@@ -278,7 +278,7 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.upGone, ss.resetting, ss.resetFailed, ss.resetDone = false, false, false, false
 	ss.acks = ss.acks[:0]
 	ss.relayDone = nil // made by runRelay
-	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn}
+	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn, u: c.Value}
 	if ss.queued {
 		ss.upw.aw = c.Value.aw
 	}
@@ -1198,6 +1198,7 @@ func (ss *session) writeUpstream(out []byte, stream, skip int) error {
 		if err != nil {
 			return ss.upstreamWriteFailed(err)
 		}
+		ss.upw.wrote(ss.reqEnd)
 		// The request's end went out with nothing read yet: the session
 		// goroutine reads its answer (inline.go).
 		ss.inlineNext = ss.upw.sent && ss.heldRelay.c != nil
@@ -1244,7 +1245,7 @@ func (ss *session) upstreamWriteFailedLocked(err error) error {
 func (ss *session) writeFailed(c *pool.Conn[*upstream], err error) {
 	ss.log.Warn("upstream write failed", zap.Error(err))
 	if c != nil {
-		_ = c.Value.conn.SetReadDeadline(time.Now().Add(lostReadGrace))
+		ss.setUpstreamDeadline(c.Value, time.Now().Add(lostReadGrace))
 	}
 }
 
@@ -1339,11 +1340,18 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 		handedOn = true
 		ss.runRelay(relayJob{c: c, done: done})
 	}
-	copyIn := false // the server waits for the client's COPY data
+	copyIn := false    // the server waits for the client's COPY data
+	var skipSeq uint64 // after a quiet answer: the write it answered (quiet.go)
 	for {
 		if inline && (copyIn || u.r.Buffered() == 0 && !ss.awaitAnswer(u)) {
 			handOn()
 			return
+		}
+		if skipSeq != 0 {
+			if u.r.Buffered() == 0 {
+				ss.awaitQuiet(u, skipSeq)
+			}
+			skipSeq = 0
 		}
 		typ, n, err := u.r.Next()
 		copyIn = typ == 'G' || typ == 'W' // CopyInResponse, CopyBothResponse
@@ -1459,6 +1467,9 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 			stop, quiet := ss.readyForQuery(c, body[0])
 			if stop {
 				return
+			}
+			if quiet && !inline && u.qr != nil {
+				skipSeq = u.quietSeq.Load()
 			}
 			if inline && quiet {
 				handOn() // still attached, waiting for the client

@@ -589,13 +589,13 @@ func (ss *session) parkedLost(c *pool.Conn[*upstream], err error) error {
 func (ss *session) stopRelayLocked() *pool.Conn[*upstream] {
 	c, done := ss.up, ss.relayDoneLocked()
 	ss.parking = true
-	_ = c.Value.conn.SetReadDeadline(time.Unix(1, 0))
+	ss.setUpstreamDeadline(c.Value, time.Unix(1, 0))
 	ss.mu.Unlock()
 	<-done
 	ss.mu.Lock()
 	ss.parking = false
 	ss.up = nil
-	_ = c.Value.conn.SetReadDeadline(time.Time{})
+	ss.setUpstreamDeadline(c.Value, time.Time{})
 	if ss.upGone {
 		ss.upGone = false
 		c.Destroy()

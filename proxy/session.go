@@ -129,6 +129,15 @@ type session struct {
 	upw        upstreamWriter
 	upWaitMark atomic.Uint64
 	inlineConn net.Conn
+	// quietMark and quietUp are the idle sweep's view of the relay
+	// goroutine's wait after a quiet answer (quiet.go): the epoch it
+	// began in (or waitChecked, waitKicked) and the upstream it reads,
+	// stored before quietMark. upDeadline, under kickMu, is the read
+	// deadline the session has set on its attachment (zero: none), which
+	// a kicked wait restores.
+	quietMark  atomic.Uint64
+	quietUp    atomic.Pointer[upstream]
+	upDeadline time.Time
 
 	// Owned by the session goroutine (no lock): the client's prepared
 	// statements by client name, and its unnamed statement.

@@ -39,9 +39,16 @@ type upstream struct {
 	// aw is the connection under conn's TLS (nil when it is not a
 	// socket): the inline relay writes a request's end from inside the
 	// wait for its answer through it (inline.go).
-	aw     netx.Awaiter
-	r      *wire.Reader
-	target router.Target
+	aw netx.Awaiter
+	// qr is the same connection, for skipping the read that would find
+	// nothing after a quiet answer (quiet.go); nil when it is not a
+	// socket. quietSeq is qr's WriteSeq after the last write that ended
+	// a request (Sync or Query), 0 after any other: written by the
+	// session writing the connection, read by the relay reading it.
+	qr       netx.QuietReader
+	quietSeq atomic.Uint64
+	r        *wire.Reader
+	target   router.Target
 	// Backend key of the server process, for cancel requests.
 	pid    uint32
 	secret []byte
@@ -236,8 +243,9 @@ func (d *dialer) dialAs(ctx context.Context, t router.Target, appName string) (*
 		return nil, err
 	}
 	aw, _ := fast.(netx.Awaiter)
+	qr, _ := fast.(netx.QuietReader)
 	u := &upstream{
-		conn: conn, raw: raw, aw: aw, r: wire.NewReader(conn, 4<<10), // tls.Conn buffers whole records itself
+		conn: conn, raw: raw, aw: aw, qr: qr, r: wire.NewReader(conn, 4<<10), // tls.Conn buffers whole records itself
 		target: t, params: map[string]string{}, gen: b.Generation, serial: b.Serial,
 		stmts: newStmtCache(d.stmtCacheSize), applied: map[string]string{},
 	}

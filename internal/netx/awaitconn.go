@@ -54,6 +54,7 @@ func (c *fastConn) AwaitAnswer() error {
 		return nil
 	}
 	c.await = awaitOp{w: rawOp{p: c.held}}
+	c.wseq.Add(1)
 	_ = c.rc.Read(c.awaitFn) // a deadline or a close: the next Read reports it
 	o := &c.await.w
 	var werr error

@@ -47,6 +47,11 @@ type fastConn struct {
 	held    []byte
 	await   awaitOp
 	awaitFn func(fd uintptr) bool
+	// wseq counts the writes begun, each before its first system call;
+	// drained says the last read returned less than it asked for
+	// (reader only). See QuietReader.
+	wseq    writeSeq
+	drained bool
 }
 
 // rawOp is one raw read or write on the descriptor.
@@ -54,11 +59,21 @@ type rawOp struct {
 	p     []byte
 	n     int
 	errno syscall.Errno
+	// For a read: skip its first try while *wseq is seq (SkipIdleRead).
+	skip bool
+	seq  uint64
+	wseq *writeSeq
 }
 
 // read reads once into o.p; it reports false (wait for the poller) when
-// the socket has no data.
+// the socket has no data, or, on a skipped first try, without reading.
 func (o *rawOp) read(fd uintptr) bool {
+	if o.skip {
+		o.skip = false
+		if o.wseq.Load() == o.seq {
+			return false
+		}
+	}
 	n, e := RawRead(fd, o.p)
 	if e == syscall.EAGAIN {
 		return false
@@ -190,10 +205,11 @@ func (c *fastConn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	c.rd = rawOp{p: p}
+	c.rd = rawOp{p: p, skip: c.rd.skip, seq: c.rd.seq, wseq: &c.wseq}
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rd.n, c.rd.errno
-	c.rd.p = nil // do not keep the caller's buffer
+	c.rd.p, c.rd.skip = nil, false // do not keep the caller's buffer
+	c.drained = err == nil && errno == 0 && n > 0 && n < len(p)
 	if c.closed.Load() {
 		err, errno = net.ErrClosed, 0
 	}
@@ -215,6 +231,7 @@ func (c *fastConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	c.wr = rawOp{p: p}
+	c.wseq.Add(1)
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wr.n, c.wr.errno
 	c.wr.p = nil

@@ -1,0 +1,100 @@
+package proxy
+
+import "time"
+
+// The read skipped after a quiet answer.
+//
+// When the relay goroutine has relayed the ReadyForQuery that answers
+// the last request written upstream (nothing pending), the server sends
+// nothing more until the next request, and the read the relay would try
+// before waiting for it finds nothing: one system call per round trip in
+// session mode (and inside transactions in transaction mode). The relay
+// skips it (netx.QuietReader) when no write began since the write that
+// ended that request (quietSeq), so a request written after the check is
+// answered after the wait began, and the wait sees its answer.
+//
+// What the server sends unasked (a notification, a shutdown's error)
+// between the relay's last read and that check is not seen by the wait.
+// The idle sweep looks for it: a quiet wait that has lasted a sweep
+// period has its socket peeked at once (checkQuiet); bytes found there
+// end the wait with a past read deadline, as the sweep ends other waits,
+// and the relay reads them. So such a message reaches the client at most
+// CLIENT_IDLE_RELEASE late, and only when it arrives within microseconds
+// of an answer's end; everything the server sends later wakes the wait
+// as ever.
+
+// waitChecked is the quietMark of a quiet wait the sweep found nothing
+// stranded for: later bytes wake it, so it needs no further look.
+const waitChecked = waitKicked - 1
+
+// wrote records, after a flush to the upstream, whether it ended a
+// request, for the relay's quiet wait (netx.QuietReader). Session
+// goroutine only.
+func (w *upstreamWriter) wrote(reqEnd bool) {
+	u := w.u
+	if u == nil || u.qr == nil {
+		return
+	}
+	var seq uint64
+	if reqEnd && !w.holding {
+		seq = u.qr.WriteSeq()
+	}
+	u.quietSeq.Store(seq)
+}
+
+// awaitQuiet waits for the upstream's next bytes after a quiet answer,
+// skipping the read that would find nothing when nothing was written
+// since the request seq answered, under the idle sweep's watch
+// (checkQuiet). An error is left for the next read to report. Relay
+// goroutine only.
+func (ss *session) awaitQuiet(u *upstream, seq uint64) {
+	u.qr.SkipIdleRead(seq)
+	ss.quietUp.Store(u)
+	ss.quietMark.Store(ss.srv.idleEpoch.Load())
+	_ = u.r.Wait()
+	if ss.quietMark.Swap(0) == waitKicked {
+		// The sweep found bytes the wait missed and ended it: the next
+		// read takes them, under the deadline the session set, if any.
+		ss.kickMu.Lock()
+		_ = u.conn.SetReadDeadline(ss.upDeadline)
+		ss.kickMu.Unlock()
+	}
+	ss.quietUp.Store(nil)
+}
+
+// quietDue reports whether a quiet wait that began in epoch m has lasted
+// a whole sweep period by the sweep that begins epoch.
+func quietDue(m, epoch uint64) bool {
+	return m != 0 && m < waitChecked && m+2 <= epoch
+}
+
+// checkQuiet looks, for the idle sweep, at the socket of the quiet wait
+// that began in epoch m, if it still waits: bytes there came before the
+// wait began and would not wake it, so it ends the wait with a past read
+// deadline; an empty socket means the wait sees whatever comes next.
+// Safe for concurrent use with awaitQuiet.
+func (ss *session) checkQuiet(m uint64) {
+	ss.kickMu.Lock()
+	defer ss.kickMu.Unlock()
+	u := ss.quietUp.Load()
+	if u == nil || ss.quietMark.Load() != m {
+		return
+	}
+	if u.peek() == peekNothing {
+		ss.quietMark.CompareAndSwap(m, waitChecked)
+		return
+	}
+	if ss.quietMark.CompareAndSwap(m, waitKicked) {
+		_ = u.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// setUpstreamDeadline sets the read deadline of u, the session's
+// attachment, recording it for a kicked quiet wait to restore. Safe for
+// concurrent use with checkQuiet and awaitQuiet.
+func (ss *session) setUpstreamDeadline(u *upstream, t time.Time) {
+	ss.kickMu.Lock()
+	ss.upDeadline = t
+	_ = u.conn.SetReadDeadline(t)
+	ss.kickMu.Unlock()
+}
