@@ -29,11 +29,11 @@ type QuietReader interface {
 	WriteSeq() uint64
 	// SkipIdleRead makes the next Read wait for the connection to be
 	// readable before its first read system call, when the last read
-	// left the socket empty and WriteSeq is still seq: the caller
-	// vouches that, with no write since the one that made WriteSeq seq,
-	// the server has nothing more to send unasked. Otherwise that Read
-	// reads first, as ever. Reader goroutine only; the next Read consumes
-	// it.
+	// left the socket empty and WriteSeq is still seq. The caller vouches
+	// that what was read so far answers everything written up to the
+	// write that made WriteSeq seq, and looks itself for what the peer
+	// may send unasked (see above). Otherwise that Read reads first, as
+	// ever. Reader goroutine only; the next Read consumes it.
 	SkipIdleRead(seq uint64)
 }
 
