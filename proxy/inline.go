@@ -133,7 +133,7 @@ func (ss *session) relayInline() {
 			_ = ss.upstreamWriteFailed(err) // the next read reports the loss
 		}
 	}
-	ss.relayAnswers(j.c, j.done, true)
+	ss.relayAnswers(j.c, j.done, true, 0)
 }
 
 // awaitAnswer waits, before an inline read, until the upstream has sent

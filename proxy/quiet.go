@@ -11,7 +11,9 @@ import "time"
 // session mode (and inside transactions in transaction mode). The relay
 // skips it (netx.QuietReader) when no write began since the write that
 // ended that request (quietSeq), so a request written after the check is
-// answered after the wait began, and the wait sees its answer.
+// answered after the wait began, and the wait sees its answer. An inline
+// read (inline.go) that relays a quiet answer leaving a transaction open
+// hands the skip on with the attachment, for the relay's first wait.
 //
 // What the server sends unasked (a notification, a shutdown's error)
 // between the relay's last read and that check is not seen by the wait.
@@ -86,6 +88,7 @@ func (ss *session) checkQuiet(m uint64) {
 	}
 	if ss.quietMark.CompareAndSwap(m, waitKicked) {
 		_ = u.conn.SetReadDeadline(time.Unix(1, 0))
+		ss.srv.metrics.QuietWaitsRescued.Inc()
 	}
 }
 

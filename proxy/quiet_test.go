@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/brownie/brownie-sidecar/internal/netx"
 	"github.com/brownie/brownie-sidecar/internal/wire"
 )
@@ -105,6 +107,9 @@ func TestTheIdleSweepEndsAQuietWaitThatMissedBytesAndTheDeadlineIsRestored(t *te
 		if ss.quietMark.Load() != 0 || ss.quietUp.Load() != nil {
 			t.Fatalf("after the wait: mark %d, upstream %p", ss.quietMark.Load(), ss.quietUp.Load())
 		}
+		if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 1 {
+			t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 1", n)
+		}
 		if !setDeadline {
 			// No deadline left: a read well after the kick gets its bytes.
 			go func() {
@@ -163,5 +168,8 @@ func TestAQuietWaitOnAnEmptySocketIsLookedAtOnceAndSeesLaterBytes(t *testing.T) 
 	}
 	if err := u.r.Wait(); err != nil || u.r.Buffered() != 1 || ss.quietMark.Load() != 0 {
 		t.Fatalf("after the wait: %d bytes, %v, mark %d", u.r.Buffered(), err, ss.quietMark.Load())
+	}
+	if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 0 {
+		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 0", n)
 	}
 }

@@ -169,6 +169,9 @@ func (ss *session) awaitLostReport(err error) {
 type relayJob struct {
 	c    *pool.Conn[*upstream]
 	done chan struct{}
+	// quiet, when not 0, is the quietSeq of the answer an inline read
+	// relayed last: the relay's first wait skips its read (quiet.go).
+	quiet uint64
 }
 
 // relayLetGo is the session's relayDone after an inline read let go of
@@ -186,7 +189,7 @@ var relayLetGo = func() chan struct{} {
 // dormant (goDormant).
 func (ss *session) relayLoop(jobs <-chan relayJob) {
 	for j := range jobs {
-		ss.upstreamToClient(j.c, j.done)
+		ss.upstreamToClient(j)
 	}
 }
 
@@ -1311,8 +1314,8 @@ func refusalStatement(reason string) string {
 // changed session state and, in transaction mode, hands the connection
 // back to the pool. When the client has gone it stops after the reset
 // (recording resetDone) for the session goroutine to release or destroy.
-func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{}) {
-	ss.relayAnswers(c, done, false)
+func (ss *session) upstreamToClient(j relayJob) {
+	ss.relayAnswers(j.c, j.done, false, j.quiet)
 }
 
 // relayAnswers is upstreamToClient, run by the relay goroutine, or, with
@@ -1320,7 +1323,10 @@ func (ss *session) upstreamToClient(c *pool.Conn[*upstream], done chan struct{})
 // that ends at the answer's ReadyForQuery, handing the attachment on to
 // the relay goroutine when it stays attached, and earlier when the
 // server waits for the client (COPY FROM STDIN) or the answer is slow.
-func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inline bool) {
+// skipSeq, when not 0, is the quietSeq of the quiet answer relayed last
+// (by an inline read handing on): the first wait skips its read, as the
+// waits after later quiet answers do (quiet.go).
+func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inline bool, skipSeq uint64) {
 	u := c.Value
 	m := ss.srv.metrics
 	handedOn := false
@@ -1336,15 +1342,14 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 			}
 		}
 	}()
-	handOn := func() {
+	handOn := func(quiet uint64) {
 		handedOn = true
-		ss.runRelay(relayJob{c: c, done: done})
+		ss.runRelay(relayJob{c: c, done: done, quiet: quiet})
 	}
-	copyIn := false    // the server waits for the client's COPY data
-	var skipSeq uint64 // after a quiet answer: the write it answered (quiet.go)
+	copyIn := false // the server waits for the client's COPY data
 	for {
 		if inline && (copyIn || u.r.Buffered() == 0 && !ss.awaitAnswer(u)) {
-			handOn()
+			handOn(0)
 			return
 		}
 		if skipSeq != 0 {
@@ -1464,15 +1469,13 @@ func (ss *session) relayAnswers(c *pool.Conn[*upstream], done chan struct{}, inl
 				ss.upstreamLost(u, errors.New("malformed ReadyForQuery"))
 				return
 			}
-			stop, quiet := ss.readyForQuery(c, body[0])
+			stop, quiet, seq := ss.readyForQuery(c, body[0])
 			if stop {
 				return
 			}
-			if quiet && !inline && u.qr != nil {
-				skipSeq = u.quietSeq.Load()
-			}
+			skipSeq = seq
 			if inline && quiet {
-				handOn() // still attached, waiting for the client
+				handOn(skipSeq) // still attached, waiting for the client
 				return
 			}
 			continue
@@ -1832,8 +1835,11 @@ func forgetSkipped(u *upstream, exps []expectation) {
 // state at idle points, forwarding, and detaching in transaction mode. It
 // reports whether the relay goroutine must stop and, when it need not,
 // whether no request of the session awaits its answer any more (quiet,
-// as of the ReadyForQuery's forwarding).
-func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, quiet bool) {
+// as of the ReadyForQuery's forwarding) and then the connection's
+// quietSeq as of that moment, for the next wait to skip its read
+// (quiet.go): read before the client can see the ReadyForQuery and send
+// its next request, whose write would make quietSeq its own.
+func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, quiet bool, skipSeq uint64) {
 	u := c.Value
 	ss.mu.Lock()
 	ss.txStatus, u.txStatus = status, status
@@ -1887,10 +1893,10 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, qu
 			if !ss.resetDone {
 				ss.log.Warn("upstream reset failed; destroying connection")
 			}
-			return true, false
+			return true, false, 0
 		}
 		ss.mu.Unlock()
-		return false, false
+		return false, false, 0
 	}
 	var d dirtyState
 	if idle && ss.dirty.any() && !ss.ended {
@@ -1906,7 +1912,7 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, qu
 		if err != nil {
 			ss.mu.Unlock()
 			ss.upstreamLost(u, fmt.Errorf("restoring session settings: %w", err))
-			return true, false
+			return true, false, 0
 		}
 	}
 	if !ss.discard.Load() {
@@ -1929,6 +1935,9 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, qu
 		status = ss.deferredStatusLocked() // the client is in the transaction the sidecar deferred
 	}
 	quiet = ss.pending == 0
+	if quiet && u.qr != nil {
+		skipSeq = u.quietSeq.Load()
+	}
 	ss.cw.mu.Lock()
 	ss.mu.Unlock()
 	discard := ss.discard.Load()
@@ -1948,11 +1957,11 @@ func (ss *session) readyForQuery(c *pool.Conn[*upstream], status byte) (stop, qu
 			now = time.Now()
 		}
 		c.ReleaseAt(now)
-		return true, false
+		return true, false, 0
 	case terminate:
 		ss.terminate(errShutdown)
 	}
-	return false, quiet
+	return false, quiet, skipSeq
 }
 
 // forward writes one upstream message to the client, flushing when no

@@ -183,6 +183,21 @@ func TestStatementSequencesAreAnsweredAsPostgresAnswersThem(t *testing.T) {
 			}
 		})
 	}
+	noQuietWaitRescued(t, session)
+	noQuietWaitRescued(t, txn)
+}
+
+// noQuietWaitRescued fails the test when the idle sweep had to end a
+// relay's wait after a quiet answer (proxy/quiet.go): with no message sent
+// unasked by the server (no LISTEN, no terminated backend), that is a wait
+// that skipped its read while an answer it should have seen had come.
+func noQuietWaitRescued(t *testing.T, sc *sidecar) {
+	t.Helper()
+	const series = "brownie_sidecar_quiet_waits_rescued_total"
+	_, body := sc.get(t, "/metrics")
+	if n, ok := metricValue(body, series); !ok || n != 0 {
+		t.Errorf("%s = %v (found %v), want 0", series, n, ok)
+	}
 }
 
 func slicesEqual(a, b []string) bool {

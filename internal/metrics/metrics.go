@@ -72,6 +72,11 @@ type Metrics struct {
 	// ahead of their transaction's deferred BEGIN, so the BEGIN went to
 	// the shard its other statements need.
 	ReadsAhead prometheus.Counter
+	// QuietWaitsRescued counts relay waits after a quiet answer that the
+	// idle sweep ended because the server's bytes had arrived before the
+	// wait began (proxy/quiet.go): each is a message the server sent
+	// unasked, relayed up to CLIENT_IDLE_RELEASE late.
+	QuietWaitsRescued prometheus.Counter
 
 	// Failover: FailoverWaiting counts the statements (and new
 	// transactions) waiting now for a shard's primary, by shard;
@@ -244,6 +249,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "brownie_sidecar_reads_ahead_of_begin_total",
 			Help: "Reads of nothing or of replicated tables that ran ahead of their READ COMMITTED transaction's BEGIN, so the BEGIN went to the shard its other statements need.",
 		}),
+		QuietWaitsRescued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brownie_sidecar_quiet_waits_rescued_total",
+			Help: "Waits for the server after a quiet answer that the idle sweep ended because bytes the server sent unasked (a notification, an error) had arrived just before the wait began; each reached its client up to CLIENT_IDLE_RELEASE late.",
+		}),
 		MergedReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_merged_reads_total",
 			Help: "Reads spanning shards whose rows the sidecar merged, by kind: order, limit, aggregate, group, distinct (a read may count under several).",
@@ -301,6 +310,6 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.PinRefusals, m.SettingsSyncs, m.Transactions, m.QueryDuration, m.RouteDecisions, m.RouteErrors, m.Failovers,
 		m.HostUp, m.HostRole, m.ReplicaLagSeconds, m.ReplicaLagBytes, m.HostBanned, m.HealthCheckTimeouts, m.ShardMapReloads, m.ShardMapValid,
 		m.FanOuts, m.FanOutShards, m.TwoPhaseCommits, m.TwoPhaseRecovered, m.CrossShardTx, m.MergedReads, m.Refused,
-		m.ReadsAhead)
+		m.ReadsAhead, m.QuietWaitsRescued)
 	return m
 }
