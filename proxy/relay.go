@@ -282,6 +282,9 @@ func (ss *session) startRelayLocked(c *pool.Conn[*upstream]) {
 	ss.acks = ss.acks[:0]
 	ss.relayDone = nil // made by runRelay
 	ss.upw = upstreamWriter{ss: ss, w: c.Value.conn, u: c.Value}
+	if !ss.upDeadline.IsZero() { // set on an earlier attachment (a failed write's grace)
+		ss.setUpstreamDeadline(c.Value, time.Time{})
+	}
 	if ss.queued {
 		ss.upw.aw = c.Value.aw
 	}

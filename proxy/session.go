@@ -132,9 +132,10 @@ type session struct {
 	// quietMark and quietUp are the idle sweep's view of the relay
 	// goroutine's wait after a quiet answer (quiet.go): the epoch it
 	// began in (or waitChecked, waitKicked) and the upstream it reads,
-	// stored before quietMark. upDeadline, under kickMu, is the read
-	// deadline the session has set on its attachment (zero: none), which
-	// a kicked wait restores.
+	// stored before quietMark. upDeadline is the read deadline the
+	// session goroutine has set on its attachment (zero: none), which a
+	// kicked wait restores; written by the session goroutine under kickMu
+	// (setUpstreamDeadline), cleared at each attachment.
 	quietMark  atomic.Uint64
 	quietUp    atomic.Pointer[upstream]
 	upDeadline time.Time
