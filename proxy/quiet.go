@@ -18,16 +18,23 @@ import "time"
 // What the server sends unasked (a notification, a shutdown's error)
 // between the relay's last read and that check is not seen by the wait.
 // The idle sweep looks for it: a quiet wait that has lasted a sweep
-// period has its socket peeked at once (checkQuiet); bytes found there
-// end the wait with a past read deadline, as the sweep ends other waits,
-// and the relay reads them. So such a message reaches the client at most
-// CLIENT_IDLE_RELEASE late, and only when it arrives within microseconds
-// of an answer's end; everything the server sends later wakes the wait
-// as ever.
+// period has its socket peeked at (checkQuiet). An empty socket means
+// the wait sees whatever comes next. Bytes there may be stranded, or may
+// have just woken the wait, whose goroutine has yet to run: the sweep
+// looks again a period later, and bytes still there under the same wait
+// were missed by it. It ends that wait with a past read deadline, as the
+// sweep ends other waits, and the relay reads them. So such a message
+// reaches the client at most one and a half times CLIENT_IDLE_RELEASE
+// late, and only when it arrives within microseconds of an answer's end;
+// everything the server sends later wakes the wait as ever.
 
-// waitChecked is the quietMark of a quiet wait the sweep found nothing
-// stranded for: later bytes wake it, so it needs no further look.
-const waitChecked = waitKicked - 1
+// The quietMark values of a quiet wait the sweep has looked at:
+// waitChecked, the socket was empty (later bytes wake the wait: no
+// further look); waitSuspect, it held bytes (look again next period).
+const (
+	waitChecked = waitKicked - 1
+	waitSuspect = waitKicked - 2
+)
 
 // wrote records, after a flush to the upstream, whether it ended a
 // request, for the relay's quiet wait (netx.QuietReader). Session
@@ -64,17 +71,19 @@ func (ss *session) awaitQuiet(u *upstream, seq uint64) {
 	ss.quietUp.Store(nil)
 }
 
-// quietDue reports whether a quiet wait that began in epoch m has lasted
-// a whole sweep period by the sweep that begins epoch.
+// quietDue reports whether the sweep that begins epoch looks at a quiet
+// wait whose mark is m: one that began in epoch m and has lasted a whole
+// sweep period, or one whose socket held bytes at the last look.
 func quietDue(m, epoch uint64) bool {
-	return m != 0 && m < waitChecked && m+2 <= epoch
+	return m == waitSuspect || m != 0 && m < waitSuspect && m+2 <= epoch
 }
 
 // checkQuiet looks, for the idle sweep, at the socket of the quiet wait
-// that began in epoch m, if it still waits: bytes there came before the
-// wait began and would not wake it, so it ends the wait with a past read
-// deadline; an empty socket means the wait sees whatever comes next.
-// Safe for concurrent use with awaitQuiet.
+// whose mark is m, if it still waits (see the top of this file): empty,
+// the wait needs no further look; holding bytes at a first look, it is
+// looked at again next period; still holding bytes then, the wait missed
+// them, and checkQuiet ends it with a past read deadline. Safe for
+// concurrent use with awaitQuiet.
 func (ss *session) checkQuiet(m uint64) {
 	ss.kickMu.Lock()
 	defer ss.kickMu.Unlock()
@@ -82,11 +91,12 @@ func (ss *session) checkQuiet(m uint64) {
 	if u == nil || ss.quietMark.Load() != m {
 		return
 	}
-	if u.peek() == peekNothing {
+	switch {
+	case u.peek() == peekNothing:
 		ss.quietMark.CompareAndSwap(m, waitChecked)
-		return
-	}
-	if ss.quietMark.CompareAndSwap(m, waitKicked) {
+	case m != waitSuspect:
+		ss.quietMark.CompareAndSwap(m, waitSuspect)
+	case ss.quietMark.CompareAndSwap(m, waitKicked):
 		_ = u.conn.SetReadDeadline(time.Unix(1, 0))
 		ss.srv.metrics.QuietWaitsRescued.Inc()
 	}

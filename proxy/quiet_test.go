@@ -23,6 +23,7 @@ func TestQuietDue(t *testing.T) {
 		{7, 9, true},            // a whole period (epoch 8 to 9) has passed
 		{1, 9, true},            //
 		{waitChecked, 9, false}, // looked at: later bytes wake it
+		{waitSuspect, 9, true},  // held bytes at the last look
 		{waitKicked, 9, false},  // being ended
 	} {
 		if got := quietDue(c.mark, c.epoch); got != c.due {
@@ -171,5 +172,46 @@ func TestAQuietWaitOnAnEmptySocketIsLookedAtOnceAndSeesLaterBytes(t *testing.T) 
 	}
 	if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 0 {
 		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 0", n)
+	}
+}
+
+// Bytes in the socket of a quiet wait at one look of the sweep, gone by
+// the next (the wait's goroutine read them), are not taken for bytes the
+// wait missed: the wait is not ended and nothing is counted. As above,
+// the upstream reads a pipe while the sweep peeks at a TCP socket, which
+// the test empties itself between the two looks.
+func TestBytesReadBeforeTheSweepsSecondLookAreNotTakenForMissedOnes(t *testing.T) {
+	srv, ss, _ := idleSession(t, 20*time.Millisecond)
+	runSweep(t, srv)
+	fast, raw, server := tcpPairFast(t)
+	pipeSide, pipeServer := net.Pipe()
+	t.Cleanup(func() { pipeSide.Close(); pipeServer.Close() })
+	u := &upstream{conn: pipeSide, raw: raw, qr: fast.(netx.QuietReader), r: wire.NewReader(pipeSide, 4<<10)}
+	if _, err := server.Write([]byte{'N'}); err != nil {
+		t.Fatal(err)
+	}
+
+	done := awaitQuietAsync(ss, u, 1)
+	waitFor(t, "the sweep has seen the byte once", func() bool { return ss.quietMark.Load() == waitSuspect })
+	_ = fast.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := fast.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the sweep has looked again", func() bool { return ss.quietMark.Load() == waitChecked })
+	select {
+	case <-done:
+		t.Fatal("the wait was ended although its socket was empty at the second look")
+	default:
+	}
+	if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 0 {
+		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 0", n)
+	}
+	if _, err := pipeServer.Write([]byte{'Z'}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the wait did not see the server's bytes")
 	}
 }

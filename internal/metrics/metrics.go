@@ -75,7 +75,7 @@ type Metrics struct {
 	// QuietWaitsRescued counts relay waits after a quiet answer that the
 	// idle sweep ended because the server's bytes had arrived before the
 	// wait began (proxy/quiet.go): each is a message the server sent
-	// unasked, relayed up to CLIENT_IDLE_RELEASE late.
+	// unasked, relayed up to 1.5 × CLIENT_IDLE_RELEASE late.
 	QuietWaitsRescued prometheus.Counter
 
 	// Failover: FailoverWaiting counts the statements (and new
@@ -251,7 +251,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		QuietWaitsRescued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "brownie_sidecar_quiet_waits_rescued_total",
-			Help: "Waits for the server after a quiet answer that the idle sweep ended because bytes the server sent unasked (a notification, an error) had arrived just before the wait began; each reached its client up to CLIENT_IDLE_RELEASE late.",
+			Help: "Waits for the server after a quiet answer that the idle sweep ended because bytes the server sent unasked (a notification, an error) had arrived just before the wait began; each reached its client up to 1.5 times CLIENT_IDLE_RELEASE late.",
 		}),
 		MergedReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brownie_sidecar_merged_reads_total",
