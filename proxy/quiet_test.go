@@ -76,23 +76,48 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// strandedUpstream is an upstream whose reads come from a pipe, which
+// delivers nothing until the test writes to its other end (returned),
+// while the sweep peeks at a TCP socket already holding a byte (its
+// sidecar end, fast, is returned too): a quiet wait on it does not see
+// what the socket holds, deterministically.
+func strandedUpstream(t *testing.T) (u *upstream, fast, pipeServer net.Conn) {
+	t.Helper()
+	fast, raw, server := tcpPairFast(t)
+	pipeSide, pipeServer := net.Pipe()
+	t.Cleanup(func() { pipeSide.Close(); pipeServer.Close() })
+	if _, err := server.Write([]byte{'N'}); err != nil {
+		t.Fatal(err)
+	}
+	return &upstream{conn: pipeSide, raw: raw, qr: fast.(netx.QuietReader), r: wire.NewReader(pipeSide, 4<<10)}, fast, pipeServer
+}
+
+// wantRescued fails the test unless srv counted n rescued quiet waits.
+func wantRescued(t *testing.T, srv *Server, n float64) {
+	t.Helper()
+	if got := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); got != n {
+		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want %v", got, n)
+	}
+}
+
+// awaitClosed fails the test unless done is closed within 10 s.
+func awaitClosed(t *testing.T, done chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
+	}
+}
+
 // A quiet wait that misses bytes which came before it began is ended by
 // the idle sweep, which finds them in the socket, and the relay reads on
-// with the read deadline the session had set. The upstream here reads
-// from a pipe, which delivers nothing until the test writes to it, while
-// the sweep peeks at a TCP socket holding a byte: the wait that does not
-// see what the socket holds, deterministically.
+// with the read deadline the session had set (strandedUpstream).
 func TestTheIdleSweepEndsAQuietWaitThatMissedBytesAndTheDeadlineIsRestored(t *testing.T) {
 	for _, setDeadline := range []bool{false, true} {
 		srv, ss, _ := idleSession(t, 20*time.Millisecond)
 		runSweep(t, srv)
-		fast, raw, server := tcpPairFast(t)
-		pipeSide, pipeServer := net.Pipe()
-		t.Cleanup(func() { pipeSide.Close(); pipeServer.Close() })
-		u := &upstream{conn: pipeSide, raw: raw, qr: fast.(netx.QuietReader), r: wire.NewReader(pipeSide, 4<<10)}
-		if _, err := server.Write([]byte{'N'}); err != nil { // the stranded byte, seen by the peek
-			t.Fatal(err)
-		}
+		u, _, pipeServer := strandedUpstream(t)
 		var grace time.Time
 		if setDeadline { // a failed write bounds the read for the server's last words
 			grace = time.Now().Add(time.Second)
@@ -100,17 +125,11 @@ func TestTheIdleSweepEndsAQuietWaitThatMissedBytesAndTheDeadlineIsRestored(t *te
 		}
 
 		start := time.Now()
-		select {
-		case <-awaitQuietAsync(ss, u, 1):
-		case <-time.After(10 * time.Second):
-			t.Fatal("the idle sweep did not end the quiet wait")
-		}
+		awaitClosed(t, awaitQuietAsync(ss, u, 1), "the idle sweep did not end the quiet wait")
 		if ss.quietMark.Load() != 0 || ss.quietUp.Load() != nil {
 			t.Fatalf("after the wait: mark %d, upstream %p", ss.quietMark.Load(), ss.quietUp.Load())
 		}
-		if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 1 {
-			t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 1", n)
-		}
+		wantRescued(t, srv, 1)
 		if !setDeadline {
 			// No deadline left: a read well after the kick gets its bytes.
 			go func() {
@@ -162,34 +181,22 @@ func TestAQuietWaitOnAnEmptySocketIsLookedAtOnceAndSeesLaterBytes(t *testing.T) 
 	if _, err := server.Write([]byte{'A'}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the quiet wait did not see the server's bytes")
-	}
+	awaitClosed(t, done, "the quiet wait did not see the server's bytes")
 	if err := u.r.Wait(); err != nil || u.r.Buffered() != 1 || ss.quietMark.Load() != 0 {
 		t.Fatalf("after the wait: %d bytes, %v, mark %d", u.r.Buffered(), err, ss.quietMark.Load())
 	}
-	if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 0 {
-		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 0", n)
-	}
+	wantRescued(t, srv, 0)
 }
 
 // Bytes in the socket of a quiet wait at one look of the sweep, gone by
 // the next (the wait's goroutine read them), are not taken for bytes the
-// wait missed: the wait is not ended and nothing is counted. As above,
-// the upstream reads a pipe while the sweep peeks at a TCP socket, which
-// the test empties itself between the two looks.
+// wait missed: the wait is not ended and nothing is counted. The test
+// empties the peeked socket itself between the two looks
+// (strandedUpstream).
 func TestBytesReadBeforeTheSweepsSecondLookAreNotTakenForMissedOnes(t *testing.T) {
 	srv, ss, _ := idleSession(t, 20*time.Millisecond)
 	runSweep(t, srv)
-	fast, raw, server := tcpPairFast(t)
-	pipeSide, pipeServer := net.Pipe()
-	t.Cleanup(func() { pipeSide.Close(); pipeServer.Close() })
-	u := &upstream{conn: pipeSide, raw: raw, qr: fast.(netx.QuietReader), r: wire.NewReader(pipeSide, 4<<10)}
-	if _, err := server.Write([]byte{'N'}); err != nil {
-		t.Fatal(err)
-	}
+	u, fast, pipeServer := strandedUpstream(t)
 
 	done := awaitQuietAsync(ss, u, 1)
 	waitFor(t, "the sweep has seen the byte once", func() bool { return ss.quietMark.Load() == waitSuspect })
@@ -203,15 +210,9 @@ func TestBytesReadBeforeTheSweepsSecondLookAreNotTakenForMissedOnes(t *testing.T
 		t.Fatal("the wait was ended although its socket was empty at the second look")
 	default:
 	}
-	if n := testutil.ToFloat64(srv.metrics.QuietWaitsRescued); n != 0 {
-		t.Fatalf("brownie_sidecar_quiet_waits_rescued_total = %v, want 0", n)
-	}
+	wantRescued(t, srv, 0)
 	if _, err := pipeServer.Write([]byte{'Z'}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the wait did not see the server's bytes")
-	}
+	awaitClosed(t, done, "the wait did not see the server's bytes")
 }
