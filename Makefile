@@ -9,6 +9,12 @@ WORKER    := bin/brownie-backup
 PG_BINDIR := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/brownie/brownie-sidecar/internal/app.Version=$(VERSION)
+# The sidecar is linked statically: glibc's libc.a for the Postgres
+# parser's C code, Go's own DNS resolver and user lookup (netgo, osusergo).
+# It runs in any image, an empty one included, and a pod maps only the libc
+# code the parser calls instead of libc.so's pages (README "Memory").
+STATIC    := -linkmode external -extldflags -static
+TAGS      := netgo,osusergo
 # Packages with goroutines of their own run under the race detector; the
 # rest run without it.
 RACE_PKGS := ./pool/... ./proxy/... ./fanout/... ./health/... ./twophase/... ./tls/... ./backup/... ./dbmetrics/... ./internal/app/... ./internal/vaulttest/... ./internal/netx/... ./internal/faultnet/...
@@ -31,7 +37,7 @@ BENCH_ARGS ?= -reference -repeat 3
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/brownie-sidecar
+	$(GO) build -trimpath -tags $(TAGS) -ldflags '$(LDFLAGS) $(STATIC)' -o $(BIN) ./cmd/brownie-sidecar
 	$(GO) build -trimpath -o $(WORKER) ./cmd/brownie-backup
 
 # deps installs the Postgres server and client tools the tests and the dev
