@@ -98,9 +98,11 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-# test runs everything: lint, the whole suite with race detection on the
-# concurrent packages, and short fuzz runs over the committed corpora.
-test: deps deps-backup deps-monitoring lint
+# test runs everything: lint, the shipped build (which must link and run),
+# the whole suite with race detection on the concurrent packages, and short
+# fuzz runs over the committed corpora.
+test: deps deps-backup deps-monitoring lint build
+	./$(BIN) version
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
 	$(MAKE) test-conformance
