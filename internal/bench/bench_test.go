@@ -564,6 +564,32 @@ func TestReportSetsEveryReferenceAgainstPgBouncer(t *testing.T) {
 	}
 }
 
+func TestVerdictsNameTheRowsTheSecondPgBouncerMissesToo(t *testing.T) {
+	withCPU := func(tps, cpu float64) result { r := ok(tps); r.cpuUs = cpu; return r }
+	// Rows: pgbouncer, sidecar, pgbouncer-aa.
+	tbl := &table{mode: modeSession, poolSize: 60, targets: []string{"pgbouncer", "sidecar", "pgbouncer-aa"}, loadBefore: -1, loadAfter: -1, rows: []row{
+		// The sidecar misses both targets; so does the twin.
+		{proto: "simple", clients: 10, res: []result{withCPU(1000, 40), withCPU(900, 48), withCPU(930, 47)}},
+		// The sidecar misses both; the twin meets both (0.95 and 1.15 are met).
+		{proto: "extended", clients: 10, res: []result{withCPU(1000, 40), withCPU(940, 47), withCPU(950, 46)}},
+		// The sidecar meets both; the twin's miss is not listed.
+		{proto: "prepared", clients: 10, res: []result{withCPU(1000, 40), withCPU(1000, 40), withCPU(800, 60)}},
+	}}
+	md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown()
+	reportHas(t, md,
+		"Target sidecar TPS ≥ 0.95× PgBouncer TPS in every row: **not met** (1 of 3 rows); not met in simple/10 (0.90), extended/10 (0.94); of these, the second PgBouncer, configured like the first, misses it too against the first in simple/10 (0.93).\n",
+		"**not met** (1 of 3 rows; not met in simple/10 (1.20), extended/10 (1.18); of these, the second PgBouncer, configured like the first, misses it too against the first in simple/10 (1.18)).",
+	)
+	// Without the control there is nothing to say of it.
+	tbl.targets = tbl.targets[:2]
+	for i := range tbl.rows {
+		tbl.rows[i].res = tbl.rows[i].res[:2]
+	}
+	if md := (&report{cpus: 2, skipRSS: true, tables: []*table{tbl}}).markdown(); strings.Contains(md, "second PgBouncer") {
+		t.Errorf("a report without the control speaks of it:\n%s", md)
+	}
+}
+
 func TestRoundsRotateTheTargetsSoEachTakesEveryPlace(t *testing.T) {
 	for _, n := range []int{3, 4, 6} {
 		each := make([]int, n) // every target once: 0 … n-1

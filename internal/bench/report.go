@@ -170,6 +170,22 @@ type bouncerEval struct {
 	met, judged int
 	below       []string // rows where it is not met: "proto/clients (ratio)"
 	skipped     []string // rows PgBouncer cannot run (expected failures)
+	// twin lists the rows of below where the second PgBouncer (-reference)
+	// misses the same target against the first, with its own ratio: rows
+	// whose verdict is within what noise alone does to two equal poolers.
+	twin []string
+}
+
+// writeBelow appends the rows where the target is not met, and those of
+// them where the second PgBouncer misses it too.
+func (e bouncerEval) writeBelow(b *strings.Builder) {
+	if len(e.below) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "; not met in %s", strings.Join(e.below, ", "))
+	if len(e.twin) > 0 {
+		fmt.Fprintf(b, "; of these, the second PgBouncer, configured like the first, misses it too against the first in %s", strings.Join(e.twin, ", "))
+	}
 }
 
 func (e bouncerEval) ok() bool { return e.judged > 0 && e.met == e.judged }
@@ -179,7 +195,7 @@ func (e bouncerEval) ok() bool { return e.judged > 0 && e.met == e.judged }
 // met.
 func (t *table) evalVsBouncer() bouncerEval {
 	var e bouncerEval
-	bi, si := t.col(colBouncer), t.col(colSidecar)
+	bi, si, ai := t.col(colBouncer), t.col(colSidecar), t.col(colBouncerAA)
 	if bi < 0 || si < 0 {
 		return e
 	}
@@ -197,8 +213,15 @@ func (t *table) evalVsBouncer() bouncerEval {
 		vs, ok := ratio(side, bouncer)
 		if ok && side.tps >= need*bouncer.tps && !side.failed() && !bouncer.failed() {
 			e.met++
-		} else {
-			e.below = append(e.below, fmt.Sprintf("%s (%s%s)", row.name(), vs, machineNote(side, bouncer)))
+			continue
+		}
+		e.below = append(e.below, fmt.Sprintf("%s (%s%s)", row.name(), vs, machineNote(side, bouncer)))
+		if ai < 0 || bouncer.failed() {
+			continue
+		}
+		twin := row.res[ai]
+		if tv, ok := ratio(twin, bouncer); ok && !twin.failed() && twin.tps < need*bouncer.tps {
+			e.twin = append(e.twin, fmt.Sprintf("%s (%s)", row.name(), tv))
 		}
 	}
 	return e
@@ -223,7 +246,7 @@ func machineNote(side, bouncer result) string {
 // CPU ratio is reported beside the verdict (connectCPU).
 func (t *table) evalCPU() bouncerEval {
 	var e bouncerEval
-	bi, si := t.col(colBouncer), t.col(colSidecar)
+	bi, si, ai := t.col(colBouncer), t.col(colSidecar), t.col(colBouncerAA)
 	if bi < 0 || si < 0 {
 		return e
 	}
@@ -235,8 +258,11 @@ func (t *table) evalCPU() bouncerEval {
 		e.judged++
 		if side.cpuUs <= cpuTarget*bouncer.cpuUs {
 			e.met++
-		} else {
-			e.below = append(e.below, fmt.Sprintf("%s (%.2f)", row.name(), side.cpuUs/bouncer.cpuUs))
+			continue
+		}
+		e.below = append(e.below, fmt.Sprintf("%s (%.2f)", row.name(), side.cpuUs/bouncer.cpuUs))
+		if ai >= 0 && bothCPU(row.res[ai], bouncer) && row.res[ai].cpuUs > cpuTarget*bouncer.cpuUs {
+			e.twin = append(e.twin, fmt.Sprintf("%s (%.2f)", row.name(), row.res[ai].cpuUs/bouncer.cpuUs))
 		}
 	}
 	return e
@@ -250,9 +276,7 @@ func (t *table) writeCPUVerdict(b *strings.Builder) {
 		return
 	}
 	fmt.Fprintf(b, "Target sidecar CPU per transaction ≤ %.2f× PgBouncer's (simple, extended and prepared rows): **%s** (%d of %d rows", cpuTarget, verdict(vc.ok()), vc.met, vc.judged)
-	if len(vc.below) > 0 {
-		fmt.Fprintf(b, "; not met in %s", strings.Join(vc.below, ", "))
-	}
+	vc.writeBelow(b)
 	b.WriteString(").")
 	if cs := t.connectCPU(); len(cs) > 0 {
 		b.WriteString(" New connections are judged by their rate;")
@@ -490,16 +514,12 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	defer t.writeCPUVerdict(b)
 	if t.mode == modeSession {
 		fmt.Fprintf(b, "Target sidecar TPS ≥ %.2f× PgBouncer TPS in every row: **%s** (%d of %d rows)", tpsTarget, verdict(vb.ok()), vb.met, vb.judged)
-		if len(vb.below) > 0 {
-			fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
-		}
+		vb.writeBelow(b)
 		b.WriteString(".\n\n")
 		return
 	}
 	fmt.Fprintf(b, "Targets: sidecar TPS ≥ %.2f× PgBouncer TPS in every row both can run, new connections (%s rows, `pgbench -C`) ≥ %.2f×: **%s** (%d of %d rows", tpsTarget, protoConnect, connectTarget, verdict(vb.ok()), vb.met, vb.judged)
-	if len(vb.below) > 0 {
-		fmt.Fprintf(b, "; not met in %s", strings.Join(vb.below, ", "))
-	}
+	vb.writeBelow(b)
 	if len(vb.skipped) > 0 {
 		fmt.Fprintf(b, "; PgBouncer cannot run %s", strings.Join(vb.skipped, ", "))
 	}
