@@ -53,9 +53,9 @@ type readRetry struct {
 	// it failed before answering (the session goroutine replays the
 	// request), cause why and failed where.
 	on     *pool.Conn[*upstream]
-	lost   bool
 	cause  error
 	failed router.Target
+	lost   bool
 	// silent: the connection died without a word from the server (no
 	// FATAL or shutdown WARNING): its host went away at once (killed,
 	// unreachable), and its other connections are as dead, though their

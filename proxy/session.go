@@ -41,6 +41,10 @@ var (
 // larger than largeMessage are streamed past the buffers.
 const bufSize = wire.RecycledSize
 
+// maxSessionSize bounds the session struct: the runtime allocates it in a
+// size class of this many bytes, 256 fewer per client than the next.
+const maxSessionSize = 1536
+
 // largeMessage is the size above which a message body is streamed rather
 // than buffered.
 const largeMessage = 64 << 10
@@ -49,6 +53,11 @@ const largeMessage = 64 << 10
 // reader and the upstream writer; the relay goroutine (upstreamToClient)
 // owns the upstream reader and the pool.Conn once started. Shared state is
 // guarded by mu.
+//
+// Every client keeps one, dormant or not, so its size is most of what an
+// idle client costs: small fields sit together, leaving little padding,
+// and the struct fits the allocator's 1,536-byte size class
+// (maxSessionSize, checked by a test; the next class is 1,792 bytes).
 type session struct {
 	srv    *Server
 	log    sessionLog
@@ -72,24 +81,24 @@ type session struct {
 	hbuf []byte
 	rhdr [5]byte
 
+	// grewStack is set when the startup ran a TLS handshake or a SCRAM
+	// exchange (see serve); startup only.
+	grewStack bool
+
 	// lastParse is the text of the client's last Parse (up to
 	// maxKeptParse), which the next Parse of the same text shares;
 	// lastParseA its analysis, which such a Parse reuses; lastParseOK
 	// whether checkParse found it free of syntax errors; lastOIDs the
 	// parameter types of the last Parse, which the next Parse of the same
 	// types shares. Session goroutine only.
+	lastParseOK bool
 	lastParse   string
 	lastParseA  *analysis
-	lastParseOK bool
 	lastOIDs    []uint32
 
 	// toUpstream counts the bytes writeUpstream sent that are not yet in
 	// the relayed-bytes metric (countToUpstream). Session goroutine only.
 	toUpstream int
-
-	// grewStack is set when the startup ran a TLS handshake or a SCRAM
-	// exchange (see serve); startup only.
-	grewStack bool
 
 	// relayJobs feeds the relay goroutine (started at an attachment when
 	// none runs, under mu; nil while none runs); waitObs caches the pool-wait histogram child
@@ -102,8 +111,8 @@ type session struct {
 	// the server's dormancy lock, identify the session in its epoll
 	// instance and say whether its socket is registered there.
 	dormant     bool
-	parkID      uint64
 	parkWatched bool
+	parkID      uint64
 	// waitMark is the idle sweep's view of the session's wait for its
 	// client (awaitClient): 0 when it is not waiting, the sweep epoch the
 	// wait began in, or waitKicked once the sweeper has ended it. kickMu
@@ -149,11 +158,11 @@ type session struct {
 	cond *sync.Cond // signals the end of an internal query
 	up   *pool.Conn[*upstream]
 	// Per attachment, shared by both goroutines under mu.
-	pending     int  // Query/Sync/FunctionCall messages awaiting ReadyForQuery
+	pending     int // Query/Sync/FunctionCall messages awaiting ReadyForQuery
+	expect      []expectation
 	synced      bool // the last message sent upstream ends a request
 	copyIn      bool // upstream is in COPY FROM STDIN
 	txStatus    byte
-	expect      []expectation
 	internal    bool // the relay goroutine runs an internal query: no client writes upstream
 	resetting   bool // client gone: relay consumes reset replies, then stops
 	resetFailed bool // an error arrived while resetting: destroy, do not release
@@ -214,8 +223,8 @@ type session struct {
 	hints, local hintState
 	deferred     []string
 	readOnlyTx   bool // the current transaction began READ ONLY
+	parking      bool // parkLocked is stopping the relay goroutine
 	parked       map[router.Target]*pool.Conn[*upstream]
-	parking      bool                 // parkLocked is stopping the relay goroutine
 	txWrote      string               // shard written by the current transaction
 	lastWrite    map[string]time.Time // shard → when the session's last write there committed
 
@@ -238,9 +247,9 @@ type session struct {
 	// SERIALIZABLE.
 	xt         *crossTx
 	lreq       *localReq // an extended-protocol request the sidecar answers (xact.go); session goroutine only
-	crossing   bool
 	txBegin    []string
 	txReplay   []txStmt
+	crossing   bool
 	txMovable  bool
 	txSnapshot bool
 
@@ -290,8 +299,8 @@ type session struct {
 	// (then it is the one error the client gets). checkNext makes the
 	// next acquire check an idle pooled connection however recently it
 	// was used, after an upstream of the session died.
-	idleFatal []byte
 	checkNext bool
+	idleFatal []byte
 
 	// retry records the current request for a retry on another host
 	// (retry.go); retryArmed and retryAnswered let the relay goroutine

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"testing"
+	"unsafe"
 
 	"go.uber.org/zap/zapcore"
 )
@@ -27,5 +28,16 @@ func TestSessionLogFieldsNameThePeerAndTheClientPidOnceRegistered(t *testing.T) 
 	}
 	if enc.Fields["client_pid"] != uint32(4242) || enc.Fields["peer"] != "pipe" {
 		t.Fatalf("after registration: %v; want peer=pipe and client_pid=4242", enc.Fields)
+	}
+}
+
+// An idle client's memory is mostly its session struct, allocated in the
+// smallest size class that holds it: a field that pushes it past
+// maxSessionSize costs every client 256 bytes, so the budget is a
+// decision, not an accident. Put new small fields beside the others (a
+// bool between two pointers takes eight bytes).
+func TestSessionFitsItsSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(session{}); n > maxSessionSize {
+		t.Fatalf("session is %d bytes, over its %d-byte size class", n, maxSessionSize)
 	}
 }
