@@ -54,9 +54,9 @@ const largeMessage = 64 << 10
 // owns the upstream reader and the pool.Conn once started. Shared state is
 // guarded by mu.
 //
-// Every client keeps one, dormant or not, so its size is most of what an
-// idle client costs: small fields sit together, leaving little padding,
-// and the struct fits the allocator's 1,536-byte size class
+// Every client keeps one, dormant or not, so its size is a large share of
+// what an idle client costs: small fields sit together, leaving little
+// padding, and the struct fits the allocator's 1,536-byte size class
 // (maxSessionSize, checked by a test; the next class is 1,792 bytes).
 type session struct {
 	srv    *Server

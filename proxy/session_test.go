@@ -31,8 +31,8 @@ func TestSessionLogFieldsNameThePeerAndTheClientPidOnceRegistered(t *testing.T) 
 	}
 }
 
-// An idle client's memory is mostly its session struct, allocated in the
-// smallest size class that holds it: a field that pushes it past
+// A large share of an idle client's heap is its session struct, allocated
+// in the smallest size class that holds it: a field that pushes it past
 // maxSessionSize costs every client 256 bytes, so the budget is a
 // decision, not an accident. Put new small fields beside the others (a
 // bool between two pointers takes eight bytes).
