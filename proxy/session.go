@@ -42,7 +42,8 @@ var (
 const bufSize = wire.RecycledSize
 
 // maxSessionSize bounds the session struct: the runtime allocates it in a
-// size class of this many bytes, 256 fewer per client than the next.
+// size class of this many bytes, 256 fewer per client than the next
+// (1,792).
 const maxSessionSize = 1536
 
 // largeMessage is the size above which a message body is streamed rather
@@ -56,8 +57,7 @@ const largeMessage = 64 << 10
 //
 // Every client keeps one, dormant or not, so its size is a large share of
 // what an idle client costs: small fields sit together, leaving little
-// padding, and the struct fits the allocator's 1,536-byte size class
-// (maxSessionSize, checked by a test; the next class is 1,792 bytes).
+// padding, so that it stays within maxSessionSize (checked by a test).
 type session struct {
 	srv    *Server
 	log    sessionLog
